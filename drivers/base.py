@@ -1,0 +1,181 @@
+"""Protocol-neutral values and errors shared by every meter driver.
+
+The rest of the gateway sees meters only through these types, so a DL/T 645 meter and a Modbus
+meter are billed and enforced the same way.  Failure is a value: a reading that did not succeed
+carries a quality other than ``OK`` and no numbers, never a zero that could end up in a bill.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol, runtime_checkable
+
+
+class Quality(enum.StrEnum):
+    """How far a reading can be trusted.  Only ``OK`` may be charged."""
+
+    OK = "ok"
+    TIMEOUT = "timeout"
+    BAD_FRAME = "bad_frame"
+    REFUSED = "refused"
+    IMPLAUSIBLE = "implausible"
+
+
+class RelayState(enum.StrEnum):
+    """The supply switch as read back from the meter."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+
+
+class RelayAction(enum.StrEnum):
+    """What the gateway can ask a meter's relay to do (DL/T 645 0x1C N1 codes in comments)."""
+
+    TRIP = "trip"  # 1A
+    CLOSE_PERMITTED = "close_permitted"  # 1B: customer presses the button to reclose
+    DIRECT_CLOSE = "direct_close"  # 1C
+    ALARM_ON = "alarm_on"  # 2A
+    ALARM_OFF = "alarm_off"  # 2B
+    KEEP_POWER_ON = "keep_power_on"  # 3A
+    KEEP_POWER_OFF = "keep_power_off"  # 3B
+
+    @property
+    def expected_state(self) -> RelayState | None:
+        """The relay state a successful command leads to, for read-back confirmation."""
+        if self is RelayAction.TRIP:
+            return RelayState.OPEN
+        if self is RelayAction.DIRECT_CLOSE:
+            return RelayState.CLOSED
+        return None
+
+
+class Point(enum.StrEnum):
+    """Measurements a meter may offer; drivers map them to registers or data identifiers."""
+
+    ENERGY_IMPORT = "energy_import"
+    ENERGY_EXPORT = "energy_export"
+    ENERGY_IMPORT_TARIFFS = "energy_import_tariffs"
+    VOLTAGE = "voltage"
+    CURRENT = "current"
+    POWER = "power"
+    FREQUENCY = "frequency"
+    POWER_FACTOR = "power_factor"
+    METER_TIME = "meter_time"
+    RELAY = "relay"
+    STATUS = "status"
+    PREPAID_MONEY = "prepaid_money"
+
+
+BILLING_POINTS: frozenset[Point] = frozenset({Point.ENERGY_IMPORT, Point.RELAY})
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One conversation's worth of typed values from one meter.
+
+    Energy is integer Wh; electrical quantities are Decimals at the meter's resolution.  A field
+    is ``None`` when the meter was not asked for it or does not offer it.  ``quality`` is the
+    outcome of the whole read: when it is not ``OK`` the numbers must not be used for money.
+    """
+
+    address: str
+    taken_at: datetime
+    quality: Quality
+    energy_import_wh: int | None = None
+    energy_export_wh: int | None = None
+    energy_import_tariffs_wh: tuple[int, ...] | None = None  # T1..Tn, index 0 = T1
+    voltage_v: Decimal | None = None
+    current_a: Decimal | None = None
+    power_w: Decimal | None = None
+    frequency_hz: Decimal | None = None
+    power_factor: Decimal | None = None
+    meter_time: datetime | None = None
+    relay: RelayState | None = None
+    status: dict[str, bool | int] = field(default_factory=dict)
+    prepaid_money: Decimal | None = None
+    error: str | None = None
+
+    @property
+    def chargeable(self) -> bool:
+        return self.quality is Quality.OK and self.energy_import_wh is not None
+
+    def to_json(self) -> dict[str, object]:
+        """The JSON form shared by every protocol (``pmg read --json``, MQTT payloads)."""
+
+        def dec(v: Decimal | None) -> str | None:
+            return None if v is None else str(v)
+
+        return {
+            "address": self.address,
+            "taken_at": self.taken_at.isoformat(),
+            "quality": self.quality.value,
+            "energy_import_wh": self.energy_import_wh,
+            "energy_export_wh": self.energy_export_wh,
+            "energy_import_tariffs_wh": (
+                list(self.energy_import_tariffs_wh) if self.energy_import_tariffs_wh is not None else None
+            ),
+            "voltage_v": dec(self.voltage_v),
+            "current_a": dec(self.current_a),
+            "power_w": dec(self.power_w),
+            "frequency_hz": dec(self.frequency_hz),
+            "power_factor": dec(self.power_factor),
+            "meter_time": self.meter_time.isoformat() if self.meter_time else None,
+            "relay": self.relay.value if self.relay else None,
+            "status": self.status,
+            "prepaid_money": dec(self.prepaid_money),
+            "error": self.error,
+        }
+
+
+class DriverError(Exception):
+    """Base of every error a driver raises; the message is one line fit for a technician."""
+
+
+class MeterTimeout(DriverError):
+    """The meter did not answer within the response timeout (after retries)."""
+
+
+class BadFrame(DriverError):
+    """Bytes arrived but did not form a valid frame for this request."""
+
+
+class MeterRefused(DriverError):
+    """The meter answered with an abnormal / exception reply."""
+
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class NotControllable(DriverError):
+    """The meter (or its profile) has no relay the gateway can operate."""
+
+
+class RelayNotConfirmed(DriverError):
+    """The meter acknowledged a relay command but the read-back state differs."""
+
+
+@runtime_checkable
+class Meter(Protocol):
+    """A meter as the gateway sees it: read typed values, command the relay.
+
+    Implementations own no bus: they are handed a bus link by the bus worker, which guarantees
+    one conversation at a time per physical line.
+    """
+
+    address: str
+
+    async def read(self, points: Iterable[Point] = BILLING_POINTS) -> Reading: ...
+
+    async def relay(self, action: RelayAction, deadline: datetime | None = None) -> RelayState | None:
+        """Send the command, then read the relay back.  Returns the confirmed state (``None`` for
+        actions that do not move the relay).  Raises ``RelayNotConfirmed`` on a mismatch."""
+        ...
+
+    async def read_relay(self) -> RelayState | None: ...
+
+    async def close(self) -> None: ...
