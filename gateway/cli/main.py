@@ -1,0 +1,2 @@
+def main() -> None:
+    raise SystemExit("pmg: CLI not built yet")
