@@ -61,7 +61,30 @@ class LoadProfile:
 
 DEFAULT_TARIFF_HOURS: tuple[int, ...] = (
     # hour of day -> tariff index 1..4 (T1 peak, T2 flat, T3 valley), a common 峰平谷 layout
-    3, 3, 3, 3, 3, 3, 3, 3, 2, 1, 1, 1, 2, 2, 2, 2, 2, 1, 1, 1, 1, 2, 3, 3,
+    3,
+    3,
+    3,
+    3,
+    3,
+    3,
+    3,
+    3,
+    2,
+    1,
+    1,
+    1,
+    2,
+    2,
+    2,
+    2,
+    2,
+    1,
+    1,
+    1,
+    1,
+    2,
+    3,
+    3,
 )
 
 

@@ -1,0 +1,226 @@
+"""The gateway's one configuration file: strict, validated at load, line-accurate errors.
+
+A misspelt key must never silently become a default (``baud_rate`` instead of ``baud`` would leave a
+2400-baud bus polled at 9600 and every meter "dead"), so every table forbids unknown keys, and a
+dangling reference (a meter on a bus that does not exist) is an error naming the line.  The daemon
+refuses to start on any of these; on SIGHUP the old configuration is kept.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, NoReturn
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from drivers.tomlsource import TomlError, locate, read_toml, validation_to_toml_error
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttConfig(Strict):
+    """Head-office broker.  TLS is the default; plaintext must be asked for by name."""
+
+    host: str
+    port: int = Field(8883, ge=1, le=65535)
+    tls: bool = True
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+    allow_plaintext: bool = False
+    topic_prefix: str = Field("pmg", pattern=r"^[A-Za-z0-9_\-/]+$")
+    client_id: str | None = None
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    command_keys: dict[str, str] = Field(default_factory=dict)
+    """Head-office Ed25519 public keys (key_id -> base64 raw key) that may sign commands."""
+    max_backlog_messages: int = Field(5_000_000, ge=1000)
+
+    @model_validator(mode="after")
+    def _plaintext_is_explicit(self) -> MqttConfig:
+        if not self.tls and not self.allow_plaintext:
+            raise ValueError("tls = false needs allow_plaintext = true (plaintext must be explicit)")
+        return self
+
+
+class BusConfig(Strict):
+    id: str = Field(pattern=_ID)
+    protocol: Literal["dlt645", "modbus"]
+    url: str = Field(min_length=1)
+    """A pyserial URL (/dev/ttyUSB0, socket://host:port, rfc2217://…) or tcp://host:port for Modbus TCP."""
+    baud: int = Field(2400, ge=300, le=921600)
+    parity: Literal["N", "E", "O"] = "E"
+    timeout_s: float = Field(1.0, gt=0, le=30)
+    retries: int = Field(2, ge=0, le=10)
+    inter_frame_gap_s: float = Field(0.02, ge=0, le=5)
+    poll_interval_s: float = Field(60.0, gt=0, le=86400)
+
+
+class MeterConfig(Strict):
+    id: str = Field(pattern=_ID)
+    bus: str
+    address: str = Field(min_length=1)
+    """DL/T 645: 12-digit address; Modbus: unit id 1–247."""
+    account: str = Field(pattern=_ID)
+    tariff: str = Field(pattern=_ID)
+    profile: str | None = None
+    poll_interval_s: float | None = Field(None, gt=0, le=86400)
+    max_power_w: int = Field(30_000, gt=0, le=10_000_000)
+    register_modulus_wh: int = Field(1_000_000_000, gt=0)
+    keep_power: bool = False
+
+
+class AccountConfig(Strict):
+    id: str = Field(pattern=_ID)
+    name: str | None = None
+    protected: bool = False
+    protected_category: str | None = None
+    emergency_credit: str = "0"
+
+    @field_validator("emergency_credit")
+    @classmethod
+    def _money(cls, v: str) -> str:
+        return _check_money(v)
+
+
+class PolicyConfig(Strict):
+    preset: str = "generic"
+    country: str | None = None
+    subdiv: str | None = None
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class MetricsConfig(Strict):
+    listen: str | None = None  # "127.0.0.1:9108"; None disables
+
+
+class GatewayConfig(Strict):
+    gateway_id: str = Field(pattern=_ID)
+    timezone: str = "UTC"
+    database: str = "var/pmg.db"
+    currency: str = Field("CNY", pattern=r"^[A-Z]{3}$")
+    minor_digits: int = Field(2, ge=0, le=4)
+    tariff_dir: str = "config/tariffs"
+    mqtt: MqttConfig | None = None
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    buses: list[BusConfig] = Field(default_factory=list)
+    meters: list[MeterConfig] = Field(default_factory=list)
+    accounts: list[AccountConfig] = Field(default_factory=list)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone '{v}'") from None
+        return v
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def bus(self, bus_id: str) -> BusConfig:
+        return next(b for b in self.buses if b.id == bus_id)
+
+    def meters_on(self, bus_id: str) -> list[MeterConfig]:
+        return [m for m in self.meters if m.bus == bus_id]
+
+
+_MONEY = re.compile(r"^-?\d{1,12}(\.\d{1,4})?$")
+
+
+def _check_money(v: str) -> str:
+    if not _MONEY.match(v):
+        raise ValueError(f'money must be a decimal string like "5.00" (got {v!r})')
+    return v
+
+
+class ConfigError(TomlError):
+    """Invalid configuration; ``str()`` is ``file:line: key: reason``."""
+
+
+def _cross_check(cfg: GatewayConfig, file: Path, text: str) -> None:
+    """References and uniqueness, with the line of the offending key."""
+
+    def fail(path: tuple[str | int, ...], reason: str) -> NoReturn:
+        where = "".join(
+            f"[{p}]" if isinstance(p, int) else (("." if i else "") + p) for i, p in enumerate(path)
+        )
+        raise ConfigError(file, locate(text, path), where, reason)
+
+    seen: dict[str, int] = {}
+    for i, bus in enumerate(cfg.buses):
+        if bus.id in seen:
+            fail(("buses", i, "id"), f"duplicate bus id '{bus.id}' (first at buses[{seen[bus.id]}])")
+        seen[bus.id] = i
+    bus_ids = {b.id: b for b in cfg.buses}
+    meter_ids: dict[str, int] = {}
+    addresses: dict[tuple[str, str], str] = {}
+    for i, meter in enumerate(cfg.meters):
+        if meter.id in meter_ids:
+            fail(
+                ("meters", i, "id"),
+                f"duplicate meter id '{meter.id}' (first at meters[{meter_ids[meter.id]}])",
+            )
+        meter_ids[meter.id] = i
+        meter_bus = bus_ids.get(meter.bus)
+        if meter_bus is None:
+            known = ", ".join(sorted(bus_ids)) or "none defined"
+            fail(("meters", i, "bus"), f"no bus '{meter.bus}' (buses: {known})")
+            return
+        if meter_bus.protocol == "dlt645":
+            if not re.fullmatch(r"\d{12}", meter.address):
+                fail(("meters", i, "address"), f"DL/T 645 address must be 12 digits (got '{meter.address}')")
+            if meter.profile is not None:
+                fail(("meters", i, "profile"), "profile applies to Modbus meters only")
+        else:
+            if not meter.address.isdigit() or not 1 <= int(meter.address) <= 247:
+                fail(("meters", i, "address"), f"Modbus unit id must be 1–247 (got '{meter.address}')")
+            if meter.profile is None:
+                fail(("meters", i), 'a Modbus meter needs a profile (e.g. profile = "sdm120")')
+        key = (meter.bus, meter.address)
+        if key in addresses:
+            fail(
+                ("meters", i, "address"),
+                f"address {meter.address} already used on bus {meter.bus} by meter '{addresses[key]}'",
+            )
+        addresses[key] = meter.id
+    acc_ids: set[str] = set()
+    for i, acc in enumerate(cfg.accounts):
+        if acc.id in acc_ids:
+            fail(("accounts", i, "id"), f"duplicate account id '{acc.id}'")
+        acc_ids.add(acc.id)
+    if cfg.mqtt and cfg.mqtt.password and cfg.mqtt.password_file:
+        fail(("mqtt", "password"), "give password or password_file, not both")
+
+
+def resolve(config_file: str | Path, value: str) -> Path:
+    """A path from the file, relative to the file's own directory (so it works from any cwd)."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (Path(config_file).resolve().parent / p)
+
+
+def load_config(file: str | Path) -> GatewayConfig:
+    """Load and fully validate a gateway configuration, or raise a one-line ``ConfigError``."""
+    path = Path(file)
+    try:
+        data, text = read_toml(path)
+    except TomlError as exc:
+        raise ConfigError(exc.file, exc.line, exc.where, exc.reason) from None
+    try:
+        cfg = GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        err = validation_to_toml_error(path, text, exc)
+        raise ConfigError(err.file, err.line, err.where, err.reason) from None
+    _cross_check(cfg, path, text)
+    return cfg

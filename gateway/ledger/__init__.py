@@ -1,0 +1,1 @@
+"""The exact, append-only prepaid ledger: accounts, payments, charges, verification."""

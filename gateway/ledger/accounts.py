@@ -1,0 +1,184 @@
+"""Accounts and meters as the ledger knows them, and their seeding from configuration.
+
+Configuration may name meters and accounts (a standalone mini-grid); the head office may create and
+update them over MQTT.  Either way the rows live in the database, and a meter keeps its charging
+position (last accepted register, cumulative charge) across restarts and reconfiguration.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+
+from gateway.config import GatewayConfig
+from gateway.money import parse_money
+from gateway.store.db import Store
+from gateway.timeutil import iso
+
+
+@dataclass(frozen=True)
+class MeterRow:
+    id: str
+    account_id: str
+    bus_id: str
+    protocol: str
+    address: str
+    keep_power: bool
+    last_register_wh: int | None
+    last_reading_at: str | None
+    relay: str | None
+    quarantined_reading_id: int | None
+
+
+def ensure_account(
+    conn: sqlite3.Connection,
+    account_id: str,
+    *,
+    tariff_id: str,
+    currency: str,
+    now: datetime,
+    name: str | None = None,
+    protected: bool | None = None,
+    protected_category: str | None = None,
+    emergency_credit_minor: int | None = None,
+) -> None:
+    """Create the account or update its descriptive fields; never touches money or policy state."""
+    conn.execute(
+        "INSERT INTO accounts(id, name, tariff_id, currency, policy_state_since, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
+        (account_id, name, tariff_id, currency, iso(now), iso(now), iso(now)),
+    )
+    sets = ["tariff_id = ?", "updated_at = ?"]
+    params: list[object] = [tariff_id, iso(now)]
+    if name is not None:
+        sets.append("name = ?")
+        params.append(name)
+    if protected is not None:
+        sets.append("protected = ?")
+        params.append(int(protected))
+        sets.append("protected_category = ?")
+        params.append(protected_category)
+    if emergency_credit_minor is not None:
+        sets.append("emergency_credit_minor = ?")
+        params.append(emergency_credit_minor)
+    conn.execute(f"UPDATE accounts SET {', '.join(sets)} WHERE id = ?", (*params, account_id))
+
+
+def ensure_meter(
+    conn: sqlite3.Connection,
+    meter_id: str,
+    *,
+    account_id: str,
+    bus_id: str,
+    protocol: str,
+    address: str,
+    keep_power: bool,
+    now: datetime,
+) -> None:
+    """Create the meter or update its wiring; its charging position is kept."""
+    conn.execute(
+        "INSERT INTO meters(id, account_id, bus_id, protocol, address, keep_power, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT(id) DO UPDATE SET account_id = excluded.account_id, bus_id = excluded.bus_id, "
+        "protocol = excluded.protocol, address = excluded.address, keep_power = excluded.keep_power, "
+        "updated_at = excluded.updated_at",
+        (meter_id, account_id, bus_id, protocol, address, int(keep_power), iso(now), iso(now)),
+    )
+
+
+def seed_from_config(store: Store, cfg: GatewayConfig, now: datetime) -> None:
+    """Make the database agree with the configured accounts and meters (one transaction)."""
+    account_cfg = {a.id: a for a in cfg.accounts}
+    with store.tx() as conn:
+        for meter in cfg.meters:
+            acc = account_cfg.get(meter.account)
+            ensure_account(
+                conn,
+                meter.account,
+                tariff_id=meter.tariff,
+                currency=cfg.currency,
+                now=now,
+                name=acc.name if acc else None,
+                protected=acc.protected if acc else None,
+                protected_category=acc.protected_category if acc else None,
+                emergency_credit_minor=parse_money(acc.emergency_credit, cfg.minor_digits) if acc else None,
+            )
+            ensure_meter(
+                conn,
+                meter.id,
+                account_id=meter.account,
+                bus_id=meter.bus,
+                protocol=cfg.bus(meter.bus).protocol,
+                address=meter.address,
+                keep_power=meter.keep_power,
+                now=now,
+            )
+
+
+def get_meter(conn: sqlite3.Connection, meter_id: str) -> MeterRow | None:
+    r = conn.execute(
+        "SELECT id, account_id, bus_id, protocol, address, keep_power, last_register_wh, last_reading_at, "
+        "relay, quarantined_reading_id FROM meters WHERE id = ?",
+        (meter_id,),
+    ).fetchone()
+    if r is None:
+        return None
+    return MeterRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], r[8], r[9])
+
+
+def balance_minor(conn: sqlite3.Connection, account_id: str) -> int:
+    """The account balance derived from its entries (the truth the cache is checked against)."""
+    return int(
+        conn.execute(
+            "SELECT COALESCE(SUM(amount_minor), 0) FROM entries WHERE account_id = ?", (account_id,)
+        ).fetchone()[0]
+    )
+
+
+def cached_balance_minor(conn: sqlite3.Connection, account_id: str) -> int:
+    row = conn.execute("SELECT balance_minor FROM accounts WHERE id = ?", (account_id,)).fetchone()
+    if row is None:
+        raise LookupError(f"no account '{account_id}'")
+    return int(row[0])
+
+
+def post_entry(
+    conn: sqlite3.Connection,
+    account_id: str,
+    kind: str,
+    amount_minor: int,
+    now: datetime,
+    *,
+    energy_wh: int | None = None,
+    meter_id: str | None = None,
+    reading_id: int | None = None,
+    external_id: str | None = None,
+    period_start: datetime | None = None,
+    period_end: datetime | None = None,
+    detail_json: str = "{}",
+) -> int:
+    """Append one ledger entry and move the cached balance with it, in the caller's transaction."""
+    cur = conn.execute(
+        "INSERT INTO entries(account_id, kind, amount_minor, energy_wh, meter_id, reading_id, external_id, "
+        "period_start, period_end, detail_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            account_id,
+            kind,
+            amount_minor,
+            energy_wh,
+            meter_id,
+            reading_id,
+            external_id,
+            iso(period_start) if period_start else None,
+            iso(period_end) if period_end else None,
+            detail_json,
+            iso(now),
+        ),
+    )
+    conn.execute(
+        "UPDATE accounts SET balance_minor = balance_minor + ?, updated_at = ? WHERE id = ?",
+        (amount_minor, iso(now), account_id),
+    )
+    assert cur.lastrowid is not None
+    return cur.lastrowid

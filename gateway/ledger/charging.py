@@ -1,0 +1,303 @@
+"""Charging register readings: each Wh exactly once, across restarts, never from a doubtful value.
+
+The meter's import register is the source of truth.  A reading is charged as the delta since the
+last *accepted* reading, inside one transaction that also advances the meter's position, posts the
+entry, moves the cached balance and queues the usage message — so a crash at any instant leaves the
+delta either wholly charged or not at all, and the next reading charges exactly what is left.
+
+Doubtful readings are quarantined, not charged: a register that went backwards (other than a
+recognised rollover), or that jumped more than the meter's maximum power could deliver in the time
+elapsed.  A technician resolves them (``pmg meter accept-reading``, ``pmg meter replace``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol
+
+from drivers.base import Reading
+from gateway import events
+from gateway.ledger.accounts import get_meter, post_entry
+from gateway.money import format_money, to_minor
+from gateway.store.db import dumps
+from gateway.sync import outbox
+from gateway.timeutil import iso, parse_iso
+
+# A reading counts as "just after" the previous one for the plausibility bound at least this long,
+# so that a wall-clock step backwards cannot make a normal delta look implausible.
+MIN_PLAUSIBILITY_WINDOW_S = 60.0
+# Register resolution slack: a DL/T 645 register moves in 10 Wh steps.
+PLAUSIBILITY_SLACK_WH = 20
+
+
+class PricedLine(Protocol):
+    """What a tariff returns for a slice of energy (see ``gateway.tariffs.pricing.ChargeLine``)."""
+
+    @property
+    def energy_wh(self) -> int: ...
+
+    @property
+    def amount(self) -> Decimal: ...
+
+
+Pricer = Callable[[str, datetime, datetime, int, Mapping[str, int] | None], Sequence[PricedLine]]
+"""(account_id, start, end, energy_wh, register_split_wh) -> exact priced lines."""
+
+
+@dataclass(frozen=True)
+class ChargeOutcome:
+    meter_id: str
+    account_id: str
+    outcome: str  # baseline | charged | quarantined | failed | ignored
+    reading_id: int
+    delta_wh: int = 0
+    charge_minor: int = 0
+    balance_minor: int = 0
+    reason: str | None = None
+
+
+def _register_delta(last: int, now_wh: int, modulus: int) -> tuple[int, bool]:
+    """Delta and whether it wrapped.  A smaller value is a wrap only if the wrapped delta is small."""
+    if now_wh >= last:
+        return now_wh - last, False
+    return now_wh + modulus - last, True
+
+
+def _line_json(line: PricedLine) -> dict[str, object]:
+    out: dict[str, object] = {"energy_wh": line.energy_wh, "amount": str(line.amount)}
+    for attr in ("tariff_id", "version", "period", "block", "unit_price"):
+        if hasattr(line, attr):
+            value = getattr(line, attr)
+            out[attr] = str(value) if isinstance(value, Decimal) else value
+    return out
+
+
+def record_reading(
+    conn: sqlite3.Connection,
+    meter_id: str,
+    reading: Reading,
+    pricer: Pricer,
+    *,
+    max_power_w: int,
+    register_modulus_wh: int = 1_000_000_000,
+    minor_digits: int = 2,
+) -> ChargeOutcome:
+    """Store one reading and charge it if it is good.  Call inside ``store.tx()``."""
+    meter = get_meter(conn, meter_id)
+    if meter is None:
+        raise LookupError(f"no meter '{meter_id}'")
+    now = reading.taken_at
+    tariffs_json = (
+        json.dumps(list(reading.energy_import_tariffs_wh)) if reading.energy_import_tariffs_wh else None
+    )
+
+    def insert(outcome: str, delta: int | None = None, detail: str | None = None) -> int:
+        cur = conn.execute(
+            "INSERT INTO readings(meter_id, taken_at, quality, register_wh, export_wh, tariffs_json, relay, "
+            "outcome, delta_wh, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                meter_id,
+                iso(now),
+                reading.quality.value,
+                reading.energy_import_wh,
+                reading.energy_export_wh,
+                tariffs_json,
+                reading.relay.value if reading.relay else None,
+                outcome,
+                delta,
+                detail,
+            ),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    if not reading.chargeable:
+        rid = insert("failed", detail=reading.error or reading.quality.value)
+        conn.execute(
+            "UPDATE meters SET comms_failed = comms_failed + 1, last_comms_error = ?, updated_at = ? WHERE id = ?",
+            (reading.error or reading.quality.value, iso(now), meter_id),
+        )
+        return ChargeOutcome(meter_id, meter.account_id, "failed", rid, reason=reading.error)
+
+    assert reading.energy_import_wh is not None
+    register = reading.energy_import_wh
+    relay_sql = ", relay = ?, relay_at = ?" if reading.relay else ""
+    relay_params: tuple[object, ...] = (reading.relay.value, iso(now)) if reading.relay else ()
+    conn.execute(
+        f"UPDATE meters SET comms_ok = comms_ok + 1, last_comms_error = NULL{relay_sql} WHERE id = ?",
+        (*relay_params, meter_id),
+    )
+
+    if meter.quarantined_reading_id is not None:
+        rid = insert("ignored", detail=f"awaiting technician for reading {meter.quarantined_reading_id}")
+        return ChargeOutcome(meter_id, meter.account_id, "ignored", rid, reason="meter quarantined")
+
+    if meter.last_register_wh is None or meter.last_reading_at is None:
+        rid = insert("baseline", 0)
+        _advance(conn, meter_id, register, tariffs_json, now, rid)
+        _usage_message(
+            conn, meter_id, meter.account_id, None, now, register, 0, 0, _balance(conn, meter.account_id)
+        )
+        return ChargeOutcome(
+            meter_id, meter.account_id, "baseline", rid, balance_minor=_balance(conn, meter.account_id)
+        )
+
+    last_at = parse_iso(meter.last_reading_at)
+    delta, wrapped = _register_delta(meter.last_register_wh, register, register_modulus_wh)
+    elapsed_s = max((now - last_at).total_seconds(), MIN_PLAUSIBILITY_WINDOW_S)
+    bound_wh = max_power_w * elapsed_s / 3600 + PLAUSIBILITY_SLACK_WH  # float only for a bound, never money
+    if delta > bound_wh:
+        kind = "register_backwards" if wrapped else "implausible_jump"
+        reason = (
+            f"register went from {meter.last_register_wh} Wh to {register} Wh"
+            if wrapped
+            else f"{delta} Wh in {elapsed_s:.0f} s exceeds max power {max_power_w} W"
+        )
+        rid = insert("quarantined", delta if not wrapped else register - meter.last_register_wh, reason)
+        conn.execute(
+            "UPDATE meters SET quarantined_reading_id = ?, updated_at = ? WHERE id = ?",
+            (rid, iso(now), meter_id),
+        )
+        events.record(
+            conn,
+            "reading_quarantined",
+            now,
+            severity="alarm",
+            account_id=meter.account_id,
+            meter_id=meter_id,
+            detail={
+                "reading_id": rid,
+                "kind": kind,
+                "reason": reason,
+                "last_register_wh": meter.last_register_wh,
+                "register_wh": register,
+            },
+        )
+        return ChargeOutcome(meter_id, meter.account_id, "quarantined", rid, reason=reason)
+
+    rid = insert("charged", delta, "rollover" if wrapped else None)
+    charge_minor = 0
+    if delta > 0:
+        charge_minor = charge_delta(
+            conn,
+            meter_id,
+            meter.account_id,
+            last_at,
+            now,
+            delta,
+            _register_split(conn, meter_id, reading),
+            pricer,
+            reading_id=rid,
+            minor_digits=minor_digits,
+        )
+    _advance(conn, meter_id, register, tariffs_json, now, rid)
+    balance = _balance(conn, meter.account_id)
+    _usage_message(
+        conn, meter_id, meter.account_id, last_at, now, register, delta, charge_minor, balance, minor_digits
+    )
+    return ChargeOutcome(meter_id, meter.account_id, "charged", rid, delta, charge_minor, balance)
+
+
+def charge_delta(
+    conn: sqlite3.Connection,
+    meter_id: str,
+    account_id: str,
+    start: datetime,
+    end: datetime,
+    delta_wh: int,
+    register_split: Mapping[str, int] | None,
+    pricer: Pricer,
+    *,
+    reading_id: int | None,
+    minor_digits: int,
+) -> int:
+    """Price ``delta_wh`` and post it with cumulative rounding; returns the minor units charged."""
+    lines = pricer(account_id, start, end, delta_wh, register_split)
+    if sum(line.energy_wh for line in lines) != delta_wh:
+        raise ArithmeticError(f"tariff split {delta_wh} Wh into lines that do not add up")
+    exact = sum((line.amount for line in lines), Decimal(0))
+    row = conn.execute("SELECT charged_exact, charged_minor FROM meters WHERE id = ?", (meter_id,)).fetchone()
+    cumulative_exact = Decimal(row[0]) + exact
+    cumulative_minor = to_minor(cumulative_exact, minor_digits)
+    charge_minor = cumulative_minor - int(row[1])
+    conn.execute(
+        "UPDATE meters SET charged_exact = ?, charged_minor = ? WHERE id = ?",
+        (str(cumulative_exact), cumulative_minor, meter_id),
+    )
+    post_entry(
+        conn,
+        account_id,
+        "charge",
+        -charge_minor,
+        end,
+        energy_wh=delta_wh,
+        meter_id=meter_id,
+        reading_id=reading_id,
+        period_start=start,
+        period_end=end,
+        detail_json=dumps({"exact": str(exact), "lines": [_line_json(line) for line in lines]}),
+    )
+    return charge_minor
+
+
+def _register_split(conn: sqlite3.Connection, meter_id: str, reading: Reading) -> dict[str, int] | None:
+    """Per-tariff register deltas (T1..Tn) when the meter reports them and we have a previous set."""
+    if not reading.energy_import_tariffs_wh:
+        return None
+    row = conn.execute("SELECT last_tariffs_json FROM meters WHERE id = ?", (meter_id,)).fetchone()
+    if row is None or row[0] is None:
+        return None
+    last = json.loads(row[0])
+    now = list(reading.energy_import_tariffs_wh)
+    if len(last) != len(now) or any(b < a for a, b in zip(last, now, strict=True)):
+        return None
+    return {f"T{i + 1}": b - a for i, (a, b) in enumerate(zip(last, now, strict=True))}
+
+
+def _advance(
+    conn: sqlite3.Connection, meter_id: str, register: int, tariffs_json: str | None, now: datetime, rid: int
+) -> None:
+    conn.execute(
+        "UPDATE meters SET last_register_wh = ?, last_tariffs_json = COALESCE(?, last_tariffs_json), "
+        "last_reading_at = ?, last_reading_id = ?, updated_at = ? WHERE id = ?",
+        (register, tariffs_json, iso(now), rid, iso(now), meter_id),
+    )
+
+
+def _balance(conn: sqlite3.Connection, account_id: str) -> int:
+    return int(conn.execute("SELECT balance_minor FROM accounts WHERE id = ?", (account_id,)).fetchone()[0])
+
+
+def _usage_message(
+    conn: sqlite3.Connection,
+    meter_id: str,
+    account_id: str,
+    start: datetime | None,
+    end: datetime,
+    register_wh: int,
+    delta_wh: int,
+    charge_minor: int,
+    balance: int,
+    minor_digits: int = 2,
+) -> None:
+    outbox.put(
+        conn,
+        f"meters/{meter_id}/usage",
+        {
+            "schema": "pmg.usage/1",
+            "meter_id": meter_id,
+            "account_id": account_id,
+            "interval_start": iso(start) if start else None,
+            "interval_end": iso(end),
+            "register_wh": register_wh,
+            "energy_wh": delta_wh,
+            "charge": format_money(charge_minor, minor_digits),
+            "balance": format_money(balance, minor_digits),
+        },
+        end,
+    )

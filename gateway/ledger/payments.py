@@ -1,0 +1,106 @@
+"""Payments: applied exactly once, whatever route they arrive by and however often.
+
+The payment id is the idempotence key.  The first application stores its result; a replay with the
+same content returns that result and applies nothing; a replay of the same id with different content
+(another account or amount) is refused, because it means two different payments share an id.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+from gateway import events
+from gateway.ledger.accounts import post_entry
+from gateway.money import format_money
+from gateway.store.db import dumps
+from gateway.timeutil import iso
+
+MAX_PAYMENT_MINOR = 10**11  # a sanity ceiling: one billion in major units
+
+
+class PaymentError(ValueError):
+    """A payment that cannot be applied; nothing was changed."""
+
+
+class PaymentConflict(PaymentError):
+    """The payment id was already used for a different payment."""
+
+
+@dataclass(frozen=True)
+class PaymentResult:
+    payment_id: str
+    account_id: str
+    amount_minor: int
+    balance_minor: int
+    applied_at: str
+    replayed: bool = False
+
+
+def apply_payment(
+    conn: sqlite3.Connection,
+    payment_id: str,
+    account_id: str,
+    amount_minor: int,
+    now: datetime,
+    *,
+    source: str,
+    minor_digits: int = 2,
+) -> PaymentResult:
+    """Apply a payment inside the caller's transaction, or return the original result of a replay."""
+    if not payment_id or len(payment_id) > 128:
+        raise PaymentError("payment id must be 1–128 characters")
+    if not isinstance(amount_minor, int) or isinstance(amount_minor, bool):
+        raise PaymentError("payment amount must be an integer number of minor units")
+    if amount_minor <= 0:
+        raise PaymentError(
+            f"payment amount must be positive (got {format_money(amount_minor, minor_digits)})"
+        )
+    if amount_minor > MAX_PAYMENT_MINOR:
+        raise PaymentError(f"payment amount {format_money(amount_minor, minor_digits)} is implausibly large")
+    prior = conn.execute(
+        "SELECT account_id, amount_minor, result_json FROM payments WHERE payment_id = ?", (payment_id,)
+    ).fetchone()
+    if prior is not None:
+        if prior[0] != account_id or prior[1] != amount_minor:
+            raise PaymentConflict(
+                f"payment id '{payment_id}' was already used for {format_money(prior[1], minor_digits)} "
+                f"to account '{prior[0]}'"
+            )
+        return PaymentResult(**{**json.loads(prior[2]), "replayed": True})
+    if conn.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone() is None:
+        raise PaymentError(f"no account '{account_id}'")
+
+    post_entry(
+        conn,
+        account_id,
+        "payment",
+        amount_minor,
+        now,
+        external_id=payment_id,
+        detail_json=dumps({"source": source}),
+    )
+    balance = int(
+        conn.execute("SELECT balance_minor FROM accounts WHERE id = ?", (account_id,)).fetchone()[0]
+    )
+    result = PaymentResult(payment_id, account_id, amount_minor, balance, iso(now))
+    conn.execute(
+        "INSERT INTO payments(payment_id, account_id, amount_minor, received_at, source, result_json) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (payment_id, account_id, amount_minor, iso(now), source, dumps(asdict(result))),
+    )
+    events.record(
+        conn,
+        "payment_applied",
+        now,
+        account_id=account_id,
+        actor=source,
+        detail={
+            "payment_id": payment_id,
+            "amount": format_money(amount_minor, minor_digits),
+            "balance": format_money(balance, minor_digits),
+        },
+    )
+    return result

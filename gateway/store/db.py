@@ -1,0 +1,125 @@
+"""The connection, its pragmas and the one way to write: ``with store.tx(): ...``.
+
+Every change that moves money or power happens inside ``tx()`` — a ``BEGIN IMMEDIATE`` transaction
+committed with ``synchronous=FULL`` — together with the outbox message and audit event that report it,
+so a crash leaves the database before or after the whole change, never between.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from gateway.store.migrations import migrate
+
+
+class StoreError(RuntimeError):
+    """The database cannot be opened or written (full disk, locked, corrupt)."""
+
+
+class Store:
+    """Owns one SQLite connection.  Not shared across threads: the daemon uses it from its loop."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+        self.db = sqlite_utils.Database(conn)
+        self._depth = 0
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One durable transaction.  Nested use joins the outer transaction."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self.conn
+            finally:
+                self._depth -= 1
+            return
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"cannot start a transaction on {self.path}: {exc}") from None
+        self._depth = 1
+        try:
+            yield self.conn
+        except BaseException:
+            self._depth = 0
+            self.conn.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            self.conn.execute("ROLLBACK")
+            raise StoreError(f"cannot commit to {self.path}: {exc}") from None
+
+    @property
+    def in_tx(self) -> bool:
+        return self._depth > 0
+
+    def one(self, sql: str, *params: Any) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self.conn.execute(sql, params).fetchone()
+        return row
+
+    def all(self, sql: str, *params: Any) -> list[sqlite3.Row]:
+        return list(self.conn.execute(sql, params).fetchall())
+
+    def scalar(self, sql: str, *params: Any) -> Any:
+        row = self.conn.execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+    def meta_get(self, key: str) -> str | None:
+        row = self.one("SELECT value FROM meta WHERE key = ?", key)
+        return None if row is None else str(row["value"])
+
+    def meta_set(self, key: str, value: str) -> None:
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def dumps(obj: Any) -> str:
+    """Compact, stable JSON for stored detail columns."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def open_store(path: str | Path, *, readonly: bool = False) -> Store:
+    """Open (creating and migrating if needed) the gateway database."""
+    p = Path(path)
+    if readonly:
+        if not p.exists():
+            raise StoreError(f"no database at {p} (has the daemon ever run with this configuration?)")
+        uri = f"file:{p}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    else:
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create {p.parent}: {exc.strerror}") from None
+        try:
+            conn = sqlite3.connect(p, isolation_level=None, check_same_thread=False)
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"cannot open {p}: {exc}") from None
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if not readonly:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            migrate(conn)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(f"{p} is not a usable pmg database: {exc}") from None
+    return Store(conn, p)

@@ -1,0 +1,227 @@
+"""Versioned schema migrations, applied in order inside one transaction each.
+
+``PRAGMA user_version`` records the schema version.  A migration is never edited once released; a
+change is a new entry at the end.  Money tables are append-only, enforced by triggers so that not
+even a buggy future module can rewrite history.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the walking skeleton's tables, shaped for the ledger, policy and sync that follow.
+    """
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE accounts (
+        id                    TEXT PRIMARY KEY,
+        name                  TEXT,
+        tariff_id             TEXT NOT NULL,
+        currency              TEXT NOT NULL,
+        protected             INTEGER NOT NULL DEFAULT 0,
+        protected_category    TEXT,
+        risk_grade            INTEGER NOT NULL DEFAULT 0,
+        emergency_credit_minor INTEGER NOT NULL DEFAULT 0,
+        balance_minor         INTEGER NOT NULL DEFAULT 0,   -- cache; `pmg ledger verify` checks it
+        policy_state          TEXT NOT NULL DEFAULT 'normal',
+        policy_state_since    TEXT,
+        notice_served_at      TEXT,
+        reminder_sent_at      TEXT,
+        warnings_json         TEXT NOT NULL DEFAULT '{}',
+        created_at            TEXT NOT NULL,
+        updated_at            TEXT NOT NULL
+    );
+    CREATE TABLE meters (
+        id                  TEXT PRIMARY KEY,
+        account_id          TEXT NOT NULL REFERENCES accounts(id),
+        bus_id              TEXT NOT NULL,
+        protocol            TEXT NOT NULL,
+        address             TEXT NOT NULL,
+        keep_power          INTEGER NOT NULL DEFAULT 0,
+        last_register_wh    INTEGER,          -- last accepted import register
+        last_tariffs_json   TEXT,             -- last accepted T1..Tn registers
+        last_reading_at     TEXT,
+        last_reading_id     INTEGER,
+        charged_exact       TEXT NOT NULL DEFAULT '0',   -- cumulative exact charge (Decimal)
+        charged_minor       INTEGER NOT NULL DEFAULT 0,  -- cumulative posted charge
+        relay               TEXT,
+        relay_at            TEXT,
+        quarantined_reading_id INTEGER,       -- set while a suspicious reading awaits a technician
+        comms_ok            INTEGER NOT NULL DEFAULT 0,
+        comms_failed        INTEGER NOT NULL DEFAULT 0,
+        last_comms_error    TEXT,
+        created_at          TEXT NOT NULL,
+        updated_at          TEXT NOT NULL
+    );
+    CREATE TABLE readings (
+        id            INTEGER PRIMARY KEY,
+        meter_id      TEXT NOT NULL REFERENCES meters(id),
+        taken_at      TEXT NOT NULL,
+        quality       TEXT NOT NULL,
+        register_wh   INTEGER,
+        export_wh     INTEGER,
+        tariffs_json  TEXT,
+        relay         TEXT,
+        outcome       TEXT NOT NULL,          -- baseline | charged | quarantined | failed | ignored
+        delta_wh      INTEGER,
+        detail        TEXT
+    );
+    CREATE INDEX readings_meter_time ON readings(meter_id, taken_at);
+    CREATE TABLE entries (
+        id           INTEGER PRIMARY KEY,
+        account_id   TEXT NOT NULL REFERENCES accounts(id),
+        kind         TEXT NOT NULL CHECK (kind IN (
+                       'payment', 'charge', 'standing_charge', 'adjustment',
+                       'emergency_credit', 'emergency_repayment', 'debt', 'debt_recovery')),
+        amount_minor INTEGER NOT NULL,         -- signed: + credits the account, - debits it
+        energy_wh    INTEGER,
+        meter_id     TEXT,
+        reading_id   INTEGER,
+        external_id  TEXT,                     -- payment id etc.: unique per kind
+        period_start TEXT,
+        period_end   TEXT,
+        detail_json  TEXT NOT NULL DEFAULT '{}',
+        created_at   TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX entries_external ON entries(kind, external_id) WHERE external_id IS NOT NULL;
+    CREATE INDEX entries_account ON entries(account_id, created_at);
+    CREATE TRIGGER entries_append_only_u BEFORE UPDATE ON entries
+        BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only'); END;
+    CREATE TRIGGER entries_append_only_d BEFORE DELETE ON entries
+        BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only'); END;
+    CREATE TABLE payments (
+        payment_id   TEXT PRIMARY KEY,
+        account_id   TEXT NOT NULL REFERENCES accounts(id),
+        amount_minor INTEGER NOT NULL CHECK (amount_minor > 0),
+        received_at  TEXT NOT NULL,
+        source       TEXT NOT NULL,
+        result_json  TEXT NOT NULL             -- the original result, returned on replay
+    );
+    CREATE TRIGGER payments_append_only_u BEFORE UPDATE ON payments
+        BEGIN SELECT RAISE(ABORT, 'payments are append-only'); END;
+    CREATE TRIGGER payments_append_only_d BEFORE DELETE ON payments
+        BEGIN SELECT RAISE(ABORT, 'payments are append-only'); END;
+    CREATE TABLE relay_commands (
+        id           INTEGER PRIMARY KEY,
+        meter_id     TEXT NOT NULL REFERENCES meters(id),
+        action       TEXT NOT NULL,
+        status       TEXT NOT NULL CHECK (status IN ('pending', 'sending', 'confirmed', 'failed', 'cancelled')),
+        reason       TEXT NOT NULL,
+        actor        TEXT NOT NULL,
+        trace_json   TEXT NOT NULL DEFAULT '[]',
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        not_before   TEXT,
+        payment_id   TEXT,                     -- a reconnect caused by this payment (for timing)
+        outcome      TEXT,
+        created_at   TEXT NOT NULL,
+        updated_at   TEXT NOT NULL
+    );
+    CREATE INDEX relay_commands_open ON relay_commands(status, meter_id);
+    CREATE TABLE events (
+        id          INTEGER PRIMARY KEY,
+        at          TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        severity    TEXT NOT NULL DEFAULT 'info',
+        account_id  TEXT,
+        meter_id    TEXT,
+        actor       TEXT,
+        detail_json TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX events_at ON events(at);
+    CREATE TRIGGER events_append_only_u BEFORE UPDATE ON events
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER events_append_only_d BEFORE DELETE ON events
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TABLE outbox (
+        seq          INTEGER PRIMARY KEY AUTOINCREMENT,   -- the per-gateway sequence number
+        topic        TEXT NOT NULL,
+        payload      TEXT NOT NULL,
+        qos          INTEGER NOT NULL DEFAULT 1,
+        retain       INTEGER NOT NULL DEFAULT 0,
+        billing      INTEGER NOT NULL DEFAULT 1,
+        created_at   TEXT NOT NULL,
+        delivered_at TEXT
+    );
+    CREATE INDEX outbox_pending ON outbox(delivered_at, seq);
+    CREATE TABLE commands (
+        id           TEXT PRIMARY KEY,         -- head-office command id (idempotence)
+        type         TEXT NOT NULL,
+        digest       TEXT NOT NULL,            -- sha256 of the canonical form
+        received_at  TEXT NOT NULL,
+        ack_json     TEXT NOT NULL
+    );
+    CREATE TABLE holds (
+        id          TEXT PRIMARY KEY,
+        kind        TEXT NOT NULL,
+        reason      TEXT NOT NULL,
+        actor       TEXT NOT NULL,
+        starts_at   TEXT NOT NULL,
+        expires_at  TEXT NOT NULL,
+        cleared_at  TEXT
+    );
+    CREATE TABLE overrides (
+        id              INTEGER PRIMARY KEY,
+        target          TEXT NOT NULL,
+        action          TEXT NOT NULL,
+        reason          TEXT NOT NULL,
+        actor           TEXT NOT NULL,
+        allow_protected INTEGER NOT NULL DEFAULT 0,
+        created_at      TEXT NOT NULL,
+        expires_at      TEXT NOT NULL,
+        cleared_at      TEXT
+    );
+    CREATE TABLE tariffs (
+        id            TEXT NOT NULL,
+        version       INTEGER NOT NULL,
+        effective_from TEXT NOT NULL,
+        body_json     TEXT NOT NULL,
+        source        TEXT NOT NULL,
+        added_at      TEXT NOT NULL,
+        PRIMARY KEY (id, version)
+    );
+    """,
+)
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer pmg; refusing to touch it."""
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to the latest version; return it.  Each step is one transaction."""
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    if current > len(MIGRATIONS):
+        raise SchemaTooNew(
+            f"database schema version {current} is newer than this pmg understands ({len(MIGRATIONS)})"
+        )
+    for version in range(current + 1, len(MIGRATIONS) + 1):
+        script = MIGRATIONS[version - 1]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _split(script):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return len(MIGRATIONS)
+
+
+def _split(script: str) -> list[str]:
+    """Split a script into statements, keeping trigger bodies (which contain ';') whole."""
+    statements: list[str] = []
+    buf = ""
+    for line in script.splitlines():
+        if line.strip().startswith("--") and not buf:
+            continue
+        buf += line + "\n"
+        if sqlite3.complete_statement(buf):
+            statements.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        statements.append(buf.strip())
+    return statements
