@@ -1,0 +1,253 @@
+"""One Modbus bus (an RS-485 line or a Modbus TCP connection) and its single conversation.
+
+A bus is half-duplex: one request in flight, enforced by a lock held from the first byte of a
+request to the end of the post-request gap.  RS-485 converters and slow meters need quiet time
+between frames and after the unit id changes; both are configurable and applied under the lock,
+so no caller can squeeze a request into the gap.  pymodbus errors become the driver's typed errors
+(``MeterTimeout``, ``MeterRefused``, ``BadFrame``) with one-line messages naming the unit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException
+from pymodbus.framer import FramerType
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
+
+from drivers.base import BadFrame, DriverError, MeterRefused, MeterTimeout
+
+READ_REGISTER_FUNCTIONS = (3, 4)
+READ_BIT_FUNCTIONS = (1, 2)
+WRITE_REGISTER_FUNCTIONS = (6, 16)
+WRITE_COIL_FUNCTIONS = (5, 15)
+
+_EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "device failure",
+    5: "acknowledge",
+    6: "device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target failed to respond",
+}
+
+
+class LinkError(DriverError):
+    """The bus itself is unusable (port cannot be opened, TCP connection refused or closed)."""
+
+
+@dataclass
+class LinkStats:
+    """Counters a technician or a benchmark reads to judge a bus."""
+
+    requests: int = 0
+    timeouts: int = 0
+    refusals: int = 0
+    bad_frames: int = 0
+    foreign_replies: int = 0  # frames from a unit other than the one asked (cross-talk, duplicate ids)
+
+
+def _parse_tcp(url: str) -> tuple[str, int] | None:
+    if not url.startswith("tcp://"):
+        return None
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise ValueError(f"Modbus TCP url {url!r} has no host (expected tcp://host:port)")
+    try:
+        port = parts.port or 502
+    except ValueError:
+        raise ValueError(f"Modbus TCP url {url!r} has a bad port") from None
+    return parts.hostname, port
+
+
+class ModbusLink:
+    """A Modbus master on one bus.  ``url`` is ``tcp://host:port`` or a pyserial URL/device (RTU)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        baud: int = 9600,
+        parity: str = "N",
+        stopbits: int = 1,
+        timeout_s: float = 1.0,
+        retries: int = 2,
+        inter_frame_gap_s: float = 0.0,
+        unit_switch_delay_s: float = 0.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if parity not in ("N", "E", "O"):
+            raise ValueError(f"parity must be N, E or O, got {parity!r}")
+        if stopbits not in (1, 2):
+            raise ValueError(f"stopbits must be 1 or 2, got {stopbits!r}")
+        if timeout_s <= 0 or retries < 0 or inter_frame_gap_s < 0 or unit_switch_delay_s < 0:
+            raise ValueError("timeout_s must be > 0; retries and delays must be >= 0")
+        self.url = url
+        self.tcp = _parse_tcp(url)
+        self.baud = baud
+        self.parity = parity
+        self.stopbits = stopbits
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.inter_frame_gap_s = inter_frame_gap_s
+        self.unit_switch_delay_s = unit_switch_delay_s
+        self.stats = LinkStats()
+        self._monotonic = monotonic
+        self._lock = asyncio.Lock()
+        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self._last_unit: int | None = None
+        self._quiet_until = 0.0
+        self._asked_unit: int | None = None
+        self._foreign_unit: int | None = None
+
+    def __repr__(self) -> str:
+        return f"ModbusLink({self.url!r})"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Connect; raises ``LinkError`` when the port or host cannot be reached."""
+        if self._client is not None and self._client.connected:
+            return
+        common: dict[str, Any] = {
+            "timeout": self.timeout_s,
+            "retries": self.retries,
+            "reconnect_delay": 0.5,
+            "reconnect_delay_max": 10.0,
+            "trace_packet": self._trace_packet,
+        }
+        if self.tcp is not None:
+            host, port = self.tcp
+            self._client = AsyncModbusTcpClient(host, port=port, framer=FramerType.SOCKET, **common)
+        else:
+            self._client = AsyncModbusSerialClient(
+                self.url, baudrate=self.baud, parity=self.parity, stopbits=self.stopbits, **common
+            )
+        if not await self._client.connect():
+            self._client.close()
+            self._client = None
+            raise LinkError(f"{self.url}: cannot open the bus")
+
+    async def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def __aenter__(self) -> ModbusLink:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- requests ------------------------------------------------------------------------------
+    async def read_registers(self, unit: int, function: int, address: int, count: int) -> list[int]:
+        """FC03 (holding) or FC04 (input) registers."""
+        if function not in READ_REGISTER_FUNCTIONS:
+            raise ValueError(f"function {function} does not read registers")
+        client = self._require()
+        call = client.read_holding_registers if function == 3 else client.read_input_registers
+        pdu = await self._transact(unit, function, address, lambda: call(address, count=count, device_id=unit))
+        regs = list(getattr(pdu, "registers", []))
+        if len(regs) != count:
+            self.stats.bad_frames += 1
+            raise BadFrame(f"unit {unit}: FC{function:02d} @{address:#06x} asked {count} registers, got {len(regs)}")
+        return regs
+
+    async def read_bits(self, unit: int, function: int, address: int, count: int) -> list[bool]:
+        """FC01 (coils) or FC02 (discrete inputs)."""
+        if function not in READ_BIT_FUNCTIONS:
+            raise ValueError(f"function {function} does not read bits")
+        client = self._require()
+        call = client.read_coils if function == 1 else client.read_discrete_inputs
+        pdu = await self._transact(unit, function, address, lambda: call(address, count=count, device_id=unit))
+        bits = list(getattr(pdu, "bits", []))
+        if len(bits) < count:
+            self.stats.bad_frames += 1
+            raise BadFrame(f"unit {unit}: FC{function:02d} @{address:#06x} asked {count} bits, got {len(bits)}")
+        return [bool(b) for b in bits[:count]]
+
+    async def write_registers(self, unit: int, function: int, address: int, values: Sequence[int]) -> None:
+        """FC06 (one register) or FC16 (several); the meter's echo is the acknowledgement."""
+        client = self._require()
+        if function == 6:
+            if len(values) != 1:
+                raise ValueError("FC06 writes exactly one register")
+            await self._transact(
+                unit, 6, address, lambda: client.write_register(address, values[0], device_id=unit)
+            )
+        elif function == 16:
+            await self._transact(
+                unit, 16, address, lambda: client.write_registers(address, list(values), device_id=unit)
+            )
+        else:
+            raise ValueError(f"function {function} does not write registers")
+
+    async def write_coil(self, unit: int, function: int, address: int, value: bool) -> None:
+        """FC05 (one coil) or FC15 (coils, here one)."""
+        client = self._require()
+        if function == 5:
+            await self._transact(unit, 5, address, lambda: client.write_coil(address, value, device_id=unit))
+        elif function == 15:
+            await self._transact(unit, 15, address, lambda: client.write_coils(address, [value], device_id=unit))
+        else:
+            raise ValueError(f"function {function} does not write coils")
+
+    # -- internals -----------------------------------------------------------------------------
+    def _require(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+        if self._client is None:
+            raise LinkError(f"{self.url}: link is not open")
+        return self._client
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        """Notice replies from a unit we did not ask (pymodbus drops them silently as a timeout)."""
+        if not sending and data and self._asked_unit is not None:
+            unit = data[6] if self.tcp is not None and len(data) > 6 else data[0]
+            if unit != self._asked_unit:
+                self._foreign_unit = unit
+        return data
+
+    async def _transact(
+        self, unit: int, function: int, address: int, request: Callable[[], Awaitable[ModbusPDU]]
+    ) -> ModbusPDU:
+        if not 1 <= unit <= 247:
+            raise ValueError(f"unit id {unit} is outside 1..247")
+        where = f"unit {unit}: FC{function:02d} @{address:#06x}"
+        async with self._lock:
+            wait = self._quiet_until - self._monotonic()
+            if self._last_unit is not None and unit != self._last_unit:
+                wait = max(wait, self.unit_switch_delay_s)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._last_unit = unit
+            self._asked_unit, self._foreign_unit = unit, None
+            self.stats.requests += 1
+            try:
+                pdu = await request()
+            except ConnectionException as exc:
+                self.stats.timeouts += 1
+                raise LinkError(f"{where}: bus not connected ({exc})") from None
+            except ModbusException as exc:
+                foreign = self._foreign_unit
+                if foreign is not None:
+                    self.stats.foreign_replies += 1
+                    raise BadFrame(f"{where}: unit {foreign} answered instead") from None
+                self.stats.timeouts += 1
+                raise MeterTimeout(f"{where}: no answer after {self.retries + 1} tries") from exc
+            finally:
+                self._asked_unit = None
+                self._quiet_until = self._monotonic() + self.inter_frame_gap_s
+            if isinstance(pdu, ExceptionResponse) or pdu.isError():
+                code = int(getattr(pdu, "exception_code", 0))
+                self.stats.refusals += 1
+                name = _EXCEPTION_NAMES.get(code, "exception")
+                raise MeterRefused(f"{where}: exception {code:#04x} ({name})", code)
+            return pdu
