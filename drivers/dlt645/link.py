@@ -1,0 +1,246 @@
+"""One DL/T 645 bus (RS-485 line, or a serial server reached by URL): half-duplex, one request in flight.
+
+Blocking pyserial I/O runs on a single-thread executor owned by the link, so the asyncio loop is
+never blocked and requests are serialised even if two coroutines call at once (an ``asyncio.Lock``
+guards the whole exchange including retries).  Replies are picked out of the byte stream with
+``frame.scan``: noise, echoes of our own request, replies from other meters and broken frames are
+skipped until a reply that matches the request (same function, same address) arrives or the
+response timeout runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import serial
+
+from drivers.base import BadFrame, DriverError, MeterTimeout
+from drivers.dlt645.frame import BROADCAST, WILDCARD, Frame, encode, scan
+
+POLL_S = 0.01  # pyserial read timeout: how often the reader wakes while waiting for the first byte
+_PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
+
+
+class LinkError(DriverError):
+    """The transport itself failed (port vanished, socket closed, link not open)."""
+
+
+@dataclass
+class LinkStats:
+    """Counters for benchmarks and the technician's ``pmg`` output."""
+
+    requests: int = 0
+    attempts: int = 0
+    timeouts: int = 0
+    bad_frames: int = 0
+    frames_skipped: int = 0
+    bytes_out: int = 0
+    bytes_in: int = 0
+
+
+def bits_per_byte(parity: str) -> int:
+    """Start bit + 8 data bits + parity bit (if any) + 1 stop bit: 11 for 8E1, 10 for 8N1."""
+    return 10 if parity == "N" else 11
+
+
+class Dlt645Link:
+    """A DL/T 645 bus reached through any pyserial URL (``/dev/ttyUSB0``, ``socket://h:p``, ``rfc2217://``)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        baud: int = 2400,
+        parity: str = "E",
+        timeout_s: float = 1.0,
+        retries: int = 2,
+        backoff_s: float = 0.05,
+        inter_frame_gap_s: float = 0.02,
+        wakeup: int = 4,
+    ) -> None:
+        if parity not in _PARITIES:
+            raise ValueError(f"parity must be one of N, E, O, got {parity!r}")
+        if baud <= 0 or timeout_s <= 0 or retries < 0 or backoff_s < 0 or inter_frame_gap_s < 0:
+            raise ValueError(
+                f"invalid link settings: baud={baud} timeout_s={timeout_s} retries={retries} "
+                f"backoff_s={backoff_s} inter_frame_gap_s={inter_frame_gap_s}"
+            )
+        if not 0 <= wakeup <= 4:
+            raise ValueError(f"wake-up byte count must be 0..4, got {wakeup}")
+        self.url = url
+        self.baud = baud
+        self.parity = parity
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.inter_frame_gap_s = inter_frame_gap_s
+        self.wakeup = wakeup
+        self.stats = LinkStats()
+        self._serial: Any = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = asyncio.Lock()
+        self._last_io = 0.0
+
+    @property
+    def byte_time_s(self) -> float:
+        return bits_per_byte(self.parity) / self.baud
+
+    @property
+    def is_open(self) -> bool:
+        return self._serial is not None
+
+    async def open(self) -> None:
+        if self._serial is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlt645-link")
+        try:
+            self._serial = await self._run(self._open_blocking)
+        except BaseException:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+            raise
+
+    def _open_blocking(self) -> Any:
+        try:
+            return serial.serial_for_url(
+                self.url,
+                baudrate=self.baud,
+                parity=_PARITIES[self.parity],
+                bytesize=serial.EIGHTBITS,
+                stopbits=serial.STOPBITS_ONE,
+                timeout=POLL_S,
+                write_timeout=5.0,
+            )
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise LinkError(f"cannot open DL/T 645 link {self.url}: {exc}") from None
+
+    async def close(self) -> None:
+        async with self._lock:
+            ser, self._serial = self._serial, None
+            executor, self._executor = self._executor, None
+            if executor is None:
+                return
+            if ser is not None:
+                await asyncio.get_running_loop().run_in_executor(executor, ser.close)
+            executor.shutdown(wait=True)
+
+    async def __aenter__(self) -> Dlt645Link:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _run(self, fn: Callable[[], Any]) -> Any:
+        if self._executor is None:
+            raise LinkError(f"DL/T 645 link {self.url} is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    # -- requests ---------------------------------------------------------------------------------
+    async def send(self, frame: Frame) -> None:
+        """Send a frame that gets no reply (broadcast time sync)."""
+        wire = encode(frame, wakeup=self.wakeup)
+        async with self._lock:
+            await self._run(lambda: self._exchange(frame, wire, expect_reply=False))
+
+    async def request(self, frame: Frame, *, retries: int | None = None) -> Frame:
+        """Send ``frame`` and return the meter's matching reply (normal or abnormal).
+
+        Retries on timeout or an unusable reply, with exponential backoff.  Raises ``MeterTimeout``
+        when nothing arrived on the last attempt, ``BadFrame`` when only unusable bytes did.
+        """
+        if frame.address == BROADCAST:
+            raise ValueError("broadcast frames get no reply: use send()")
+        wire = encode(frame, wakeup=self.wakeup)
+        attempts = 1 + (self.retries if retries is None else retries)
+        async with self._lock:
+            self.stats.requests += 1
+            error: DriverError | None = None
+            for attempt in range(attempts):
+                if attempt:
+                    await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
+                try:
+                    reply: Frame = await self._run(lambda: self._exchange(frame, wire, expect_reply=True))
+                    return reply
+                except MeterTimeout as exc:
+                    self.stats.timeouts += 1
+                    error = exc
+                except BadFrame as exc:
+                    self.stats.bad_frames += 1
+                    error = exc
+            assert error is not None
+            raise error
+
+    def _exchange(self, request: Frame, wire: bytes, *, expect_reply: bool) -> Frame | None:
+        """Blocking: one write and (optionally) one reply, on the executor thread."""
+        ser = self._serial
+        if ser is None:
+            raise LinkError(f"DL/T 645 link {self.url} is not open")
+        self.stats.attempts += 1
+        gap = self._last_io + self.inter_frame_gap_s - time.monotonic()
+        if gap > 0:
+            time.sleep(gap)  # bus turnaround: meters need a quiet line before the next request
+        try:
+            ser.reset_input_buffer()
+            ser.write(wire)
+            ser.flush()
+            self.stats.bytes_out += len(wire)
+            if not expect_reply:
+                return None
+            return self._receive(ser, request)
+        except (serial.SerialException, OSError) as exc:
+            raise LinkError(f"DL/T 645 link {self.url} failed: {exc}") from None
+        finally:
+            self._last_io = time.monotonic()
+
+    def _matches(self, request: Frame, reply: Frame) -> bool:
+        return (
+            reply.is_reply
+            and reply.function == request.function
+            and (request.address == WILDCARD or reply.address == request.address)
+        )
+
+    def _receive(self, ser: Any, request: Frame) -> Frame:
+        start = time.monotonic()
+        deadline = start + self.timeout_s
+        # A frame that has started may finish after the response timeout: allow the longest frame.
+        hard_deadline = deadline + (12 + 255) * self.byte_time_s
+        buf = bytearray()
+        received = 0
+        skipped: list[str] = []
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            chunk = ser.read(max(1, ser.in_waiting))
+            if not chunk:
+                continue
+            received += len(chunk)
+            self.stats.bytes_in += len(chunk)
+            buf += chunk
+            while True:
+                result = scan(bytes(buf))
+                if result.frame is None:
+                    del buf[: result.end]
+                    if result.pending and len(buf) >= 10:
+                        finish = time.monotonic() + (12 + buf[9] - len(buf)) * self.byte_time_s + 0.05
+                        deadline = min(max(deadline, finish), hard_deadline)
+                    break
+                del buf[: result.end]
+                if self._matches(request, result.frame):
+                    return result.frame
+                self.stats.frames_skipped += 1
+                kind = "reply" if result.frame.is_reply else "request/echo"
+                skipped.append(f"{kind} C={result.frame.control:02X} from {result.frame.address}")
+        waited = time.monotonic() - start
+        if received == 0:
+            raise MeterTimeout(f"meter {request.address}: no answer within {waited:.2f} s on {self.url}")
+        detail = f"; skipped {', '.join(skipped[:3])}" if skipped else ""
+        raise BadFrame(
+            f"meter {request.address}: no valid reply in {received} bytes within {waited:.2f} s on {self.url}{detail}"
+        )

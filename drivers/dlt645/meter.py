@@ -1,0 +1,305 @@
+"""A DL/T 645 meter as the gateway sees it (``drivers.base.Meter``), over a shared ``Dlt645Link``.
+
+Each ``Point`` maps to data identifiers in ``di.TABLE``.  A read of several points is several
+request/reply exchanges; the billing point (import energy) failing fails the whole reading, while
+an optional point the meter does not have ("no such data") just stays ``None``.  Relay commands are
+confirmed by reading status word 3 back: the meter's acknowledgement alone decides nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta, tzinfo
+from decimal import Decimal
+from typing import Any
+
+from drivers.base import (
+    BILLING_POINTS,
+    BadFrame,
+    DriverError,
+    MeterRefused,
+    MeterTimeout,
+    Point,
+    Quality,
+    Reading,
+    RelayAction,
+    RelayNotConfirmed,
+    RelayState,
+)
+from drivers.dlt645 import commands
+from drivers.dlt645 import di as dis
+from drivers.dlt645.frame import Dlt645Refused, Frame, check_address
+from drivers.dlt645.link import Dlt645Link
+
+MAX_FOLLOW_UPS = 16
+DEFAULT_RELAY_VALIDITY = timedelta(minutes=10)
+
+_V2007: dict[Point, tuple[int, ...]] = {
+    Point.ENERGY_IMPORT: (dis.ENERGY_IMPORT,),
+    Point.ENERGY_EXPORT: (dis.ENERGY_EXPORT,),
+    Point.ENERGY_IMPORT_TARIFFS: tuple(dis.energy_tariff(dis.ENERGY_IMPORT, t) for t in range(1, 5)),
+    Point.VOLTAGE: (dis.VOLTAGE_A,),
+    Point.CURRENT: (dis.CURRENT_A,),
+    Point.POWER: (dis.POWER_TOTAL,),
+    Point.FREQUENCY: (dis.FREQUENCY,),
+    Point.POWER_FACTOR: (dis.POWER_FACTOR_TOTAL,),
+    Point.METER_TIME: (dis.DATE, dis.TIME),
+    Point.RELAY: (dis.status_word(3),),
+    Point.STATUS: (dis.status_word(3),),
+    Point.PREPAID_MONEY: (dis.REMAINING_MONEY, dis.OVERDRAFT_MONEY, dis.PURCHASE_COUNT),
+}
+_V1997: dict[Point, tuple[int, ...]] = {
+    Point.ENERGY_IMPORT: (0x9010,),
+    Point.ENERGY_EXPORT: (0x9020,),
+    Point.VOLTAGE: (0xB611,),
+    Point.CURRENT: (0xB621,),
+    Point.POWER: (0xB630,),
+    Point.METER_TIME: (0xC010, 0xC011),
+}
+_REQUIRED = {Point.ENERGY_IMPORT}
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Dlt645Meter:
+    """One meter on a DL/T 645 bus.  Holds no bus: every exchange goes through the shared link."""
+
+    def __init__(
+        self,
+        link: Dlt645Link,
+        address: str,
+        *,
+        password: str = "000000",
+        password_level: int = 2,
+        operator: str = "00000000",
+        protocol_version: str = "2007",
+        tz: tzinfo | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        if protocol_version not in ("2007", "1997"):
+            raise ValueError(f"DL/T 645 protocol_version must be '2007' or '1997', got {protocol_version!r}")
+        self.link = link
+        self.address = check_address(address)
+        self.protocol_version = protocol_version
+        self._security = commands.security_fields(password_level, password, operator)
+        self._tz = tz  # the meter's local zone for relay deadlines; None = this host's zone
+        self._clock = clock
+
+    @property
+    def _v1997(self) -> bool:
+        return self.protocol_version == "1997"
+
+    # -- reads ------------------------------------------------------------------------------------
+    async def read_raw(self, di: int) -> bytes:
+        """Value bytes of one DI, following 0x12 follow-up frames.  Raises driver errors."""
+        request = commands.read_request(self.address, di, v1997=self._v1997)
+        reply = await self._checked(request, f"read {di:08X}")
+        payload = commands.reply_payload(request, reply)
+        seq = 0
+        while reply.has_follow_up and not self._v1997:
+            seq += 1
+            if seq > MAX_FOLLOW_UPS:
+                raise BadFrame(f"meter {self.address}: more than {MAX_FOLLOW_UPS} follow-up frames for {di:08X}")
+            follow = commands.follow_up_request(self.address, di, seq)
+            reply = await self._checked(follow, f"read follow-up {seq} of {di:08X}")
+            payload += commands.reply_payload(follow, reply)
+        return payload
+
+    async def read_value(self, di: int) -> Decimal | int | Any:
+        """One DI decoded through the table (Decimal, int status word, date or time)."""
+        fmt = dis.lookup(di, v1997=self._v1997)
+        return fmt.decode(await self.read_raw(di))
+
+    async def _checked(self, request: Frame, what: str) -> Frame:
+        reply = await self.link.request(request)
+        if reply.is_abnormal:
+            raise reply.refusal(what)
+        return reply
+
+    async def read(self, points: Iterable[Point] = BILLING_POINTS) -> Reading:
+        """Typed values with a quality; failure is a quality and an error, never a number."""
+        wanted = list(dict.fromkeys(points))
+        table = _V1997 if self._v1997 else _V2007
+        taken_at = self._clock()
+        values: dict[int, Any] = {}
+        try:
+            for point in sorted(wanted, key=lambda p: p not in _REQUIRED):
+                for di in table.get(point, ()):
+                    if di in values:
+                        continue
+                    try:
+                        values[di] = await self.read_value(di)
+                    except Dlt645Refused as exc:
+                        if not exc.no_such_data or point in _REQUIRED:
+                            raise
+                        values[di] = None
+        except MeterTimeout as exc:
+            return Reading(self.address, taken_at, Quality.TIMEOUT, error=str(exc))
+        except BadFrame as exc:
+            return Reading(self.address, taken_at, Quality.BAD_FRAME, error=str(exc))
+        except MeterRefused as exc:
+            return Reading(self.address, taken_at, Quality.REFUSED, error=str(exc))
+        except DriverError as exc:
+            return Reading(self.address, taken_at, Quality.TIMEOUT, error=str(exc))
+        return self._assemble(taken_at, wanted, values)
+
+    def _assemble(self, taken_at: datetime, wanted: list[Point], v: dict[int, Any]) -> Reading:
+        t = _V1997 if self._v1997 else _V2007
+
+        def one(point: Point) -> Any:
+            dis_ = t.get(point, ())
+            return v.get(dis_[0]) if dis_ and point in wanted else None
+
+        def wh(value: Decimal | None) -> int | None:
+            return None if value is None else dis.kwh_to_wh(value)
+
+        tariffs = None
+        if Point.ENERGY_IMPORT_TARIFFS in wanted and Point.ENERGY_IMPORT_TARIFFS in t:
+            raw: list[Decimal] = [v[d] for d in t[Point.ENERGY_IMPORT_TARIFFS] if v.get(d) is not None]
+            if len(raw) == len(t[Point.ENERGY_IMPORT_TARIFFS]):
+                tariffs = tuple(dis.kwh_to_wh(x) for x in raw)
+        meter_time = None
+        if Point.METER_TIME in wanted and Point.METER_TIME in t:
+            d, tm = (v.get(x) for x in t[Point.METER_TIME])
+            meter_time = datetime.combine(d, tm) if d is not None and tm is not None else None
+        status: dict[str, bool | int] = {}
+        relay = None
+        sw3 = v.get(dis.status_word(3))
+        if sw3 is not None:
+            if Point.STATUS in wanted:
+                status.update(dis.decode_status3(sw3))
+            if Point.RELAY in wanted:
+                relay = RelayState.OPEN if sw3 & dis.SW3_RELAY_OPEN else RelayState.CLOSED
+        money = None
+        if Point.PREPAID_MONEY in wanted and not self._v1997:
+            remaining, overdraft, count = (v.get(x) for x in t[Point.PREPAID_MONEY])
+            if remaining is not None:
+                # Balance as one signed amount: remaining money, or minus the overdraft in use.
+                money = remaining - overdraft if overdraft else remaining
+            if overdraft is not None:
+                status["overdraft_money_cents"] = int(overdraft * 100)
+            if count is not None:
+                status["purchase_count"] = int(count)
+        power = one(Point.POWER)
+        return Reading(
+            address=self.address,
+            taken_at=taken_at,
+            quality=Quality.OK,
+            energy_import_wh=wh(one(Point.ENERGY_IMPORT)),
+            energy_export_wh=wh(one(Point.ENERGY_EXPORT)),
+            energy_import_tariffs_wh=tariffs,
+            voltage_v=one(Point.VOLTAGE),
+            current_a=one(Point.CURRENT),
+            power_w=None if power is None else power * 1000,
+            frequency_hz=one(Point.FREQUENCY),
+            power_factor=one(Point.POWER_FACTOR),
+            meter_time=meter_time,
+            relay=relay,
+            status=status,
+            prepaid_money=money,
+        )
+
+    # -- relay ------------------------------------------------------------------------------------
+    async def read_status3(self) -> int:
+        word = await self.read_value(dis.status_word(3))
+        assert isinstance(word, int)
+        return word
+
+    async def read_relay(self) -> RelayState | None:
+        word = await self.read_status3()
+        return RelayState.OPEN if word & dis.SW3_RELAY_OPEN else RelayState.CLOSED
+
+    def _meter_local(self, when: datetime) -> datetime:
+        """Meters keep naive local time: convert an aware instant into the meter's zone."""
+        if when.tzinfo is None:
+            return when
+        return when.astimezone(self._tz).replace(tzinfo=None)
+
+    async def relay(self, action: RelayAction, deadline: datetime | None = None) -> RelayState | None:
+        """Send 0x1C, then read status word 3 back and check the command took effect.
+
+        ``deadline`` is the command's validity limit (meter-local if naive); by default ten minutes
+        from now.  Raises ``MeterRefused`` on an abnormal reply (e.g. keep-power refusing a trip)
+        and ``RelayNotConfirmed`` when the read-back disagrees with the command.
+        """
+        if self._v1997:
+            raise DriverError(f"meter {self.address}: DL/T 645-1997 has no relay control function")
+        until = self._meter_local(deadline if deadline is not None else self._clock() + DEFAULT_RELAY_VALIDITY)
+        request = commands.relay_request(self.address, action, until, self._security)
+        await self._checked(request, f"relay {action.value}")
+        word = await self.read_status3()
+        state = RelayState.OPEN if word & dis.SW3_RELAY_OPEN else RelayState.CLOSED
+        flags = dis.decode_status3(word)
+        checks: dict[RelayAction, tuple[str, bool]] = {
+            RelayAction.TRIP: ("relay_open", True),
+            RelayAction.DIRECT_CLOSE: ("relay_open", False),
+            RelayAction.CLOSE_PERMITTED: ("relay_command_trip", False),
+            RelayAction.ALARM_ON: ("pre_trip_alarm", True),
+            RelayAction.ALARM_OFF: ("pre_trip_alarm", False),
+            RelayAction.KEEP_POWER_ON: ("keep_power", True),
+            RelayAction.KEEP_POWER_OFF: ("keep_power", False),
+        }
+        key, want = checks[action]
+        if flags[key] != want:
+            raise RelayNotConfirmed(
+                f"meter {self.address}: {action.value} acknowledged but status word 3 = {word:04X} "
+                f"shows {key}={flags[key]}"
+            )
+        return state if action.expected_state is not None else None
+
+    # -- other functions --------------------------------------------------------------------------
+    async def write(self, di: int, data: bytes) -> None:
+        """Write raw value bytes to a DI (function 14) with this meter's password and operator code."""
+        request = commands.write_request(self.address, di, data, self._security)
+        await self._checked(request, f"write {di:08X}")
+
+    async def close(self) -> None:
+        """Nothing to release: the link belongs to the bus worker."""
+
+
+async def read_address(link: Dlt645Link) -> str:
+    """Address of the single meter on the line (function 13, wildcard address)."""
+    reply = await link.request(commands.read_address_request())
+    if reply.is_abnormal:
+        raise reply.refusal("read address")
+    return commands.address_from_reply(reply)
+
+
+async def broadcast_time(link: Dlt645Link, when: datetime) -> None:
+    """Set every meter's clock (function 08, no reply).  ``when`` is the meters' local time (naive)."""
+    if when.tzinfo is not None:
+        raise ValueError("broadcast_time needs the meters' local wall time as a naive datetime")
+    await link.send(commands.broadcast_time_request(when))
+
+
+async def scan(
+    link: Dlt645Link,
+    addresses: Iterable[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[str]:
+    """Addresses that answer on this bus; ``None`` asks the single meter on the line for its address.
+
+    A meter counts as present if it sends any valid reply (an abnormal one too).  Each address
+    gets one attempt without retries, so a scan of hundreds of absent addresses stays bounded.
+    """
+    if addresses is None:
+        try:
+            found = [await read_address(link)]
+        except (MeterTimeout, BadFrame):
+            found = []
+        if progress:
+            progress(1, 1)
+        return found
+    todo = [check_address(a) for a in addresses]
+    found = []
+    for i, address in enumerate(todo, start=1):
+        try:
+            await link.request(commands.read_request(address, dis.ENERGY_IMPORT), retries=0)
+            found.append(address)
+        except (MeterTimeout, BadFrame):
+            pass
+        if progress:
+            progress(i, len(todo))
+    return found
