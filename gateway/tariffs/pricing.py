@@ -1,0 +1,223 @@
+"""Pure, exact pricing of one metered interval and of a day's standing charge.
+
+``price_interval`` cuts the interval where prices can change (``timeline``), gives each piece an
+integer share of the energy (``apportion``), walks the pieces in time order through the inclining
+blocks, and prices every resulting line as ``energy_wh * unit_price / 1000`` exactly.  Nothing is
+rounded here: the ledger posts ``round_half_even(cumulative exact) - cumulative posted`` in minor
+units, so rounding happens once, on totals.  The sum of line energies is always the input energy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Context, Decimal, Inexact, InvalidOperation, Rounded, localcontext
+from typing import Literal
+
+from gateway.tariffs.apportion import apportion, split_blocks
+from gateway.tariffs.model import Tariff, TariffVersion
+from gateway.tariffs.spec import REGISTERS
+from gateway.tariffs.timeline import Segment, cycle_start, require_aware, segments, wall_to_instant
+
+__all__ = ["ChargeLine", "cycle_start", "exact_amount", "price_interval", "standing_charge"]
+
+_US = timedelta(microseconds=1)
+# Wide enough for any price a file can sensibly hold times any energy; a loss would raise, not round.
+_EXACT = Context(prec=80, traps=[Inexact, Rounded, InvalidOperation])
+
+
+@dataclass(frozen=True)
+class ChargeLine:
+    """One priced piece: ``amount == energy_wh * unit_price / 1000`` exactly (or the day's charge).
+
+    ``start``/``end`` are UTC instants.  When energy crosses a block threshold inside a stretch of
+    one period, the line boundary is placed by time in proportion to energy (an estimate of when the
+    threshold was crossed); the energy split itself is exact at the threshold.
+    """
+
+    tariff_id: str
+    version: int
+    start: datetime
+    end: datetime
+    period: str | None
+    block: int | None
+    energy_wh: int
+    unit_price: Decimal
+    amount: Decimal
+    kind: Literal["energy", "standing"] = "energy"
+
+
+def exact_amount(energy_wh: int, unit_price: Decimal) -> Decimal:
+    """``energy_wh × unit_price / 1000`` with no rounding (raises rather than lose a digit)."""
+    with localcontext(_EXACT):
+        return Decimal(energy_wh) * unit_price / 1000
+
+
+def _check_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer number of Wh (got {value!r})")
+    if value < 0:
+        raise ValueError(f"{name} must not be negative (got {value})")
+    return value
+
+
+def _time_shares(items: list[Segment], energy_wh: int) -> list[tuple[Segment, int]]:
+    return list(zip(items, apportion(energy_wh, [s.micros for s in items]), strict=True))
+
+
+def _by_registers(
+    tariff: Tariff, segs: list[Segment], energy_wh: int, registers: Mapping[str, int]
+) -> list[tuple[Segment, int]]:
+    """Energy per segment from the meter's own per-period registers.
+
+    The register deltas are first scaled to ``energy_wh`` by largest remainder (register and total
+    registers are rounded separately by the meter, so a few Wh of difference is normal; scaling
+    spreads it by share instead of loading it all on one period).  Each register's energy is split
+    across tariff versions by time, mapped to periods by that version's register map, and spread by
+    time over the stretches of that period.  If the meter counted energy in a period our clock never
+    saw in the interval (its clock differs from ours), the meter is believed: that energy becomes one
+    line spanning the version's whole stretch of the interval, priced at that period.
+    """
+    names = sorted(registers)
+    raw = [_check_int(f"register {name}", registers[name]) for name in names]
+    unknown = [n for n in names if n not in REGISTERS]
+    if unknown:
+        raise ValueError(f"unknown register(s) {', '.join(unknown)}; expected {', '.join(REGISTERS)}")
+    if sum(raw) == 0:
+        return _time_shares(segs, energy_wh)
+    scaled = apportion(energy_wh, raw)
+    spans: list[list[Segment]] = []
+    for seg in segs:
+        if spans and spans[-1][0].version is seg.version:
+            spans[-1].append(seg)
+        else:
+            spans.append([seg])
+    span_micros = [sum(s.micros for s in span) for span in spans]
+    per_span = [apportion(total, span_micros) for total in scaled]
+    out: list[tuple[Segment, int]] = []
+    for k, span in enumerate(spans):
+        version = span[0].version
+        mapping = version.tou.register_map if version.tou is not None else {}
+        if not mapping:
+            out.extend(_time_shares(span, sum(shares[k] for shares in per_span)))
+            continue
+        for name, measured in zip(names, raw, strict=True):
+            if measured and name not in mapping:
+                raise ValueError(
+                    f"register {name} measured {measured} Wh but tariff {tariff.id} v{version.version} "
+                    f"maps only {', '.join(sorted(mapping))}"
+                )
+        by_period: dict[str, int] = {}
+        for name, shares in zip(names, per_span, strict=True):
+            if shares[k]:
+                by_period[mapping[name]] = by_period.get(mapping[name], 0) + shares[k]
+        unseen: list[tuple[Segment, int]] = []
+        seen: list[tuple[Segment, int]] = []
+        for period, energy in by_period.items():
+            mine = [s for s in span if s.period == period]
+            if mine:
+                seen.extend(_time_shares(mine, energy))
+            else:
+                unseen.append((Segment(span[0].start, span[-1].end, version, period, span[0].cycle), energy))
+        out.extend(sorted(unseen + seen, key=lambda item: item[0].start))  # stable: unseen first
+    return out
+
+
+def price_interval(
+    tariff: Tariff,
+    start: datetime,
+    end: datetime,
+    energy_wh: int,
+    *,
+    day_type: Callable[[date], str],
+    cycle_usage_wh: int = 0,
+    register_split_wh: Mapping[str, int] | None = None,
+) -> list[ChargeLine]:
+    """Price ``energy_wh`` consumed from ``start`` to ``end`` (aware) under ``tariff``.
+
+    ``day_type(local_date)`` gives "workday", "weekend" or "holiday".  ``cycle_usage_wh`` is the
+    account's energy in the block cycle containing ``start`` before ``start`` (see ``cycle_start``);
+    the part of the interval after a cycle boundary starts again from 0.  Without register deltas (or
+    for a version without a register map) energy is split across pieces in proportion to time.
+    Lines come in time order; their energies sum to ``energy_wh``.
+    """
+    start_utc, end_utc = require_aware("start", start), require_aware("end", end)
+    _check_int("energy_wh", energy_wh)
+    used = _check_int("cycle_usage_wh", cycle_usage_wh)
+    if energy_wh == 0:
+        return []
+    if end_utc <= start_utc:
+        raise ValueError(
+            f"interval end {end.isoformat()} is not after start {start.isoformat()} but carries {energy_wh} Wh"
+        )
+    segs = segments(tariff, start_utc, end_utc, day_type)
+    shares = (
+        _time_shares(segs, energy_wh)
+        if register_split_wh is None
+        else _by_registers(tariff, segs, energy_wh, register_split_wh)
+    )
+    lines: list[ChargeLine] = []
+    cycle = segs[0].cycle
+    for seg, energy in shares:
+        if seg.cycle != cycle:
+            cycle, used = seg.cycle, 0
+        if energy == 0:
+            continue
+        blocks = seg.version.blocks
+        done = 0
+        line_start = seg.start
+        for block, part in split_blocks(used, energy, [b.up_to_wh for b in blocks]):
+            done += part
+            line_end = seg.end if done == energy else seg.start + (seg.micros * done // energy) * _US
+            price = seg.version.price(block, seg.period)
+            lines.append(
+                ChargeLine(
+                    tariff_id=tariff.id,
+                    version=seg.version.version,
+                    start=line_start,
+                    end=line_end,
+                    period=seg.period,
+                    block=block if seg.version.cycle is not None else None,
+                    energy_wh=part,
+                    unit_price=price,
+                    amount=exact_amount(part, price),
+                )
+            )
+            line_start = line_end
+        used += energy
+    return lines
+
+
+def _version_for_day(tariff: Tariff, local_day: date) -> tuple[TariffVersion, datetime]:
+    for version in reversed(tariff.versions):
+        day_start = wall_to_instant(local_day, 0, version.zone)
+        if version.effective_from <= day_start:
+            return version, day_start
+    raise LookupError(f"tariff {tariff.id} has no version in force at the start of {local_day.isoformat()}")
+
+
+def standing_charge(tariff: Tariff, local_day: date) -> ChargeLine | None:
+    """The standing charge for one local day, from the version in force at that day's local start.
+
+    ``None`` when that version has no standing charge; ``LookupError`` when no version was in force
+    at the day's start (a tariff that starts mid-day charges from the next day).  The line spans the
+    local day, which is 23 or 25 hours long on DST change days; the charge is per day regardless.
+    """
+    version, day_start = _version_for_day(tariff, local_day)
+    charge = version.standing_charge_per_day
+    if charge == 0:
+        return None
+    day_end = wall_to_instant(local_day + timedelta(days=1), 0, version.zone)
+    return ChargeLine(
+        tariff_id=tariff.id,
+        version=version.version,
+        start=day_start,
+        end=day_end,
+        period=None,
+        block=None,
+        energy_wh=0,
+        unit_price=charge,
+        amount=charge,
+        kind="standing",
+    )

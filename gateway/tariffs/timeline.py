@@ -1,0 +1,162 @@
+"""Cutting an interval of time where its price can change, in the tariff's local wall time.
+
+An interval is cut at version changes, at time-of-use window edges, at local midnights (day type and
+block cycle changes) and at UTC-offset changes.  Edges are local wall times, so each is converted to
+an instant for every local date in the interval; a wall time that occurs twice (autumn DST) yields
+both instants and one that never occurs (spring DST) is covered by cutting at the offset change
+itself.  Each resulting piece has a constant UTC offset and crosses no edge, so the period at its
+first instant holds for all of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from itertools import pairwise
+from zoneinfo import ZoneInfo
+
+from gateway.tariffs.model import DAY_MINUTES, Tariff, TariffVersion
+
+_US = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of time with one version, one TOU period and one block cycle; instants in UTC."""
+
+    start: datetime
+    end: datetime
+    version: TariffVersion
+    period: str | None
+    cycle: datetime | None
+
+    @property
+    def micros(self) -> int:
+        return (self.end - self.start) // _US
+
+
+def require_aware(name: str, value: datetime) -> datetime:
+    """``value`` in UTC; a naive datetime is refused because its instant is unknown."""
+    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be an aware datetime (got {value!r})")
+    return value.astimezone(UTC)
+
+
+def _offset(instant: datetime, zone: ZoneInfo) -> timedelta | None:
+    return instant.astimezone(zone).utcoffset()
+
+
+def _transition(lo: datetime, hi: datetime, zone: ZoneInfo) -> datetime:
+    """The first instant in (lo, hi] whose UTC offset is hi's (one transition assumed between them)."""
+    target = _offset(hi, zone)
+    low, high = 0, (hi - lo) // _US
+    while high - low > 1:
+        mid = (low + high) // 2
+        if _offset(lo + mid * _US, zone) == target:
+            high = mid
+        else:
+            low = mid
+    return lo + high * _US
+
+
+def wall_to_instant(day: date, minute: int, zone: ZoneInfo) -> datetime:
+    """The first instant (UTC) at which local wall time ``day minute`` is reached.
+
+    For a wall time that occurs twice this is the first occurrence; for one skipped by a DST change it
+    is the instant of the change, when the clock jumps past it.
+    """
+    day = day + timedelta(days=minute // DAY_MINUTES)
+    naive = datetime.combine(day, time((minute % DAY_MINUTES) // 60, minute % 60))
+    found = []
+    for fold in (0, 1):
+        instant = naive.replace(tzinfo=zone, fold=fold).astimezone(UTC)
+        if instant.astimezone(zone).replace(tzinfo=None) == naive:
+            found.append(instant)
+    if found:
+        return min(found)
+    early, late = sorted(naive.replace(tzinfo=zone, fold=f).astimezone(UTC) for f in (0, 1))
+    return _transition(early, late, zone)
+
+
+def cycle_start(version: TariffVersion, instant: datetime) -> datetime | None:
+    """Start (UTC) of the block cycle containing ``instant``; ``None`` for a version without a cycle."""
+    cycle = version.cycle
+    if cycle is None:
+        return None
+    zone = version.zone
+    local = require_aware("instant", instant).astimezone(zone)
+    if cycle.kind == "annual":
+        candidate = date(local.year, cycle.start_month, cycle.start_day)
+        if local.date() < candidate:
+            candidate = date(local.year - 1, cycle.start_month, cycle.start_day)
+    else:
+        candidate = date(local.year, local.month, cycle.start_day)
+        if local.date() < candidate:
+            year, month = (local.year, local.month - 1) if local.month > 1 else (local.year - 1, 12)
+            candidate = date(year, month, cycle.start_day)
+    start = wall_to_instant(candidate, 0, zone)
+    if start > instant:  # only when the cycle day's midnight is itself inside a DST gap
+        return cycle_start(version, start - _US)
+    return start
+
+
+def _cuts(version: TariffVersion, start: datetime, end: datetime) -> list[datetime]:
+    zone = version.zone
+    cuts = {start, end}
+    if version.tou is not None or version.cycle is not None:
+        edges = version.tou.edges if version.tou is not None else frozenset({0})
+        day = start.astimezone(zone).date() - timedelta(days=1)
+        last = end.astimezone(zone).date() + timedelta(days=1)
+        while day <= last:
+            for minute in edges:
+                naive = datetime.combine(day, time(minute // 60, minute % 60))
+                for fold in (0, 1):
+                    instant = naive.replace(tzinfo=zone, fold=fold).astimezone(UTC)
+                    if start < instant < end and instant.astimezone(zone).replace(tzinfo=None) == naive:
+                        cuts.add(instant)
+            day += timedelta(days=1)
+    ordered = sorted(cuts)
+    with_changes = [ordered[0]]
+    for lo, hi in pairwise(ordered):
+        if _offset(lo, zone) != _offset(hi, zone):
+            change = _transition(lo, hi, zone)
+            if change < hi:
+                with_changes.append(change)
+        with_changes.append(hi)
+    return with_changes
+
+
+def segments(
+    tariff: Tariff, start: datetime, end: datetime, day_type: Callable[[date], str]
+) -> list[Segment]:
+    """``start``..``end`` (aware, start < end) cut into maximal stretches of constant price inputs."""
+    start, end = require_aware("start", start), require_aware("end", end)
+    first = tariff.version_at(start)
+    day_types: dict[date, str] = {}
+    out: list[Segment] = []
+    versions = [v for v in tariff.versions if v.effective_from > start and v.effective_from < end]
+    spans = [first, *versions]
+    for index, version in enumerate(spans):
+        lo = start if index == 0 else version.effective_from.astimezone(UTC)
+        hi = spans[index + 1].effective_from.astimezone(UTC) if index + 1 < len(spans) else end
+        zone = version.zone
+        cuts = _cuts(version, lo, hi)
+        for a, b in pairwise(cuts):
+            period = None
+            if version.tou is not None:
+                local = a.astimezone(zone)
+                if local.date() not in day_types:
+                    day_types[local.date()] = day_type(local.date())
+                moment = local.time()
+                micros = (
+                    (moment.hour * 60 + moment.minute) * 60 + moment.second
+                ) * 1_000_000 + moment.microsecond
+                period = version.tou.period_at(day_types[local.date()], micros)
+            cycle = cycle_start(version, a)
+            last = out[-1] if out else None
+            if last is not None and last.version is version and last.period == period and last.cycle == cycle:
+                out[-1] = Segment(last.start, b, version, period, cycle)
+            else:
+                out.append(Segment(a, b, version, period, cycle))
+    return out
