@@ -1,0 +1,433 @@
+"""The pay-before-use decision: one pure function from a snapshot to actions with their rule traces.
+
+No I/O and no clock: ``now`` is an argument, so the same inputs always give the same decision and a
+test can walk a week of enforcement in microseconds.  Idempotence comes from the bookkeeping the
+caller persists (``warnings_sent``, ``alerts_sent``, notice and reminder times, the state): a second
+call after the caller applied a decision emits nothing new.
+
+Order of precedence, most protective first: keep-power (no trip at all) > protected customer (no
+automatic cut) > manual connect override > notice > reminder > protected windows and holds.
+Reconnection ignores windows and holds: power comes back at any hour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from drivers.base import RelayAction, RelayState
+from gateway.calendar import WorkCalendar
+from gateway.policy.inputs import AccountView, Hold, MeterView, Override
+from gateway.policy.rules import Rules
+from gateway.policy.state import (
+    CUT_TRACK,
+    WARNING_STATES,
+    Action,
+    ActionKind,
+    Decision,
+    EnforcementState,
+    RuleCheck,
+)
+from gateway.policy.windows import earliest_allowed
+
+S = EnforcementState
+K = ActionKind
+
+__all__ = ["AccountView", "Action", "ActionKind", "Decision", "Hold", "MeterView", "Override", "decide"]
+
+
+@dataclass
+class _Draft:
+    """The decision under construction; private to one ``decide`` call."""
+
+    account: AccountView
+    meter: MeterView
+    now: datetime
+    cal: WorkCalendar
+    rules: Rules
+    holds: Sequence[Hold]
+    state: EnforcementState
+    actions: list[Action] = field(default_factory=list)
+    blocked: list[Action] = field(default_factory=list)
+    trace: list[RuleCheck] = field(default_factory=list)
+    reviews: list[datetime] = field(default_factory=list)
+    notice_served_at: datetime | None = None
+    reminder_sent_at: datetime | None = None
+    earliest_cut_at: datetime | None = None
+    warnings_sent: dict[int, datetime] = field(default_factory=dict)
+    alerts_sent: dict[str, datetime] = field(default_factory=dict)
+
+    def check(self, rule: str, passed: bool, detail: str) -> RuleCheck:
+        rc = RuleCheck(rule, passed, detail)
+        self.trace.append(rc)
+        return rc
+
+    def act(self, kind: ActionKind, trace: Sequence[RuleCheck], *, relay: RelayAction | None = None,
+            level: int | None = None, message: str | None = None) -> None:
+        self.actions.append(Action(kind, relay, level, message, tuple(trace)))
+
+    def block(self, kind: ActionKind, trace: Sequence[RuleCheck], not_before: datetime | None, *,
+              relay: RelayAction | None = None, level: int | None = None, message: str | None = None) -> None:
+        self.blocked.append(Action(kind, relay, level, message, tuple(trace), not_before))
+        if not_before is not None and not_before > self.now:
+            self.reviews.append(not_before)
+
+    def once(self, key: str) -> bool:
+        """True the first time ``key`` is raised in this cycle (and records it)."""
+        if key in self.alerts_sent:
+            return False
+        self.alerts_sent[key] = self.now
+        return True
+
+    def reset_cycle(self) -> None:
+        self.warnings_sent.clear()
+        self.alerts_sent.clear()
+        self.notice_served_at = None
+        self.reminder_sent_at = None
+
+
+def _grade(account: AccountView, rules: Rules, exhausted: bool) -> int:
+    if exhausted:
+        return 3
+    for level, lv in reversed(list(enumerate(rules.warnings.levels(), start=1))):
+        by_money = lv.balance_at_or_below_minor is not None and account.balance_minor <= lv.balance_at_or_below_minor
+        days = account.days_of_credit_left
+        by_days = lv.days_left_at_or_below is not None and days is not None and days <= lv.days_left_at_or_below
+        if by_money or by_days:
+            return level
+    return 0
+
+
+def _close_action(rules: Rules) -> RelayAction:
+    return RelayAction.DIRECT_CLOSE if rules.reconnect.mode == "direct_close" else RelayAction.CLOSE_PERMITTED
+
+
+def decide(
+    account: AccountView,
+    meter: MeterView,
+    now: datetime,
+    calendar: WorkCalendar,
+    rules: Rules,
+    *,
+    holds: Sequence[Hold] = (),
+    overrides: Sequence[Override] = (),
+) -> Decision:
+    """What to do for one account and its meter at ``now`` (aware), and what the rules hold back."""
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError(f"decide: naive datetime {now.isoformat()} (an aware UTC instant is required)")
+    d = _Draft(account, meter, now, calendar, rules, tuple(holds), account.state,
+               notice_served_at=account.notice_served_at, reminder_sent_at=account.reminder_sent_at,
+               warnings_sent=dict(account.warnings_sent), alerts_sent=dict(account.alerts_sent))
+    available = account.available_minor
+    exhausted = available <= rules.disconnect.at_or_below_minor
+    credit = d.check("credit.available", not exhausted,
+                     f"available {available} (balance {account.balance_minor}"
+                     f"{f' + emergency {account.emergency_credit_minor}' if account.emergency_credit_active else ''})"
+                     f" vs cut threshold {rules.disconnect.at_or_below_minor}")
+    by_balance = account.balance_minor >= rules.reconnect.threshold_minor
+    by_emergency = rules.reconnect.on_emergency_credit and account.emergency_credit_active and not exhausted
+    reconnect = d.check("reconnect.threshold", by_balance or by_emergency,
+                        f"balance {account.balance_minor} vs reconnect threshold {rules.reconnect.threshold_minor}"
+                        + (" (emergency credit active)" if by_emergency and not by_balance else ""))
+    protected = account.protected or (account.protected_category in rules.protected.categories)
+    prot = d.check("protected.customer", not protected,
+                   f"protected ({account.protected_category or 'flagged'})" if protected else "not protected")
+
+    _mirror_keep_power(d)
+    targets = {meter.meter_id, account.account_id}
+    live = [o for o in overrides if o.target in targets and o.expires_at > now]
+    connect = next((o for o in sorted(live, key=lambda o: o.expires_at) if o.action == "connect"), None)
+    cut_order = None if connect else next((o for o in live if o.action == "disconnect"), None)
+    for o in live:
+        d.reviews.append(o.expires_at)
+    if connect and any(o.action == "disconnect" for o in live):
+        d.check("override.conflict", True, "connect and disconnect overrides both active: connect wins")
+
+    state = account.state
+    if state is S.RECONNECTION_PENDING and meter.relay is RelayState.CLOSED:
+        d.check("relay.readback", True, "relay reads closed: reconnection complete")
+        if reconnect.passed:
+            state = d.state = S.NORMAL
+        else:  # closed on a manual order while credit is still short: back on the cut track
+            state = d.state = S.NOTICE_SERVED if account.notice_served_at else S.WARNING_3
+    if state is S.RECONNECTION_PENDING:
+        d.check("relay.readback", False, f"waiting for the relay to close (reads {meter.relay or 'unknown'})")
+        if cut_order:
+            _manual_cut(d, cut_order, protected, prot)
+    elif state is S.DISCONNECTED:
+        _while_disconnected(d, reconnect, connect, cut_order, protected, prot, exhausted, credit)
+    elif cut_order:
+        _manual_cut(d, cut_order, protected, prot)
+    else:
+        _supply_on(d, exhausted, reconnect, protected, prot, connect, credit)
+
+    future = [t for t in d.reviews if t > now]
+    return Decision(
+        state=d.state,
+        actions=tuple(d.actions),
+        blocked=tuple(d.blocked),
+        next_review_at=min(future) if future else None,
+        trace=tuple(d.trace),
+        state_since=account.state_since if d.state is account.state else now,
+        notice_served_at=d.notice_served_at,
+        reminder_sent_at=d.reminder_sent_at,
+        earliest_cut_at=d.earliest_cut_at,
+        warnings_sent=d.warnings_sent,
+        alerts_sent=d.alerts_sent,
+    )
+
+
+def _mirror_keep_power(d: _Draft) -> None:
+    m = d.meter
+    if not m.supports_keep_power:
+        return
+    on = m.keep_power_on_meter
+    if on is m.keep_power or (on is None and not m.keep_power):
+        return
+    relay = RelayAction.KEEP_POWER_ON if m.keep_power else RelayAction.KEEP_POWER_OFF
+    rc = d.check("keep_power.mirror", True,
+                 f"configured keep-power {m.keep_power}, meter reports {on if on is not None else 'unknown'}")
+    if m.pending_relay_action is relay:
+        d.check("relay.pending", True, f"{relay} already pending on the meter: not issued again")
+        return
+    d.act(K.SET_KEEP_POWER if m.keep_power else K.CLEAR_KEEP_POWER, [rc], relay=relay)
+
+
+def _reconnect(d: _Draft, why: Sequence[RuleCheck]) -> None:
+    """Restore supply now: no window, hold or hour applies to giving power back."""
+    m = d.meter
+    trace = [*why, d.check("windows", True, "protected windows and holds do not apply to reconnection")]
+    if not m.controllable:
+        if d.once("alarm.reconnect_not_controllable"):
+            d.act(K.ALARM, [*trace, d.check("meter.controllable", False, "meter has no relay we can operate")],
+                  message="reconnect due but the meter is not controllable")
+        return
+    relay = _close_action(d.rules) if m.relay is not RelayState.CLOSED else None
+    if relay is not None and m.pending_relay_action is relay:
+        d.check("relay.pending", True, f"{relay} already pending on the meter: not issued again")
+    else:
+        if m.pending_relay_action is RelayAction.TRIP:
+            trace.append(d.check("relay.pending", True, "supersedes the pending trip"))
+        d.act(K.RECONNECT, trace, relay=relay, message=f"reconnect ({relay or 'lift load limit'})")
+    d.state = S.RECONNECTION_PENDING if relay is not None else S.NORMAL
+
+
+def _while_disconnected(d: _Draft, reconnect: RuleCheck, connect: Override | None, cut_order: Override | None,
+                        protected: bool, prot: RuleCheck, exhausted: bool, credit: RuleCheck) -> None:
+    if cut_order:
+        rc = d.check("override.disconnect", False, f"manual {cut_order.label()}")
+        d.block(K.RECONNECT, [reconnect, rc], cut_order.expires_at)
+        if d.meter.relay is RelayState.CLOSED:
+            _manual_cut(d, cut_order, protected, prot)
+        return
+    if connect:
+        _reconnect(d, [d.check("override.connect", True, f"manual {connect.label()}")])
+        return
+    if reconnect.passed:
+        d.reset_cycle()
+        _reconnect(d, [reconnect])
+        return
+    d.block(K.RECONNECT, [reconnect], None, message="reconnects as soon as the balance reaches the threshold")
+    if d.meter.relay is RelayState.CLOSED and exhausted:
+        # Closed behind our back (by hand, or a meter that ignored the trip): cut again, lawfully.
+        d.check("relay.readback", False, "relay reads closed while disconnected")
+        _automatic_restriction(d, protected, prot, None, credit)
+
+
+def _supply_on(d: _Draft, exhausted: bool, reconnect: RuleCheck, protected: bool, prot: RuleCheck,
+               connect: Override | None, credit: RuleCheck) -> None:
+    a = d.account
+    in_track = d.state in CUT_TRACK
+    if in_track and reconnect.passed:
+        was_limited = d.state is S.LOAD_LIMITED
+        d.reset_cycle()
+        d.check("cut_track.left", True, "credit restored: notice withdrawn")
+        if was_limited:
+            _reconnect(d, [reconnect])
+        in_track = False
+    if connect and d.state is S.LOAD_LIMITED:
+        _reconnect(d, [d.check("override.connect", True, f"manual {connect.label()}")])
+        return
+    if in_track and not exhausted:
+        d.check("cut_track.hold", True, "credit above the cut threshold but below the reconnect threshold: state held")
+        return
+    if not in_track:
+        grade = _grade(a, d.rules, exhausted)
+        d.state = WARNING_STATES[grade] if d.state is not S.RECONNECTION_PENDING else d.state
+        if grade == 0:
+            d.reset_cycle()
+        else:
+            _warn(d, grade)
+    if exhausted and d.state is not S.RECONNECTION_PENDING:
+        _automatic_restriction(d, protected, prot, connect, credit)
+
+
+def _warn(d: _Draft, grade: int) -> None:
+    lv = d.rules.warnings.levels()[grade - 1]
+    if grade not in d.warnings_sent:
+        rc = d.check(f"warnings.level_{grade}", True,
+                     f"balance {d.account.balance_minor}, days left {d.account.days_of_credit_left}")
+        d.act(K.WARN, [rc], level=grade, message=f"{lv.message_id}: {lv.text}")
+        d.warnings_sent[grade] = d.now
+    ec = d.rules.emergency_credit
+    if grade == 3 and ec.enabled and not d.account.emergency_credit_active and d.once("emergency_credit.offer"):
+        rc = d.check("emergency_credit", True, f"credit exhausted: offer {ec.amount_minor}")
+        d.act(K.OFFER_EMERGENCY_CREDIT, [rc], level=ec.amount_minor, message=f"{ec.message_id}: {ec.text}")
+
+
+def _automatic_restriction(d: _Draft, protected: bool, prot: RuleCheck, connect: Override | None,
+                           credit: RuleCheck) -> None:
+    """Credit is exhausted: serve notice, then load-limit and/or cut once every rule allows it."""
+    r, m, now = d.rules, d.meter, d.now
+    base = [credit]
+    if r.notice.required and d.notice_served_at is None:
+        rc = d.check("notice.required", True, f"serve notice; cut not before {now + r.notice.period:%Y-%m-%d %H:%M}Z")
+        d.act(K.SERVE_NOTICE, [credit, rc], message=f"{r.notice.message_id}: {r.notice.text}")
+        d.notice_served_at = now
+        d.state = S.NOTICE_SERVED
+    if protected and d.once("escalate.protected"):
+        d.act(K.ESCALATE, [credit, prot], message=f"{r.protected.escalate_message_id}: credit exhausted")
+    if m.keep_power:
+        # Power caps are enforced by tripping on overload, so keep-power forbids them too.
+        d.block(K.DISCONNECT, [*base, d.check("keep_power", False, "keep-power (保电) forbids any trip")],
+                None, relay=RelayAction.TRIP)
+        return
+    limited = d.state is S.LOAD_LIMITED
+    ll_allowed = r.protected.allow_load_limit if protected else r.load_limit.enabled
+    if not limited and ll_allowed and m.supports_load_limit and m.controllable:
+        rc = d.check("load_limit", True, f"cap at {r.load_limit.power_w} W before any cut")
+        ok, not_before, trace = _gates(d, [*base, rc], connect, cut=False)
+        if ok:
+            d.act(K.LOAD_LIMIT, trace, level=r.load_limit.power_w, message="life-line power cap")
+            d.state = S.LOAD_LIMITED
+        else:
+            d.block(K.LOAD_LIMIT, trace, not_before, level=r.load_limit.power_w)
+        final = protected or r.load_limit.instead_of_cut or not_before is None
+        cut_after = None if final or not_before is None else not_before + r.load_limit.before_cut
+        d.block(K.DISCONNECT, [*base, d.check("load_limit.first", False, "the power cap comes before any cut")],
+                cut_after, relay=RelayAction.TRIP)
+        return
+    if protected:
+        d.block(K.DISCONNECT, [*base, d.check("protected.no_automatic_cut", False,
+                                              "protected customers are never cut automatically; escalated")],
+                None, relay=RelayAction.TRIP)
+        return
+    if limited and r.load_limit.instead_of_cut:
+        d.block(K.DISCONNECT, [*base, d.check("load_limit.instead_of_cut", False, "the power cap is the last step")],
+                None, relay=RelayAction.TRIP)
+        return
+    ok, not_before, trace = _gates(d, base, connect, cut=True)
+    d.earliest_cut_at = now if ok else not_before
+    if not ok:
+        d.block(K.DISCONNECT, trace, not_before, relay=RelayAction.TRIP)
+    elif not m.controllable:
+        d.block(K.DISCONNECT, [*trace, d.check("meter.controllable", False, "no relay to operate")], None,
+                relay=RelayAction.TRIP)
+        if d.once("alarm.cut_not_controllable"):
+            d.act(K.ALARM, trace, message="cut due but the meter is not controllable: head office must act")
+    elif m.relay is RelayState.OPEN:
+        d.check("relay.readback", True, "relay already open")
+        d.state = S.DISCONNECTED
+    elif m.pending_relay_action is RelayAction.TRIP:
+        d.check("relay.pending", True, "trip already pending on the meter: not issued again")
+        d.state = S.DISCONNECTED
+    else:
+        d.act(K.DISCONNECT, trace, relay=RelayAction.TRIP, message="disconnect for non-payment")
+        d.state = S.DISCONNECTED
+
+
+def _gates(d: _Draft, base: list[RuleCheck], connect: Override | None,
+           *, cut: bool) -> tuple[bool, datetime | None, list[RuleCheck]]:
+    """Time gates for an automatic restriction: (allowed now, earliest instant, trace)."""
+    r, now = d.rules, d.now
+    trace = list(base)
+    start = now
+    if connect:
+        trace.append(d.check("override.connect", False, f"manual {connect.label()}"))
+        start = max(start, connect.expires_at)
+    if r.notice.required:
+        served = d.notice_served_at or now
+        end = served + r.notice.period
+        trace.append(d.check("notice.period", now >= end, f"notice served {served:%Y-%m-%d %H:%M}Z, "
+                                                          f"period {r.notice.period} ends {end:%Y-%m-%d %H:%M}Z"))
+        start = max(start, end)
+    else:
+        trace.append(d.check("notice.period", True, "no notice required by the rules"))
+    if d.state is S.LOAD_LIMITED and cut:
+        end = d.account.state_since + r.load_limit.before_cut
+        trace.append(d.check("load_limit.before_cut", now >= end, f"power cap since "
+                                                                  f"{d.account.state_since:%Y-%m-%d %H:%M}Z"))
+        start = max(start, end)
+    at, blockers = earliest_allowed(start, d.cal, r.windows, d.holds)
+    for b in blockers:
+        until = f"until {b.until:%Y-%m-%d %H:%M}Z" if b.until else "with no end set"
+        trace.append(d.check(b.rule, False, f"{b.detail}, {until}"))
+    if at is None:
+        return False, None, trace
+    if not blockers:
+        trace.append(d.check("windows", True, "outside every protected window and hold"))
+    if cut and r.notice.reminder_before > timedelta(0):
+        at = _reminder(d, at, trace)
+        if at is None:
+            return False, None, trace
+    return at <= now, at, trace
+
+
+def _reminder(d: _Draft, cut_at: datetime, trace: list[RuleCheck]) -> datetime | None:
+    """Make sure a fresh reminder precedes the cut; returns the cut instant it allows."""
+    n, now = d.rules.notice, d.now
+    sent = d.reminder_sent_at
+    if sent is not None and (d.notice_served_at is None or sent >= d.notice_served_at):
+        at, _ = earliest_allowed(max(cut_at, sent + n.reminder_before), d.cal, d.rules.windows, d.holds)
+        if at is not None and at <= sent + n.reminder_valid_for:
+            trace.append(d.check("notice.reminder", at <= now, f"reminder sent {sent:%Y-%m-%d %H:%M}Z, "
+                                                              f"{n.reminder_before} before the cut"))
+            return at
+    # The cut this reminder would announce, if it went out now:
+    at_if_now, _ = earliest_allowed(max(cut_at, now + n.reminder_before), d.cal, d.rules.windows, d.holds)
+    if at_if_now is None:
+        return None
+    if now >= cut_at - n.reminder_before and at_if_now <= now + n.reminder_valid_for:
+        rc = d.check("notice.reminder", False, f"reminder sent now; cut not before {at_if_now:%Y-%m-%d %H:%M}Z")
+        d.act(K.SEND_REMINDER, [*trace, rc], message=f"{n.reminder_message_id}: {n.reminder_text}")
+        d.reminder_sent_at = now
+        trace.append(rc)
+        return at_if_now
+    due = max(cut_at, at_if_now) - n.reminder_before
+    trace.append(d.check("notice.reminder", False, f"reminder due {due:%Y-%m-%d %H:%M}Z"))
+    d.reviews.append(due)
+    return max(cut_at, at_if_now)
+
+
+def _manual_cut(d: _Draft, order: Override, protected: bool, prot: RuleCheck) -> None:
+    """A head-office or technician order: windows and notice do not apply; keep-power and protection do."""
+    m = d.meter
+    rc = d.check("override.disconnect", True, f"manual {order.label()}; windows and notice do not apply")
+    if m.keep_power:
+        d.block(K.DISCONNECT, [rc, d.check("keep_power", False, "keep-power (保电) forbids any trip")],
+                order.expires_at, relay=RelayAction.TRIP)
+        return
+    if protected and not order.allow_protected:
+        d.block(K.DISCONNECT, [rc, prot, d.check("override.allow_protected", False,
+                                                 "the order does not say allow_protected")],
+                order.expires_at, relay=RelayAction.TRIP)
+        if d.once("escalate.manual_cut_protected"):
+            d.act(K.ESCALATE, [rc, prot], message="manual cut refused: protected customer")
+        return
+    trace = [rc, prot]
+    if protected:
+        trace.append(d.check("override.allow_protected", True, f"protected customer cut on {order.actor}'s order"))
+    if not m.controllable:
+        d.block(K.DISCONNECT, [*trace, d.check("meter.controllable", False, "no relay to operate")], None,
+                relay=RelayAction.TRIP)
+        if d.once("alarm.manual_cut_not_controllable"):
+            d.act(K.ALARM, trace, message="manual cut ordered but the meter is not controllable")
+        return
+    d.state = S.DISCONNECTED
+    if m.relay is RelayState.OPEN:
+        d.check("relay.readback", True, "relay already open")
+    elif m.pending_relay_action is RelayAction.TRIP:
+        d.check("relay.pending", True, "trip already pending on the meter: not issued again")
+    else:
+        d.act(K.DISCONNECT, trace, relay=RelayAction.TRIP, message=f"manual disconnect: {order.reason}")
