@@ -53,8 +53,10 @@ def security_fields(password_level: int, password: str, operator: str) -> bytes:
         raise ValueError(f"password must be 6 digits, got {password!r}")
     if len(operator) != 8:
         raise ValueError(f"operator code must be 8 digits, got {operator!r}")
-    return bytes([to_bcd_byte(password_level)]) + digits_to_bcd(password, "password") + digits_to_bcd(
-        operator, "operator code"
+    return (
+        bytes([to_bcd_byte(password_level)])
+        + digits_to_bcd(password, "password")
+        + digits_to_bcd(operator, "operator code")
     )
 
 

@@ -201,8 +201,10 @@ def _build_table() -> dict[int, DataFormat]:
     bases = ((ENERGY_COMBINED, "combined"), (ENERGY_IMPORT, "forward"), (ENERGY_EXPORT, "reverse"))
     for base, label in bases:
         items += [_energy(energy_tariff(base, t), f"{label} active energy T{t}") for t in range(1, 5)]
-    items += [DataFormat(0x02030000 | p << 8, f"active power phase {c}", Kind.BCD, 3, 4, True, "kW")
-              for p, c in ((1, "A"), (2, "B"), (3, "C"))]
+    items += [
+        DataFormat(0x02030000 | p << 8, f"active power phase {c}", Kind.BCD, 3, 4, True, "kW")
+        for p, c in ((1, "A"), (2, "B"), (3, "C"))
+    ]
     items += [DataFormat(status_word(n), f"status word {n}", Kind.WORD, 2) for n in range(1, 8)]
     return {f.di: f for f in items}
 

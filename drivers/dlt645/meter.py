@@ -101,7 +101,9 @@ class Dlt645Meter:
         while reply.has_follow_up and not self._v1997:
             seq += 1
             if seq > MAX_FOLLOW_UPS:
-                raise BadFrame(f"meter {self.address}: more than {MAX_FOLLOW_UPS} follow-up frames for {di:08X}")
+                raise BadFrame(
+                    f"meter {self.address}: more than {MAX_FOLLOW_UPS} follow-up frames for {di:08X}"
+                )
             follow = commands.follow_up_request(self.address, di, seq)
             reply = await self._checked(follow, f"read follow-up {seq} of {di:08X}")
             payload += commands.reply_payload(follow, reply)
@@ -192,7 +194,7 @@ class Dlt645Meter:
             energy_import_tariffs_wh=tariffs,
             voltage_v=one(Point.VOLTAGE),
             current_a=one(Point.CURRENT),
-            power_w=None if power is None else power * 1000,
+            power_w=None if power is None else power.scaleb(3),
             frequency_hz=one(Point.FREQUENCY),
             power_factor=one(Point.POWER_FACTOR),
             meter_time=meter_time,
@@ -226,7 +228,9 @@ class Dlt645Meter:
         """
         if self._v1997:
             raise DriverError(f"meter {self.address}: DL/T 645-1997 has no relay control function")
-        until = self._meter_local(deadline if deadline is not None else self._clock() + DEFAULT_RELAY_VALIDITY)
+        until = self._meter_local(
+            deadline if deadline is not None else self._clock() + DEFAULT_RELAY_VALIDITY
+        )
         request = commands.relay_request(self.address, action, until, self._security)
         await self._checked(request, f"relay {action.value}")
         word = await self.read_status3()
