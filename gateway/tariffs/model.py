@@ -22,8 +22,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import ValidationError
 
-from drivers.tomlsource import TomlError, load_model, locate, read_toml, validation_to_toml_error
+from drivers.tomlsource import TomlError, read_toml, validation_to_toml_error
 from gateway.tariffs.spec import DAY_TYPES, TariffSpec, TouSpec, VersionSpec
+from gateway.tariffs.tomlpos import locate_nested
 
 DAY_MINUTES = 24 * 60
 
@@ -339,13 +340,23 @@ def _format(path: Sequence[str | int]) -> str:
 
 
 def load_tariff(path: str | Path) -> Tariff:
-    """Load one tariff file; any problem is a one-line ``TomlError`` naming file, line and key."""
-    spec = load_model(path, TariffSpec)
+    """Load one tariff file; any problem is a one-line ``TomlError`` naming file, line and key.
+
+    This is ``drivers.tomlsource.load_model`` with a locator that also resolves tables nested in
+    ``[[versions]]`` (see ``tomlpos``), then the cross-field checks, located the same way.
+    """
+    data, text = read_toml(path)
+    try:
+        spec = TariffSpec.model_validate(data)
+    except ValidationError as exc:
+        err = validation_to_toml_error(path, text, exc)
+        loc = [p for p in exc.errors()[0]["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        line = locate_nested(text, loc) or err.line
+        raise TomlError(path, line, err.where, err.reason) from None
     try:
         return _build(spec)
     except _SpecError as exc:
-        _, text = read_toml(path)
-        raise TomlError(path, locate(text, exc.path), _format(exc.path), exc.reason) from None
+        raise TomlError(path, locate_nested(text, exc.path), _format(exc.path), exc.reason) from None
 
 
 def load_tariff_dir(directory: str | Path) -> dict[str, Tariff]:
