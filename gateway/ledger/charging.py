@@ -70,10 +70,14 @@ def _register_delta(last: int, now_wh: int, modulus: int) -> tuple[int, bool]:
 
 def _line_json(line: PricedLine) -> dict[str, object]:
     out: dict[str, object] = {"energy_wh": line.energy_wh, "amount": str(line.amount)}
-    for attr in ("tariff_id", "version", "period", "block", "unit_price"):
+    for attr in ("tariff_id", "version", "period", "block", "unit_price", "start", "end"):
         if hasattr(line, attr):
             value = getattr(line, attr)
-            out[attr] = str(value) if isinstance(value, Decimal) else value
+            if isinstance(value, Decimal):
+                value = str(value)
+            elif isinstance(value, datetime):
+                value = iso(value)
+            out[attr] = value
     return out
 
 

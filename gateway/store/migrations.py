@@ -31,6 +31,9 @@ MIGRATIONS: tuple[str, ...] = (
         notice_served_at      TEXT,
         reminder_sent_at      TEXT,
         warnings_json         TEXT NOT NULL DEFAULT '{}',
+        alerts_json           TEXT NOT NULL DEFAULT '{}',
+        earliest_cut_at       TEXT,
+        next_review_at        TEXT,
         created_at            TEXT NOT NULL,
         updated_at            TEXT NOT NULL
     );

@@ -1,0 +1,78 @@
+"""Build bus links and meters from plain settings, so callers never import a protocol module.
+
+The gateway's bus workers and the technician commands (``pmg read``, ``pmg scan``) both come here;
+adding a protocol means adding a branch here and a package beside it, nothing above.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from drivers.base import Meter
+
+PROTOCOLS = ("dlt645", "modbus")
+
+
+class Link(Protocol):
+    """One physical bus (or one TCP connection): opened once, owned by one bus worker."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    protocol: str
+    url: str
+    baud: int | None = None
+    parity: str | None = None
+    timeout_s: float = 1.0
+    retries: int = 2
+    inter_frame_gap_s: float = 0.02
+
+
+def make_link(s: LinkSettings) -> Link:
+    """A link for the protocol; nothing is opened yet."""
+    if s.protocol == "dlt645":
+        from drivers.dlt645.link import Dlt645Link
+
+        return Dlt645Link(
+            s.url,
+            baud=s.baud or 2400,
+            parity=s.parity or "E",
+            timeout_s=s.timeout_s,
+            retries=s.retries,
+            inter_frame_gap_s=s.inter_frame_gap_s,
+        )
+    if s.protocol == "modbus":
+        from drivers.modbus.link import ModbusLink
+
+        return ModbusLink(
+            s.url,
+            baud=s.baud or 9600,
+            parity=s.parity or "N",
+            timeout_s=s.timeout_s,
+            retries=s.retries,
+            inter_frame_gap_s=s.inter_frame_gap_s,
+        )
+    raise ValueError(f"unknown protocol '{s.protocol}' (known: {', '.join(PROTOCOLS)})")
+
+
+def make_meter(protocol: str, link: Link, address: str, profile: str | None = None) -> Meter:
+    """A meter on ``link``: a 12-digit DL/T 645 address, or a Modbus unit id with its profile name."""
+    if protocol == "dlt645":
+        from drivers.dlt645.meter import Dlt645Meter
+
+        return Dlt645Meter(link, address)  # type: ignore[arg-type]
+    if protocol == "modbus":
+        from drivers.modbus.meter import ModbusMeter
+        from drivers.modbus.profile import load_profile
+
+        if profile is None:
+            raise ValueError("a Modbus meter needs a profile")
+        if not address.isdigit() or not 1 <= int(address) <= 247:
+            raise ValueError(f"Modbus unit id must be 1–247 (got '{address}')")
+        return ModbusMeter(link, int(address), load_profile(profile))  # type: ignore[arg-type]
+    raise ValueError(f"unknown protocol '{protocol}' (known: {', '.join(PROTOCOLS)})")

@@ -1,0 +1,407 @@
+"""The daemon: wires buses, ledger, policy, enforcer and head-office sync into one asyncio process.
+
+Data flows one way (DESIGN.md): a bus worker's reading is charged, the account re-decided and any
+relay command queued — all in one transaction — then the enforcer and the MQTT link are woken.
+Timed work (policy reviews for notices and windows, daily settlement, housekeeping) runs on
+apscheduler; the systemd watchdog is fed from the bus workers' heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from drivers.base import Reading
+from drivers.factory import Link, LinkSettings, make_link, make_meter
+from gateway import __version__
+from gateway.bus import BusWorker, PolledMeter
+from gateway.calendar import WorkCalendar
+from gateway.config import GatewayConfig, load_config, resolve
+from gateway.enforcement import MeterCaps, PolicyEngine
+from gateway.enforcer import Enforcer, RelayCommand, state_snapshot
+from gateway.ledger.accounts import seed_from_config
+from gateway.ledger.charging import record_reading
+from gateway.ledger.payments import PaymentResult, apply_payment
+from gateway.policy.rules import Rules, load_preset
+from gateway.pricing import TariffBook
+from gateway.service import InstanceLock, sd_notify, watchdog_interval_s
+from gateway.store.db import Store, StoreError, open_store
+from gateway.sync.mqtt import MqttLink
+from gateway.timeutil import Clock, system_clock
+
+log = logging.getLogger("pmg.daemon")
+
+POLICY_REVIEW_S = 30.0
+STOP_FLUSH_DEADLINE_S = 5.0
+
+
+@dataclass
+class Components:
+    """What is rebuilt from configuration (on start and on a safe SIGHUP reload)."""
+
+    cfg: GatewayConfig
+    book: TariffBook
+    policy: PolicyEngine
+    rules: Rules
+    calendar: WorkCalendar
+
+
+def build_components(cfg: GatewayConfig, config_path: Path, store: Store | None) -> Components:
+    """Everything derived from the configuration that can fail; raises one-line errors."""
+    rules = load_preset(cfg.policy.preset, cfg.policy.overrides)
+    country = cfg.policy.country or rules.country
+    calendar = WorkCalendar(cfg.timezone, country, cfg.policy.subdiv or rules.subdiv)
+    book = TariffBook.load(resolve(config_path, cfg.tariff_dir), store.conn if store else None, calendar)
+    for meter in cfg.meters:
+        book.get(meter.tariff)  # a meter on an unknown tariff is a configuration error
+    caps = {m.id: _caps(cfg, m.id) for m in cfg.meters}
+    return Components(cfg, book, PolicyEngine(rules, calendar, caps), rules, calendar)
+
+
+def _caps(cfg: GatewayConfig, meter_id: str) -> MeterCaps:
+    meter = next(m for m in cfg.meters if m.id == meter_id)
+    protocol = cfg.bus(meter.bus).protocol
+    if protocol == "dlt645":
+        return MeterCaps(controllable=True, supports_load_limit=False, supports_keep_power=True)
+    from drivers.modbus.profile import load_profile
+
+    profile = load_profile(meter.profile or "")
+    return MeterCaps(controllable=profile.relay is not None)
+
+
+@dataclass
+class Gateway:
+    """One running gateway.  ``start`` then ``wait``; ``stop`` from a signal or a test."""
+
+    config_path: Path
+    cfg: GatewayConfig
+    clock: Clock = system_clock
+    monotonic: Callable[[], float] = time.monotonic
+    store: Store = field(init=False)
+    parts: Components = field(init=False)
+    workers: dict[str, BusWorker] = field(default_factory=dict)
+    links: dict[str, Link] = field(default_factory=dict)
+    mqtt: MqttLink | None = None
+    enforcer: Enforcer | None = None
+    on_event: Callable[[str, dict[str, Any]], None] | None = None
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _worker_tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _scheduler: AsyncIOScheduler | None = None
+    _lock: InstanceLock | None = None
+    _stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    _meter_cfg: dict[str, Any] = field(default_factory=dict)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        db_path = resolve(self.config_path, self.cfg.database)
+        self._lock = InstanceLock(db_path)
+        self._lock.acquire()
+        try:
+            self.store = open_store(db_path)
+            self.parts = build_components(self.cfg, self.config_path, self.store)
+            seed_from_config(self.store, self.cfg, self.clock())
+        except BaseException:
+            self._lock.release()
+            raise
+        self._meter_cfg = {m.id: m for m in self.cfg.meters}
+        self._start_buses()
+        self.enforcer = Enforcer(
+            self.store,
+            self.workers,
+            {m.id: m.bus for m in self.cfg.meters},
+            self.clock,
+            on_outcome=self._on_relay_outcome,
+            notify_outbox=self._notify_outbox,
+        )
+        self._resume_commands()
+        self._tasks.append(asyncio.create_task(self.enforcer.run(), name="enforcer"))
+        if self.cfg.mqtt is not None:
+            from gateway.sync.commands import CommandProcessor
+
+            processor = CommandProcessor(self)
+            self.mqtt = MqttLink(
+                self.cfg.mqtt,
+                self.cfg.gateway_id,
+                self.store,
+                self.clock,
+                on_command=processor.handle,
+                config_dir=self.config_path.resolve().parent,
+                version=__version__,
+            )
+            self._tasks.append(asyncio.create_task(self.mqtt.run(), name="mqtt"))
+        self._start_scheduler()
+        self._tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
+        self._install_signals()
+        sd_notify("READY=1\nSTATUS=polling")
+        log.info(
+            "started gateway=%s buses=%d meters=%d version=%s",
+            self.cfg.gateway_id,
+            len(self.workers),
+            len(self.cfg.meters),
+            __version__,
+        )
+
+    def _start_buses(self) -> None:
+        for bus in self.cfg.buses:
+            link = make_link(
+                LinkSettings(
+                    bus.protocol,
+                    bus.url,
+                    bus.baud,
+                    bus.parity,
+                    bus.timeout_s,
+                    bus.retries,
+                    bus.inter_frame_gap_s,
+                )
+            )
+            polled = [
+                PolledMeter(
+                    m.id,
+                    make_meter(bus.protocol, link, m.address, m.profile),
+                    m.poll_interval_s or bus.poll_interval_s,
+                )
+                for m in self.cfg.meters_on(bus.id)
+            ]
+            worker = BusWorker(
+                bus.id, link, polled, self._on_reading, clock=self.clock, monotonic=self.monotonic
+            )
+            self.links[bus.id] = link
+            self.workers[bus.id] = worker
+            self._worker_tasks[bus.id] = asyncio.create_task(self._run_worker(worker), name=f"bus-{bus.id}")
+
+    async def _run_worker(self, worker: BusWorker) -> None:
+        """Keep a bus worker alive: a link that cannot open is retried, never fatal to other buses."""
+        delay = 1.0
+        while True:
+            try:
+                await worker.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("bus=%s stopped: %s; retrying in %.0f s", worker.bus_id, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+                if worker._stopping:
+                    return
+
+    def _start_scheduler(self) -> None:
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        scheduler.add_job(
+            self.review_policy,
+            "interval",
+            seconds=POLICY_REVIEW_S,
+            id="policy_review",
+            misfire_grace_time=int(POLICY_REVIEW_S),
+            coalesce=True,
+            max_instances=1,
+        )
+        from gateway.jobs import register_jobs
+
+        register_jobs(scheduler, self)
+        scheduler.start()
+        self._scheduler = scheduler
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(self.stop()))
+            loop.add_signal_handler(signal.SIGINT, lambda: asyncio.ensure_future(self.stop()))
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        except (NotImplementedError, RuntimeError):  # not the main thread (tests): no signals
+            pass
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        """Graceful stop: finish frames in flight, commit, flush what the broker takes, close."""
+        if self._stopped.is_set():
+            return
+        sd_notify("STOPPING=1")
+        log.info("stopping gateway=%s", self.cfg.gateway_id)
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        await self._stop_buses()
+        if self.enforcer is not None:
+            self.enforcer.stop()
+        if self.mqtt is not None:
+            await self.mqtt.stop(STOP_FLUSH_DEADLINE_S)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.store.close()
+        if self._lock is not None:
+            self._lock.release()
+        self._stopped.set()
+
+    async def _stop_buses(self) -> None:
+        for worker in self.workers.values():
+            worker.stop()
+        tasks = list(self._worker_tasks.values())
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=10)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.workers.clear()
+        self._worker_tasks.clear()
+        self.links.clear()
+
+    async def reload(self) -> bool:
+        """SIGHUP: apply a new configuration if it is valid, keep the old one otherwise."""
+        try:
+            cfg = load_config(self.config_path)
+            if cfg.database != self.cfg.database or cfg.gateway_id != self.cfg.gateway_id:
+                raise ValueError("gateway_id and database cannot change on reload (restart instead)")
+            parts = build_components(cfg, self.config_path, self.store)
+            seed_from_config(self.store, cfg, self.clock())
+        except Exception as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            self._emit("reload_refused", {"error": str(exc)})
+            return False
+        topology_changed = (cfg.buses, cfg.meters) != (self.cfg.buses, self.cfg.meters)
+        self.cfg, self.parts = cfg, parts
+        self._meter_cfg = {m.id: m for m in cfg.meters}
+        if topology_changed:
+            await self._stop_buses()
+            self._start_buses()
+            if self.enforcer is not None:
+                self.enforcer.workers = self.workers
+                self.enforcer.meter_bus = {m.id: m.bus for m in cfg.meters}
+        log.info("reloaded configuration buses=%d meters=%d", len(cfg.buses), len(cfg.meters))
+        self._emit("reloaded", {})
+        return True
+
+    # -- the data path -----------------------------------------------------------------------------
+    def _on_reading(self, meter_id: str, reading: Reading, latency_s: float) -> None:
+        mcfg = self._meter_cfg.get(meter_id)
+        if mcfg is None:
+            return
+        now = reading.taken_at
+        with self.store.tx() as conn:
+            outcome = record_reading(
+                conn,
+                meter_id,
+                reading,
+                self.parts.book.pricer(conn),
+                max_power_w=mcfg.max_power_w,
+                register_modulus_wh=mcfg.register_modulus_wh,
+                minor_digits=self.cfg.minor_digits,
+            )
+            if outcome.outcome in ("charged", "baseline"):
+                self.parts.policy.evaluate_meter(conn, meter_id, now)
+                state_snapshot(conn, meter_id, now)
+        log.debug(
+            "reading meter=%s outcome=%s delta_wh=%s charge=%s latency_ms=%.0f",
+            meter_id,
+            outcome.outcome,
+            outcome.delta_wh,
+            outcome.charge_minor,
+            latency_s * 1000,
+        )
+        self._emit("reading", {"meter_id": meter_id, "outcome": outcome.outcome, "reading": reading})
+        self._wake()
+
+    def apply_payment(
+        self, payment_id: str, account_id: str, amount_minor: int, *, source: str
+    ) -> PaymentResult:
+        """Apply a payment and re-decide the account in the same transaction (reconnect first)."""
+        now = self.clock()
+        with self.store.tx() as conn:
+            result = apply_payment(
+                conn,
+                payment_id,
+                account_id,
+                amount_minor,
+                now,
+                source=source,
+                minor_digits=self.cfg.minor_digits,
+            )
+            if not result.replayed:
+                self.parts.policy.evaluate_account(conn, account_id, now, payment_id=payment_id)
+        self._wake()
+        return result
+
+    async def review_policy(self) -> None:
+        """Re-decide every account: notices mature, windows end, holds expire without new input."""
+        now = self.clock()
+        try:
+            with self.store.tx() as conn:
+                for (meter_id,) in conn.execute("SELECT id FROM meters ORDER BY id").fetchall():
+                    if meter_id in self._meter_cfg:
+                        self.parts.policy.evaluate_meter(conn, meter_id, now)
+        except StoreError as exc:
+            log.error("policy review failed: %s", exc)
+        self._wake()
+
+    def _resume_commands(self) -> None:
+        """After a restart: re-decide every account so a stale pending command is cancelled."""
+        now = self.clock()
+        with self.store.tx() as conn:
+            for (meter_id,) in conn.execute(
+                "SELECT DISTINCT meter_id FROM relay_commands WHERE status IN ('pending', 'sending')"
+            ).fetchall():
+                if meter_id in self._meter_cfg:
+                    self.parts.policy.evaluate_meter(conn, meter_id, now)
+
+    def _on_relay_outcome(self, cmd: RelayCommand, status: str, state: Any) -> None:
+        if status == "confirmed":
+            with self.store.tx() as conn:
+                self.parts.policy.evaluate_meter(conn, cmd.meter_id, self.clock())
+        self._emit(
+            "relay", {"meter_id": cmd.meter_id, "action": cmd.action.value, "status": status, "relay": state}
+        )
+        self._wake()
+
+    def _notify_outbox(self) -> None:
+        if self.mqtt is not None:
+            self.mqtt.notify()
+
+    def _wake(self) -> None:
+        if self.enforcer is not None:
+            self.enforcer.notify()
+        self._notify_outbox()
+
+    def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(kind, data)
+            except Exception:
+                log.exception("event listener failed")
+
+    # -- watchdog ------------------------------------------------------------------------------------
+    def healthy(self, now_mono: float | None = None) -> bool:
+        """Every bus worker made progress recently (a frame in flight may take its timeout budget)."""
+        now_mono = self.monotonic() if now_mono is None else now_mono
+        for bus in self.cfg.buses:
+            worker = self.workers.get(bus.id)
+            if worker is None:
+                continue
+            budget = (bus.timeout_s * (bus.retries + 1) + bus.inter_frame_gap_s) * 3 + 5
+            if worker.busy_since is not None and now_mono - worker.busy_since > budget:
+                return False
+            if worker.busy_since is None and now_mono - worker.heartbeat > max(budget, 2.0):
+                return False
+        return True
+
+    async def _watchdog(self) -> None:
+        interval = watchdog_interval_s()
+        while True:
+            await asyncio.sleep(interval or 5.0)
+            if interval and self.healthy():
+                sd_notify("WATCHDOG=1")
+
+
+async def run_daemon(config_path: Path, cfg: GatewayConfig, clock: Clock = system_clock) -> None:
+    gateway = Gateway(config_path, cfg, clock=clock)
+    await gateway.start()
+    await gateway.wait()

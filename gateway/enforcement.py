@@ -1,0 +1,274 @@
+"""From the ledger to the policy and back: build the snapshot, decide, persist what was decided.
+
+``gateway.policy.decide`` is pure; this module is its only caller in the daemon.  It reads an
+account, its meter, the holds and the overrides inside the caller's transaction, calls ``decide``,
+and in that same transaction stores the new state, queues relay commands (``enforcer.request``) and
+writes every action — and every *change* in what is blocked — to the audit log with its rule trace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import ROUND_DOWN, Decimal
+
+from drivers.base import RelayAction, RelayState
+from gateway import enforcer, events
+from gateway.calendar import WorkCalendar
+from gateway.policy.decide import decide
+from gateway.policy.inputs import AccountView, Hold, MeterView, Override
+from gateway.policy.rules import Rules
+from gateway.policy.state import Action, ActionKind, Decision, EnforcementState, RuleCheck
+from gateway.store.db import dumps
+from gateway.timeutil import iso, parse_iso
+
+CONSUMPTION_WINDOW = timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class MeterCaps:
+    """What the meter's driver can do, for the policy (a meter it cannot control is alarmed, not cut)."""
+
+    controllable: bool = True
+    supports_load_limit: bool = False
+    supports_keep_power: bool = False
+
+
+def _trace_json(trace: tuple[RuleCheck, ...]) -> list[dict[str, object]]:
+    return [{"rule": t.rule, "passed": t.passed, "detail": t.detail} for t in trace]
+
+
+def _action_json(a: Action) -> dict[str, object]:
+    return {
+        "kind": a.kind.value,
+        "relay_action": a.relay_action.value if a.relay_action else None,
+        "level": a.level,
+        "message": a.message,
+        "not_before": iso(a.not_before) if a.not_before else None,
+        "trace": _trace_json(a.trace),
+    }
+
+
+def days_of_credit_left(
+    conn: sqlite3.Connection, account_id: str, balance_minor: int, now: datetime
+) -> Decimal | None:
+    """Balance ÷ average daily charges over the last week (None without consumption history)."""
+    since = now - CONSUMPTION_WINDOW
+    row = conn.execute(
+        "SELECT COALESCE(-SUM(amount_minor), 0), MIN(period_start) FROM entries WHERE account_id = ? "
+        "AND kind IN ('charge', 'standing_charge') AND created_at >= ?",
+        (account_id, iso(since)),
+    ).fetchone()
+    spent, first = int(row[0]), row[1]
+    if spent <= 0 or first is None:
+        return None
+    span_days = max(Decimal((now - max(parse_iso(first), since)).total_seconds()) / 86400, Decimal("0.04"))
+    per_day = Decimal(spent) / span_days
+    if balance_minor <= 0:
+        return Decimal(0)
+    return (Decimal(balance_minor) / per_day).quantize(Decimal("0.1"), rounding=ROUND_DOWN)
+
+
+def active_holds(conn: sqlite3.Connection, now: datetime) -> list[Hold]:
+    rows = conn.execute(
+        "SELECT kind, reason, actor, starts_at, expires_at FROM holds WHERE cleared_at IS NULL AND expires_at > ?",
+        (iso(now),),
+    ).fetchall()
+    return [Hold(r[0], r[1], r[2], parse_iso(r[3]), parse_iso(r[4])) for r in rows]
+
+
+def active_overrides(conn: sqlite3.Connection, targets: tuple[str, ...], now: datetime) -> list[Override]:
+    marks = ",".join("?" for _ in targets)
+    rows = conn.execute(
+        f"SELECT target, action, reason, actor, expires_at, allow_protected FROM overrides "
+        f"WHERE cleared_at IS NULL AND expires_at > ? AND target IN ({marks}) ORDER BY id",
+        (iso(now), *targets),
+    ).fetchall()
+    return [Override(r[0], r[1], r[2], r[3], parse_iso(r[4]), bool(r[5])) for r in rows]
+
+
+class PolicyEngine:
+    """Evaluates accounts against one rule set and calendar."""
+
+    def __init__(self, rules: Rules, calendar: WorkCalendar, caps: Mapping[str, MeterCaps]) -> None:
+        self.rules = rules
+        self.calendar = calendar
+        self.caps = dict(caps)
+
+    def snapshot(
+        self, conn: sqlite3.Connection, meter_id: str, now: datetime
+    ) -> tuple[AccountView, MeterView, list[Hold], list[Override]]:
+        m = conn.execute(
+            "SELECT id, account_id, relay, keep_power FROM meters WHERE id = ?", (meter_id,)
+        ).fetchone()
+        if m is None:
+            raise LookupError(f"no meter '{meter_id}'")
+        a = conn.execute(
+            "SELECT id, balance_minor, emergency_credit_minor, protected, protected_category, policy_state, "
+            "policy_state_since, notice_served_at, reminder_sent_at, warnings_json, alerts_json, created_at "
+            "FROM accounts WHERE id = ?",
+            (m["account_id"],),
+        ).fetchone()
+        alerts = {k: parse_iso(v) for k, v in json.loads(a["alerts_json"]).items()}
+        emergency = int(a["emergency_credit_minor"])
+        account = AccountView(
+            account_id=a["id"],
+            balance_minor=int(a["balance_minor"]),
+            emergency_credit_minor=emergency,
+            emergency_credit_active=emergency > 0
+            and ("offer_emergency_credit" in alerts or a["balance_minor"] < 0),
+            days_of_credit_left=days_of_credit_left(conn, a["id"], int(a["balance_minor"]), now),
+            protected=bool(a["protected"]),
+            protected_category=a["protected_category"],
+            state=EnforcementState(a["policy_state"]),
+            state_since=parse_iso(a["policy_state_since"] or a["created_at"]),
+            notice_served_at=parse_iso(a["notice_served_at"]) if a["notice_served_at"] else None,
+            reminder_sent_at=parse_iso(a["reminder_sent_at"]) if a["reminder_sent_at"] else None,
+            warnings_sent={int(k): parse_iso(v) for k, v in json.loads(a["warnings_json"]).items()},
+            alerts_sent=alerts,
+        )
+        pending = conn.execute(
+            "SELECT action FROM relay_commands WHERE meter_id = ? AND status IN ('pending', 'sending') "
+            "ORDER BY id DESC LIMIT 1",
+            (meter_id,),
+        ).fetchone()
+        caps = self.caps.get(meter_id, MeterCaps())
+        meter = MeterView(
+            meter_id=meter_id,
+            relay=RelayState(m["relay"]) if m["relay"] else None,
+            controllable=caps.controllable,
+            supports_load_limit=caps.supports_load_limit,
+            supports_keep_power=caps.supports_keep_power,
+            keep_power=bool(m["keep_power"]),
+            pending_relay_action=RelayAction(pending[0]) if pending else None,
+        )
+        return account, meter, active_holds(conn, now), active_overrides(conn, (meter_id, a["id"]), now)
+
+    def decide_for(self, conn: sqlite3.Connection, meter_id: str, now: datetime) -> Decision:
+        """The decision without applying it (``pmg explain``)."""
+        account, meter, holds, overrides = self.snapshot(conn, meter_id, now)
+        return decide(account, meter, now, self.calendar, self.rules, holds=holds, overrides=overrides)
+
+    def evaluate_meter(
+        self, conn: sqlite3.Connection, meter_id: str, now: datetime, *, payment_id: str | None = None
+    ) -> Decision:
+        """Decide for one meter and persist the outcome, inside the caller's transaction."""
+        account, meter, holds, overrides = self.snapshot(conn, meter_id, now)
+        d = decide(account, meter, now, self.calendar, self.rules, holds=holds, overrides=overrides)
+        aid = account.account_id
+        conn.execute(
+            "UPDATE accounts SET policy_state = ?, policy_state_since = ?, notice_served_at = ?, "
+            "reminder_sent_at = ?, warnings_json = ?, alerts_json = ?, earliest_cut_at = ?, next_review_at = ? "
+            "WHERE id = ?",
+            (
+                d.state.value,
+                iso(d.state_since),
+                iso(d.notice_served_at) if d.notice_served_at else None,
+                iso(d.reminder_sent_at) if d.reminder_sent_at else None,
+                dumps({str(k): iso(v) for k, v in d.warnings_sent.items()}),
+                dumps({k: iso(v) for k, v in d.alerts_sent.items()}),
+                iso(d.earliest_cut_at) if d.earliest_cut_at else None,
+                iso(d.next_review_at) if d.next_review_at else None,
+                aid,
+            ),
+        )
+        if d.state is not account.state:
+            events.record(
+                conn,
+                "policy_state",
+                now,
+                account_id=aid,
+                meter_id=meter_id,
+                detail={"from": account.state.value, "to": d.state.value},
+            )
+        for action in d.actions:
+            self._apply(conn, action, aid, meter_id, now, payment_id)
+        self._record_blocked(conn, d, aid, meter_id, now)
+        return d
+
+    def _apply(
+        self,
+        conn: sqlite3.Connection,
+        action: Action,
+        account_id: str,
+        meter_id: str,
+        now: datetime,
+        payment_id: str | None,
+    ) -> None:
+        detail = _action_json(action)
+        if action.relay_action is not None:
+            enforcer.request(
+                conn,
+                meter_id,
+                action.relay_action,
+                now,
+                reason=action.message or action.kind.value,
+                actor="policy",
+                trace=_trace_json(action.trace),
+                payment_id=payment_id if action.kind is ActionKind.RECONNECT else None,
+            )
+        severity = (
+            "alarm"
+            if action.kind in (ActionKind.ALARM, ActionKind.ESCALATE)
+            else (
+                "warning"
+                if action.kind in (ActionKind.DISCONNECT, ActionKind.SERVE_NOTICE, ActionKind.LOAD_LIMIT)
+                else "info"
+            )
+        )
+        events.record(
+            conn,
+            f"policy_{action.kind.value}",
+            now,
+            severity=severity,
+            account_id=account_id,
+            meter_id=meter_id,
+            actor="policy",
+            detail=detail,
+        )
+
+    def _record_blocked(
+        self, conn: sqlite3.Connection, d: Decision, account_id: str, meter_id: str, now: datetime
+    ) -> None:
+        """Audit what the rules held back — once per change, not on every re-evaluation."""
+        sig_src = [
+            (
+                a.kind.value,
+                [t.rule for t in a.trace if not t.passed],
+                iso(a.not_before) if a.not_before else None,
+            )
+            for a in d.blocked
+        ]
+        sig = hashlib.sha256(dumps(sig_src).encode()).hexdigest()[:16]
+        key = f"blocked:{meter_id}"
+        prev = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        if prev is not None and prev[0] == sig:
+            return
+        conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, sig),
+        )
+        for action in d.blocked:
+            events.record(
+                conn,
+                "policy_blocked",
+                now,
+                severity="info",
+                account_id=account_id,
+                meter_id=meter_id,
+                actor="policy",
+                detail=_action_json(action),
+            )
+
+    def evaluate_account(
+        self, conn: sqlite3.Connection, account_id: str, now: datetime, *, payment_id: str | None = None
+    ) -> list[Decision]:
+        meters = [
+            r[0]
+            for r in conn.execute("SELECT id FROM meters WHERE account_id = ? ORDER BY id", (account_id,))
+        ]
+        return [self.evaluate_meter(conn, m, now, payment_id=payment_id) for m in meters]

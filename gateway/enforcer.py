@@ -1,0 +1,327 @@
+"""Relay commands: durable before any frame is sent, confirmed by read-back, audited.
+
+A decided action becomes a row in ``relay_commands`` (status ``pending``) in the same transaction as
+the audit event that explains it.  The enforcer executes pending rows through the meter's bus worker
+at relay priority; the outcome is what the meter's relay *reads back*, not its acknowledgement.
+A later decision cancels an earlier pending command (a payment cancels a pending cut).  After a crash a
+command that may have been sent is never re-sent blindly: the relay is read first, and a command whose
+effect is already there is confirmed without a frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from drivers.base import DriverError, NotControllable, RelayAction, RelayState
+from gateway import events
+from gateway.bus import PRIORITY_RELAY, BusWorker
+from gateway.store.db import Store, dumps
+from gateway.sync import outbox
+from gateway.timeutil import Clock, iso, parse_iso
+
+log = logging.getLogger("pmg.enforcer")
+
+MAX_ATTEMPTS = 5
+RETRY_BASE_S = 2.0
+
+OPPOSITES: dict[RelayAction, tuple[RelayAction, ...]] = {
+    RelayAction.TRIP: (RelayAction.DIRECT_CLOSE, RelayAction.CLOSE_PERMITTED),
+    RelayAction.DIRECT_CLOSE: (RelayAction.TRIP,),
+    RelayAction.CLOSE_PERMITTED: (RelayAction.TRIP,),
+    RelayAction.KEEP_POWER_ON: (RelayAction.KEEP_POWER_OFF,),
+    RelayAction.KEEP_POWER_OFF: (RelayAction.KEEP_POWER_ON,),
+    RelayAction.ALARM_ON: (RelayAction.ALARM_OFF,),
+    RelayAction.ALARM_OFF: (RelayAction.ALARM_ON,),
+}
+
+
+@dataclass(frozen=True)
+class RelayCommand:
+    id: int
+    meter_id: str
+    action: RelayAction
+    attempts: int
+    payment_id: str | None
+    reason: str
+    actor: str
+
+
+def request(
+    conn: sqlite3.Connection,
+    meter_id: str,
+    action: RelayAction,
+    now: datetime,
+    *,
+    reason: str,
+    actor: str,
+    trace: list[dict[str, Any]] | None = None,
+    payment_id: str | None = None,
+) -> int | None:
+    """Queue a relay command inside the caller's transaction.
+
+    Cancels pending commands that it supersedes; returns None (and queues nothing) when the same
+    action is already pending for the meter.
+    """
+    open_rows = conn.execute(
+        "SELECT id, action FROM relay_commands WHERE meter_id = ? AND status IN ('pending', 'sending')",
+        (meter_id,),
+    ).fetchall()
+    for row_id, row_action in open_rows:
+        if row_action == action.value:
+            return None
+        if RelayAction(row_action) in OPPOSITES.get(action, ()):
+            conn.execute(
+                "UPDATE relay_commands SET status = 'cancelled', outcome = ?, updated_at = ? WHERE id = ?",
+                (f"superseded by {action.value}: {reason}", iso(now), row_id),
+            )
+            events.record(
+                conn,
+                "relay_command_cancelled",
+                now,
+                meter_id=meter_id,
+                actor=actor,
+                detail={"command_id": row_id, "action": row_action, "superseded_by": action.value},
+            )
+    account = conn.execute("SELECT account_id FROM meters WHERE id = ?", (meter_id,)).fetchone()
+    cur = conn.execute(
+        "INSERT INTO relay_commands(meter_id, action, status, reason, actor, trace_json, payment_id, "
+        "created_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+        (meter_id, action.value, reason, actor, dumps(trace or []), payment_id, iso(now), iso(now)),
+    )
+    assert cur.lastrowid is not None
+    events.record(
+        conn,
+        "relay_command_queued",
+        now,
+        severity="warning" if action is RelayAction.TRIP else "info",
+        account_id=account[0] if account else None,
+        meter_id=meter_id,
+        actor=actor,
+        detail={"command_id": cur.lastrowid, "action": action.value, "reason": reason, "trace": trace or []},
+    )
+    return cur.lastrowid
+
+
+OutcomeHook = Callable[[RelayCommand, str, RelayState | None], None]
+"""Called after an outcome is committed: (command, status, confirmed relay state)."""
+
+
+class Enforcer:
+    """Executes pending relay commands through the bus workers."""
+
+    def __init__(
+        self,
+        store: Store,
+        workers: dict[str, BusWorker],
+        meter_bus: dict[str, str],
+        clock: Clock,
+        *,
+        on_outcome: OutcomeHook | None = None,
+        notify_outbox: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
+        self.workers = workers
+        self.meter_bus = meter_bus
+        self.clock = clock
+        self.on_outcome = on_outcome
+        self.notify_outbox = notify_outbox
+        self._wake = asyncio.Event()
+        self._running: dict[int, asyncio.Task[None]] = {}
+        self._stopping = False
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    def due(self, now: datetime) -> list[RelayCommand]:
+        rows = self.store.all(
+            "SELECT id, meter_id, action, attempts, payment_id, reason, actor, not_before FROM relay_commands "
+            "WHERE status IN ('pending', 'sending') ORDER BY id"
+        )
+        out = []
+        for r in rows:
+            if r["not_before"] and parse_iso(r["not_before"]) > now:
+                continue
+            out.append(
+                RelayCommand(
+                    r["id"],
+                    r["meter_id"],
+                    RelayAction(r["action"]),
+                    r["attempts"],
+                    r["payment_id"],
+                    r["reason"],
+                    r["actor"],
+                )
+            )
+        return out
+
+    async def run(self) -> None:
+        while not self._stopping:
+            for cmd in self.due(self.clock()):
+                if cmd.id not in self._running and cmd.meter_id in self.meter_bus:
+                    self._running[cmd.id] = asyncio.create_task(self._execute(cmd))
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=0.5)
+            except TimeoutError:
+                pass
+        if self._running:
+            await asyncio.gather(*self._running.values(), return_exceptions=True)
+
+    async def _execute(self, cmd: RelayCommand) -> None:
+        try:
+            worker = self.workers[self.meter_bus[cmd.meter_id]]
+            with self.store.tx() as conn:
+                still = conn.execute("SELECT status FROM relay_commands WHERE id = ?", (cmd.id,)).fetchone()
+                if still is None or still[0] not in ("pending", "sending"):
+                    return
+                conn.execute(
+                    "UPDATE relay_commands SET status = 'sending', attempts = attempts + 1, updated_at = ? "
+                    "WHERE id = ?",
+                    (iso(self.clock()), cmd.id),
+                )
+            state: RelayState | None = None
+            error: str | None = None
+            not_controllable = False
+            try:
+                state = await worker.submit(PRIORITY_RELAY, lambda: self._operate(worker, cmd))
+            except NotControllable as exc:
+                error, not_controllable = str(exc), True
+            except DriverError as exc:
+                error = str(exc)
+            self._record(cmd, state, error, not_controllable)
+        finally:
+            self._running.pop(cmd.id, None)
+            self._wake.set()
+
+    async def _operate(self, worker: BusWorker, cmd: RelayCommand) -> RelayState | None:
+        meter = worker.meter(cmd.meter_id)
+        expected = cmd.action.expected_state
+        # It may have been sent before a crash or a lost reply: look before acting again.
+        if cmd.attempts > 0 and expected is not None and await meter.read_relay() is expected:
+            return expected
+        return await meter.relay(cmd.action, self.clock() + timedelta(minutes=10))
+
+    def _record(self, cmd: RelayCommand, state: RelayState | None, error: str | None, final: bool) -> None:
+        now = self.clock()
+        expected = cmd.action.expected_state
+        ok = error is None and (expected is None or state is expected)
+        attempts = cmd.attempts + 1
+        with self.store.tx() as conn:
+            current = conn.execute("SELECT status FROM relay_commands WHERE id = ?", (cmd.id,)).fetchone()
+            if current is None or current[0] != "sending":
+                return  # cancelled while in flight; the superseding command decides
+            account = conn.execute("SELECT account_id FROM meters WHERE id = ?", (cmd.meter_id,)).fetchone()
+            account_id = account[0] if account else None
+            if ok:
+                status = "confirmed"
+                conn.execute(
+                    "UPDATE relay_commands SET status = 'confirmed', outcome = ?, updated_at = ? WHERE id = ?",
+                    (f"read back {state.value if state else 'n/a'}", iso(now), cmd.id),
+                )
+                if state is not None:
+                    conn.execute(
+                        "UPDATE meters SET relay = ?, relay_at = ? WHERE id = ?",
+                        (state.value, iso(now), cmd.meter_id),
+                    )
+                detail: dict[str, Any] = {"command_id": cmd.id, "action": cmd.action.value, "relay": state}
+                if cmd.payment_id:
+                    detail["payment_id"] = cmd.payment_id
+                    paid = conn.execute(
+                        "SELECT received_at FROM payments WHERE payment_id = ?", (cmd.payment_id,)
+                    ).fetchone()
+                    if paid:
+                        detail["payment_to_power_s"] = round((now - parse_iso(paid[0])).total_seconds(), 3)
+                events.record(
+                    conn,
+                    "relay_confirmed",
+                    now,
+                    account_id=account_id,
+                    meter_id=cmd.meter_id,
+                    actor=cmd.actor,
+                    detail=detail,
+                )
+                _state_snapshot(conn, cmd.meter_id, now)
+            elif final or attempts >= MAX_ATTEMPTS:
+                status = "failed"
+                conn.execute(
+                    "UPDATE relay_commands SET status = 'failed', outcome = ?, updated_at = ? WHERE id = ?",
+                    (error or f"read back {state}", iso(now), cmd.id),
+                )
+                events.record(
+                    conn,
+                    "relay_failed",
+                    now,
+                    severity="alarm",
+                    account_id=account_id,
+                    meter_id=cmd.meter_id,
+                    actor=cmd.actor,
+                    detail={
+                        "command_id": cmd.id,
+                        "action": cmd.action.value,
+                        "error": error,
+                        "relay": state,
+                        "attempts": attempts,
+                    },
+                )
+            else:
+                status = "pending"
+                retry_at = now + timedelta(seconds=RETRY_BASE_S * 2 ** (attempts - 1))
+                conn.execute(
+                    "UPDATE relay_commands SET status = 'pending', not_before = ?, outcome = ?, updated_at = ? "
+                    "WHERE id = ?",
+                    (iso(retry_at), error or f"read back {state}", iso(now), cmd.id),
+                )
+        log.info(
+            "relay meter=%s action=%s status=%s relay=%s error=%s",
+            cmd.meter_id,
+            cmd.action.value,
+            status,
+            state,
+            error,
+        )
+        self.notify_outbox()
+        if self.on_outcome is not None:
+            self.on_outcome(cmd, status, state)
+
+
+def _state_snapshot(conn: sqlite3.Connection, meter_id: str, now: datetime) -> None:
+    """Queue the retained ``meters/<id>/state`` snapshot (non-billing: superseded by the next)."""
+    row = conn.execute(
+        "SELECT m.id, m.account_id, m.relay, a.balance_minor, a.policy_state, m.last_register_wh "
+        "FROM meters m JOIN accounts a ON a.id = m.account_id WHERE m.id = ?",
+        (meter_id,),
+    ).fetchone()
+    if row is None:
+        return
+    from gateway.money import format_money
+
+    outbox.put(
+        conn,
+        f"meters/{meter_id}/state",
+        {
+            "schema": "pmg.state/1",
+            "meter_id": row[0],
+            "account_id": row[1],
+            "relay": row[2],
+            "balance": format_money(row[3]),
+            "policy_state": row[4],
+            "register_wh": row[5],
+            "at": iso(now),
+        },
+        now,
+        billing=False,
+        retain=True,
+    )
+
+
+state_snapshot = _state_snapshot

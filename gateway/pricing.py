@@ -1,0 +1,105 @@
+"""The ledger's view of tariffs: which tariff an account is on, and how much of its block it used.
+
+Tariffs come from files under ``tariff_dir`` and from head-office ``tariff`` commands (stored in the
+``tariffs`` table, so they survive restarts).  The pricing itself is ``gateway.tariffs.pricing`` —
+pure; this module only supplies the account's tariff, the calendar's day types and the cycle usage.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime
+from pathlib import Path
+
+from gateway.calendar import WorkCalendar
+from gateway.tariffs.model import Tariff, load_tariff_dir, tariff_from_dict
+from gateway.tariffs.pricing import ChargeLine, cycle_start, price_interval
+from gateway.timeutil import iso, parse_iso
+
+
+class TariffBook:
+    """All tariffs the gateway knows, by id."""
+
+    def __init__(self, tariffs: Mapping[str, Tariff], calendar: WorkCalendar) -> None:
+        self.tariffs = dict(tariffs)
+        self.calendar = calendar
+
+    @classmethod
+    def load(cls, directory: Path, conn: sqlite3.Connection | None, calendar: WorkCalendar) -> TariffBook:
+        tariffs = load_tariff_dir(directory) if directory.is_dir() else {}
+        book = cls(tariffs, calendar)
+        if conn is not None:
+            for row in conn.execute("SELECT id, body_json FROM tariffs ORDER BY id, version"):
+                book.tariffs[row[0]] = tariff_from_dict(json.loads(row[1]), f"database tariff {row[0]}")
+        return book
+
+    def get(self, tariff_id: str) -> Tariff:
+        try:
+            return self.tariffs[tariff_id]
+        except KeyError:
+            known = ", ".join(sorted(self.tariffs)) or "none loaded"
+            raise LookupError(f"no tariff '{tariff_id}' (known: {known})") from None
+
+    def day_type(self, local_day: date) -> str:
+        return str(self.calendar.day_type(local_day))
+
+    def pricer(self, conn: sqlite3.Connection) -> _Pricer:
+        return _Pricer(self, conn)
+
+
+class _Pricer:
+    """A ``gateway.ledger.charging.Pricer`` bound to one open transaction."""
+
+    def __init__(self, book: TariffBook, conn: sqlite3.Connection) -> None:
+        self.book = book
+        self.conn = conn
+
+    def __call__(
+        self,
+        account_id: str,
+        start: datetime,
+        end: datetime,
+        energy_wh: int,
+        register_split: Mapping[str, int] | None,
+    ) -> Sequence[ChargeLine]:
+        row = self.conn.execute("SELECT tariff_id FROM accounts WHERE id = ?", (account_id,)).fetchone()
+        if row is None:
+            raise LookupError(f"no account '{account_id}'")
+        tariff = self.book.get(row[0])
+        version = tariff.version_at(start)
+        begins = cycle_start(version, start)
+        used = 0 if begins is None else cycle_usage_wh(self.conn, account_id, begins, start)
+        return price_interval(
+            tariff,
+            start,
+            end,
+            energy_wh,
+            day_type=self.book.day_type,
+            cycle_usage_wh=used,
+            register_split_wh=register_split if version.tou is not None else None,
+        )
+
+
+def cycle_usage_wh(conn: sqlite3.Connection, account_id: str, since: datetime, until: datetime) -> int:
+    """Energy the account was charged for between ``since`` and ``until`` (block position).
+
+    Entries wholly inside count whole; an entry straddling ``since`` counts the lines that start at or
+    after it (each charge entry keeps its priced lines).
+    """
+    whole = conn.execute(
+        "SELECT COALESCE(SUM(energy_wh), 0) FROM entries WHERE account_id = ? AND kind = 'charge' "
+        "AND period_start >= ? AND period_end <= ?",
+        (account_id, iso(since), iso(until)),
+    ).fetchone()[0]
+    partial = 0
+    for (detail,) in conn.execute(
+        "SELECT detail_json FROM entries WHERE account_id = ? AND kind = 'charge' AND period_start < ? "
+        "AND period_end > ?",
+        (account_id, iso(since), iso(since)),
+    ):
+        for line in json.loads(detail).get("lines", []):
+            if "start" in line and parse_iso(line["start"]) >= since:
+                partial += int(line["energy_wh"])
+    return int(whole) + partial
