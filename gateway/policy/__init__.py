@@ -1,0 +1,1 @@
+"""Lawful pay-before-use enforcement policy: pure decisions with rule traces (see ``decide``)."""

@@ -13,7 +13,7 @@ Reconnection ignores windows and holds: power comes back at any hour.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from drivers.base import RelayAction, RelayState
@@ -34,7 +34,7 @@ from gateway.policy.windows import earliest_allowed
 S = EnforcementState
 K = ActionKind
 
-__all__ = ["AccountView", "Action", "ActionKind", "Decision", "Hold", "MeterView", "Override", "decide"]
+__all__ = ["AccountView", "Action", "ActionKind", "Decision", "Hold", "MeterView", "Override", "apply", "decide"]
 
 
 @dataclass
@@ -121,7 +121,7 @@ def decide(
                warnings_sent=dict(account.warnings_sent), alerts_sent=dict(account.alerts_sent))
     available = account.available_minor
     exhausted = available <= rules.disconnect.at_or_below_minor
-    credit = d.check("credit.available", not exhausted,
+    credit = d.check("credit.exhausted", exhausted,
                      f"available {available} (balance {account.balance_minor}"
                      f"{f' + emergency {account.emergency_credit_minor}' if account.emergency_credit_active else ''})"
                      f" vs cut threshold {rules.disconnect.at_or_below_minor}")
@@ -431,3 +431,16 @@ def _manual_cut(d: _Draft, order: Override, protected: bool, prot: RuleCheck) ->
         d.check("relay.pending", True, "trip already pending on the meter: not issued again")
     else:
         d.act(K.DISCONNECT, trace, relay=RelayAction.TRIP, message=f"manual disconnect: {order.reason}")
+
+
+def apply(account: AccountView, decision: Decision) -> AccountView:
+    """The account as it stands once ``decision``'s actions were delivered (for callers and tests)."""
+    return replace(
+        account,
+        state=decision.state,
+        state_since=decision.state_since,
+        notice_served_at=decision.notice_served_at,
+        reminder_sent_at=decision.reminder_sent_at,
+        warnings_sent=dict(decision.warnings_sent),
+        alerts_sent=dict(decision.alerts_sent),
+    )

@@ -79,7 +79,9 @@ def earliest_allowed(
         b = first_blocker(t, cal, windows, holds)
         if b is None:
             return t, tuple(seen)
-        if not seen or seen[-1].rule != b.rule:
+        if seen and seen[-1].rule == b.rule:
+            seen[-1] = Blocker(b.rule, seen[-1].detail, b.until)  # one entry per run of the same rule
+        else:
             seen.append(b)
         if b.until is None:
             return None, tuple(seen)
