@@ -245,3 +245,40 @@ def test_link_errors_are_one_line(sim_bus) -> None:
 
     with pytest.raises(LinkError, match=r"tcp://127.0.0.1:1: cannot open the bus"):
         run(closed_port())
+
+
+COIL_RELAY = """
+[meter]
+name = "test: relay on a coil"
+[points.energy_import]
+register = 0x0000
+function = 3
+type = "u32"
+unit = "Wh"
+[relay.state]
+function = 1
+register = 21
+[relay.command]
+function = 5
+register = 21
+"""
+
+
+@pytest.mark.parametrize("url_kind", ["tcp", "pty"])
+def test_relay_on_a_coil(sim_bus, tmp_path: Path, url_kind: str) -> None:
+    (tmp_path / "coil.toml").write_text(COIL_RELAY)
+    prof = load_profile(str(tmp_path / "coil.toml"))
+    m = model(ManualClock(), wh=77)
+    bus = sim_bus({1: (m, prof)})
+    url = f"tcp://127.0.0.1:{bus.start_tcp()}" if url_kind == "tcp" else bus.start_pty()
+
+    async def body(link: ModbusLink) -> list[object]:
+        meter = ModbusMeter(link, 1, prof)
+        out: list[object] = [(await meter.read(ALL)).relay, await meter.relay(RelayAction.TRIP), m.relay_closed]
+        out += [await meter.read_relay(), await meter.relay(RelayAction.DIRECT_CLOSE), m.relay_closed]
+        out.append((await meter.read()).energy_import_wh)
+        return out
+
+    assert run(with_link(url, body)) == [
+        RelayState.CLOSED, RelayState.OPEN, False, RelayState.OPEN, RelayState.CLOSED, True, 77,
+    ]
