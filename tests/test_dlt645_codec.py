@@ -57,7 +57,9 @@ def test_read_reply_vector_is_112280_26_kwh() -> None:
     assert value == Decimal("112280.26")
     assert dis.kwh_to_wh(value) == 112_280_260
     # and back: the simulator side builds the same bytes
-    back = Frame("000000000001", 0x91, dis.di_bytes(dis.ENERGY_IMPORT) + dis.lookup(dis.ENERGY_IMPORT).encode(value))
+    back = Frame(
+        "000000000001", 0x91, dis.di_bytes(dis.ENERGY_IMPORT) + dis.lookup(dis.ENERGY_IMPORT).encode(value)
+    )
     assert encode(back) == REPLY_001
 
 
@@ -71,7 +73,9 @@ def test_read_address_vectors() -> None:
 
 def test_trip_vector_and_success_reply() -> None:
     security = commands.security_fields(0, "000000", "00000000")
-    request = commands.relay_request("111111111111", RelayAction.TRIP, datetime(2018, 5, 12, 15, 41, 24), security)
+    request = commands.relay_request(
+        "111111111111", RelayAction.TRIP, datetime(2018, 5, 12, 15, 41, 24), security
+    )
     assert encode(request) == TRIP
     fields = commands.parse_relay_request(decode(TRIP))
     assert fields.action is RelayAction.TRIP
@@ -89,7 +93,9 @@ def test_address_is_bcd_least_significant_byte_first() -> None:
     assert address_to_bytes(BROADCAST) == b"\x99" * 6
 
 
-@pytest.mark.parametrize("bad", ["161", "00000000016A", "0000000001611", " 00000000161", "００００００００１６１", 161])
+@pytest.mark.parametrize(
+    "bad", ["161", "00000000016A", "0000000001611", " 00000000161", "００００００００１６１", 161]
+)
 def test_check_address_rejects_anything_but_12_digits(bad: object) -> None:
     with pytest.raises(ValueError, match="12"):
         check_address(bad)  # type: ignore[arg-type]
@@ -243,9 +249,14 @@ def test_reply_with_wrong_di_is_rejected() -> None:
 
 # -- properties -------------------------------------------------------------------------------------
 addresses = st.one_of(
-    st.from_regex(r"\A[0-9]{12}\Z"), st.just(WILDCARD), st.just(BROADCAST), st.from_regex(r"\A(AA){3}[0-9]{6}\Z")
+    st.from_regex(r"\A[0-9]{12}\Z"),
+    st.just(WILDCARD),
+    st.just(BROADCAST),
+    st.from_regex(r"\A(AA){3}[0-9]{6}\Z"),
 )
-controls = st.sampled_from([0x08, 0x11, 0x12, 0x13, 0x14, 0x1C, 0x01, 0x91, 0xB1, 0xD1, 0x92, 0xB2, 0x93, 0x94, 0x9C, 0xDC])
+controls = st.sampled_from(
+    [0x08, 0x11, 0x12, 0x13, 0x14, 0x1C, 0x01, 0x91, 0xB1, 0xD1, 0x92, 0xB2, 0x93, 0x94, 0x9C, 0xDC]
+)
 frames = st.builds(Frame, addresses, controls, st.binary(max_size=255))
 
 
@@ -263,7 +274,9 @@ def test_scan_finds_a_frame_inside_noise_without_68(frame: Frame, before: bytes,
     assert found.frame == frame
 
 
-@given(st.decimals(min_value="-799.999", max_value="799.999", places=3, allow_nan=False, allow_infinity=False))
+@given(
+    st.decimals(min_value="-799.999", max_value="799.999", places=3, allow_nan=False, allow_infinity=False)
+)
 def test_signed_bcd_round_trip(value: Decimal) -> None:
     """3 signed BCD bytes (current XXX.XXX): 5 digits and a 0..7 top nibble beside the sign bit."""
     assert dis.decode_bcd(dis.encode_bcd(value, 3, 3, True), 3, True) == value
