@@ -99,3 +99,35 @@ def scripted() -> Iterator[Callable[[list[Script]], ScriptedMeter]]:
     yield make
     for m in made:
         m.close()
+
+
+class ManualClock:
+    """A clock a test moves by hand (seconds since the epoch)."""
+
+    def __init__(self, start: float = 1_779_998_400.0) -> None:  # 2026-05-28 20:00 UTC, on the hour
+        self.t = start
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+@pytest.fixture
+def sim_bus() -> Iterator[Callable[..., Any]]:
+    """Factory for simulated buses; every bus made is stopped at teardown."""
+    from simulators.dlt645 import SimulatedDlt645Bus
+
+    made: list[SimulatedDlt645Bus] = []
+
+    def make(models: list[Any], **kw: Any) -> SimulatedDlt645Bus:
+        kw.setdefault("emulate_timing", False)
+        kw.setdefault("response_delay_s", 0.0)
+        bus = SimulatedDlt645Bus(models, **kw)
+        made.append(bus)
+        return bus
+
+    yield make
+    for bus in made:
+        bus.stop()
