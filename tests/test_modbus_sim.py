@@ -18,6 +18,7 @@ import pytest
 from modbus_fixtures import PROFILES, ManualClock, profile, run, sim_bus, with_link
 
 from drivers.base import (
+    Meter,
     MeterRefused,
     MeterTimeout,
     NotControllable,
@@ -282,3 +283,40 @@ def test_relay_on_a_coil(sim_bus, tmp_path: Path, url_kind: str) -> None:
     assert run(with_link(url, body)) == [
         RelayState.CLOSED, RelayState.OPEN, False, RelayState.OPEN, RelayState.CLOSED, True, 77,
     ]
+
+
+def test_many_dead_polls_in_a_row_do_not_cost_the_bus(sim_bus) -> None:
+    """pymodbus drops a TCP connection after retries+3 unanswered requests; the next meter must still read."""
+    dead = model(ManualClock())
+    dead.faults.add(Fault.NO_ANSWER)
+    port = sim_bus({1: (model(ManualClock(), wh=9), profile("dds238")), 9: (dead, profile("dds238"))}).start_tcp()
+
+    async def body(link: ModbusLink) -> tuple[list[Quality], Reading]:
+        dead_meter = ModbusMeter(link, 9, profile("dds238"))
+        assert isinstance(dead_meter, Meter)
+        qualities = [(await dead_meter.read()).quality for _ in range(6)]
+        return qualities, await ModbusMeter(link, 1, profile("dds238")).read()
+
+    qualities, healthy = run(with_link(f"tcp://127.0.0.1:{port}", body, timeout_s=0.05))
+    assert qualities == [Quality.TIMEOUT] * 6
+    assert healthy.quality is Quality.OK and healthy.energy_import_wh == 0  # 9 Wh shows as 0.00 kWh steps of 10
+
+
+def test_link_reconnects_after_the_tcp_peer_restarts(sim_bus) -> None:
+    first = sim_bus({1: (model(ManualClock(), wh=100), profile("dds238"))})
+    port = first.start_tcp()
+
+    async def body(link: ModbusLink) -> tuple[Reading, Reading]:
+        meter = ModbusMeter(link, 1, profile("dds238"))
+        before = await meter.read()
+        first.stop()  # the gateway goes away...
+        sim_bus({1: (model(ManualClock(), wh=200), profile("dds238"))}).start_tcp(port=port)  # ...and returns
+        deadline = time.monotonic() + 5
+        while True:  # poll until the link is back, as a bus worker's next cycle would
+            after = await meter.read()
+            if after.quality is Quality.OK or time.monotonic() > deadline:
+                return before, after
+            await asyncio.sleep(0.05)
+
+    before, after = run(with_link(f"tcp://127.0.0.1:{port}", body))
+    assert (before.energy_import_wh, after.quality, after.energy_import_wh) == (100, Quality.OK, 200)

@@ -131,6 +131,10 @@ class ModbusLink:
             self._client = AsyncModbusSerialClient(
                 self.url, baudrate=self.baud, parity=self.parity, stopbits=self.stopbits, **common
             )
+        # pymodbus closes a TCP connection after retries+3 unanswered requests in a row.  Behind a
+        # TCP-to-RS-485 gateway that means one dead meter disconnects every meter on the bus, so
+        # silence from a unit is never taken as a sign that the connection itself is dead.
+        self._client.set_max_no_responses(1 << 30)
         if not await self._client.connect():
             self._client.close()
             self._client = None
@@ -215,6 +219,16 @@ class ModbusLink:
                 self._foreign_unit = unit
         return data
 
+    async def _with_reconnect(self, request: Callable[[], Awaitable[ModbusPDU]]) -> ModbusPDU:
+        """Send; if the connection was lost (gateway restart, cable), reconnect once and resend."""
+        try:
+            return await request()
+        except ConnectionException:
+            client = self._require()
+            if client.connected or not await client.connect():
+                raise
+            return await request()
+
     async def _transact(
         self, unit: int, function: int, address: int, request: Callable[[], Awaitable[ModbusPDU]]
     ) -> ModbusPDU:
@@ -231,7 +245,7 @@ class ModbusLink:
             self._asked_unit, self._foreign_unit = unit, None
             self.stats.requests += 1
             try:
-                pdu = await request()
+                pdu = await self._with_reconnect(request)
             except ConnectionException as exc:
                 self.stats.timeouts += 1
                 raise LinkError(f"{where}: bus not connected ({exc})") from None
