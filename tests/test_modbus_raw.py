@@ -180,3 +180,11 @@ def test_exception_reply_is_typed_with_its_code(raw_server) -> None:
     with pytest.raises(MeterRefused, match=r"unit 1: FC03 @0x0010: exception 0x02 \(illegal data address\)") as err:
         run(with_link(f"tcp://127.0.0.1:{port}", body))
     assert err.value.code == 2
+
+
+def test_unknown_relay_value_is_implausible_not_a_state(raw_server) -> None:
+    port = raw_server([device(1, holding=[regs(0x0000, 0, 10), regs(0x000C, 0, 0, 0), regs(0x001A, 7)])])
+    r = run(with_link(f"tcp://127.0.0.1:{port}", lambda link: ModbusMeter(link, 1, profile("dds238")).read()))
+    assert r.quality is Quality.IMPLAUSIBLE and r.relay is None
+    assert r.energy_import_wh == 100
+    assert r.error == "relay: unit 1: relay register holds 7, expected closed=1 or open=0"

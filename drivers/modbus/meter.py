@@ -49,6 +49,10 @@ _FIELD = {
 _ENERGY = (Point.ENERGY_IMPORT, Point.ENERGY_EXPORT)
 
 
+class RelayValueUnknown(BadFrame):
+    """The relay register holds neither the profile's closed nor its open value."""
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -108,9 +112,7 @@ class ModbusMeter:
                     values["relay"] = await self.read_relay()
                 except MeterRefused as exc:
                     problems[Point.RELAY] = (Quality.REFUSED, str(exc))
-                except BadFrame as exc:
-                    if "relay register holds" not in str(exc):
-                        raise
+                except RelayValueUnknown as exc:
                     problems[Point.RELAY] = (Quality.IMPLAUSIBLE, str(exc))
         except (MeterTimeout, LinkError) as exc:
             return Reading(self.address, taken_at, Quality.TIMEOUT, error=str(exc))
@@ -159,7 +161,7 @@ class ModbusMeter:
             return RelayState.CLOSED
         if raw == st.open:
             return RelayState.OPEN
-        raise BadFrame(
+        raise RelayValueUnknown(
             f"unit {self.unit}: relay register holds {raw}, expected closed={st.closed} or open={st.open}"
         )
 
