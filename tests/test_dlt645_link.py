@@ -198,3 +198,16 @@ async def test_close_releases_the_executor_thread(scripted) -> None:  # noqa: F8
     await link.close()  # idempotent
     after = {t.name for t in threading.enumerate()}
     assert not any(n.startswith("dlt645-link") for n in after - before)
+
+
+@run_async
+async def test_late_reply_for_another_di_is_skipped(scripted) -> None:  # noqa: F811
+    def stale_then_good(request: Frame) -> bytes:
+        stale = encode(Frame(request.address, 0x91, dis.di_bytes(dis.VOLTAGE_A) + bytes.fromhex("00 22")))
+        return stale + good(request)
+
+    meter = scripted([stale_then_good])
+    async with link_for(meter) as link:
+        reply = await link.request(READ)
+    assert reply.data == dis.di_bytes(dis.ENERGY_IMPORT) + VALUE
+    assert link.stats.frames_skipped == 1

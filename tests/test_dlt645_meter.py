@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from dlt645_fixtures import ManualClock, run_async, sim_bus  # noqa: F401  (fixture)
 
-from drivers.base import MeterRefused, Point, Quality, RelayAction, RelayNotConfirmed, RelayState
+from drivers.base import Meter, MeterRefused, Point, Quality, RelayAction, RelayNotConfirmed, RelayState
 from drivers.dlt645 import Dlt645Link, Dlt645Meter, broadcast_time, read_address, scan
 from drivers.dlt645.frame import address_to_bytes
 from simulators.dlt645 import make_models
@@ -244,6 +244,7 @@ async def test_dlt645_1997_meter(sim_bus) -> None:  # noqa: F811
 
 def test_constructor_rejects_bad_address_and_settings() -> None:
     link = Dlt645Link("/dev/null")
+    assert isinstance(Dlt645Meter(link, "000000000001"), Meter)
     for bad in ("161", "00000000016A", "AAAAAAAAAAAA"):
         with pytest.raises(ValueError, match="12 decimal digits"):
             Dlt645Meter(link, bad)

@@ -20,9 +20,10 @@ from typing import Any
 import serial
 
 from drivers.base import BadFrame, DriverError, MeterTimeout
-from drivers.dlt645.frame import BROADCAST, WILDCARD, Frame, encode, scan
+from drivers.dlt645.frame import BROADCAST, WILDCARD, Frame, Function, encode, scan
 
 POLL_S = 0.01  # pyserial read timeout: how often the reader wakes while waiting for the first byte
+_ECHOED_DI: dict[int, int] = {Function.READ: 4, Function.READ_FOLLOW_UP: 4, Function.V97_READ: 2}  # replies repeat the DI
 _PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
 
 
@@ -199,11 +200,15 @@ class Dlt645Link:
             self._last_io = time.monotonic()
 
     def _matches(self, request: Frame, reply: Frame) -> bool:
-        return (
+        if not (
             reply.is_reply
             and reply.function == request.function
             and (request.address == WILDCARD or reply.address == request.address)
-        )
+        ):
+            return False
+        # A late reply to an earlier read of another DI must not pass for this one's.
+        di_len = _ECHOED_DI.get(request.function, 0)
+        return reply.is_abnormal or reply.data[:di_len] == request.data[:di_len]
 
     def _receive(self, ser: Any, request: Frame) -> Frame:
         start = time.monotonic()
