@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -124,6 +125,14 @@ class TariffVersion:
     cycle: BlockCycle | None = None
     standing_charge_per_day: Decimal = Decimal(0)
 
+    def __post_init__(self) -> None:
+        if self.effective_from.tzinfo is None or self.effective_from.utcoffset() is None:
+            raise ValueError(
+                f"version {self.version}: effective_from {self.effective_from} has no UTC offset"
+            )
+        if not self.blocks or self.blocks[-1].up_to_wh is not None:
+            raise ValueError(f"version {self.version}: needs at least one block and an unbounded last block")
+
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
@@ -139,6 +148,13 @@ class Tariff:
     currency: str
     versions: tuple[TariffVersion, ...]
     minor_digits: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.versions:
+            raise ValueError(f"tariff {self.id} has no versions")
+        for earlier, later in pairwise(self.versions):
+            if later.version <= earlier.version or later.effective_from <= earlier.effective_from:
+                raise ValueError(f"tariff {self.id}: versions must increase in number and effective_from")
 
     def version_at(self, instant: datetime) -> TariffVersion:
         """The version in force at ``instant`` (aware); before the first version there is none."""

@@ -137,8 +137,13 @@ def price_interval(
     """Price ``energy_wh`` consumed from ``start`` to ``end`` (aware) under ``tariff``.
 
     ``day_type(local_date)`` gives "workday", "weekend" or "holiday".  ``cycle_usage_wh`` is the
-    account's energy in the block cycle containing ``start`` before ``start`` (see ``cycle_start``);
-    the part of the interval after a cycle boundary starts again from 0.  Without register deltas (or
+    account's energy in the block cycle containing ``start`` before ``start``, i.e. since
+    ``cycle_start(tariff.version_at(start), start)``.  When a later part of the interval is in another
+    cycle (a new cycle began, or a new version counts cycles differently), its usage is the energy of
+    this interval's pieces that start at or after that cycle's start, as a ledger summing its lines
+    would count it.  (If the version at ``start`` has no blocks, the usage before ``start`` in a later
+    version's cycle is unknown here; the ledger should then price the two sides of the change
+    separately.)  Without register deltas (or
     for a version without a register map) energy is split across pieces in proportion to time.
     Lines come in time order; their energies sum to ``energy_wh``.
     """
@@ -158,10 +163,14 @@ def price_interval(
         else _by_registers(tariff, segs, energy_wh, register_split_wh)
     )
     lines: list[ChargeLine] = []
-    cycle = segs[0].cycle
+    first_cycle = cycle = segs[0].cycle
+    seen: list[tuple[datetime, int]] = []  # (start, energy) already placed, to count usage in a new cycle
     for seg, energy in shares:
         if seg.cycle != cycle:
-            cycle, used = seg.cycle, 0
+            cycle = seg.cycle
+            before = cycle_usage_wh if cycle == first_cycle else 0
+            used = before + sum(e for at, e in seen if cycle is not None and at >= cycle)
+        seen.append((seg.start, energy))
         if energy == 0:
             continue
         blocks = seg.version.blocks
