@@ -284,6 +284,43 @@ def test_signed_bcd_round_trip(value: Decimal) -> None:
         dis.encode_bcd(Decimal("800.000"), 3, 3, True)
 
 
+bcd_formats = [f for f in dis.TABLE.values() if f.kind is dis.Kind.BCD]
+
+
+@given(st.sampled_from(bcd_formats), st.data())
+def test_every_bcd_di_round_trips(fmt: dis.DataFormat, data: st.DataObject) -> None:
+    digits = 2 * fmt.length - (1 if fmt.signed else 0)
+    top = (8 * 10 ** (digits - 1) if fmt.signed else 10**digits) - 1
+    n = data.draw(st.integers(min_value=-top if fmt.signed else 0, max_value=top))
+    value = Decimal(n).scaleb(-fmt.decimals)
+    assert fmt.decode(fmt.encode(value)) == value
+
+
+@given(
+    st.from_regex(r"\A[0-9]{12}\Z"),
+    st.sampled_from(list(RelayAction)),
+    st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31, 23, 59, 59)),
+    st.from_regex(r"\A[0-9]{6}\Z"),
+    st.from_regex(r"\A[0-9]{8}\Z"),
+    st.sampled_from([0, 2, 4]),
+)
+def test_relay_request_round_trips(
+    address: str, action: RelayAction, deadline: datetime, password: str, operator: str, level: int
+) -> None:
+    deadline = deadline.replace(microsecond=0)
+    frame = commands.relay_request(
+        address, action, deadline, commands.security_fields(level, password, operator)
+    )
+    fields = commands.parse_relay_request(decode(encode(frame, wakeup=4)))
+    assert (fields.action, fields.deadline, fields.password, fields.operator, fields.password_level) == (
+        action,
+        deadline,
+        password,
+        operator,
+        level,
+    )
+
+
 def _fuzz_once(raw: bytes) -> None:
     try:
         decode(raw)
@@ -309,6 +346,7 @@ def test_decoder_raises_only_frame_error_on_arbitrary_bytes(raw: bytes) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @settings(max_examples=100_000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(wire_like)
 def test_decoder_fuzz_100k(raw: bytes) -> None:

@@ -8,7 +8,16 @@ from decimal import Decimal
 import pytest
 from dlt645_fixtures import ManualClock, run_async, sim_bus  # noqa: F401  (fixture)
 
-from drivers.base import Meter, MeterRefused, Point, Quality, RelayAction, RelayNotConfirmed, RelayState
+from drivers.base import (
+    Meter,
+    MeterRefused,
+    NotControllable,
+    Point,
+    Quality,
+    RelayAction,
+    RelayNotConfirmed,
+    RelayState,
+)
 from drivers.dlt645 import Dlt645Link, Dlt645Meter, broadcast_time, read_address, scan
 from drivers.dlt645.frame import address_to_bytes
 from simulators.dlt645 import make_models
@@ -240,6 +249,8 @@ async def test_dlt645_1997_meter(sim_bus) -> None:  # noqa: F811
     assert r.quality is Quality.OK and r.energy_import_wh == 1000
     assert r.voltage_v == Decimal(220) and r.power_w == Decimal("2000.0")
     assert r.meter_time == models[0].meter_time().replace(microsecond=0)
+    with pytest.raises(NotControllable, match="1997"):
+        await m.relay(RelayAction.TRIP)
 
 
 def test_constructor_rejects_bad_address_and_settings() -> None:

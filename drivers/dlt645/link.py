@@ -23,7 +23,11 @@ from drivers.base import BadFrame, DriverError, MeterTimeout
 from drivers.dlt645.frame import BROADCAST, WILDCARD, Frame, Function, encode, scan
 
 POLL_S = 0.01  # pyserial read timeout: how often the reader wakes while waiting for the first byte
-_ECHOED_DI: dict[int, int] = {Function.READ: 4, Function.READ_FOLLOW_UP: 4, Function.V97_READ: 2}  # replies repeat the DI
+_ECHOED_DI: dict[int, int] = {
+    Function.READ: 4,
+    Function.READ_FOLLOW_UP: 4,
+    Function.V97_READ: 2,
+}  # replies repeat the DI
 _PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
 
 

@@ -19,6 +19,7 @@ from drivers.base import (
     DriverError,
     MeterRefused,
     MeterTimeout,
+    NotControllable,
     Point,
     Quality,
     Reading,
@@ -227,7 +228,7 @@ class Dlt645Meter:
         and ``RelayNotConfirmed`` when the read-back disagrees with the command.
         """
         if self._v1997:
-            raise DriverError(f"meter {self.address}: DL/T 645-1997 has no relay control function")
+            raise NotControllable(f"meter {self.address}: DL/T 645-1997 has no relay control function")
         until = self._meter_local(
             deadline if deadline is not None else self._clock() + DEFAULT_RELAY_VALIDITY
         )

@@ -240,8 +240,10 @@ class SimulatedDlt645Bus:
         targets = [m for m in self.models if broadcast or _address_matches(request.address, m.address)]
         replies: list[tuple[MeterModel, bytes]] = []
         for model in targets:
+            if model.has(Fault.NO_ANSWER):
+                continue  # a meter that does not hear the request does not act on it either
             frames = respond(model, request)
-            if frames and not model.has(Fault.NO_ANSWER):
+            if frames:
                 wire = b"".join(encode(f, wakeup=self.reply_wakeup) for f in frames)
                 replies.append((model, self._corrupt(model, wire)))
         if not replies:
