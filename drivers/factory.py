@@ -7,6 +7,7 @@ adding a protocol means adding a branch here and a package beside it, nothing ab
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import tzinfo
 from typing import Protocol
 
 from drivers.base import Meter
@@ -60,12 +61,18 @@ def make_link(s: LinkSettings) -> Link:
     raise ValueError(f"unknown protocol '{s.protocol}' (known: {', '.join(PROTOCOLS)})")
 
 
-def make_meter(protocol: str, link: Link, address: str, profile: str | None = None) -> Meter:
-    """A meter on ``link``: a 12-digit DL/T 645 address, or a Modbus unit id with its profile name."""
+def make_meter(
+    protocol: str, link: Link, address: str, profile: str | None = None, *, tz: tzinfo | None = None
+) -> Meter:
+    """A meter on ``link``: a 12-digit DL/T 645 address, or a Modbus unit id with its profile name.
+
+    ``tz`` is the zone the meters' clocks keep (DL/T 645 meters hold naive local time; relay command
+    deadlines and time sync are written in it).
+    """
     if protocol == "dlt645":
         from drivers.dlt645.meter import Dlt645Meter
 
-        return Dlt645Meter(link, address)  # type: ignore[arg-type]
+        return Dlt645Meter(link, address, tz=tz)  # type: ignore[arg-type]
     if protocol == "modbus":
         from drivers.modbus.meter import ModbusMeter
         from drivers.modbus.profile import load_profile

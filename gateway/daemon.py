@@ -165,7 +165,7 @@ class Gateway:
             polled = [
                 PolledMeter(
                     m.id,
-                    make_meter(bus.protocol, link, m.address, m.profile),
+                    make_meter(bus.protocol, link, m.address, m.profile, tz=self.cfg.tz),
                     m.poll_interval_s or bus.poll_interval_s,
                 )
                 for m in self.cfg.meters_on(bus.id)

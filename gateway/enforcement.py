@@ -200,6 +200,10 @@ class PolicyEngine:
         payment_id: str | None,
     ) -> None:
         detail = _action_json(action)
+        if action.kind is ActionKind.RECONNECT:
+            enforcer.cancel(
+                conn, meter_id, (RelayAction.TRIP,), now, reason="credit restored", actor="policy"
+            )
         if action.relay_action is not None:
             enforcer.request(
                 conn,

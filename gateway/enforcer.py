@@ -28,6 +28,7 @@ from gateway.timeutil import Clock, iso, parse_iso
 log = logging.getLogger("pmg.enforcer")
 
 MAX_ATTEMPTS = 5
+RELAY_VALIDITY = timedelta(minutes=30)  # DL/T 645 command validity deadline
 RETRY_BASE_S = 2.0
 
 OPPOSITES: dict[RelayAction, tuple[RelayAction, ...]] = {
@@ -106,6 +107,37 @@ def request(
         detail={"command_id": cur.lastrowid, "action": action.value, "reason": reason, "trace": trace or []},
     )
     return cur.lastrowid
+
+
+def cancel(
+    conn: sqlite3.Connection,
+    meter_id: str,
+    actions: tuple[RelayAction, ...],
+    now: datetime,
+    *,
+    reason: str,
+    actor: str,
+) -> int:
+    """Cancel open commands of the given kinds for a meter (a payment cancels a pending cut)."""
+    rows = conn.execute(
+        f"SELECT id, action FROM relay_commands WHERE meter_id = ? AND status IN ('pending', 'sending') "
+        f"AND action IN ({','.join('?' for _ in actions)})",
+        (meter_id, *[a.value for a in actions]),
+    ).fetchall()
+    for row_id, row_action in rows:
+        conn.execute(
+            "UPDATE relay_commands SET status = 'cancelled', outcome = ?, updated_at = ? WHERE id = ?",
+            (reason, iso(now), row_id),
+        )
+        events.record(
+            conn,
+            "relay_command_cancelled",
+            now,
+            meter_id=meter_id,
+            actor=actor,
+            detail={"command_id": row_id, "action": row_action, "reason": reason},
+        )
+    return len(rows)
 
 
 OutcomeHook = Callable[[RelayCommand, str, RelayState | None], None]
@@ -209,7 +241,7 @@ class Enforcer:
         # It may have been sent before a crash or a lost reply: look before acting again.
         if cmd.attempts > 0 and expected is not None and await meter.read_relay() is expected:
             return expected
-        return await meter.relay(cmd.action, self.clock() + timedelta(minutes=10))
+        return await meter.relay(cmd.action, self.clock() + RELAY_VALIDITY)
 
     def _record(self, cmd: RelayCommand, state: RelayState | None, error: str | None, final: bool) -> None:
         now = self.clock()

@@ -1,2 +1,89 @@
+"""``pmg``: the daemon and the technician's commands.
+
+Every command prints a one-line error and a meaningful exit status for a user mistake — never a
+traceback.  Exit statuses: 0 success; 1 the operation failed (a meter did not answer, a check found a
+problem); 2 bad input (arguments, configuration, a file); 3 another pmg already runs on the database.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sqlite3
+import sys
+from typing import Any
+
+import click
+
+from drivers.base import DriverError
+from drivers.tomlsource import TomlError
+from gateway import __version__
+from gateway.cli.common import CliFailure
+from gateway.service import AlreadyRunning
+from gateway.store.db import StoreError
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_LOCKED = 3
+
+
+class PmgGroup(click.Group):
+    """Turns the product's errors into one line on stderr and an exit status."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TomlError as exc:
+            _fail(str(exc), EXIT_USAGE)
+        except AlreadyRunning as exc:
+            _fail(str(exc), EXIT_LOCKED)
+        except CliFailure as exc:
+            _fail(str(exc), exc.status)
+        except (StoreError, sqlite3.DatabaseError) as exc:
+            _fail(f"database: {exc}", EXIT_FAILED)
+        except DriverError as exc:
+            _fail(str(exc), EXIT_FAILED)
+        except (ValueError, LookupError) as exc:
+            _fail(str(exc), EXIT_USAGE)
+        except OSError as exc:
+            _fail(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", EXIT_FAILED)
+
+
+def _fail(message: str, status: int) -> None:
+    click.echo(f"pmg: error: {message}", err=True)
+    sys.exit(status)
+
+
+@click.group(cls=PmgGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, "--version", prog_name="pmg")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """pmg — the prepaid meter gateway.
+
+    Polls DL/T 645 and Modbus meters, keeps an exact prepaid ledger, enforces pay-before-use within
+    the law, and syncs with the head office over MQTT.  `pmg demo` shows it all on simulated meters.
+    """
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s %(message)s", stream=sys.stderr)
+
+
+def _register() -> None:
+    from gateway.cli import cmd_daemon, cmd_ledger, cmd_ops, cmd_sim, cmd_tech
+
+    for module in (cmd_daemon, cmd_tech, cmd_sim, cmd_ledger, cmd_ops):
+        module.register(cli)
+    for optional in ("gateway.cli.cmd_hq", "gateway.cli.cmd_reports", "gateway.cli.cmd_field"):
+        try:  # command modules contributed as the product grows
+            module = importlib.import_module(optional)
+        except ModuleNotFoundError as exc:
+            if exc.name != optional:
+                raise
+            continue
+        module.register(cli)
+
+
+_register()
+
+
 def main() -> None:
-    raise SystemExit("pmg: CLI not built yet")
+    cli(prog_name="pmg")
