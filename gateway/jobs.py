@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -55,11 +56,5 @@ def register_jobs(scheduler: AsyncIOScheduler, gateway: Gateway) -> None:
             misfire_grace_time=int(interval),
             coalesce=True,
             max_instances=1,
-            next_run_time=None if name != "settlement" else _soon(),
+            next_run_time=datetime.now(UTC) + timedelta(seconds=2),  # catch up soon after start
         )
-
-
-def _soon() -> Any:
-    from datetime import UTC, datetime, timedelta
-
-    return datetime.now(UTC) + timedelta(seconds=2)
