@@ -16,9 +16,9 @@ from decimal import Context, Decimal, Inexact, InvalidOperation, Rounded, localc
 from typing import Literal
 
 from gateway.tariffs.apportion import apportion, split_blocks
-from gateway.tariffs.model import Tariff, TariffVersion
 from gateway.tariffs.spec import REGISTERS
 from gateway.tariffs.timeline import Segment, cycle_start, require_aware, segments, wall_to_instant
+from gateway.tariffs.values import Tariff, TariffVersion
 
 __all__ = ["ChargeLine", "cycle_start", "exact_amount", "price_interval", "standing_charge"]
 

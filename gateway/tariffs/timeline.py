@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from itertools import pairwise
 from zoneinfo import ZoneInfo
 
-from gateway.tariffs.model import DAY_MINUTES, Tariff, TariffVersion
+from gateway.tariffs.values import DAY_MINUTES, Tariff, TariffVersion
 
 _US = timedelta(microseconds=1)
 
