@@ -31,6 +31,9 @@ from gateway.policy.state import (
 )
 from gateway.policy.windows import earliest_allowed
 
+# A notice and a cut never leave in the same decision, even with a zero notice period.
+NOTICE_DELIVERY_MARGIN = timedelta(minutes=1)
+
 S = EnforcementState
 K = ActionKind
 
@@ -194,15 +197,26 @@ def _mirror_keep_power(d: _Draft) -> None:
     d.act(K.SET_KEEP_POWER if m.keep_power else K.CLEAR_KEEP_POWER, [rc], relay=relay)
 
 
-def _reconnect(d: _Draft, why: Sequence[RuleCheck]) -> None:
-    """Restore supply now: no window, hold or hour applies to giving power back."""
+def _reconnect(d: _Draft, why: Sequence[RuleCheck], *, new_cycle: bool = False) -> None:
+    """Restore supply now: no window, hold or hour applies to giving power back.
+
+    ``new_cycle``: credit was restored, so warnings, notice and alerts start afresh.
+    """
     m = d.meter
     trace = [*why, d.check("windows", True, "protected windows and holds do not apply to reconnection")]
+    if not m.controllable and m.relay is RelayState.CLOSED:
+        d.check("relay.readback", True, "relay reads closed: supply is on")
+        if new_cycle:
+            d.reset_cycle()
+        d.state = S.NORMAL
+        return
     if not m.controllable:
         if d.once("alarm.reconnect_not_controllable"):
             d.act(K.ALARM, [*trace, d.check("meter.controllable", False, "meter has no relay we can operate")],
                   message="reconnect due but the meter is not controllable")
         return
+    if new_cycle:
+        d.reset_cycle()
     relay = _close_action(d.rules) if m.relay is not RelayState.CLOSED else None
     if relay is not None and m.pending_relay_action is relay:
         d.check("relay.pending", True, f"{relay} already pending on the meter: not issued again")
@@ -225,8 +239,7 @@ def _while_disconnected(d: _Draft, reconnect: RuleCheck, connect: Override | Non
         _reconnect(d, [d.check("override.connect", True, f"manual {connect.label()}")])
         return
     if reconnect.passed:
-        d.reset_cycle()
-        _reconnect(d, [reconnect])
+        _reconnect(d, [reconnect], new_cycle=True)
         return
     d.block(K.RECONNECT, [reconnect], None, message="reconnects as soon as the balance reaches the threshold")
     if d.meter.relay is RelayState.CLOSED and exhausted:
@@ -240,11 +253,13 @@ def _supply_on(d: _Draft, exhausted: bool, reconnect: RuleCheck, protected: bool
     a = d.account
     in_track = d.state in CUT_TRACK
     if in_track and reconnect.passed:
-        was_limited = d.state is S.LOAD_LIMITED
-        d.reset_cycle()
         d.check("cut_track.left", True, "credit restored: notice withdrawn")
-        if was_limited:
-            _reconnect(d, [reconnect])
+        if d.state is S.LOAD_LIMITED:
+            _reconnect(d, [reconnect], new_cycle=True)
+            if d.state is S.LOAD_LIMITED:
+                return  # the cap cannot be lifted from here: the alarm says so
+        else:
+            d.reset_cycle()
         in_track = False
     if connect and d.state is S.LOAD_LIMITED:
         _reconnect(d, [d.check("override.connect", True, f"manual {connect.label()}")])
@@ -349,6 +364,9 @@ def _gates(d: _Draft, base: list[RuleCheck], connect: Override | None,
     if r.notice.required:
         served = d.notice_served_at or now
         end = served + r.notice.period
+        if served == now and d.account.notice_served_at is None:
+            # Served in this very decision: the cut waits until the notice has been delivered.
+            end = max(end, now + NOTICE_DELIVERY_MARGIN)
         trace.append(d.check("notice.period", now >= end, f"notice served {served:%Y-%m-%d %H:%M}Z, "
                                                           f"period {r.notice.period} ends {end:%Y-%m-%d %H:%M}Z"))
         start = max(start, end)
