@@ -254,7 +254,7 @@ def test_with_version_refuses_backdating() -> None:
     broken = replace(v1, version=2, effective_from=datetime(2026, 6, 1, tzinfo=CST), timezone="Mars/Olympus")
     with pytest.raises(ValueError, match="unknown time zone"):
         tariff.with_version(broken, now=now)
-    with pytest.raises(ValueError, match="'now' .* has no time zone"):
+    with pytest.raises(ValueError, match=r"'now' .* has no time zone"):
         tariff.with_version(replace(v1, version=2, effective_from=now), now=datetime(2026, 5, 1))
     assert tariff.versions == (v1,)  # refused changes leave the tariff as it was
     added = tariff.with_version(
