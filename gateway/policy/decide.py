@@ -13,11 +13,13 @@ Reconnection ignores windows and holds: power comes back at any hour.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import datetime
 
 from drivers.base import RelayAction, RelayState
 from gateway.calendar import WorkCalendar
+from gateway.policy.draft import Draft
+from gateway.policy.gates import gates
 from gateway.policy.inputs import AccountView, Hold, MeterView, Override
 from gateway.policy.rules import Rules
 from gateway.policy.state import (
@@ -29,65 +31,11 @@ from gateway.policy.state import (
     EnforcementState,
     RuleCheck,
 )
-from gateway.policy.windows import earliest_allowed
-
-# A notice and a cut never leave in the same decision, even with a zero notice period.
-NOTICE_DELIVERY_MARGIN = timedelta(minutes=1)
 
 S = EnforcementState
 K = ActionKind
 
 __all__ = ["AccountView", "Action", "ActionKind", "Decision", "Hold", "MeterView", "Override", "apply", "decide"]
-
-
-@dataclass
-class _Draft:
-    """The decision under construction; private to one ``decide`` call."""
-
-    account: AccountView
-    meter: MeterView
-    now: datetime
-    cal: WorkCalendar
-    rules: Rules
-    holds: Sequence[Hold]
-    state: EnforcementState
-    actions: list[Action] = field(default_factory=list)
-    blocked: list[Action] = field(default_factory=list)
-    trace: list[RuleCheck] = field(default_factory=list)
-    reviews: list[datetime] = field(default_factory=list)
-    notice_served_at: datetime | None = None
-    reminder_sent_at: datetime | None = None
-    earliest_cut_at: datetime | None = None
-    warnings_sent: dict[int, datetime] = field(default_factory=dict)
-    alerts_sent: dict[str, datetime] = field(default_factory=dict)
-
-    def check(self, rule: str, passed: bool, detail: str) -> RuleCheck:
-        rc = RuleCheck(rule, passed, detail)
-        self.trace.append(rc)
-        return rc
-
-    def act(self, kind: ActionKind, trace: Sequence[RuleCheck], *, relay: RelayAction | None = None,
-            level: int | None = None, message: str | None = None) -> None:
-        self.actions.append(Action(kind, relay, level, message, tuple(trace)))
-
-    def block(self, kind: ActionKind, trace: Sequence[RuleCheck], not_before: datetime | None, *,
-              relay: RelayAction | None = None, level: int | None = None, message: str | None = None) -> None:
-        self.blocked.append(Action(kind, relay, level, message, tuple(trace), not_before))
-        if not_before is not None and not_before > self.now:
-            self.reviews.append(not_before)
-
-    def once(self, key: str) -> bool:
-        """True the first time ``key`` is raised in this cycle (and records it)."""
-        if key in self.alerts_sent:
-            return False
-        self.alerts_sent[key] = self.now
-        return True
-
-    def reset_cycle(self) -> None:
-        self.warnings_sent.clear()
-        self.alerts_sent.clear()
-        self.notice_served_at = None
-        self.reminder_sent_at = None
 
 
 def _grade(account: AccountView, rules: Rules, exhausted: bool) -> int:
@@ -119,7 +67,7 @@ def decide(
     """What to do for one account and its meter at ``now`` (aware), and what the rules hold back."""
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError(f"decide: naive datetime {now.isoformat()} (an aware UTC instant is required)")
-    d = _Draft(account, meter, now, calendar, rules, tuple(holds), account.state,
+    d = Draft(account, meter, now, calendar, rules, tuple(holds), account.state,
                notice_served_at=account.notice_served_at, reminder_sent_at=account.reminder_sent_at,
                warnings_sent=dict(account.warnings_sent), alerts_sent=dict(account.alerts_sent))
     available = account.available_minor
@@ -181,7 +129,7 @@ def decide(
     )
 
 
-def _mirror_keep_power(d: _Draft) -> None:
+def _mirror_keep_power(d: Draft) -> None:
     m = d.meter
     if not m.supports_keep_power:
         return
@@ -197,7 +145,7 @@ def _mirror_keep_power(d: _Draft) -> None:
     d.act(K.SET_KEEP_POWER if m.keep_power else K.CLEAR_KEEP_POWER, [rc], relay=relay)
 
 
-def _reconnect(d: _Draft, why: Sequence[RuleCheck], *, new_cycle: bool = False) -> None:
+def _reconnect(d: Draft, why: Sequence[RuleCheck], *, new_cycle: bool = False) -> None:
     """Restore supply now: no window, hold or hour applies to giving power back.
 
     ``new_cycle``: credit was restored, so warnings, notice and alerts start afresh.
@@ -227,7 +175,7 @@ def _reconnect(d: _Draft, why: Sequence[RuleCheck], *, new_cycle: bool = False) 
     d.state = S.RECONNECTION_PENDING if relay is not None else S.NORMAL
 
 
-def _while_disconnected(d: _Draft, reconnect: RuleCheck, connect: Override | None, cut_order: Override | None,
+def _while_disconnected(d: Draft, reconnect: RuleCheck, connect: Override | None, cut_order: Override | None,
                         protected: bool, prot: RuleCheck, exhausted: bool, credit: RuleCheck) -> None:
     if cut_order:
         rc = d.check("override.disconnect", False, f"manual {cut_order.label()}")
@@ -248,7 +196,7 @@ def _while_disconnected(d: _Draft, reconnect: RuleCheck, connect: Override | Non
         _automatic_restriction(d, protected, prot, None, credit)
 
 
-def _supply_on(d: _Draft, exhausted: bool, reconnect: RuleCheck, protected: bool, prot: RuleCheck,
+def _supply_on(d: Draft, exhausted: bool, reconnect: RuleCheck, protected: bool, prot: RuleCheck,
                connect: Override | None, credit: RuleCheck) -> None:
     a = d.account
     in_track = d.state in CUT_TRACK
@@ -278,7 +226,7 @@ def _supply_on(d: _Draft, exhausted: bool, reconnect: RuleCheck, protected: bool
         _automatic_restriction(d, protected, prot, connect, credit)
 
 
-def _warn(d: _Draft, grade: int) -> None:
+def _warn(d: Draft, grade: int) -> None:
     lv = d.rules.warnings.levels()[grade - 1]
     if grade not in d.warnings_sent:
         rc = d.check(f"warnings.level_{grade}", True,
@@ -291,7 +239,7 @@ def _warn(d: _Draft, grade: int) -> None:
         d.act(K.OFFER_EMERGENCY_CREDIT, [rc], level=ec.amount_minor, message=f"{ec.message_id}: {ec.text}")
 
 
-def _automatic_restriction(d: _Draft, protected: bool, prot: RuleCheck, connect: Override | None,
+def _automatic_restriction(d: Draft, protected: bool, prot: RuleCheck, connect: Override | None,
                            credit: RuleCheck) -> None:
     """Credit is exhausted: serve notice, then load-limit and/or cut once every rule allows it."""
     r, m, now = d.rules, d.meter, d.now
@@ -312,7 +260,7 @@ def _automatic_restriction(d: _Draft, protected: bool, prot: RuleCheck, connect:
     ll_allowed = r.protected.allow_load_limit if protected else r.load_limit.enabled
     if not limited and ll_allowed and m.supports_load_limit and m.controllable:
         rc = d.check("load_limit", True, f"cap at {r.load_limit.power_w} W before any cut")
-        ok, not_before, trace = _gates(d, [*base, rc], connect, cut=False)
+        ok, not_before, trace = gates(d, [*base, rc], connect, cut=False)
         if ok:
             d.act(K.LOAD_LIMIT, trace, level=r.load_limit.power_w, message="life-line power cap")
             d.state = S.LOAD_LIMITED
@@ -332,7 +280,7 @@ def _automatic_restriction(d: _Draft, protected: bool, prot: RuleCheck, connect:
         d.block(K.DISCONNECT, [*base, d.check("load_limit.instead_of_cut", False, "the power cap is the last step")],
                 None, relay=RelayAction.TRIP)
         return
-    ok, not_before, trace = _gates(d, base, connect, cut=True)
+    ok, not_before, trace = gates(d, base, connect, cut=True)
     d.earliest_cut_at = now if ok else not_before
     if not ok:
         d.block(K.DISCONNECT, trace, not_before, relay=RelayAction.TRIP)
@@ -352,73 +300,7 @@ def _automatic_restriction(d: _Draft, protected: bool, prot: RuleCheck, connect:
         d.state = S.DISCONNECTED
 
 
-def _gates(d: _Draft, base: list[RuleCheck], connect: Override | None,
-           *, cut: bool) -> tuple[bool, datetime | None, list[RuleCheck]]:
-    """Time gates for an automatic restriction: (allowed now, earliest instant, trace)."""
-    r, now = d.rules, d.now
-    trace = list(base)
-    start = now
-    if connect:
-        trace.append(d.check("override.connect", False, f"manual {connect.label()}"))
-        start = max(start, connect.expires_at)
-    if r.notice.required:
-        served = d.notice_served_at or now
-        end = served + r.notice.period
-        if served == now and d.account.notice_served_at is None:
-            # Served in this very decision: the cut waits until the notice has been delivered.
-            end = max(end, now + NOTICE_DELIVERY_MARGIN)
-        trace.append(d.check("notice.period", now >= end, f"notice served {served:%Y-%m-%d %H:%M}Z, "
-                                                          f"period {r.notice.period} ends {end:%Y-%m-%d %H:%M}Z"))
-        start = max(start, end)
-    else:
-        trace.append(d.check("notice.period", True, "no notice required by the rules"))
-    if d.state is S.LOAD_LIMITED and cut:
-        end = d.account.state_since + r.load_limit.before_cut
-        trace.append(d.check("load_limit.before_cut", now >= end, f"power cap since "
-                                                                  f"{d.account.state_since:%Y-%m-%d %H:%M}Z"))
-        start = max(start, end)
-    at, blockers = earliest_allowed(start, d.cal, r.windows, d.holds)
-    for b in blockers:
-        until = f"until {b.until:%Y-%m-%d %H:%M}Z" if b.until else "with no end set"
-        trace.append(d.check(b.rule, False, f"{b.detail}, {until}"))
-    if at is None:
-        return False, None, trace
-    if not blockers:
-        trace.append(d.check("windows", True, "outside every protected window and hold"))
-    if cut and r.notice.reminder_before > timedelta(0):
-        at = _reminder(d, at, trace)
-        if at is None:
-            return False, None, trace
-    return at <= now, at, trace
-
-
-def _reminder(d: _Draft, cut_at: datetime, trace: list[RuleCheck]) -> datetime | None:
-    """Make sure a fresh reminder precedes the cut; returns the cut instant it allows."""
-    n, now = d.rules.notice, d.now
-    sent = d.reminder_sent_at
-    if sent is not None and (d.notice_served_at is None or sent >= d.notice_served_at):
-        at, _ = earliest_allowed(max(cut_at, sent + n.reminder_before), d.cal, d.rules.windows, d.holds)
-        if at is not None and at <= sent + n.reminder_valid_for:
-            trace.append(d.check("notice.reminder", at <= now, f"reminder sent {sent:%Y-%m-%d %H:%M}Z, "
-                                                              f"{n.reminder_before} before the cut"))
-            return at
-    # The cut this reminder would announce, if it went out now:
-    at_if_now, _ = earliest_allowed(max(cut_at, now + n.reminder_before), d.cal, d.rules.windows, d.holds)
-    if at_if_now is None:
-        return None
-    if now >= cut_at - n.reminder_before and at_if_now <= now + n.reminder_valid_for:
-        rc = d.check("notice.reminder", False, f"reminder sent now; cut not before {at_if_now:%Y-%m-%d %H:%M}Z")
-        d.act(K.SEND_REMINDER, [*trace, rc], message=f"{n.reminder_message_id}: {n.reminder_text}")
-        d.reminder_sent_at = now
-        trace.append(rc)
-        return at_if_now
-    due = max(cut_at, at_if_now) - n.reminder_before
-    trace.append(d.check("notice.reminder", False, f"reminder due {due:%Y-%m-%d %H:%M}Z"))
-    d.reviews.append(due)
-    return max(cut_at, at_if_now)
-
-
-def _manual_cut(d: _Draft, order: Override, protected: bool, prot: RuleCheck) -> None:
+def _manual_cut(d: Draft, order: Override, protected: bool, prot: RuleCheck) -> None:
     """A head-office or technician order: windows and notice do not apply; keep-power and protection do."""
     m = d.meter
     rc = d.check("override.disconnect", True, f"manual {order.label()}; windows and notice do not apply")

@@ -218,13 +218,16 @@ def load_preset(name: str, overrides: Mapping[str, Any] | None = None) -> Rules:
         err = validation_to_toml_error(file, text, exc)
         loc = tuple(exc.errors()[0]["loc"])
         if overrides and (_in_overrides(overrides, loc) or _model_level(loc, overrides)):
-            raise RulesError(f"rules override {err.where or '(top level)'}: {err.reason}") from None
+            reason = err.reason
+            if exc.errors()[0]["type"] == "value_error":  # a cross-field check: its message says it all
+                reason = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+            raise RulesError(f"rules override {err.where or '(top level)'}: {reason}") from None
         raise err from None
 
 
 def _model_level(loc: tuple[Any, ...], overrides: Mapping[str, Any]) -> bool:
     """A cross-field check fails at a table, not a key: blame overrides that touched that table."""
-    return _in_overrides(overrides, loc) or (len(loc) == 0) or (bool(loc) and loc[0] in overrides)
+    return len(loc) == 0 or loc[0] in overrides
 
 
 def load_rules_file(file: str | Path) -> Rules:

@@ -1,0 +1,85 @@
+"""Time gates for an automatic restriction: notice, power-cap duration, windows, holds, reminder.
+
+Each gate adds a ``RuleCheck`` to the trace; the result is whether the restriction may happen now
+and, if not, the earliest instant it may (``None``: not by the passage of time alone).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from gateway.policy.draft import Draft
+from gateway.policy.inputs import Override
+from gateway.policy.state import ActionKind as K
+from gateway.policy.state import EnforcementState as S
+from gateway.policy.state import RuleCheck
+from gateway.policy.windows import earliest_allowed
+
+# A notice and a cut never leave in the same decision, even with a zero notice period.
+NOTICE_DELIVERY_MARGIN = timedelta(minutes=1)
+
+
+def gates(d: Draft, base: list[RuleCheck], connect: Override | None,
+          *, cut: bool) -> tuple[bool, datetime | None, list[RuleCheck]]:
+    """Time gates for an automatic restriction: (allowed now, earliest instant, trace)."""
+    r, now = d.rules, d.now
+    trace = list(base)
+    start = now
+    if connect:
+        trace.append(d.check("override.connect", False, f"manual {connect.label()}"))
+        start = max(start, connect.expires_at)
+    if r.notice.required:
+        served = d.notice_served_at or now
+        end = served + r.notice.period
+        if served == now and d.account.notice_served_at is None:
+            # Served in this very decision: the cut waits until the notice has been delivered.
+            end = max(end, now + NOTICE_DELIVERY_MARGIN)
+        trace.append(d.check("notice.period", now >= end, f"notice served {served:%Y-%m-%d %H:%M}Z, "
+                                                          f"period {r.notice.period} ends {end:%Y-%m-%d %H:%M}Z"))
+        start = max(start, end)
+    else:
+        trace.append(d.check("notice.period", True, "no notice required by the rules"))
+    if d.state is S.LOAD_LIMITED and cut:
+        end = d.account.state_since + r.load_limit.before_cut
+        trace.append(d.check("load_limit.before_cut", now >= end, f"power cap since "
+                                                                  f"{d.account.state_since:%Y-%m-%d %H:%M}Z"))
+        start = max(start, end)
+    at, blockers = earliest_allowed(start, d.cal, r.windows, d.holds)
+    for b in blockers:
+        until = f"until {b.until:%Y-%m-%d %H:%M}Z" if b.until else "with no end set"
+        trace.append(d.check(b.rule, False, f"{b.detail}, {until}"))
+    if at is None:
+        return False, None, trace
+    if not blockers:
+        trace.append(d.check("windows", True, "outside every protected window and hold"))
+    if cut and r.notice.reminder_before > timedelta(0):
+        at = reminder(d, at, trace)
+        if at is None:
+            return False, None, trace
+    return at <= now, at, trace
+
+
+def reminder(d: Draft, cut_at: datetime, trace: list[RuleCheck]) -> datetime | None:
+    """Make sure a fresh reminder precedes the cut; returns the cut instant it allows."""
+    n, now = d.rules.notice, d.now
+    sent = d.reminder_sent_at
+    if sent is not None and (d.notice_served_at is None or sent >= d.notice_served_at):
+        at, _ = earliest_allowed(max(cut_at, sent + n.reminder_before), d.cal, d.rules.windows, d.holds)
+        if at is not None and at <= sent + n.reminder_valid_for:
+            trace.append(d.check("notice.reminder", at <= now, f"reminder sent {sent:%Y-%m-%d %H:%M}Z, "
+                                                              f"{n.reminder_before} before the cut"))
+            return at
+    # The cut this reminder would announce, if it went out now:
+    at_if_now, _ = earliest_allowed(max(cut_at, now + n.reminder_before), d.cal, d.rules.windows, d.holds)
+    if at_if_now is None:
+        return None
+    if now >= cut_at - n.reminder_before and at_if_now <= now + n.reminder_valid_for:
+        rc = d.check("notice.reminder", False, f"reminder sent now; cut not before {at_if_now:%Y-%m-%d %H:%M}Z")
+        d.act(K.SEND_REMINDER, [*trace, rc], message=f"{n.reminder_message_id}: {n.reminder_text}")
+        d.reminder_sent_at = now
+        trace.append(rc)
+        return at_if_now
+    due = max(cut_at, at_if_now) - n.reminder_before
+    trace.append(d.check("notice.reminder", False, f"reminder due {due:%Y-%m-%d %H:%M}Z"))
+    d.reviews.append(due)
+    return max(cut_at, at_if_now)
