@@ -1,19 +1,241 @@
-"""Head-office commands arriving over MQTT (authenticated, idempotent): see ``CommandProcessor``."""
+"""Head-office commands arriving over MQTT: authenticated, fresh, idempotent, all-or-nothing.
+
+Order of checks, and why:
+1. size, JSON, envelope shape — cheap, before any cryptography;
+2. the Ed25519 signature (``signing``) — nothing unauthenticated touches the database: its rejection
+   ack is published best-effort and not stored, so a flood of garbage cannot grow the outbox;
+3. the replay table (``commands``: id, digest of the canonical form, original ack) — a replay of a
+   known command returns the original ack even after it expired, and applies nothing; the same id
+   with other content is refused;
+4. the type named in the topic must be the signed ``type`` and the signed ``gateway_id`` ours (the
+   topic is not signed; a command for another gateway must not be replayed here);
+5. freshness (``expires_at`` passed, ``issued_at`` in the future beyond clock skew, lifetime);
+6. the type's own validation, then one transaction: the change, the ``commands`` row and the ack in
+   the outbox (topic ``acks``) commit together or not at all.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
-from typing import TYPE_CHECKING
+import sqlite3
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from gateway.store.db import dumps
+from gateway.sync import outbox
+from gateway.sync.command_models import MODELS, Envelope, first_error
+from gateway.sync.command_types import HANDLERS, Applied, CommandRejected
+from gateway.sync.signing import SigningError, Verifier, digest
+from gateway.timeutil import iso
 
 if TYPE_CHECKING:
     from gateway.daemon import Gateway
 
 log = logging.getLogger("pmg.commands")
 
+MAX_COMMAND_BYTES = 64 * 1024
+CLOCK_SKEW = timedelta(minutes=5)
+MAX_LIFETIME = timedelta(days=7)
+ACK_SCHEMA = "pmg.ack/1"
+
+__all__ = ["MAX_COMMAND_BYTES", "CommandProcessor", "CommandRejected"]
+
 
 class CommandProcessor:
+    """Owns the command path of one gateway; ``handle`` is the MQTT link's ``on_command``."""
+
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        keys = gateway.cfg.mqtt.command_keys if gateway.cfg.mqtt is not None else {}
+        self.verifier = Verifier(keys)
+        self._busy: dict[str, asyncio.Lock] = {}
 
-    async def handle(self, kind: str, payload: bytes) -> None:
-        log.warning("command type=%s ignored: command processing is not built yet", kind)
+    async def handle(self, kind: str, payload: bytes) -> dict[str, Any]:
+        """Process one command and return the ack that was queued or published for it."""
+        now = self.gateway.clock()
+        try:
+            raw = self._authenticate(kind, payload)
+        except CommandRejected as exc:
+            cmd_id = _peek_id(payload)
+            log.warning(
+                "command rejected type=%.32s id=%.64s code=%s reason=%s", kind, cmd_id, exc.code, exc.reason
+            )
+            ack = self._ack(cmd_id, kind, "rejected", now, code=exc.code, reason=exc.reason)
+            self._publish_unstored(ack)
+            return ack
+        cmd_id = str(raw["id"])
+        lock = self._busy.setdefault(cmd_id, asyncio.Lock())
+        try:
+            async with lock:  # the same id twice at once: the second sees the first's result as a replay
+                return await self._authenticated(kind, raw, now)
+        finally:
+            if not lock.locked():
+                self._busy.pop(cmd_id, None)
+
+    # -- steps ------------------------------------------------------------------------------------
+    def _authenticate(self, kind: str, payload: bytes) -> dict[str, Any]:
+        if len(payload) > MAX_COMMAND_BYTES:
+            raise CommandRejected("oversized", f"{len(payload)} bytes, the limit is {MAX_COMMAND_BYTES}")
+        try:
+            raw = json.loads(payload.decode("utf-8"), parse_constant=_no_constant)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise CommandRejected("malformed", f"not UTF-8 JSON: {str(exc)[:120]}") from None
+        if not isinstance(raw, dict):
+            raise CommandRejected("malformed", f"a command is a JSON object, not {type(raw).__name__}")
+        if "sig" not in raw:
+            raise CommandRejected("unauthenticated", "unsigned: no 'sig'")
+        try:
+            Envelope.model_validate({k: raw.get(k) for k in Envelope.model_fields if k in raw})
+        except ValidationError as exc:
+            raise CommandRejected("malformed", first_error(exc)) from None
+        try:
+            self.verifier.verify(raw)
+        except SigningError as exc:
+            raise CommandRejected("unauthenticated", str(exc)) from None
+        return raw
+
+    async def _authenticated(self, kind: str, raw: dict[str, Any], now: datetime) -> dict[str, Any]:
+        gw = self.gateway
+        cmd_id = str(raw["id"])
+        dig = digest(raw)
+        row = gw.store.one("SELECT digest, ack_json FROM commands WHERE id = ?", cmd_id)
+        if row is not None:
+            if row["digest"] != dig:
+                return self._reject(
+                    cmd_id, kind, now, "conflict", f"id '{cmd_id}' was already used for another command"
+                )
+            original: dict[str, Any] = json.loads(row["ack_json"])
+            ack = {**original, "replay": True, "at": iso(now)}
+            with gw.store.tx() as conn:
+                self._queue_ack(conn, ack, now)
+            return ack
+        if raw["type"] != kind:
+            return self._reject(
+                cmd_id, kind, now, "malformed", f"topic says '{kind}' but the command is '{raw['type']}'"
+            )
+        if raw["gateway_id"] != gw.cfg.gateway_id:
+            return self._reject(
+                cmd_id, kind, now, "wrong_gateway", f"command is for gateway '{raw['gateway_id']}'"
+            )
+        try:
+            cmd = MODELS[kind].model_validate(raw)
+        except ValidationError as exc:
+            return self._record(cmd_id, kind, dig, now, CommandRejected("invalid", first_error(exc)))
+        try:
+            self._check_time(cmd, now)
+            applied = await HANDLERS[kind](gw, cmd, now)
+        except CommandRejected as exc:
+            return self._record(cmd_id, kind, dig, now, exc)
+        return await self._apply(cmd_id, kind, dig, now, applied)
+
+    def _check_time(self, cmd: Envelope, now: datetime) -> None:
+        if cmd.expires <= now:
+            raise CommandRejected("expired", f"expired at {cmd.expires_at} (gateway time {iso(now)})")
+        if cmd.issued > now + CLOCK_SKEW:
+            raise CommandRejected(
+                "not_yet_valid", f"issued_at {cmd.issued_at} is in the future (gateway time {iso(now)})"
+            )
+        if cmd.expires - cmd.issued > MAX_LIFETIME:
+            raise CommandRejected("invalid", f"lifetime over {MAX_LIFETIME.days} days")
+        if cmd.expires <= cmd.issued:
+            raise CommandRejected("invalid", "expires_at is not after issued_at")
+
+    async def _apply(
+        self, cmd_id: str, kind: str, dig: str, now: datetime, applied: Applied
+    ) -> dict[str, Any]:
+        gw = self.gateway
+        try:
+            with gw.store.tx() as conn:
+                result = dict(applied.result)
+                if applied.write is not None:
+                    result.update(applied.write(conn) or {})
+                ack = self._ack(cmd_id, kind, applied.status, now, result=result)
+                self._store(conn, cmd_id, kind, dig, now, ack)
+        except CommandRejected as exc:
+            return self._record(cmd_id, kind, dig, now, exc)
+        if applied.after is not None:
+            pending = applied.after()
+            if pending is not None:
+                await pending
+        gw._notify_outbox()
+        log.info("command applied type=%s id=%s status=%s", kind, cmd_id, applied.status)
+        return ack
+
+    # -- acks ---------------------------------------------------------------------------------------
+    def _ack(
+        self,
+        cmd_id: str | None,
+        kind: str,
+        status: str,
+        now: datetime,
+        *,
+        code: str | None = None,
+        reason: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "schema": ACK_SCHEMA,
+            "command_id": cmd_id,
+            "type": kind[:32],
+            "status": status,
+            "code": code or status,
+            "reason": reason,
+            "result": result,
+            "at": iso(now),
+            "replay": False,
+        }
+
+    def _queue_ack(self, conn: sqlite3.Connection, ack: dict[str, Any], now: datetime) -> None:
+        outbox.put(conn, "acks", dict(ack), now, billing=ack["type"] in ("topup", "tariff", "account"))
+
+    def _store(
+        self, conn: sqlite3.Connection, cmd_id: str, kind: str, dig: str, now: datetime, ack: dict[str, Any]
+    ) -> None:
+        conn.execute(
+            "INSERT INTO commands(id, type, digest, received_at, ack_json) VALUES (?, ?, ?, ?, ?)",
+            (cmd_id, kind, dig, iso(now), dumps(ack)),
+        )
+        self._queue_ack(conn, ack, now)
+
+    def _record(
+        self, cmd_id: str, kind: str, dig: str, now: datetime, exc: CommandRejected
+    ) -> dict[str, Any]:
+        """An authenticated command refused on its merits: remember the refusal so a replay gets it again."""
+        log.warning("command rejected type=%s id=%s code=%s reason=%s", kind, cmd_id, exc.code, exc.reason)
+        ack = self._ack(cmd_id, kind, "rejected", now, code=exc.code, reason=exc.reason)
+        with self.gateway.store.tx() as conn:
+            self._store(conn, cmd_id, kind, dig, now, ack)
+        self.gateway._notify_outbox()
+        return ack
+
+    def _reject(self, cmd_id: str, kind: str, now: datetime, code: str, reason: str) -> dict[str, Any]:
+        """Refused without remembering (the id may still arrive legitimately): ack via the outbox."""
+        log.warning("command rejected type=%s id=%s code=%s reason=%s", kind, cmd_id, code, reason)
+        ack = self._ack(cmd_id, kind, "rejected", now, code=code, reason=reason)
+        with self.gateway.store.tx() as conn:
+            self._queue_ack(conn, ack, now)
+        self.gateway._notify_outbox()
+        return ack
+
+    def _publish_unstored(self, ack: dict[str, Any]) -> None:
+        link = self.gateway.mqtt
+        if link is not None:
+            link.publish_raw("acks", {**ack, "gateway_id": self.gateway.cfg.gateway_id})
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _peek_id(payload: bytes) -> str | None:
+    """The command id, if one can be read, so even a rejection of garbage can be correlated."""
+    try:
+        raw = json.loads(payload[:MAX_COMMAND_BYTES].decode("utf-8", errors="replace"))
+    except ValueError:
+        return None
+    cmd_id = raw.get("id") if isinstance(raw, dict) else None
+    return cmd_id[:128] if isinstance(cmd_id, str) else None

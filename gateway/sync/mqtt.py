@@ -33,7 +33,7 @@ from gateway.timeutil import Clock, iso
 
 log = logging.getLogger("pmg.mqtt")
 
-CommandHandler = Callable[[str, bytes], Awaitable[None]]
+CommandHandler = Callable[[str, bytes], Awaitable[object]]
 """(command type, raw payload) -> None; called on the loop thread."""
 
 SESSION_EXPIRY_S = 7 * 24 * 3600  # keep our command subscription a week while we are offline
@@ -82,7 +82,7 @@ class MqttLink:
         self._generation = 0
         self._client: paho.Client | None = None
         self._stopping = False
-        self._handlers: set[asyncio.Future[None]] = set()
+        self._handlers: set[asyncio.Future[object]] = set()
 
     # -- paho setup --------------------------------------------------------------------------
     def _path(self, value: str) -> str:

@@ -1,0 +1,190 @@
+"""Each command type does what it says, once: top-up, tariff, account, hold, relay, read, ping."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from broker import Mosquitto
+from test_sync_support import Running, money_digest, running_gateway, signed
+
+from gateway.ledger.verify import verify
+from gateway.timeutil import iso
+
+
+def _run(tmp_path: Path, mosquitto: Mosquitto, body: Any, **kw: Any) -> None:
+    async def main() -> None:
+        async with running_gateway(tmp_path, mosquitto.port, **kw) as run:
+            await body(run)
+
+    asyncio.run(main())
+
+
+async def _handle(run: Running, cmd: dict[str, Any]) -> dict[str, Any]:
+    from gateway.sync.commands import CommandProcessor
+
+    proc = getattr(run, "_proc", None) or CommandProcessor(run.gateway)
+    run._proc = proc  # type: ignore[attr-defined]
+    return await proc.handle(cmd["type"], json.dumps(cmd).encode())
+
+
+def _queued_acks(run: Running) -> list[dict[str, Any]]:
+    return [
+        json.loads(r["payload"])
+        for r in run.store.all("SELECT payload FROM outbox WHERE topic = 'acks' ORDER BY seq")
+    ]
+
+
+def test_topup_applies_once_and_a_replay_returns_the_original_ack(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    async def body(run: Running) -> None:
+        now = run.gateway.clock()
+        cmd = signed("topup", now, account_id="acc1", amount="50.00")
+        ack = await _handle(run, cmd)
+        assert ack["status"] == "applied", ack
+        assert ack["result"]["balance"] == "50.00" and ack["result"]["payment_id"] == cmd["id"]
+        before = money_digest(run.store)
+        again = await _handle(run, cmd)
+        assert again["replay"] is True and again["result"] == ack["result"] and again["status"] == "applied"
+        assert money_digest(run.store) == before
+        assert run.store.scalar("SELECT balance_minor FROM accounts WHERE id = 'acc1'") == 5000
+        other = dict(cmd, amount="60.00")
+        from test_sync_support import HQ_KEY, HQ_KEY_ID
+
+        from gateway.sync.signing import sign_command
+
+        conflict = await _handle(run, sign_command(other, HQ_KEY, HQ_KEY_ID))
+        assert (conflict["status"], conflict["code"]) == ("rejected", "conflict")
+        assert money_digest(run.store) == before
+        acks = _queued_acks(run)
+        assert [a["command_id"] for a in acks] == [cmd["id"]] * 3
+        assert verify(run.store) == []
+
+    _run(tmp_path, mosquitto, body)
+
+
+def test_tariff_version_is_stored_and_used_and_backdating_is_refused(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    async def body(run: Running) -> None:
+        now = run.gateway.clock()
+        book = run.gateway.parts.book
+        base = json.loads(json.dumps(_tariff_dict(book.get("flat-cn"))))
+        future = iso(now + timedelta(days=2))
+        new = dict(
+            base,
+            versions=[
+                *base["versions"],
+                {**base["versions"][-1], "version": 2, "effective_from": future, "price": "0.6000"},
+            ],
+        )
+        ack = await _handle(run, signed("tariff", now, tariff=new))
+        assert ack["status"] == "applied", ack
+        assert book.get("flat-cn").versions[-1].version == 2
+        assert run.store.scalar("SELECT COUNT(*) FROM tariffs WHERE id = 'flat-cn' AND version = 2") == 1
+        past = dict(
+            base,
+            versions=[
+                *base["versions"],
+                {**base["versions"][-1], "version": 3, "effective_from": iso(now - timedelta(days=1))},
+            ],
+        )
+        refused = await _handle(run, signed("tariff", now, tariff=past))
+        assert refused["status"] == "rejected" and "backdat" in refused["reason"], refused
+        rewrite = dict(
+            base,
+            versions=[
+                {**base["versions"][0], "price": "0.1"},
+                new["versions"][1],
+                {**new["versions"][1], "version": 3, "effective_from": iso(now + timedelta(days=3))},
+            ],
+        )
+        refused = await _handle(run, signed("tariff", now, tariff=rewrite))
+        assert refused["status"] == "rejected" and "differs" in refused["reason"], refused
+        assert book.get("flat-cn").versions[-1].version == 2
+
+    _run(tmp_path, mosquitto, body)
+
+
+def _tariff_dict(tariff: Any) -> dict[str, Any]:
+    from gateway.tariffs.model import tariff_to_dict
+
+    return tariff_to_dict(tariff)
+
+
+def test_account_create_assign_meter_and_flags(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    async def body(run: Running) -> None:
+        now = run.gateway.clock()
+        ack = await _handle(
+            run,
+            signed(
+                "account",
+                now,
+                account_id="acc9",
+                tariff_id="flat-cn",
+                name="Clinic",
+                protected=True,
+                protected_category="medical",
+                emergency_credit="5.00",
+                meters=[{"meter_id": "m2", "keep_power": True}],
+            ),
+        )
+        assert ack["status"] == "applied" and ack["result"]["created"] is True, ack
+        row = run.store.one("SELECT * FROM accounts WHERE id = 'acc9'")
+        assert row is not None and row["protected"] == 1 and row["emergency_credit_minor"] == 500
+        meter = run.store.one("SELECT account_id, keep_power FROM meters WHERE id = 'm2'")
+        assert meter is not None and (meter["account_id"], meter["keep_power"]) == ("acc9", 1)
+        missing = await _handle(run, signed("account", now, account_id="acc10"))
+        assert missing["status"] == "rejected" and "tariff_id" in missing["reason"]
+        assert run.store.one("SELECT 1 FROM accounts WHERE id = 'acc10'") is None
+
+    _run(tmp_path, mosquitto, body)
+
+
+def test_hold_and_relay_override_set_and_clear(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    async def body(run: Running) -> None:
+        now = run.gateway.clock()
+        until = iso(now + timedelta(hours=6))
+        ack = await _handle(
+            run,
+            signed("hold", now, op="set", hold_id="storm-1", kind="weather", reason="typhoon", until=until),
+        )
+        assert ack["status"] == "applied", ack
+        assert run.store.scalar("SELECT COUNT(*) FROM holds WHERE id = 'storm-1' AND cleared_at IS NULL") == 1
+        ack = await _handle(run, signed("hold", now, op="clear", hold_id="storm-1"))
+        assert ack["status"] == "applied"
+        assert run.store.scalar("SELECT cleared_at FROM holds WHERE id = 'storm-1'") is not None
+        ack = await _handle(
+            run,
+            signed("relay", now, op="set", target="m1", action="disconnect", reason="tamper", until=until),
+        )
+        assert ack["status"] == "applied", ack
+        oid = ack["result"]["override_id"]
+        await asyncio.sleep(0)
+        assert (
+            run.store.scalar("SELECT COUNT(*) FROM relay_commands WHERE meter_id = 'm1' AND action = 'trip'")
+            >= 1
+        )
+        ack = await _handle(run, signed("relay", now, op="clear", override_id=oid))
+        assert ack["status"] == "applied"
+        nope = await _handle(run, signed("relay", now, op="clear", override_id=oid))
+        assert nope["status"] == "rejected" and "no active override" in nope["reason"]
+
+    _run(tmp_path, mosquitto, body)
+
+
+def test_read_and_ping(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    async def body(run: Running) -> None:
+        now = run.gateway.clock()
+        ack = await _handle(run, signed("read", now, meter_id="m1"))
+        assert ack["status"] == "applied", ack
+        assert ack["result"]["reading"]["quality"] == "ok"
+        assert isinstance(ack["result"]["reading"]["energy_import_wh"], int)
+        pong = await _handle(run, signed("ping", now))
+        assert pong["status"] == "applied" and pong["result"]["pong"] is True
+
+    _run(tmp_path, mosquitto, body)
