@@ -43,6 +43,7 @@ WINDOW = 200  # messages published but not yet acknowledged
 @dataclass
 class LinkStats:
     connected: bool = False
+    subscribed: bool = False  # the broker granted the command subscription (SUBACK)
     connects: int = 0
     last_error: str | None = None
     published: int = 0
@@ -116,6 +117,7 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     def _status_payload(self, state: str) -> bytes:
@@ -147,6 +149,15 @@ class MqttLink:
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, reason: Any, _p: Any) -> None:
         self._call(self._ack, mid, reason.is_failure if reason is not None else False)
 
+    def _on_subscribe(self, _c: paho.Client, _u: Any, _mid: int, reasons: Any, _p: Any) -> None:
+        granted = bool(reasons) and not any(r.is_failure for r in reasons)
+        self._call(self._set_subscribed, granted)
+
+    def _set_subscribed(self, granted: bool) -> None:
+        self.stats.subscribed = granted
+        if not granted:
+            self._set_error("broker refused the command subscription")
+
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         self._call(self._dispatch, msg.topic, bytes(msg.payload))
 
@@ -163,6 +174,7 @@ class MqttLink:
             log.info("mqtt connected host=%s port=%s", self.cfg.host, self.cfg.port)
         else:
             self._connected.clear()
+            self.stats.subscribed = False
             if reason and not self._stopping:
                 self.stats.last_error = reason
                 log.warning("mqtt disconnected reason=%r", reason)
