@@ -27,6 +27,7 @@ from gateway.store.db import dumps
 from gateway.timeutil import iso, parse_iso
 
 CONSUMPTION_WINDOW = timedelta(days=7)
+EMERGENCY_OFFER_KEY = "emergency_credit.offer"  # gateway.policy: the alert key of the offer
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ class PolicyEngine:
         self, conn: sqlite3.Connection, meter_id: str, now: datetime
     ) -> tuple[AccountView, MeterView, list[Hold], list[Override]]:
         m = conn.execute(
-            "SELECT id, account_id, relay, keep_power FROM meters WHERE id = ?", (meter_id,)
+            "SELECT id, account_id, relay, keep_power, keep_power_on_meter FROM meters WHERE id = ?",
+            (meter_id,),
         ).fetchone()
         if m is None:
             raise LookupError(f"no meter '{meter_id}'")
@@ -120,7 +122,7 @@ class PolicyEngine:
             balance_minor=int(a["balance_minor"]),
             emergency_credit_minor=emergency,
             emergency_credit_active=emergency > 0
-            and ("offer_emergency_credit" in alerts or a["balance_minor"] < 0),
+            and (EMERGENCY_OFFER_KEY in alerts or a["balance_minor"] < 0),
             days_of_credit_left=days_of_credit_left(conn, a["id"], int(a["balance_minor"]), now),
             protected=bool(a["protected"]),
             protected_category=a["protected_category"],
@@ -144,6 +146,7 @@ class PolicyEngine:
             supports_load_limit=caps.supports_load_limit,
             supports_keep_power=caps.supports_keep_power,
             keep_power=bool(m["keep_power"]),
+            keep_power_on_meter=None if m["keep_power_on_meter"] is None else bool(m["keep_power_on_meter"]),
             pending_relay_action=RelayAction(pending[0]) if pending else None,
         )
         return account, meter, active_holds(conn, now), active_overrides(conn, (meter_id, a["id"]), now)

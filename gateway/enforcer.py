@@ -265,6 +265,11 @@ class Enforcer:
                         "UPDATE meters SET relay = ?, relay_at = ? WHERE id = ?",
                         (state.value, iso(now), cmd.meter_id),
                     )
+                if cmd.action in (RelayAction.KEEP_POWER_ON, RelayAction.KEEP_POWER_OFF):
+                    conn.execute(
+                        "UPDATE meters SET keep_power_on_meter = ? WHERE id = ?",
+                        (int(cmd.action is RelayAction.KEEP_POWER_ON), cmd.meter_id),
+                    )
                 detail: dict[str, Any] = {"command_id": cmd.id, "action": cmd.action.value, "relay": state}
                 if cmd.payment_id:
                     detail["payment_id"] = cmd.payment_id

@@ -132,6 +132,9 @@ def record_reading(
     register = reading.energy_import_wh
     relay_sql = ", relay = ?, relay_at = ?" if reading.relay else ""
     relay_params: tuple[object, ...] = (reading.relay.value, iso(now)) if reading.relay else ()
+    if "keep_power" in reading.status:
+        relay_sql += ", keep_power_on_meter = ?"
+        relay_params += (int(bool(reading.status["keep_power"])),)
     conn.execute(
         f"UPDATE meters SET comms_ok = comms_ok + 1, last_comms_error = NULL{relay_sql} WHERE id = ?",
         (*relay_params, meter_id),

@@ -44,6 +44,7 @@ MIGRATIONS: tuple[str, ...] = (
         protocol            TEXT NOT NULL,
         address             TEXT NOT NULL,
         keep_power          INTEGER NOT NULL DEFAULT 0,
+        keep_power_on_meter INTEGER,          -- as last read back (DL/T 645 status word 3 bit 12)
         last_register_wh    INTEGER,          -- last accepted import register
         last_tariffs_json   TEXT,             -- last accepted T1..Tn registers
         last_reading_at     TEXT,

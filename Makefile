@@ -1,0 +1,26 @@
+# The two commands a newcomer needs:  `make demo`  and  `make test`.  Both set everything up first.
+.PHONY: setup demo test quick lint bench clean
+
+setup:
+	@bash .ci/bootstrap
+
+demo: setup
+	.venv/bin/pmg demo
+
+# Everything CI runs: lint, types, and the whole suite including slow tests and bounded fault campaigns.
+test: setup lint
+	.venv/bin/pytest -q -m "not soak" -p no:cacheprovider
+
+# The inner loop: fast tests only (slow, soak and campaign tests excluded by default).
+quick: setup
+	.venv/bin/pytest -q -x
+
+lint: setup
+	.venv/bin/ruff check gateway drivers simulators tests bench
+	.venv/bin/mypy
+
+bench: setup
+	.venv/bin/python -m bench.run_all
+
+clean:
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache var/
