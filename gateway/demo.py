@@ -138,7 +138,7 @@ def run_demo(*, speed: float, minutes: float, workdir: Path | None, broker: bool
         keys = ""
         if mosquitto is not None:
             hq = _HeadOffice.create(workdir, mosquitto.port)
-            keys = hq.config_keys() if hq is not None else 
+            keys = hq.config_keys() if hq is not None else ""
         cfg_path = workdir / "gateway.toml"
         cfg_path.write_text(
             _config(workdir, dlt_port, modbus_port, mosquitto.port if mosquitto else None, keys)
