@@ -1,0 +1,90 @@
+"""The head-office side: sequence tracking, the key and signing CLI, signatures across rotation."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gateway.cli.main import cli
+from gateway.sync.hq import HqConsumer, MessageStore, SeqTracker
+from gateway.sync.signing import (
+    SigningError,
+    Verifier,
+    canonical,
+    generate_key,
+    key_id_for,
+    public_key_b64,
+    sign_command,
+)
+
+
+def test_tracker_accepts_in_order_flags_duplicates_and_reports_gaps() -> None:
+    t = SeqTracker()
+    assert [t.accept("a", s) for s in (5, 6, 6, 9, 7, 5)] == [True, True, False, True, True, False]
+    assert t.gaps("a") == [(8, 8)]
+    assert t.duplicates["a"] == 2 and t.highest("a") == 9
+    assert t.accept("a", 8) and t.gaps("a") == [] and t.highest("a") == 9
+    t.start_at("b", 1)
+    t.accept("b", 3)
+    assert t.gaps("b") == [(1, 2)]
+
+
+def test_message_store_deduplicates_across_consumers_sharing_it(tmp_path: Path) -> None:
+    path = tmp_path / "hq.sqlite"
+    seen: list[bool] = []
+    one = HqConsumer("127.0.0.1", 1, store=MessageStore(path), on_received=lambda r: seen.append(r.duplicate))
+    two = HqConsumer("127.0.0.1", 1, store=MessageStore(path), on_received=lambda r: seen.append(r.duplicate))
+    one.handle("gw", "events", 1, {"seq": 1})
+    two.handle("gw", "events", 1, {"seq": 1})  # the other consumer got the redelivery: still a duplicate
+    two.handle("gw", "events", 2, {"seq": 2})
+    assert seen == [False, True, False]
+    assert one.store is not None and one.store.seqs() == {"gw": [1, 2]}
+
+
+def test_canonical_form_is_sorted_compact_utf8_without_sig() -> None:
+    cmd = {"b": "é", "a": 1, "sig": "x", "c": {"z": None, "y": [True]}}
+    assert canonical(cmd) == '{"a":1,"b":"é","c":{"y":[true],"z":null}}'.encode()
+    with pytest.raises(SigningError, match="fraction"):
+        canonical({"amount": 1.5})
+
+
+def test_rotation_old_and_new_keys_both_verify_until_removed() -> None:
+    old, new = generate_key(), generate_key()
+    ids = {key_id_for(k.public_key()): public_key_b64(k.public_key()) for k in (old, new)}
+    verifier = Verifier(ids)
+    for k in (old, new):
+        verifier.verify(sign_command({"id": "1"}, k, key_id_for(k.public_key())))
+    only_new = Verifier({key_id_for(new.public_key()): ids[key_id_for(new.public_key())]})
+    with pytest.raises(SigningError, match="unknown key_id"):
+        only_new.verify(sign_command({"id": "1"}, old, key_id_for(old.public_key())))
+    with pytest.raises(SigningError, match="32"):
+        Verifier({"short": "AAAA"})
+
+
+def test_keys_generate_and_command_sign_cli(tmp_path: Path) -> None:
+    runner = CliRunner()
+    key_file = tmp_path / "hq.pem"
+    out = runner.invoke(cli, ["keys", "generate", "-o", str(key_file)])
+    assert out.exit_code == 0, out.output
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    lines = dict(line.split(" = ", 1) for line in out.output.splitlines()[:2])
+    again = runner.invoke(cli, ["keys", "generate", "-o", str(key_file)])
+    assert again.exit_code == 2 and "refusing to overwrite" in again.output
+    cmd = {
+        "id": "c1",
+        "type": "ping",
+        "gateway_id": "gw",
+        "issued_at": "2026-01-01T00:00:00Z",
+        "expires_at": "2026-01-01T01:00:00Z",
+    }
+    signed = runner.invoke(cli, ["command", "sign", "-k", str(key_file)], input=json.dumps(cmd))
+    assert signed.exit_code == 0, signed.output
+    body = json.loads(signed.output)
+    assert body["key_id"] == lines["key_id"]
+    Verifier({lines["key_id"]: lines["public_key"]}).verify(body)
+    bad = runner.invoke(cli, ["command", "sign", "-k", str(key_file)], input="{not json")
+    assert bad.exit_code == 2 and "not JSON" in bad.output
