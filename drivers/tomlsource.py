@@ -51,20 +51,26 @@ def locate(text: str, path: Sequence[str | int]) -> int | None:
     Walks the file once, tracking the current table (with array-of-table indices), and returns the
     line of the deepest part of ``path`` it can find.
     """
-    want = [p for p in path]
+    want = list(path)
     best: int | None = None
-    counters: dict[str, int] = {}
+    # Current index of every array of tables, keyed by its resolved path (indices of enclosing arrays
+    # included), so that [[versions.blocks]] lands under the right [[versions]] element.
+    counters: dict[tuple[str | int, ...], int] = {}
     current: list[str | int] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         header = _HEADER.match(line)
         if header:
             name = [_clean_key(part) for part in header.group(2).split(".")]
-            if header.group(1) == "[[":
-                key = ".".join(name)
-                counters[key] = counters.get(key, -1) + 1
-                current = [*name, counters[key]]
-            else:
-                current = list(name)
+            resolved: list[str | int] = []
+            for i, part in enumerate(name):
+                resolved.append(part)
+                key = tuple(resolved)
+                if i == len(name) - 1 and header.group(1) == "[[":
+                    counters[key] = counters.get(key, -1) + 1
+                    resolved.append(counters[key])
+                elif key in counters:
+                    resolved.append(counters[key])
+            current = resolved
             if _is_prefix(current, want):
                 best = lineno  # headers come in file order: a later matching one is as specific
                 if current == want:
@@ -127,6 +133,8 @@ def validation_to_toml_error(file: str | Path, text: str, exc: ValidationError) 
         reason = f"unknown key '{loc[-1]}'"
     elif kind == "missing":
         reason = f"missing required key '{loc[-1]}'"
+    elif kind == "value_error":
+        reason = str(err["msg"]).removeprefix("Value error, ")
     else:
         got = err.get("input")
         shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__

@@ -87,3 +87,7 @@ _register()
 
 def main() -> None:
     cli(prog_name="pmg")
+
+
+if __name__ == "__main__":
+    main()
