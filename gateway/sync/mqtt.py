@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -45,6 +46,7 @@ class LinkStats:
     connected: bool = False
     subscribed: bool = False  # the broker granted the command subscription (SUBACK)
     connects: int = 0
+    connect_failures: int = 0
     last_error: str | None = None
     published: int = 0
     acknowledged: int = 0
@@ -83,7 +85,9 @@ class MqttLink:
         self._generation = 0
         self._client: paho.Client | None = None
         self._stopping = False
-        self._handlers: set[asyncio.Future[object]] = set()
+        self._handlers: set[asyncio.Future[Any]] = set()
+        self._tls_context: ssl.SSLContext | None = None
+        self._probing = False
 
     # -- paho setup --------------------------------------------------------------------------
     def _path(self, value: str) -> str:
@@ -104,6 +108,7 @@ class MqttLink:
                     self._path(cfg.client_cert), self._path(cfg.client_key) if cfg.client_key else None
                 )
             client.tls_set_context(context)
+            self._tls_context = context
         password = cfg.password
         if cfg.password_file:
             password = Path(self._path(cfg.password_file)).read_text().strip()
@@ -118,6 +123,7 @@ class MqttLink:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_connect_fail = self._on_connect_fail
         return client
 
     def _status_payload(self, state: str) -> bytes:
@@ -143,6 +149,9 @@ class MqttLink:
         client.subscribe(f"{self.prefix}/commands/+", qos=1)
         self._call(self._set_connected, True)
 
+    def _on_connect_fail(self, _c: paho.Client, _u: Any) -> None:
+        self._call(self._connect_failed)
+
     def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self._call(self._set_connected, False, str(reason))
 
@@ -165,6 +174,24 @@ class MqttLink:
     def _set_error(self, text: str) -> None:
         self.stats.last_error = text
         log.warning("mqtt error=%r", text)
+
+    def _connect_failed(self) -> None:
+        """paho does not say why a connection failed; find out once (a TLS handshake shows the reason)."""
+        self.stats.connect_failures += 1
+        if self._probing:
+            return
+        self._probing = True
+
+        async def probe() -> None:
+            try:
+                reason = await asyncio.to_thread(_probe, self.cfg.host, self.cfg.port, self._tls_context)
+                self._set_error(f"cannot connect to {self.cfg.host}:{self.cfg.port}: {reason}")
+            finally:
+                self._probing = False
+
+        task = asyncio.ensure_future(probe())
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
 
     def _set_connected(self, up: bool, reason: str | None = None) -> None:
         self.stats.connected = up
@@ -303,3 +330,15 @@ class MqttLink:
             self._client.publish(
                 f"{self.prefix}/{topic}", json.dumps(payload, separators=(",", ":")), qos=1, retain=retain
             )
+
+
+def _probe(host: str, port: int, context: ssl.SSLContext | None) -> str:
+    """Why a connection to the broker fails: the socket or TLS error, as one line."""
+    try:
+        with socket.create_connection((host, port), timeout=5) as sock:
+            if context is None:
+                return "connection failed after TCP connect"
+            with context.wrap_socket(sock, server_hostname=host):
+                return "connection failed after the TLS handshake"
+    except (OSError, ssl.SSLError) as exc:
+        return str(exc) or type(exc).__name__
