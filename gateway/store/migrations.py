@@ -187,6 +187,21 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (id, version)
     );
     """,
+    # ledger credit features (issue 5): a debt pocket beside the balance, cumulative standing-charge
+    # rounding per account, and unique constraints that make "once per account and day" and "once per
+    # reading" properties of the schema rather than of the code.
+    """
+    ALTER TABLE accounts ADD COLUMN debt_minor INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE accounts ADD COLUMN debt_recovery_share TEXT NOT NULL DEFAULT '0';
+    ALTER TABLE accounts ADD COLUMN standing_exact TEXT NOT NULL DEFAULT '0';
+    ALTER TABLE accounts ADD COLUMN standing_minor INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE entries ADD COLUMN debt_minor INTEGER NOT NULL DEFAULT 0;
+    CREATE UNIQUE INDEX entries_standing_day ON entries(account_id, period_start)
+        WHERE kind = 'standing_charge';
+    CREATE UNIQUE INDEX entries_reading_charge ON entries(reading_id)
+        WHERE kind = 'charge' AND reading_id IS NOT NULL;
+    CREATE INDEX entries_kind_time ON entries(kind, created_at);
+    """,
 )
 
 
