@@ -56,12 +56,30 @@ class BusConfig(Strict):
     protocol: Literal["dlt645", "modbus"]
     url: str = Field(min_length=1)
     """A pyserial URL (/dev/ttyUSB0, socket://host:port, rfc2217://…) or tcp://host:port for Modbus TCP."""
-    baud: int = Field(2400, ge=300, le=921600)
-    parity: Literal["N", "E", "O"] = "E"
+    baud: int | None = Field(None, ge=300, le=921600)
+    """Default: 2400 for DL/T 645 (the standard's default), 9600 for Modbus."""
+    parity: Literal["N", "E", "O"] | None = None
+    """Default: E (8E1) for DL/T 645, N for Modbus."""
     timeout_s: float = Field(1.0, gt=0, le=30)
     retries: int = Field(2, ge=0, le=10)
-    inter_frame_gap_s: float = Field(0.02, ge=0, le=5)
+    inter_frame_gap_s: float | None = Field(None, ge=0, le=5)
+    """Quiet time between frames; default 3.5 character times at the bus's baud (as Modbus RTU requires)."""
     poll_interval_s: float = Field(60.0, gt=0, le=86400)
+
+    @property
+    def line_baud(self) -> int:
+        return self.baud or (2400 if self.protocol == "dlt645" else 9600)
+
+    @property
+    def line_parity(self) -> str:
+        return self.parity or ("E" if self.protocol == "dlt645" else "N")
+
+    @property
+    def frame_gap_s(self) -> float:
+        if self.inter_frame_gap_s is not None:
+            return self.inter_frame_gap_s
+        bits = 10 if self.line_parity == "N" else 11
+        return 3.5 * bits / self.line_baud
 
 
 class MeterConfig(Strict):
@@ -99,7 +117,22 @@ class PolicyConfig(Strict):
 
 
 class MetricsConfig(Strict):
-    listen: str | None = None  # "127.0.0.1:9108"; None disables
+    listen: str | None = Field(default=None, pattern=r"^[^\s:]*:\d{1,5}$")  # "127.0.0.1:9108"; None disables
+    status_interval_s: float = Field(default=10.0, ge=1, le=3600)
+    """How often the daemon writes its live status snapshot for ``pmg status``."""
+
+
+class HousekeepingConfig(Strict):
+    """Retention, backups and meter clock checks (``gateway.housekeeping``, ``gateway.clocksync``)."""
+
+    readings_full_days: int = Field(default=90, ge=1, le=36500)
+    """Readings older than this keep only the last per meter per hour (and every one an entry cites)."""
+    outbox_delivered_days: int = Field(default=7, ge=0, le=3650)
+    backup_dir: str | None = None  # default: "backups" beside the database
+    backup_every_hours: float = Field(default=24.0, gt=0, le=8760)
+    backups_kept: int = Field(default=7, ge=1, le=1000)
+    clock_max_drift_s: int = Field(default=60, ge=1, le=86400)
+    """A DL/T 645 meter whose clock is further off than this gets a broadcast time sync on its bus."""
 
 
 class GatewayConfig(Strict):
@@ -112,6 +145,7 @@ class GatewayConfig(Strict):
     mqtt: MqttConfig | None = None
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    housekeeping: HousekeepingConfig = Field(default_factory=HousekeepingConfig)
     buses: list[BusConfig] = Field(default_factory=list)
     meters: list[MeterConfig] = Field(default_factory=list)
     accounts: list[AccountConfig] = Field(default_factory=list)

@@ -155,11 +155,11 @@ class Gateway:
                 LinkSettings(
                     bus.protocol,
                     bus.url,
-                    bus.baud,
-                    bus.parity,
+                    bus.line_baud,
+                    bus.line_parity,
                     bus.timeout_s,
                     bus.retries,
-                    bus.inter_frame_gap_s,
+                    bus.frame_gap_s,
                 )
             )
             polled = [
@@ -386,7 +386,7 @@ class Gateway:
             worker = self.workers.get(bus.id)
             if worker is None:
                 continue
-            budget = (bus.timeout_s * (bus.retries + 1) + bus.inter_frame_gap_s) * 3 + 5
+            budget = (bus.timeout_s * (bus.retries + 1) + bus.frame_gap_s) * 3 + 5
             if worker.busy_since is not None and now_mono - worker.busy_since > budget:
                 return False
             if worker.busy_since is None and now_mono - worker.heartbeat > max(budget, 2.0):

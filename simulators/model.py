@@ -113,6 +113,7 @@ class MeterModel:
     late_answer_s: float = 1.5
     utc_offset_hours: int = 8
     _last_t: float | None = None
+    _residue: int = 0  # energy below 1 mWh not yet on the register, in W·µs
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     # -- time and energy -------------------------------------------------------------------
@@ -130,8 +131,10 @@ class MeterModel:
                 end = min(now, next_hour)
                 if self.relay_closed:
                     # milli-Wh = W * seconds / 3.6; integer arithmetic on micro-seconds for exactness
+                    # W·µs carried across segments so that no energy is lost to rounding at hour edges
                     micros = round((end - t) * 1_000_000)
-                    mwh = self.profile.power_w(local.hour) * micros // 3_600_000
+                    self._residue += self.profile.power_w(local.hour) * micros
+                    mwh, self._residue = divmod(self._residue, 3_600_000)
                     self._add_import(mwh, self.tariff_hours[local.hour % 24])
                 t = end
             self._last_t = now

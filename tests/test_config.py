@@ -60,7 +60,8 @@ def test_the_example_configuration_is_valid() -> None:
 def test_a_good_file_loads(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, GOOD))
     assert [m.id for m in cfg.meters_on("b1")] == ["m1"]
-    assert cfg.bus("b1").baud == 2400 and cfg.bus("b1").parity == "E"  # DL/T 645 defaults: 2400 8E1
+    assert (cfg.bus("b1").line_baud, cfg.bus("b1").line_parity) == (2400, "E")  # DL/T 645 default 8E1
+    assert (cfg.bus("b2").line_baud, cfg.bus("b2").line_parity) == (9600, "N")
 
 
 @pytest.mark.parametrize(
