@@ -30,3 +30,12 @@ def sim_modbus(args: tuple[str, ...]) -> None:
     from simulators.modbus.cli import main
 
     raise SystemExit(main(list(args)))
+
+
+@sim.command("fleet", context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def sim_fleet(args: tuple[str, ...]) -> None:
+    """Many buses of both protocols with scheduled faults: --config FILE [--write-gateway-config OUT]."""
+    from simulators.fleet.__main__ import main
+
+    raise SystemExit(main(list(args)))
