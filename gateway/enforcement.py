@@ -190,8 +190,39 @@ class PolicyEngine:
             )
         for action in d.actions:
             self._apply(conn, action, aid, meter_id, now, payment_id)
+        self._withdraw_stale_trip(conn, d, meter, meter_id, now)
         self._record_blocked(conn, d, aid, meter_id, now)
         return d
+
+    @staticmethod
+    def _withdraw_stale_trip(
+        conn: sqlite3.Connection, d: Decision, meter: MeterView, meter_id: str, now: datetime
+    ) -> None:
+        """A policy trip still waiting to be sent is cancelled once the rules block a cut again.
+
+        A trip queued at 17:59 and retried with backoff, a hold set by head office after the trip
+        was queued, a restart into a protected window: the re-decision blocks the cut, so the
+        queued frame must not go out.  Only ``pending`` rows are cancelled — one already on the wire
+        (``sending``) completes and is confirmed by read-back; a technician's order is left alone.
+        """
+        if meter.pending_relay_action is not RelayAction.TRIP:
+            return
+        if any(a.relay_action is RelayAction.TRIP for a in d.actions):
+            return
+        blocked = [a for a in d.blocked if a.relay_action is RelayAction.TRIP]
+        if not blocked:
+            return
+        why = "; ".join(dict.fromkeys(f"{c.rule}: {c.detail}" for c in blocked[0].trace if not c.passed))
+        enforcer.cancel(
+            conn,
+            meter_id,
+            (RelayAction.TRIP,),
+            now,
+            reason=f"cut no longer allowed: {why or 'blocked by the rules'}",
+            actor="policy",
+            statuses=("pending",),
+            only_actor="policy",
+        )
 
     def _apply(
         self,

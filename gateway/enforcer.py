@@ -11,6 +11,7 @@ effect is already there is confirmed without a frame.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -51,6 +52,19 @@ class RelayCommand:
     payment_id: str | None
     reason: str
     actor: str
+    # Send only if the relay still reads open (withdrawing a close permission must never cut supply).
+    only_if_open: bool = False
+
+
+class NotSent(Exception):
+    """The command's precondition failed on the meter just before sending; nothing was sent."""
+
+    def __init__(self, message: str, relay: RelayState | None) -> None:
+        super().__init__(message)
+        self.relay = relay
+
+
+ONLY_IF_OPEN_RULE = "relay.only_if_open"
 
 
 def request(
@@ -117,12 +131,19 @@ def cancel(
     *,
     reason: str,
     actor: str,
+    statuses: tuple[str, ...] = ("pending", "sending"),
+    only_actor: str | None = None,
 ) -> int:
-    """Cancel open commands of the given kinds for a meter (a payment cancels a pending cut)."""
+    """Cancel open commands of the given kinds for a meter (a payment cancels a pending cut).
+
+    ``statuses`` narrows which open rows are touched (``pending`` only: leave a frame on the wire
+    alone); ``only_actor`` leaves other actors' orders (a technician's) in place.
+    """
     rows = conn.execute(
-        f"SELECT id, action FROM relay_commands WHERE meter_id = ? AND status IN ('pending', 'sending') "
-        f"AND action IN ({','.join('?' for _ in actions)})",
-        (meter_id, *[a.value for a in actions]),
+        f"SELECT id, action FROM relay_commands WHERE meter_id = ? "
+        f"AND status IN ({','.join('?' for _ in statuses)}) "
+        f"AND action IN ({','.join('?' for _ in actions)}) AND (? IS NULL OR actor = ?)",
+        (meter_id, *statuses, *[a.value for a in actions], only_actor, only_actor),
     ).fetchall()
     for row_id, row_action in rows:
         conn.execute(
@@ -176,8 +197,8 @@ class Enforcer:
 
     def due(self, now: datetime) -> list[RelayCommand]:
         rows = self.store.all(
-            "SELECT id, meter_id, action, attempts, payment_id, reason, actor, not_before FROM relay_commands "
-            "WHERE status IN ('pending', 'sending') ORDER BY id"
+            "SELECT id, meter_id, action, attempts, payment_id, reason, actor, not_before, trace_json "
+            "FROM relay_commands WHERE status IN ('pending', 'sending') ORDER BY id"
         )
         out = []
         for r in rows:
@@ -192,6 +213,9 @@ class Enforcer:
                     r["payment_id"],
                     r["reason"],
                     r["actor"],
+                    only_if_open=any(
+                        t.get("rule") == ONLY_IF_OPEN_RULE for t in json.loads(r["trace_json"] or "[]")
+                    ),
                 )
             )
         return out
@@ -226,6 +250,9 @@ class Enforcer:
             not_controllable = False
             try:
                 state = await worker.submit(PRIORITY_RELAY, lambda: self._operate(worker, cmd))
+            except NotSent as exc:
+                self._record_not_sent(cmd, str(exc), exc.relay)
+                return
             except NotControllable as exc:
                 error, not_controllable = str(exc), True
             except DriverError as exc:
@@ -241,7 +268,42 @@ class Enforcer:
         # It may have been sent before a crash or a lost reply: look before acting again.
         if cmd.attempts > 0 and expected is not None and await meter.read_relay() is expected:
             return expected
+        if cmd.only_if_open:
+            now_reads = await meter.read_relay()
+            if now_reads is not RelayState.OPEN:
+                raise NotSent(
+                    f"relay reads {now_reads or 'unknown'} just before sending: {cmd.action.value} not sent",
+                    now_reads,
+                )
         return await meter.relay(cmd.action, self.clock() + RELAY_VALIDITY)
+
+    def _record_not_sent(self, cmd: RelayCommand, why: str, relay: RelayState | None) -> None:
+        """A guarded command whose precondition failed: cancelled, audited, and the meter re-decided."""
+        now = self.clock()
+        with self.store.tx() as conn:
+            current = conn.execute("SELECT status FROM relay_commands WHERE id = ?", (cmd.id,)).fetchone()
+            if current is None or current[0] != "sending":
+                return
+            conn.execute(
+                "UPDATE relay_commands SET status = 'cancelled', outcome = ?, updated_at = ? WHERE id = ?",
+                (why, iso(now), cmd.id),
+            )
+            if relay is not None:
+                conn.execute(
+                    "UPDATE meters SET relay = ?, relay_at = ? WHERE id = ?", (relay.value, iso(now), cmd.meter_id)
+                )
+            events.record(
+                conn,
+                "relay_command_cancelled",
+                now,
+                meter_id=cmd.meter_id,
+                actor=cmd.actor,
+                detail={"command_id": cmd.id, "action": cmd.action.value, "reason": why},
+            )
+        log.info("relay meter=%s action=%s not sent: %s", cmd.meter_id, cmd.action.value, why)
+        self.notify_outbox()
+        if self.on_outcome is not None:
+            self.on_outcome(cmd, "cancelled", relay)
 
     def _record(self, cmd: RelayCommand, state: RelayState | None, error: str | None, final: bool) -> None:
         now = self.clock()

@@ -143,6 +143,10 @@ def check_lawful(acc: AccountView, m: MeterView, now: datetime, cal: WorkCalenda
     if m.keep_power:
         assert not trips and K.LOAD_LIMIT not in d.kinds()
     for a in trips:
+        if a.kind is K.WITHDRAW_RECONNECT:  # takes back a close permission: supply is already off
+            assert m.relay is RelayState.OPEN and not is_protected(acc, rules)
+            assert acc.state is S.RECONNECTION_PENDING and acc.available_minor <= rules.disconnect.at_or_below_minor
+            continue
         manual = any(c.rule == "override.disconnect" and c.passed for c in a.trace)
         if manual:
             order = next(o for o in overrides if o.action == "disconnect" and o.expires_at > now)

@@ -35,6 +35,8 @@ from gateway.policy.state import (
 S = EnforcementState
 K = ActionKind
 
+RELAY_OPEN_ALARM = "alarm.relay_open_in_good_standing"
+
 __all__ = ["AccountView", "Action", "ActionKind", "Decision", "Hold", "MeterView", "Override", "apply", "decide"]
 
 
@@ -106,6 +108,8 @@ def decide(
         d.check("relay.readback", False, f"waiting for the relay to close (reads {meter.relay or 'unknown'})")
         if cut_order:
             _manual_cut(d, cut_order, protected, prot)
+        elif exhausted and not reconnect.passed and connect is None:
+            _withdraw_reconnect(d, protected, prot, credit, reconnect)
     elif state is S.DISCONNECTED:
         _while_disconnected(d, reconnect, connect, cut_order, protected, prot, exhausted, credit)
     elif cut_order:
@@ -196,9 +200,43 @@ def _while_disconnected(d: Draft, reconnect: RuleCheck, connect: Override | None
         _automatic_restriction(d, protected, prot, None, credit)
 
 
+def _withdraw_reconnect(d: Draft, protected: bool, prot: RuleCheck, credit: RuleCheck,
+                        reconnect: RuleCheck) -> None:
+    """Credit ran out again before the relay closed: take a close permission (1B) back.
+
+    Only while the relay reads open, so the trip cuts no supply (windows and notice protect a
+    supply that is on; this one is off).  The enforcer reads the relay again just before sending
+    (``relay.only_if_open``) in case the customer pressed the button in between.  A relay that
+    closed meanwhile goes the lawful way: back on the cut track with notice and windows.
+    """
+    m = d.meter
+    why = [credit, reconnect]
+    if m.keep_power or protected or not m.controllable or m.relay is not RelayState.OPEN:
+        reason = ("keep-power (保电) forbids any trip" if m.keep_power else prot.detail if protected
+                  else "no relay to operate" if not m.controllable else f"relay reads {m.relay or 'unknown'}")
+        d.block(K.WITHDRAW_RECONNECT, [*why, d.check("reconnect.withdraw", False, reason)], None,
+                relay=RelayAction.TRIP)
+        return
+    rc = d.check("relay.only_if_open", True, "relay reads open: withdrawing the permission cuts no supply")
+    d.act(K.WITHDRAW_RECONNECT, [*why, rc], relay=RelayAction.TRIP,
+          message="close permission withdrawn: credit ran out before the customer reclosed")
+    d.state = S.DISCONNECTED
+
+
 def _supply_on(d: Draft, exhausted: bool, reconnect: RuleCheck, protected: bool, prot: RuleCheck,
                connect: Override | None, credit: RuleCheck) -> None:
     a = d.account
+    m = d.meter
+    if m.relay is RelayState.CLOSED:
+        d.alerts_sent.pop(RELAY_OPEN_ALARM, None)  # a later unexplained opening alarms again
+    if (not exhausted and d.state not in CUT_TRACK and m.relay is RelayState.OPEN
+            and m.pending_relay_action is not RelayAction.TRIP):
+        # Open without a cut of ours (meter self-trip, tamper, a lost command): alarm and restore.
+        rc = d.check("relay.readback", False, "relay reads open while the account is in good standing")
+        if d.once(RELAY_OPEN_ALARM):
+            d.act(K.ALARM, [credit, rc], message="relay reads open while the account is in good standing")
+        _reconnect(d, [credit, rc])
+        return
     in_track = d.state in CUT_TRACK
     if in_track and reconnect.passed:
         d.check("cut_track.left", True, "credit restored: notice withdrawn")

@@ -55,6 +55,9 @@ class ActionKind(enum.StrEnum):
     LOAD_LIMIT = "load_limit"  # level = cap in W
     DISCONNECT = "disconnect"
     RECONNECT = "reconnect"  # restore full supply: close if relay_action is set, lift any load limit
+    # Credit ran out again before the customer reclosed after a close-permitted (1B) command: take the
+    # permission back with a trip.  Only ever issued while the relay reads open, so no supply is cut.
+    WITHDRAW_RECONNECT = "withdraw_reconnect"
     ALARM = "alarm"  # relay_action ALARM_ON: the meter's buzzer; None: an alarm to the head office
     ESCALATE = "escalate"
     SET_KEEP_POWER = "set_keep_power"
