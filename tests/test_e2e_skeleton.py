@@ -17,8 +17,11 @@ from waiting import async_wait_for
 
 from gateway.config import load_config
 from gateway.daemon import Gateway
+from gateway.ledger.accounts import seed_from_config
+from gateway.ledger.payments import apply_payment
 from gateway.ledger.verify import verify
 from gateway.money import to_minor
+from gateway.store import open_store
 from gateway.timeutil import ScaledClock
 from simulators.dlt645 import SimulatedDlt645Bus
 from simulators.model import FastClock, LoadProfile, MeterModel
@@ -42,50 +45,45 @@ def test_credit_runs_out_trip_reaches_meter_and_usage_reaches_broker(
         + f'\n[[buses]]\nid = "b1"\nprotocol = "dlt645"\nurl = "{port}"\nbaud = 9600\npoll_interval_s = 0.25\n'
         + '\n[[meters]]\nid = "m1"\nbus = "b1"\naddress = "000000000001"\naccount = "acc1"\ntariff = "flat-cn"\n',
     )
+    cfg = load_config(cfg_path)
+    # The customer paid before the meter is first polled (a zero-credit account would be cut at once).
+    store = open_store(tmp_path / "pmg.db")
+    seed_from_config(store, cfg, gw_clock())
+    with store.tx() as conn:
+        apply_payment(conn, "pay-1", "acc1", 300, gw_clock(), source="test")  # ¥3.00 ≈ 5.7 kWh
+    store.close()
 
     async def scenario() -> None:
-        gateway = Gateway(cfg_path, load_config(cfg_path), clock=gw_clock)
+        gateway = Gateway(cfg_path, cfg, clock=gw_clock)
         await gateway.start()
         try:
-            store = gateway.store
+            db = gateway.store
             await async_wait_for(
-                lambda: store.scalar("SELECT last_register_wh FROM meters") is not None,
-                what="baseline reading",
+                lambda: not model.relay_closed, timeout=30, what="relay opened by the gateway"
             )
-            baseline = store.scalar("SELECT last_register_wh FROM meters WHERE id = 'm1'")
-            gateway.apply_payment("pay-1", "acc1", 300, source="test")  # ¥3.00 ≈ 5.7 kWh
-            try:
-                await async_wait_for(
-                    lambda: not model.relay_closed, timeout=30, what="relay opened by the gateway"
-                )
-            except AssertionError:
-                for r in store.all("SELECT kind, detail_json FROM events"):
-                    print(r["kind"], r["detail_json"][:300])
-                print([dict(r) for r in store.all("SELECT * FROM accounts")])
-                print([dict(r) for r in store.all("SELECT * FROM relay_commands")])
-                print([dict(r) for r in store.all("SELECT * FROM readings ORDER BY id DESC LIMIT 3")])
-                raise
             await async_wait_for(
-                lambda: store.scalar("SELECT COUNT(*) FROM relay_commands WHERE status = 'confirmed'"),
+                lambda: db.scalar("SELECT COUNT(*) FROM relay_commands WHERE status = 'confirmed'"),
                 what="trip confirmed by read-back",
             )
             frozen = model.energy_import_wh
-            polls = store.scalar("SELECT COUNT(*) FROM readings")
+            polls = db.scalar("SELECT COUNT(*) FROM readings")
             await async_wait_for(
-                lambda: store.scalar("SELECT COUNT(*) FROM readings") >= polls + 4,
+                lambda: db.scalar("SELECT COUNT(*) FROM readings") >= polls + 4,
                 what="more polls after the trip",
             )
             assert model.energy_import_wh == frozen, "energy kept growing with the relay open"
 
-            last = store.scalar("SELECT last_register_wh FROM meters WHERE id = 'm1'")
-            charged_wh = store.scalar("SELECT SUM(energy_wh) FROM entries WHERE kind = 'charge'")
+            baseline = db.scalar("SELECT register_wh FROM readings WHERE outcome = 'baseline'")
+            last = db.scalar("SELECT last_register_wh FROM meters WHERE id = 'm1'")
+            assert last - baseline > 5000, "credit for about 5.7 kWh was used"
+            charged_wh = db.scalar("SELECT SUM(energy_wh) FROM entries WHERE kind = 'charge'")
             assert charged_wh == last - baseline
             expected_charge = to_minor(Decimal(last - baseline) * PRICE / 1000)
-            balance = store.scalar("SELECT balance_minor FROM accounts WHERE id = 'acc1'")
+            balance = db.scalar("SELECT balance_minor FROM accounts WHERE id = 'acc1'")
             assert balance == 300 - expected_charge
             assert balance <= 0
-            assert verify(store) == []
-            trace = store.scalar("SELECT trace_json FROM relay_commands WHERE action = 'trip'")
+            assert verify(db) == []
+            trace = db.scalar("SELECT trace_json FROM relay_commands WHERE action = 'trip'")
             assert trace and trace != "[]", "a relay action without its rule trace"
         finally:
             await gateway.stop()
