@@ -55,6 +55,9 @@ class BusStats:
 ReadingSink = Callable[[str, Reading, float], None]
 """(meter_id, reading, latency seconds) -> None; runs on the loop thread, may write the database."""
 
+ReadObserver = Callable[[str, str, float], None]
+"""(bus_id, quality, latency seconds) -> None: metrics; must not block or raise."""
+
 
 class BusWorker:
     def __init__(
@@ -66,8 +69,10 @@ class BusWorker:
         *,
         clock: Clock,
         monotonic: Callable[[], float] = time.monotonic,
+        observe: ReadObserver | None = None,
     ) -> None:
         self.bus_id = bus_id
+        self.observe = observe
         self.link = link
         self.meters = {m.meter_id: m for m in meters}
         self.on_reading = on_reading
@@ -185,6 +190,11 @@ class BusWorker:
             self.stats.polls_failed += 1
             kind = reading.quality.value
             self.stats.failed_by_kind[kind] = self.stats.failed_by_kind.get(kind, 0) + 1
+        if self.observe is not None:
+            try:
+                self.observe(self.bus_id, reading.quality.value, latency)
+            except Exception:  # metrics must never stop a bus
+                log.debug("bus=%s metrics observer failed", self.bus_id, exc_info=True)
         try:
             self.on_reading(pm.meter_id, reading, latency)
         except Exception:

@@ -30,6 +30,7 @@ from gateway.enforcer import Enforcer, RelayCommand, state_snapshot
 from gateway.ledger.accounts import seed_from_config
 from gateway.ledger.charging import record_reading
 from gateway.ledger.payments import PaymentResult, apply_payment
+from gateway.metrics import GatewayMetrics, observe_relay_outcome
 from gateway.policy.rules import Rules, load_preset
 from gateway.pricing import TariffBook
 from gateway.service import InstanceLock, sd_notify, watchdog_interval_s
@@ -92,6 +93,7 @@ class Gateway:
     mqtt: MqttLink | None = None
     enforcer: Enforcer | None = None
     on_event: Callable[[str, dict[str, Any]], None] | None = None
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _worker_tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _scheduler: AsyncIOScheduler | None = None
@@ -108,6 +110,8 @@ class Gateway:
             self.store = open_store(db_path)
             self.parts = build_components(self.cfg, self.config_path, self.store)
             seed_from_config(self.store, self.cfg, self.clock())
+            if self.cfg.metrics.listen:
+                self.metrics.serve(self.cfg.metrics.listen)
         except BaseException:
             self._lock.release()
             raise
@@ -139,6 +143,9 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self.mqtt.run(), name="mqtt"))
         self._start_scheduler()
         self._tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
+        from gateway.status import status_loop
+
+        self._tasks.append(asyncio.create_task(status_loop(self), name="status"))
         self._install_signals()
         sd_notify("READY=1\nSTATUS=polling")
         log.info(
@@ -171,7 +178,13 @@ class Gateway:
                 for m in self.cfg.meters_on(bus.id)
             ]
             worker = BusWorker(
-                bus.id, link, polled, self._on_reading, clock=self.clock, monotonic=self.monotonic
+                bus.id,
+                link,
+                polled,
+                self._on_reading,
+                clock=self.clock,
+                monotonic=self.monotonic,
+                observe=self.metrics.observe_read,
             )
             self.links[bus.id] = link
             self.workers[bus.id] = worker
@@ -238,6 +251,13 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.metrics.stop()
+        from gateway.status import clear_snapshot
+
+        try:
+            clear_snapshot(self.store, self.clock())
+        except StoreError as exc:
+            log.error("could not mark the status snapshot stopped: %s", exc)
         self.store.close()
         if self._lock is not None:
             self._lock.release()
@@ -354,6 +374,7 @@ class Gateway:
                     self.parts.policy.evaluate_meter(conn, meter_id, now)
 
     def _on_relay_outcome(self, cmd: RelayCommand, status: str, state: Any) -> None:
+        observe_relay_outcome(self.metrics, self.store, cmd.action.value, status, cmd.payment_id, self.clock())
         if status == "confirmed":
             with self.store.tx() as conn:
                 self.parts.policy.evaluate_meter(conn, cmd.meter_id, self.clock())
