@@ -1,0 +1,120 @@
+"""Housekeeping: downsampling never loses a reading the ledger cites, the outbox loses nothing
+undelivered, and backups are consistent, rotated SQLite databases."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway.config import HousekeepingConfig
+from gateway.housekeeping import (
+    BackupError,
+    backup_database,
+    downsample_readings,
+    housekeep,
+    list_backups,
+)
+from gateway.store.db import Store, open_store
+from gateway.sync import outbox
+from gateway.timeutil import iso
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = open_store(tmp_path / "pmg.db")
+    with s.tx() as conn:
+        conn.execute(
+            "INSERT INTO accounts(id, tariff_id, currency, created_at, updated_at) VALUES ('a1', 't', 'CNY', ?, ?)",
+            (iso(NOW), iso(NOW)),
+        )
+        for m in ("m1", "m2"):
+            conn.execute(
+                "INSERT INTO meters(id, account_id, bus_id, protocol, address, created_at, updated_at) "
+                "VALUES (?, 'a1', 'b1', 'dlt645', '000000000001', ?, ?)",
+                (m, iso(NOW), iso(NOW)),
+            )
+    return s
+
+
+def _reading(store: Store, meter: str, at: datetime, wh: int) -> int:
+    with store.tx() as conn:
+        cur = conn.execute(
+            "INSERT INTO readings(meter_id, taken_at, quality, register_wh, outcome) VALUES (?, ?, 'ok', ?, 'charged')",
+            (meter, iso(at), wh),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+
+def test_old_readings_keep_last_per_meter_per_hour_and_every_cited_one(store: Store) -> None:
+    old = NOW - timedelta(days=100)
+    ids = {m: [_reading(store, m, old + timedelta(minutes=10 * i), 1000 + i) for i in range(12)] for m in ("m1", "m2")}
+    recent = _reading(store, "m1", NOW - timedelta(days=1), 5000)
+    recent2 = _reading(store, "m1", NOW - timedelta(days=1, minutes=-1), 5001)
+    cited = ids["m1"][2]  # a charge entry points at this one
+    quarantined = ids["m2"][3]
+    with store.tx() as conn:
+        conn.execute(
+            "INSERT INTO entries(account_id, kind, amount_minor, energy_wh, meter_id, reading_id, created_at) "
+            "VALUES ('a1', 'charge', -5, 10, 'm1', ?, ?)",
+            (cited, iso(old)),
+        )
+        conn.execute("UPDATE meters SET quarantined_reading_id = ? WHERE id = 'm2'", (quarantined,))
+
+    removed = downsample_readings(store, NOW - timedelta(days=90))
+
+    left = {r[0] for r in store.all("SELECT id FROM readings")}
+    # 12 readings 10 min apart from 00:00 span two hours: the last of each hour survives.
+    hour_last = {ids[m][5] for m in ids} | {ids[m][11] for m in ids}
+    assert left == hour_last | {cited, quarantined, recent, recent2}
+    assert removed == 24 - len(hour_last) - 2
+    assert downsample_readings(store, NOW - timedelta(days=90)) == 0  # idempotent
+
+
+def test_outbox_trim_keeps_undelivered(store: Store) -> None:
+    with store.tx() as conn:
+        for i in range(1005):
+            outbox.put(conn, "usage", {"i": i}, NOW - timedelta(days=30))
+    seqs = [m.seq for m in outbox.pending(store, limit=2000)]
+    outbox.mark_delivered(store, seqs[:1004], NOW - timedelta(days=20))  # the last one stays undelivered
+    result = housekeep(store, HousekeepingConfig(outbox_delivered_days=7), NOW, backups=None)
+    # trim_delivered keeps the newest 1000 sequence numbers (seq <= 1005 - 1000), delivered or not
+    assert result.outbox_removed == 5
+    assert [m.seq for m in outbox.pending(store)] == [seqs[-1]]
+
+
+def test_backup_is_a_consistent_database_and_rotates(store: Store, tmp_path: Path) -> None:
+    _reading(store, "m1", NOW, 42)
+    directory = tmp_path / "backups"
+    made = [backup_database(store.path, directory, NOW + timedelta(hours=i), keep=3) for i in range(5)]
+    assert list_backups(directory) == made[-3:]
+    conn = sqlite3.connect(made[-1])
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("SELECT register_wh FROM readings").fetchall() == [(42,)]
+    finally:
+        conn.close()
+    assert not list(directory.glob("*.partial"))
+
+
+def test_backup_only_when_due(store: Store, tmp_path: Path) -> None:
+    cfg = HousekeepingConfig(backup_every_hours=24, backups_kept=2)
+    first = housekeep(store, cfg, NOW, backups=tmp_path / "b")
+    again = housekeep(store, cfg, NOW + timedelta(hours=1), backups=tmp_path / "b")
+    later = housekeep(store, cfg, NOW + timedelta(hours=25), backups=tmp_path / "b")
+    assert first.backup is not None and again.backup is None and later.backup is not None
+    assert store.meta_get("last_backup_at") == iso(NOW + timedelta(hours=25))
+
+
+def test_backup_to_an_unwritable_place_is_one_clear_error(store: Store, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(BackupError, match="cannot create backup directory"):
+        backup_database(store.path, blocker / "backups", NOW, keep=1)
+    with pytest.raises(ValueError, match="at least 1"):
+        backup_database(store.path, tmp_path / "b", NOW, keep=0)
