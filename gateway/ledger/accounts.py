@@ -157,11 +157,18 @@ def post_entry(
     period_start: datetime | None = None,
     period_end: datetime | None = None,
     detail_json: str = "{}",
+    debt_minor: int = 0,
 ) -> int:
-    """Append one ledger entry and move the cached balance with it, in the caller's transaction."""
+    """Append one ledger entry and move the cached balance (and debt) with it, in the caller's transaction.
+
+    ``amount_minor`` moves the balance the customer spends from; ``debt_minor`` moves the separate debt
+    pocket (a ``debt`` entry raises it, a ``debt_recovery`` entry lowers both).  Both caches are the sums
+    of their entry columns, which ``verify`` checks.
+    """
     cur = conn.execute(
         "INSERT INTO entries(account_id, kind, amount_minor, energy_wh, meter_id, reading_id, external_id, "
-        "period_start, period_end, detail_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "period_start, period_end, detail_json, created_at, debt_minor) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             account_id,
             kind,
@@ -174,11 +181,13 @@ def post_entry(
             iso(period_end) if period_end else None,
             detail_json,
             iso(now),
+            debt_minor,
         ),
     )
     conn.execute(
-        "UPDATE accounts SET balance_minor = balance_minor + ?, updated_at = ? WHERE id = ?",
-        (amount_minor, iso(now), account_id),
+        "UPDATE accounts SET balance_minor = balance_minor + ?, debt_minor = debt_minor + ?, updated_at = ? "
+        "WHERE id = ?",
+        (amount_minor, debt_minor, iso(now), account_id),
     )
     assert cur.lastrowid is not None
     return cur.lastrowid

@@ -61,7 +61,7 @@ class ChargeOutcome:
     reason: str | None = None
 
 
-def _register_delta(last: int, now_wh: int, modulus: int) -> tuple[int, bool]:
+def register_delta(last: int, now_wh: int, modulus: int) -> tuple[int, bool]:
     """Delta and whether it wrapped.  A smaller value is a wrap only if the wrapped delta is small."""
     if now_wh >= last:
         return now_wh - last, False
@@ -155,7 +155,7 @@ def record_reading(
         )
 
     last_at = parse_iso(meter.last_reading_at)
-    delta, wrapped = _register_delta(meter.last_register_wh, register, register_modulus_wh)
+    delta, wrapped = register_delta(meter.last_register_wh, register, register_modulus_wh)
     elapsed_s = max((now - last_at).total_seconds(), MIN_PLAUSIBILITY_WINDOW_S)
     bound_wh = max_power_w * elapsed_s / 3600 + PLAUSIBILITY_SLACK_WH  # float only for a bound, never money
     if delta > bound_wh:

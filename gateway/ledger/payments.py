@@ -3,6 +3,11 @@
 The payment id is the idempotence key.  The first application stores its result; a replay with the
 same content returns that result and applies nothing; a replay of the same id with different content
 (another account or amount) is refused, because it means two different payments share an id.
+
+A payment is split (``gateway.ledger.credit.split_payment``): emergency credit in use is repaid first,
+then arrears, then the account's debt-recovery share of the rest; the result says so, the ``payment``
+entry keeps the split in its detail, and the recovery is its own ``debt_recovery`` entry so that a
+top-up never "vanishes" into debt without the customer being able to see why.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from datetime import datetime
 
 from gateway import events
 from gateway.ledger.accounts import post_entry
+from gateway.ledger.credit import parse_share, split_payment
 from gateway.money import format_money
 from gateway.store.db import dumps
 from gateway.timeutil import iso
@@ -36,6 +42,11 @@ class PaymentResult:
     amount_minor: int
     balance_minor: int
     applied_at: str
+    emergency_repayment_minor: int = 0
+    arrears_repayment_minor: int = 0
+    debt_recovery_minor: int = 0
+    credit_minor: int = 0
+    debt_minor: int = 0  # debt still outstanding after this payment
     replayed: bool = False
 
 
@@ -73,6 +84,12 @@ def apply_payment(
     if conn.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone() is None:
         raise PaymentError(f"no account '{account_id}'")
 
+    acc = conn.execute(
+        "SELECT balance_minor, emergency_credit_minor, debt_minor, debt_recovery_share FROM accounts "
+        "WHERE id = ?",
+        (account_id,),
+    ).fetchone()
+    split = split_payment(amount_minor, int(acc[0]), int(acc[1]), int(acc[2]), parse_share(acc[3]))
     post_entry(
         conn,
         account_id,
@@ -80,12 +97,35 @@ def apply_payment(
         amount_minor,
         now,
         external_id=payment_id,
-        detail_json=dumps({"source": source}),
+        detail_json=dumps({"source": source, "split": asdict(split)}),
     )
-    balance = int(
-        conn.execute("SELECT balance_minor FROM accounts WHERE id = ?", (account_id,)).fetchone()[0]
+    if split.debt_recovery_minor:
+        post_entry(
+            conn,
+            account_id,
+            "debt_recovery",
+            -split.debt_recovery_minor,
+            now,
+            external_id=payment_id,
+            debt_minor=-split.debt_recovery_minor,
+            detail_json=dumps({"payment_id": payment_id, "share": str(parse_share(acc[3]))}),
+        )
+    row = conn.execute(
+        "SELECT balance_minor, debt_minor FROM accounts WHERE id = ?", (account_id,)
+    ).fetchone()
+    balance, debt = int(row[0]), int(row[1])
+    result = PaymentResult(
+        payment_id,
+        account_id,
+        amount_minor,
+        balance,
+        iso(now),
+        split.emergency_repayment_minor,
+        split.arrears_repayment_minor,
+        split.debt_recovery_minor,
+        split.credit_minor,
+        debt,
     )
-    result = PaymentResult(payment_id, account_id, amount_minor, balance, iso(now))
     conn.execute(
         "INSERT INTO payments(payment_id, account_id, amount_minor, received_at, source, result_json) "
         "VALUES (?, ?, ?, ?, ?, ?)",
@@ -101,6 +141,11 @@ def apply_payment(
             "payment_id": payment_id,
             "amount": format_money(amount_minor, minor_digits),
             "balance": format_money(balance, minor_digits),
+            "emergency_repayment": format_money(split.emergency_repayment_minor, minor_digits),
+            "arrears_repayment": format_money(split.arrears_repayment_minor, minor_digits),
+            "debt_recovery": format_money(split.debt_recovery_minor, minor_digits),
+            "credit": format_money(split.credit_minor, minor_digits),
+            "debt_outstanding": format_money(debt, minor_digits),
         },
     )
     return result

@@ -1,0 +1,92 @@
+"""Days of credit left: recent daily consumption priced by the account's own tariff, plus standing charge.
+
+The policy's first version (``gateway.enforcement.days_of_credit_left``) divides the balance by the
+money charged in the last week.  That answer is wrong exactly when it matters: after a tariff change
+(old prices), when the customer crosses into a dearer block (cheaper past), or when the week was
+partly spent disconnected (no charges, so "infinite" days).  Here the forecast is:
+
+    energy per day  = energy charged over the window ÷ the part of the window the meters were read
+    cost per day    = price_interval(tariff, now, now + 1 day, energy per day, block position now)
+                      + the standing charge of today under the tariff in force
+    days left       = credit ÷ cost per day, rounded *down* to 0.1 day (never promise too much)
+
+Pricing a day from now forward uses the current tariff version, time-of-use windows by time, and the
+account's real position in its block cycle (so a customer about to cross into block 2 sees fewer days).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timedelta
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
+
+from gateway.pricing import TariffBook
+from gateway.tariffs.pricing import standing_charge
+from gateway.timeutil import iso, parse_iso
+
+DEFAULT_WINDOW = timedelta(days=7)
+MIN_OBSERVED = timedelta(hours=6)  # less history than this says nothing about a day
+_DAY = timedelta(days=1)
+
+
+def daily_energy_wh(
+    conn: sqlite3.Connection, account_id: str, now: datetime, window: timedelta = DEFAULT_WINDOW
+) -> Decimal | None:
+    """Average Wh per day over ``window`` before ``now``, over the time the meters were actually read."""
+    since = now - window
+    row = conn.execute(
+        "SELECT MIN(r.taken_at) FROM readings r JOIN meters m ON m.id = r.meter_id WHERE m.account_id = ? "
+        "AND r.outcome IN ('baseline', 'charged') AND r.taken_at <= ?",
+        (account_id, iso(now)),
+    ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    observed_from = max(parse_iso(row[0]), since)
+    observed = now - observed_from
+    if observed < MIN_OBSERVED:
+        return None
+    energy = conn.execute(
+        "SELECT COALESCE(SUM(energy_wh), 0) FROM entries WHERE account_id = ? AND kind = 'charge' "
+        "AND created_at > ? AND created_at <= ?",
+        (account_id, iso(since), iso(now)),
+    ).fetchone()[0]
+    return Decimal(int(energy)) * Decimal(86400) / Decimal(int(observed.total_seconds()) or 1)
+
+
+def cost_per_day(
+    conn: sqlite3.Connection, book: TariffBook, account_id: str, now: datetime, energy_per_day_wh: Decimal
+) -> Decimal:
+    """Exact cost (major units) of one more day at this consumption, from ``now``, plus today's standing."""
+    tariff_id = conn.execute("SELECT tariff_id FROM accounts WHERE id = ?", (account_id,)).fetchone()
+    if tariff_id is None:
+        raise LookupError(f"no account '{account_id}'")
+    tariff = book.get(tariff_id[0])
+    wh = int(energy_per_day_wh.to_integral_value(rounding=ROUND_HALF_EVEN))
+    lines = book.pricer(conn)(account_id, now, now + _DAY, wh, None) if wh > 0 else []
+    cost = sum((line.amount for line in lines), Decimal(0))
+    try:
+        standing = standing_charge(tariff, now.astimezone(tariff.version_at(now).zone).date())
+    except LookupError:
+        standing = None
+    return cost + (standing.amount if standing is not None else Decimal(0))
+
+
+def days_of_credit_left(
+    conn: sqlite3.Connection,
+    book: TariffBook,
+    account_id: str,
+    credit_minor: int,
+    now: datetime,
+    *,
+    minor_digits: int = 2,
+    window: timedelta = DEFAULT_WINDOW,
+) -> Decimal | None:
+    """Days ``credit_minor`` lasts at recent consumption under the current tariff (None: no basis)."""
+    energy = daily_energy_wh(conn, account_id, now, window)
+    per_day = cost_per_day(conn, book, account_id, now, energy if energy is not None else Decimal(0))
+    if per_day <= 0:
+        return None
+    if credit_minor <= 0:
+        return Decimal(0)
+    credit = Decimal(credit_minor).scaleb(-minor_digits)
+    return (credit / per_day).quantize(Decimal("0.1"), rounding=ROUND_DOWN)

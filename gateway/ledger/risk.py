@@ -1,0 +1,128 @@
+"""Risk grade per account: the founding paper's three warning levels, from data the ledger holds.
+
+The rule (defaults below; every number configurable through ``RiskRule``, loaded strictly from
+``risk.toml`` beside the gateway configuration when present):
+
+1. **Days of credit left** gives the base grade: at or below 14 days → 1, 7 → 2, 3 → 3 (no forecast
+   possible → 0).  A balance below zero (emergency credit or arrears) is grade 3.
+2. **Payment history** raises it by one: no payment in the last 30 days on an account older than that.
+3. **Consumption change** raises it by one: daily energy over the last 7 days at least 50 % above the
+   daily energy of the 28 days before (credit will run out faster than the customer is used to).
+
+The grade is capped at 3; 0 means no warning.  ``grade`` is pure and returns its reasons, which the
+settlement job stores in the audit log when a grade changes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from drivers.tomlsource import load_model
+from gateway.timeutil import iso, parse_iso
+
+
+class RiskRule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # base grade 1, 2, 3 at or below these days of credit left (must not increase)
+    days_left: tuple[Decimal, Decimal, Decimal] = (Decimal(14), Decimal(7), Decimal(3))
+    no_payment_days: int = Field(default=30, ge=1)
+    recent_days: int = Field(default=7, ge=1)
+    baseline_days: int = Field(default=28, ge=1)
+    consumption_rise: Decimal = Field(default=Decimal("0.5"), ge=0)
+    negative_balance_grade: int = Field(default=3, ge=0, le=3)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RiskRule:
+        if list(self.days_left) != sorted(self.days_left, reverse=True):
+            raise ValueError(f"days_left must not increase from grade 1 to grade 3 (got {self.days_left})")
+        return self
+
+
+def load_risk_rule(path: Path) -> RiskRule:
+    """The rule from ``path`` when it exists (one-line ``TomlError`` on a mistake), else the defaults."""
+    return load_model(path, RiskRule) if path.is_file() else RiskRule()
+
+
+@dataclass(frozen=True)
+class RiskInputs:
+    balance_minor: int
+    days_left: Decimal | None
+    account_age_days: Decimal
+    days_since_payment: Decimal | None  # None: never paid
+    recent_wh_per_day: Decimal | None
+    baseline_wh_per_day: Decimal | None
+
+
+def grade(inputs: RiskInputs, rule: RiskRule) -> tuple[int, list[str]]:
+    """The account's grade 0–3 and the reasons for it."""
+    reasons: list[str] = []
+    g = 0
+    if inputs.days_left is not None:
+        for level, limit in enumerate(rule.days_left, start=1):
+            if inputs.days_left <= limit:
+                g = level
+        if g:
+            reasons.append(f"{inputs.days_left} days of credit left (grade {g})")
+    if inputs.balance_minor < 0 and rule.negative_balance_grade > g:
+        g = rule.negative_balance_grade
+        reasons.append(f"balance below zero ({inputs.balance_minor}) (grade {g})")
+    stale = inputs.days_since_payment is None or inputs.days_since_payment > rule.no_payment_days
+    if stale and inputs.account_age_days > rule.no_payment_days:
+        g += 1
+        reasons.append(f"no payment in {rule.no_payment_days} days (+1)")
+    recent, base = inputs.recent_wh_per_day, inputs.baseline_wh_per_day
+    if recent is not None and base is not None and base > 0 and recent >= base * (1 + rule.consumption_rise):
+        g += 1
+        reasons.append(f"consumption up from {base:.0f} to {recent:.0f} Wh/day (+1)")
+    return min(g, 3), reasons
+
+
+def _wh_per_day(conn: sqlite3.Connection, account_id: str, start: datetime, end: datetime) -> Decimal | None:
+    first = conn.execute(
+        "SELECT MIN(r.taken_at) FROM readings r JOIN meters m ON m.id = r.meter_id WHERE m.account_id = ? "
+        "AND r.outcome IN ('baseline', 'charged')",
+        (account_id,),
+    ).fetchone()[0]
+    if first is None or parse_iso(first) > start:
+        return None  # the meters were not read for the whole span: no fair comparison
+    energy = conn.execute(
+        "SELECT COALESCE(SUM(energy_wh), 0) FROM entries WHERE account_id = ? AND kind = 'charge' "
+        "AND created_at > ? AND created_at <= ?",
+        (account_id, iso(start), iso(end)),
+    ).fetchone()[0]
+    return Decimal(int(energy)) / _days(end - start)
+
+
+def risk_inputs(
+    conn: sqlite3.Connection, account_id: str, now: datetime, days_left: Decimal | None, rule: RiskRule
+) -> RiskInputs:
+    row = conn.execute(
+        "SELECT balance_minor, created_at FROM accounts WHERE id = ?", (account_id,)
+    ).fetchone()
+    if row is None:
+        raise LookupError(f"no account '{account_id}'")
+    paid = conn.execute(
+        "SELECT MAX(received_at) FROM payments WHERE account_id = ?", (account_id,)
+    ).fetchone()[0]
+    recent_start = now - timedelta(days=rule.recent_days)
+    return RiskInputs(
+        balance_minor=int(row[0]),
+        days_left=days_left,
+        account_age_days=_days(now - parse_iso(row[1])),
+        days_since_payment=None if paid is None else _days(now - parse_iso(paid)),
+        recent_wh_per_day=_wh_per_day(conn, account_id, recent_start, now),
+        baseline_wh_per_day=_wh_per_day(
+            conn, account_id, recent_start - timedelta(days=rule.baseline_days), recent_start
+        ),
+    )
+
+
+def _days(delta: timedelta) -> Decimal:
+    return Decimal(int(delta.total_seconds())) / 86400
