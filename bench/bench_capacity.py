@@ -1,0 +1,199 @@
+"""Capacity: one gateway polling 2,000 meters on 8 simulated 9600-baud DL/T 645 buses at 60 s.
+
+The fleet simulator runs in its own process (``python -m simulators.fleet``) and serves each bus on TCP
+with line-speed pacing; the gateway is a real ``pmg run`` in another process; a private Mosquitto takes
+its outbox when one is installed.  Only the gateway's CPU is counted (``/proc/PID/stat``), as a share of
+one core over the measuring window (after a warm-up), with its peak RSS (``VmHWM``) over the whole run.
+Targets: <= 10 % of one core, <= 150 MB.  The ratio printed is against the target (figure / target);
+an idle ``pmg run`` with the same buses and no meters is measured in the same run and shown beside it.
+
+Also reported: polls achieved per meter per minute against the configured rate, because a bus that
+cannot carry its meters at the interval makes the gateway look cheaper than it would be.
+
+    .venv/bin/python -m bench.bench_capacity [--minutes 10] [--meters 2000] [--buses 8] [--no-broker]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import subprocess
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.common import REPO, CpuWindow, Result, emit, memory_kib, python_module, stop_process
+from simulators.mosquitto import Mosquitto, mosquitto_binary
+
+CPU_TARGET = 0.10
+RSS_TARGET_MB = 150
+
+
+@dataclass
+class Measured:
+    cpu_share: float
+    peak_rss_mb: float
+    polls_ok: int
+    polls_failed: int
+    meters_polled: int
+    window_s: float
+
+
+def fleet_file(path: Path, *, meters: int, buses: int, baud: int, delay_ms: float, interval_s: float) -> Path:
+    per_bus, extra = divmod(meters, buses)
+    parts = ['speed = 1.0\n[gateway]\ngateway_id = "gw-capacity"\npreset = "generic"\n']
+    for b in range(buses):
+        n = per_bus + (1 if b < extra else 0)
+        parts.append(
+            f'\n[[buses]]\nid = "bus{b + 1}"\nprotocol = "dlt645"\nserve = "tcp"\nbaud = {baud}\n'
+            f"response_delay_ms = {delay_ms}\nmeters = {n}\nstart_address = {b * 1000 + 1}\n"
+            f"poll_interval_s = {interval_s}\n"
+        )
+    path.write_text("".join(parts))
+    return path
+
+
+def wait_for_line(log: Path, prefix: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and any(line.startswith(prefix) for line in log.read_text().splitlines()):
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited ({proc.returncode}): {log.read_text()[-2000:]}")
+        time.sleep(0.1)
+    raise RuntimeError(f"no '{prefix}' line in {log} within {timeout} s")
+
+
+def count_polls(db: Path, since: str) -> tuple[int, int, int]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        ok, failed, meters = conn.execute(
+            "SELECT SUM(quality = 'ok'), SUM(quality != 'ok'), COUNT(DISTINCT meter_id) FROM readings "
+            "WHERE taken_at >= ?",
+            (since,),
+        ).fetchone()
+    finally:
+        conn.close()
+    return int(ok or 0), int(failed or 0), int(meters or 0)
+
+
+def run_gateway(config: Path, workdir: Path, name: str, *, warmup_s: float, window_s: float) -> Measured:
+    """Start ``pmg run``, let it warm up, measure its CPU over ``window_s``, stop it."""
+    log = workdir / f"{name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            python_module("gateway.cli.main", "run", "-c", str(config)), cwd=REPO, stdout=out, stderr=out
+        )
+    try:
+        wait_for_line(log, "INFO pmg.daemon started", proc, timeout=120)
+        time.sleep(warmup_s)  # a fixed measuring schedule, not waiting for state
+        since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        window = CpuWindow(proc.pid).start()
+        time.sleep(window_s)
+        share = window.share()
+        _rss, peak = memory_kib(proc.pid)
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited during the run: {log.read_text()[-2000:]}")
+    finally:
+        stop_process(proc)
+    db = Path(next(line.split('"')[1] for line in config.read_text().splitlines() if line.startswith("database")))
+    ok, failed, meters = count_polls(db, since) if db.exists() else (0, 0, 0)
+    return Measured(share, peak / 1024, ok, failed, meters, window_s)
+
+
+def without_meters(config: Path, out: Path, db: Path) -> Path:
+    """The same gateway configuration with its buses but no meters (the idle baseline)."""
+    head = config.read_text().split("\n[[meters]]", 1)[0]
+    lines = [f'database = "{db}"' if line.startswith("database") else line for line in head.splitlines()]
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=10.0, help="measuring window (the full run is 10)")
+    ap.add_argument("--meters", type=int, default=2000)
+    ap.add_argument("--buses", type=int, default=8)
+    ap.add_argument("--baud", type=int, default=9600)
+    ap.add_argument("--interval", type=float, default=60.0, help="poll interval in seconds")
+    ap.add_argument("--response-delay-ms", type=float, default=20.0)
+    ap.add_argument("--warmup", type=float, default=20.0, help="seconds before the CPU window opens")
+    ap.add_argument("--idle-seconds", type=float, default=30.0, help="idle baseline window")
+    ap.add_argument("--no-broker", action="store_true", help="no Mosquitto (the outbox only buffers)")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="pmg-capacity-") as tmp, ExitStack() as stack:
+        work = Path(tmp)
+        broker_port = None
+        if not args.no_broker and mosquitto_binary() is not None:
+            broker = Mosquitto(work / "broker").start()
+            stack.callback(broker.stop)
+            broker_port = broker.port
+        fleet_cfg = fleet_file(
+            work / "fleet.toml",
+            meters=args.meters,
+            buses=args.buses,
+            baud=args.baud,
+            delay_ms=args.response_delay_ms,
+            interval_s=args.interval,
+        )
+        gw_cfg = work / "gw.toml"
+        fleet_log = work / "fleet.log"
+        fleet_argv = ["--config", str(fleet_cfg), "--write-gateway-config", str(gw_cfg)]
+        fleet_argv += ["--database", str(work / "gw.db")]
+        if broker_port is not None:
+            fleet_argv += ["--mqtt-port", str(broker_port)]
+        with fleet_log.open("wb") as out:
+            fleet = subprocess.Popen(
+                python_module("simulators.fleet", *fleet_argv), cwd=REPO, stdout=out, stderr=out
+            )
+        stack.callback(stop_process, fleet)
+        wait_for_line(fleet_log, "ready", fleet, timeout=60)
+
+        idle_cfg = without_meters(gw_cfg, work / "idle.toml", work / "idle.db")
+        idle = run_gateway(idle_cfg, work, "idle", warmup_s=5, window_s=args.idle_seconds)
+        loaded = run_gateway(gw_cfg, work, "loaded", warmup_s=args.warmup, window_s=args.minutes * 60)
+
+    expected = args.meters * loaded.window_s / args.interval
+    rate = loaded.polls_ok / expected if expected else 0.0
+    print(
+        f"gateway, {args.meters} meters on {args.buses} x {args.baud}-baud DL/T 645 buses at {args.interval:.0f} s, "
+        f"{loaded.window_s / 60:.1f} min window after {args.warmup:.0f} s warm-up, broker "
+        f"{'on' if broker_port else 'off'}:"
+    )
+    print(f"  CPU {loaded.cpu_share * 100:.2f} % of one core (target <= {CPU_TARGET * 100:.0f} %); "
+          f"idle pmg run {idle.cpu_share * 100:.2f} %")
+    print(f"  peak RSS {loaded.peak_rss_mb:.1f} MB (target <= {RSS_TARGET_MB} MB); idle {idle.peak_rss_mb:.1f} MB")
+    print(
+        f"  polls ok {loaded.polls_ok}, failed {loaded.polls_failed}, meters polled {loaded.meters_polled}; "
+        f"{rate:.2f} of the configured rate ({expected:.0f} polls due)"
+    )
+    note = f"{args.meters} meters/{args.buses} buses, {args.minutes:g} min; polls {rate:.2f} of configured rate"
+    emit(
+        Result(
+            "Capacity: gateway CPU",
+            f"{loaded.cpu_share * 100:.2f} % of one core",
+            f"target 10 % (idle {idle.cpu_share * 100:.2f} %)",
+            loaded.cpu_share / CPU_TARGET,
+            "<= 10 %",
+            loaded.cpu_share <= CPU_TARGET,
+            note,
+        )
+    )
+    emit(
+        Result(
+            "Capacity: gateway peak RSS",
+            f"{loaded.peak_rss_mb:.1f} MB",
+            f"target 150 MB (idle {idle.peak_rss_mb:.1f} MB)",
+            loaded.peak_rss_mb / RSS_TARGET_MB,
+            "<= 150 MB",
+            loaded.peak_rss_mb <= RSS_TARGET_MB,
+            note,
+        )
+    )
+    return 0 if loaded.cpu_share <= CPU_TARGET and loaded.peak_rss_mb <= RSS_TARGET_MB else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
