@@ -62,16 +62,29 @@ def test_payment_on_emergency_credit_with_debt_says_where_the_money_went(tmp_pat
     store = new_ledger(tmp_path / "l.db", emergency_minor=500)
     with store.tx() as conn:
         post_adjustment(conn, "adj-1", "acc1", -300, T0, reason="used emergency credit", actor="test")
-        assert add_debt(conn, "debt-1", "acc1", 10_000, T0, reason="old supplier", actor="hq", share=Decimal("0.25"))
+        assert add_debt(
+            conn, "debt-1", "acc1", 10_000, T0, reason="old supplier", actor="hq", share=Decimal("0.25")
+        )
         result = apply_payment(conn, "pay-1", "acc1", 1000, T0, source="test")
     assert (result.emergency_repayment_minor, result.arrears_repayment_minor) == (300, 0)
     assert (result.debt_recovery_minor, result.credit_minor) == (175, 525)
     assert result.balance_minor == 525 == balance_minor(store.conn, "acc1")
     assert result.debt_minor == 9825
-    kinds = [(r["kind"], r["amount_minor"], r["debt_minor"]) for r in store.all("SELECT * FROM entries ORDER BY id")]
-    assert kinds == [("adjustment", -300, 0), ("debt", 0, 10_000), ("payment", 1000, 0), ("debt_recovery", -175, -175)]
+    kinds = [
+        (r["kind"], r["amount_minor"], r["debt_minor"])
+        for r in store.all("SELECT * FROM entries ORDER BY id")
+    ]
+    assert kinds == [
+        ("adjustment", -300, 0),
+        ("debt", 0, 10_000),
+        ("payment", 1000, 0),
+        ("debt_recovery", -175, -175),
+    ]
     event = store.one("SELECT detail_json FROM events WHERE kind = 'payment_applied'")
-    assert '"debt_recovery":"1.75"' in event["detail_json"] and '"emergency_repayment":"3.00"' in event["detail_json"]
+    assert (
+        '"debt_recovery":"1.75"' in event["detail_json"]
+        and '"emergency_repayment":"3.00"' in event["detail_json"]
+    )
     assert verify(store) == []
 
     before = _dump(store)

@@ -66,7 +66,12 @@ def new_ledger(
     with store.tx() as conn:
         for account_id, tariff in accounts:
             ensure_account(
-                conn, account_id, tariff_id=tariff, currency="CNY", now=now, emergency_credit_minor=emergency_minor
+                conn,
+                account_id,
+                tariff_id=tariff,
+                currency="CNY",
+                now=now,
+                emergency_credit_minor=emergency_minor,
             )
         for i, (meter_id, account_id) in enumerate(meters):
             ensure_meter(
