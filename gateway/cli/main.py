@@ -8,7 +8,6 @@ problem); 2 bad input (arguments, configuration, a file); 3 another pmg already 
 from __future__ import annotations
 
 import importlib
-import logging
 import sqlite3
 import sys
 from typing import Any
@@ -33,6 +32,8 @@ class PmgGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a malformed argument: one line, not click's usage block
+            _fail(exc.format_message(), EXIT_USAGE)
         except TomlError as exc:
             _fail(str(exc), EXIT_USAGE)
         except AlreadyRunning as exc:
@@ -63,8 +64,9 @@ def cli(verbose: int) -> None:
     Polls DL/T 645 and Modbus meters, keeps an exact prepaid ledger, enforces pay-before-use within
     the law, and syncs with the head office over MQTT.  `pmg demo` shows it all on simulated meters.
     """
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    from gateway.logfmt import setup_logging
+
+    setup_logging(verbose)  # key=value lines; under systemd with journald priorities
 
 
 def _register() -> None:
