@@ -23,9 +23,9 @@ from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.store.db import Store
 from gateway.sync.signing import generate_key, key_id_for, public_key_b64, sign_command
-from gateway.timeutil import iso
+from gateway.timeutil import ScaledClock, iso
 from simulators.dlt645 import SimulatedDlt645Bus
-from simulators.model import LoadProfile, MeterModel
+from simulators.model import FastClock, LoadProfile, MeterModel
 
 HQ_KEY = generate_key()
 HQ_KEY_ID = key_id_for(HQ_KEY.public_key())
@@ -89,10 +89,23 @@ class Running:
 
 @asynccontextmanager
 async def running_gateway(
-    tmp_path: Path, mqtt_port: int, *, meters: int = 2, extra: str = "", poll_s: float = 3600.0
+    tmp_path: Path,
+    mqtt_port: int,
+    *,
+    meters: int = 2,
+    extra: str = "",
+    poll_s: float = 3600.0,
+    speed: float = 1.0,
 ) -> AsyncIterator[Running]:
-    """A gateway with ``meters`` simulated meters (accounts acc1..accN), command keys and a broker."""
-    models = [MeterModel(f"{i:012d}", profile=LoadProfile((500,))) for i in range(1, meters + 1)]
+    """A gateway with ``meters`` simulated meters (accounts acc1..accN), command keys and a broker.
+
+    ``speed`` > 1 runs the gateway's and the meters' clocks that much faster (energy accrues fast).
+    """
+    clock = ScaledClock(speed)
+    models = [
+        MeterModel(f"{i:012d}", clock=FastClock(speed, start=clock.epoch()), profile=LoadProfile((500,)))
+        for i in range(1, meters + 1)
+    ]
     sim = SimulatedDlt645Bus(models, baud=9600, response_delay_s=0.002)
     port = sim.start_pty()
     body = base_config(tmp_path / "pmg.db", mqtt_port=mqtt_port) + keys_toml() + extra
@@ -103,7 +116,7 @@ async def running_gateway(
             'tariff = "flat-cn"\n'
         )
     cfg_path = write_config(tmp_path / "gw.toml", body)
-    gateway = Gateway(cfg_path, load_config(cfg_path))
+    gateway = Gateway(cfg_path, load_config(cfg_path), clock=clock)
     try:
         await gateway.start()
         try:
