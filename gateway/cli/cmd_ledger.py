@@ -1,9 +1,11 @@
-"""Ledger commands: ``pmg ledger verify``, ``pmg balance``, ``pmg payment add``."""
+"""Ledger commands: ``pmg ledger verify|debt|adjust``, ``pmg balance``, ``pmg payment add``, and the
+technician's resolution of quarantined meters, ``pmg meter replace|accept-reading``."""
 
 from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -17,6 +19,22 @@ def register(cli: click.Group) -> None:
     cli.add_command(ledger)
     cli.add_command(balance)
     cli.add_command(payment)
+    attach_meter_commands(cli)
+
+
+def attach_meter_commands(cli: click.Group) -> None:
+    """Add ``accept-reading`` and ``replace`` to the ``pmg meter`` group, whoever defines the group.
+
+    ``cmd_ops`` defines ``pmg meter show``; registration order must not decide which subcommands
+    exist, so this merges into an existing group and is safe to call twice (``cmd_reports`` calls it
+    again after every core module has registered).
+    """
+    existing = cli.commands.get("meter")
+    if isinstance(existing, click.Group) and existing is not meter:
+        for name, command in meter.commands.items():
+            existing.add_command(command, name)
+    elif existing is None:
+        cli.add_command(meter)
 
 
 @click.group()
@@ -29,8 +47,8 @@ def ledger() -> None:
 @json_option
 def ledger_verify(config_path: Path, as_json: bool) -> None:
     """Recompute balances and charges from the append-only entries; exit 1 on any mismatch."""
-    with opened_store(config_path, readonly=True) as (_cfg, store):
-        problems = verify(store)
+    with opened_store(config_path, readonly=True) as (cfg, store):
+        problems = verify(store, cfg.minor_digits)
         counts = {
             "accounts": store.scalar("SELECT COUNT(*) FROM accounts"),
             "entries": store.scalar("SELECT COUNT(*) FROM entries"),
@@ -144,6 +162,11 @@ def payment_add(
         "amount": format_money(minor, cfg.minor_digits),
         "balance": format_money(result.balance_minor, cfg.minor_digits),
         "replayed": result.replayed,
+        "emergency_repayment": format_money(result.emergency_repayment_minor, cfg.minor_digits),
+        "arrears_repayment": format_money(result.arrears_repayment_minor, cfg.minor_digits),
+        "debt_recovery": format_money(result.debt_recovery_minor, cfg.minor_digits),
+        "credit": format_money(result.credit_minor, cfg.minor_digits),
+        "debt_outstanding": format_money(result.debt_minor, cfg.minor_digits),
     }
     if as_json:
         emit_json(out)
@@ -151,4 +174,200 @@ def payment_add(
         click.echo(
             f"{'already applied' if result.replayed else 'applied'}: {out['amount']} to {account}, "
             f"balance {out['balance']} (payment {result.payment_id})"
+        )
+        click.echo(
+            f"  split: emergency credit repaid {out['emergency_repayment']}, arrears repaid "
+            f"{out['arrears_repayment']}, debt recovery {out['debt_recovery']}, credit {out['credit']}; "
+            f"debt outstanding {out['debt_outstanding']}"
+        )
+
+
+@ledger.command("debt")
+@config_option
+@click.argument("account")
+@click.argument("amount")
+@click.option("--id", "debt_id", help="Debt id (idempotence key; default: a new UUID).")
+@click.option("--share", help="Share of each later top-up recovered towards the debt, e.g. 0.25.")
+@click.option("--reason", required=True, help="Why the customer owes this (audited).")
+@click.option("--actor", required=True, help="Who records it (audited).")
+def ledger_debt(
+    config_path: Path,
+    account: str,
+    amount: str,
+    debt_id: str | None,
+    share: str | None,
+    reason: str,
+    actor: str,
+) -> None:
+    """Record a debt of AMOUNT owed by ACCOUNT outside its balance, recovered from its top-ups."""
+    from gateway.ledger.credit import add_debt, parse_share
+    from gateway.timeutil import system_clock
+
+    with opened_store(config_path) as (cfg, store):
+        minor = parse_money(amount, cfg.minor_digits)
+        with store.tx() as conn:
+            applied = add_debt(
+                conn,
+                debt_id or str(uuid.uuid4()),
+                account,
+                minor,
+                system_clock(),
+                reason=reason,
+                actor=actor,
+                share=parse_share(share) if share is not None else None,
+                minor_digits=cfg.minor_digits,
+            )
+            total = conn.execute("SELECT debt_minor FROM accounts WHERE id = ?", (account,)).fetchone()[0]
+    click.echo(
+        f"{'recorded' if applied else 'already recorded'}: debt {format_money(minor, cfg.minor_digits)} on "
+        f"{account}, outstanding {format_money(total, cfg.minor_digits)}"
+    )
+
+
+@ledger.command("adjust")
+@config_option
+@click.argument("account")
+@click.argument("amount")
+@click.option("--id", "adjustment_id", help="Adjustment id (idempotence key; default: a new UUID).")
+@click.option("--reason", required=True, help="Why (audited).")
+@click.option("--actor", required=True, help="Who (audited).")
+def ledger_adjust(
+    config_path: Path, account: str, amount: str, adjustment_id: str | None, reason: str, actor: str
+) -> None:
+    """Correct ACCOUNT's balance by a signed AMOUNT (refund "12.00", correction "-3.50")."""
+    from gateway.ledger.credit import post_adjustment
+    from gateway.timeutil import system_clock
+
+    with opened_store(config_path) as (cfg, store):
+        minor = parse_money(amount, cfg.minor_digits)
+        with store.tx() as conn:
+            applied = post_adjustment(
+                conn,
+                adjustment_id or str(uuid.uuid4()),
+                account,
+                minor,
+                system_clock(),
+                reason=reason,
+                actor=actor,
+                minor_digits=cfg.minor_digits,
+            )
+        bal = balance_minor(store.conn, account)
+    click.echo(
+        f"{'applied' if applied else 'already applied'}: {format_money(minor, cfg.minor_digits)} to {account}, "
+        f"balance {format_money(bal, cfg.minor_digits)}"
+    )
+
+
+@click.group()
+def meter() -> None:
+    """Resolve a meter whose reading was quarantined (each decision audited)."""
+
+
+def _pricer_for(cfg: Any, config_path: Path, store: Any, meter_id: str) -> tuple[Any, int]:
+    from gateway.daemon import build_components
+
+    modulus = next((m.register_modulus_wh for m in cfg.meters if m.id == meter_id), 1_000_000_000)
+    return build_components(cfg, config_path, store).book, modulus
+
+
+@meter.command("accept-reading")
+@config_option
+@click.argument("meter_id", metavar="METER")
+@click.option("--charge", "mode", flag_value="charge", help="The reading was real: charge up to it.")
+@click.option(
+    "--rebaseline", "mode", flag_value="rebaseline", help="The register was reset: restart from it."
+)
+@click.option("--reason", required=True, help="What the technician found (audited).")
+@click.option("--actor", required=True, help="Who decides (audited).")
+@json_option
+def meter_accept(
+    config_path: Path, meter_id: str, mode: str | None, reason: str, actor: str, as_json: bool
+) -> None:
+    """Resolve METER's quarantined reading: --charge it or --rebaseline on it."""
+    from gateway.ledger.quarantine import accept_reading
+    from gateway.timeutil import system_clock
+
+    if mode is None:
+        raise click.UsageError("say --charge or --rebaseline")
+    with opened_store(config_path) as (cfg, store):
+        book, modulus = _pricer_for(cfg, config_path, store, meter_id)
+        with store.tx() as conn:
+            res = accept_reading(
+                conn,
+                meter_id,
+                "charge" if mode == "charge" else "rebaseline",
+                book.pricer(conn),
+                system_clock(),
+                reason=reason,
+                actor=actor,
+                register_modulus_wh=modulus,
+                minor_digits=cfg.minor_digits,
+            )
+    out = {
+        "meter": meter_id,
+        "action": res.action,
+        "reading_id": res.reading_id,
+        "charged_wh": res.delta_wh,
+        "charge": format_money(res.charge_minor, cfg.minor_digits),
+    }
+    if as_json:
+        emit_json(out)
+    else:
+        click.echo(
+            f"{meter_id}: reading {res.reading_id} {'charged' if res.action == 'charge' else 'taken as new baseline'}"
+            f" ({res.delta_wh} Wh, {out['charge']} {cfg.currency})"
+        )
+
+
+@meter.command("replace")
+@config_option
+@click.argument("meter_id", metavar="METER")
+@click.option(
+    "--final-register",
+    "final_wh",
+    type=click.IntRange(min=0),
+    required=True,
+    help="The old meter's final import register in Wh (read off its display).",
+)
+@click.option("--new-address", required=True, help="The new meter's address.")
+@click.option("--reason", required=True, help="Why it was replaced (audited).")
+@click.option("--actor", required=True, help="Who replaced it (audited).")
+@json_option
+def meter_replace(
+    config_path: Path, meter_id: str, final_wh: int, new_address: str, reason: str, actor: str, as_json: bool
+) -> None:
+    """Charge METER up to the old device's final register and point it at the new device.
+
+    Also change the meter's address in the configuration file (then reload the daemon): the daemon
+    polls the address the configuration names.
+    """
+    from gateway.ledger.quarantine import replace_meter
+    from gateway.timeutil import system_clock
+
+    with opened_store(config_path) as (cfg, store):
+        book, _ = _pricer_for(cfg, config_path, store, meter_id)
+        with store.tx() as conn:
+            res = replace_meter(
+                conn,
+                meter_id,
+                final_wh,
+                new_address,
+                book.pricer(conn),
+                system_clock(),
+                reason=reason,
+                actor=actor,
+                minor_digits=cfg.minor_digits,
+            )
+    out = {
+        "meter": meter_id,
+        "new_address": new_address,
+        "charged_wh": res.delta_wh,
+        "charge": format_money(res.charge_minor, cfg.minor_digits),
+    }
+    if as_json:
+        emit_json(out)
+    else:
+        click.echo(
+            f"{meter_id}: final {res.delta_wh} Wh charged ({out['charge']} {cfg.currency}); now address "
+            f"{new_address}, baseline at its first reading. Update the address in the configuration and reload."
         )
