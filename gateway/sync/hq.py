@@ -65,6 +65,16 @@ class SeqTracker:
         self._floor[gateway_id] = floor
         return True
 
+    def skip(self, gateway_id: str, ranges: list[list[int]]) -> None:
+        """Seqs the gateway announced it coalesced (superseded snapshots): not gaps, not duplicates."""
+        for lo, hi in ranges:
+            for seq in range(lo, hi + 1):
+                if gateway_id in self._floor and (
+                    seq <= self._floor[gateway_id] or seq in self._above[gateway_id]
+                ):
+                    continue
+                self.accept(gateway_id, seq)
+
     def start_at(self, gateway_id: str, first_seq: int) -> None:
         """Declare where this gateway's history begins for us (e.g. 1 for a new gateway)."""
         self._floor.setdefault(gateway_id, first_seq - 1)
@@ -222,6 +232,8 @@ class HqConsumer:
         """Accept one message (also the seam for tests without a broker)."""
         with self._lock:
             new = True if seq is None else self.tracker.accept(gateway_id, seq)
+            if new and topic == "events" and body.get("kind") == "outbox_coalesced":
+                self.tracker.skip(gateway_id, body.get("detail", {}).get("seq_ranges", []))
             if self.store is not None:
                 stored = self.store.add(gateway_id, topic, seq, json.dumps(body, separators=(",", ":")))
                 new = new and stored

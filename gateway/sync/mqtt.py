@@ -39,6 +39,7 @@ CommandHandler = Callable[[str, bytes], Awaitable[object]]
 
 SESSION_EXPIRY_S = 7 * 24 * 3600  # keep our command subscription a week while we are offline
 WINDOW = 200  # messages published but not yet acknowledged
+BOUND_CHECK_S = 10.0  # how often the backlog bound is enforced (a COUNT on an index)
 
 
 @dataclass
@@ -51,6 +52,8 @@ class LinkStats:
     published: int = 0
     acknowledged: int = 0
     last_ack_at: str | None = None
+    backlog: int = 0  # undelivered messages at the last bound check
+    coalesced: int = 0  # superseded state snapshots removed to keep the backlog under its bound
 
 
 class MqttLink:
@@ -88,6 +91,7 @@ class MqttLink:
         self._handlers: set[asyncio.Future[Any]] = set()
         self._tls_context: ssl.SSLContext | None = None
         self._probing = False
+        self._bound_checked = -BOUND_CHECK_S
 
     # -- paho setup --------------------------------------------------------------------------
     def _path(self, value: str) -> str:
@@ -269,6 +273,7 @@ class MqttLink:
 
     async def _pump(self) -> None:
         self._flush_acks()
+        self._check_bound()
         client = self._client
         if client is None or not self.stats.connected:
             return
@@ -284,6 +289,23 @@ class MqttLink:
             self._inflight[info.mid] = msg.seq
             self._next_after = msg.seq
             self.stats.published += 1
+
+    def _check_bound(self) -> None:
+        """The backlog grows while the broker is away: keep it bounded (never dropping billing)."""
+        now_mono = time.monotonic()
+        if now_mono - self._bound_checked < BOUND_CHECK_S:
+            return
+        self._bound_checked = now_mono
+        result = outbox.enforce_bound(self.store, self.cfg.max_backlog_messages, self.clock())
+        self.stats.backlog = result.pending
+        if result.coalesced or result.over:
+            self.stats.coalesced += result.coalesced
+            log.warning(
+                "outbox backlog=%d bound=%d coalesced=%d",
+                result.pending,
+                self.cfg.max_backlog_messages,
+                result.coalesced,
+            )
 
     def _flush_acks(self) -> None:
         if not self._acked:
