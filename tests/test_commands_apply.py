@@ -188,3 +188,27 @@ def test_read_and_ping(tmp_path: Path, mosquitto: Mosquitto) -> None:
         assert pong["status"] == "applied" and pong["result"]["pong"] is True
 
     _run(tmp_path, mosquitto, body)
+
+
+def test_a_reload_that_rotates_keys_takes_effect_without_restart(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    from test_sync_support import HQ_KEY, HQ_KEY_ID, command
+
+    from gateway.sync.signing import generate_key, key_id_for, public_key_b64, sign_command
+
+    async def body(run: Running) -> None:
+        now = run.gateway.clock()
+        assert (await _handle(run, signed("ping", now)))["status"] == "applied"
+        new = generate_key()
+        new_id = key_id_for(new.public_key())
+        cfg = run.gateway.cfg
+        assert cfg.mqtt is not None
+        mqtt = cfg.mqtt.model_copy(update={"command_keys": {new_id: public_key_b64(new.public_key())}})
+        run.gateway.cfg = cfg.model_copy(update={"mqtt": mqtt})
+        old = await _handle(run, sign_command(command("ping", now), HQ_KEY, HQ_KEY_ID))
+        assert (old["status"], old["code"]) == ("rejected", "unauthenticated")
+        fresh = await _handle(run, sign_command(command("ping", now), new, new_id))
+        assert fresh["status"] == "applied"
+
+    _run(tmp_path, mosquitto, body)

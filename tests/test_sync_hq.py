@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
+from broker import Mosquitto
 from click.testing import CliRunner
+from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.cli.main import cli
 from gateway.sync.hq import HqConsumer, MessageStore, SeqTracker
@@ -20,6 +25,8 @@ from gateway.sync.signing import (
     public_key_b64,
     sign_command,
 )
+
+PMG = str(Path(sys.executable).parent / "pmg")
 
 
 def test_tracker_accepts_in_order_flags_duplicates_and_reports_gaps() -> None:
@@ -88,3 +95,49 @@ def test_keys_generate_and_command_sign_cli(tmp_path: Path) -> None:
     Verifier({lines["key_id"]: lines["public_key"]}).verify(body)
     bad = runner.invoke(cli, ["command", "sign", "-k", str(key_file)], input="{not json")
     assert bad.exit_code == 2 and "not JSON" in bad.output
+
+
+def test_hq_tail_cli_keeps_its_session_deduplicates_and_reports_gaps(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """`pmg hq tail` as a process: messages queued for its session while it was away arrive."""
+    args = [
+        PMG,
+        "hq",
+        "tail",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(mosquitto.port),
+        "--plaintext",
+        "--client-id",
+        "hq-cli",
+        "--store",
+        str(tmp_path / "hq.sqlite"),
+        "--idle-exit",
+        "1",
+    ]
+    first = subprocess.run(args, capture_output=True, timeout=30)  # creates the persistent session
+    assert first.returncode == 0, first.stderr
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="pub", protocol=paho.MQTTv5)
+    client.connect("127.0.0.1", mosquitto.port)
+    client.loop_start()
+    try:
+        for seq in (1, 2, 2, 3, 5):
+            body = {"schema": "pmg.event/1", "gateway_id": "g1", "seq": seq}
+            client.publish("pmg/g1/events", json.dumps(body), qos=1).wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    second = subprocess.run(args, capture_output=True, timeout=30)
+    assert second.returncode == 1, "a gap (seq 4) must fail the run"
+    lines = [json.loads(line) for line in second.stdout.splitlines()]
+    assert [(r["seq"], r["duplicate"]) for r in lines] == [
+        (1, False),
+        (2, False),
+        (2, True),
+        (3, False),
+        (5, False),
+    ]
+    summary = json.loads(second.stderr.decode().strip().splitlines()[-1])["summary"]["g1"]
+    assert summary == {"highest_seq": 5, "gaps": [[4, 4]], "duplicates": 1}

@@ -50,9 +50,19 @@ class CommandProcessor:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        keys = gateway.cfg.mqtt.command_keys if gateway.cfg.mqtt is not None else {}
-        self.verifier = Verifier(keys)
+        self._keys: dict[str, str] = {}
+        self._verifier = Verifier({})
+        self.verifier  # noqa: B018 - a bad key in the configuration fails here, at start
         self._busy: dict[str, asyncio.Lock] = {}
+
+    @property
+    def verifier(self) -> Verifier:
+        """The keys of the *current* configuration: a SIGHUP reload can rotate keys."""
+        mqtt = self.gateway.cfg.mqtt
+        keys = dict(mqtt.command_keys) if mqtt is not None else {}
+        if keys != self._keys:
+            self._verifier, self._keys = Verifier(keys), keys
+        return self._verifier
 
     async def handle(self, kind: str, payload: bytes) -> dict[str, Any]:
         """Process one command and return the ack that was queued or published for it."""
