@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import ipaddress
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -116,7 +117,7 @@ def tls_broker(tmp_path: Path) -> tuple[Mosquitto, Path, Path]:
     broker.stop()
 
 
-async def _connect(cfg: MqttConfig, tmp_path: Path, expect_connected: bool) -> MqttLink:
+async def _connect(cfg: MqttConfig, tmp_path: Path, expect_connected: bool, error: str = "") -> MqttLink:
     store = open_store(tmp_path / f"gw-{expect_connected}.db")
     link = MqttLink(cfg, "gw-tls", store, system_clock)
     task = asyncio.create_task(link.run())
@@ -124,7 +125,7 @@ async def _connect(cfg: MqttConfig, tmp_path: Path, expect_connected: bool) -> M
         if expect_connected:
             await async_wait_for(lambda: link.stats.connected, what="TLS connection")
         else:
-            await async_wait_for(lambda: link.stats.last_error, what="a reported connection error")
+            await async_wait_for(lambda: error in (link.stats.last_error or "\n"), what=f"error {error!r}")
             assert not link.stats.connected
     finally:
         await link.stop(0.5)
@@ -145,7 +146,7 @@ def test_tls_with_a_wrong_ca_refuses_and_says_why(
 ) -> None:
     broker, _, wrong = tls_broker
     cfg = MqttConfig(host="127.0.0.1", port=broker.port, ca_file=str(wrong))
-    link = asyncio.run(_connect(cfg, tmp_path, False))
+    link = asyncio.run(_connect(cfg, tmp_path, False, "certificate verify failed"))
     assert link.stats.connects == 0 and link.stats.connect_failures >= 1
     assert "certificate verify failed" in (link.stats.last_error or ""), link.stats.last_error
 
@@ -167,3 +168,29 @@ def test_plaintext_must_be_explicit_in_the_config(tmp_path: Path) -> None:
     cfg.write_text('gateway_id = "g"\n[mqtt]\nhost = "h"\n')
     mqtt = load_config(cfg).mqtt
     assert mqtt is not None and mqtt.tls and mqtt.port == 8883
+
+
+def test_username_and_password_are_used_and_a_wrong_password_is_reported(tmp_path: Path) -> None:
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "gw-0001", "s3cret"], check=True, timeout=10)
+    broker = Mosquitto(
+        tmp_path / "broker", extra=f"{ROOT_OK}allow_anonymous false\npassword_file {passwd}\n"
+    ).start()
+    try:
+        good = MqttConfig(
+            host="127.0.0.1",
+            port=broker.port,
+            tls=False,
+            allow_plaintext=True,
+            username="gw-0001",
+            password="s3cret",
+        )
+        assert asyncio.run(_connect(good, tmp_path, True)).stats.connects == 1
+        bad = good.model_copy(update={"password": "guess"})
+        link = asyncio.run(_connect(bad, tmp_path / "bad", False, "broker refused connection"))
+        assert link.stats.connects == 0
+        assert (
+            "refused" in (link.stats.last_error or "") and "password" in (link.stats.last_error or "").lower()
+        )
+    finally:
+        broker.stop()

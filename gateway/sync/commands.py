@@ -82,6 +82,11 @@ class CommandProcessor:
         try:
             async with lock:  # the same id twice at once: the second sees the first's result as a replay
                 return await self._authenticated(kind, raw, now)
+        except Exception as exc:  # a fault of ours (database full, a bug): say so, remember nothing
+            log.exception("command failed type=%s id=%s", kind, cmd_id)
+            ack = self._ack(cmd_id, kind, "failed", now, code="error", reason=f"gateway error: {exc}"[:300])
+            self._publish_unstored(ack)
+            return ack
         finally:
             if not lock.locked():
                 self._busy.pop(cmd_id, None)

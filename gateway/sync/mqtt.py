@@ -92,6 +92,9 @@ class MqttLink:
         self._tls_context: ssl.SSLContext | None = None
         self._probing = False
         self._bound_checked = -BOUND_CHECK_S
+        self._refusal: str | None = (
+            None  # the broker's CONNACK refusal: more telling than the disconnect after it
+        )
 
     # -- paho setup --------------------------------------------------------------------------
     def _path(self, value: str) -> str:
@@ -147,7 +150,7 @@ class MqttLink:
 
     def _on_connect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
-            self._call(self._set_error, f"broker refused connection: {reason}")
+            self._call(self._refused, f"broker refused connection: {reason}")
             return
         client.publish(f"{self.prefix}/status", self._status_payload("online"), qos=1, retain=True)
         client.subscribe(f"{self.prefix}/commands/+", qos=1)
@@ -197,16 +200,21 @@ class MqttLink:
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
 
+    def _refused(self, text: str) -> None:
+        self._refusal = text
+        self._set_error(text)
+
     def _set_connected(self, up: bool, reason: str | None = None) -> None:
-        self.stats.connected = up
+        was_up, self.stats.connected = self.stats.connected, up
         if up:
+            self._refusal = None
             self.stats.connects += 1
             self._connected.set()
             log.info("mqtt connected host=%s port=%s", self.cfg.host, self.cfg.port)
         else:
             self._connected.clear()
             self.stats.subscribed = False
-            if reason and not self._stopping:
+            if reason and not self._stopping and (was_up or self._refusal is None):
                 self.stats.last_error = reason
                 log.warning("mqtt disconnected reason=%r", reason)
         # Restart from the oldest undelivered message: what was in flight may be lost.
