@@ -55,15 +55,16 @@ def fleet_file(path: Path, *, meters: int, buses: int, baud: int, delay_ms: floa
     return path
 
 
-def wait_for_line(log: Path, prefix: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+def wait_for_line(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait until a line of ``log`` contains ``text`` (the process must stay alive meanwhile)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if log.exists() and any(line.startswith(prefix) for line in log.read_text().splitlines()):
+        if log.exists() and any(text in line for line in log.read_text().splitlines()):
             return
         if proc.poll() is not None:
             raise RuntimeError(f"process exited ({proc.returncode}): {log.read_text()[-2000:]}")
         time.sleep(0.1)
-    raise RuntimeError(f"no '{prefix}' line in {log} within {timeout} s")
+    raise RuntimeError(f"no line with '{text}' in {log} within {timeout} s")
 
 
 def count_polls(db: Path, since: str) -> tuple[int, int, int]:
@@ -87,7 +88,7 @@ def run_gateway(config: Path, workdir: Path, name: str, *, warmup_s: float, wind
             python_module("gateway.cli.main", "run", "-c", str(config)), cwd=REPO, stdout=out, stderr=out
         )
     try:
-        wait_for_line(log, "INFO pmg.daemon started", proc, timeout=120)
+        wait_for_line(log, "started gateway=", proc, timeout=120)
         time.sleep(warmup_s)  # a fixed measuring schedule, not waiting for state
         since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
         window = CpuWindow(proc.pid).start()
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 python_module("simulators.fleet", *fleet_argv), cwd=REPO, stdout=out, stderr=out
             )
         stack.callback(stop_process, fleet)
-        wait_for_line(fleet_log, "ready", fleet, timeout=60)
+        wait_for_line(fleet_log, "ready:", fleet, timeout=60)
 
         idle_cfg = without_meters(gw_cfg, work / "idle.toml", work / "idle.db")
         idle = run_gateway(idle_cfg, work, "idle", warmup_s=5, window_s=args.idle_seconds)
