@@ -238,6 +238,12 @@ def corpus(now: datetime, applied: dict[str, Any]) -> list[Case]:
             ),
             "invalid",
         ),
+        (
+            "hold until null",
+            "hold",
+            _j(signed("hold", now, op="set", hold_id="h5", kind="weather", reason="x", until=None)),
+            "invalid",
+        ),
         ("clear unknown hold", "hold", _j(signed("hold", now, op="clear", hold_id="never-set")), "invalid"),
         (
             "relay unknown target",

@@ -24,7 +24,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-def _instant(v: str) -> str:
+def _instant(v: str | None) -> str | None:
+    if v is None:
+        return v
     try:
         parse_iso(v)
     except ValueError as exc:
