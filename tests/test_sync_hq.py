@@ -13,6 +13,7 @@ import pytest
 from broker import Mosquitto
 from click.testing import CliRunner
 from paho.mqtt.enums import CallbackAPIVersion
+from waiting import wait_for
 
 from gateway.cli.main import cli
 from gateway.sync.hq import HqConsumer, MessageStore, SeqTracker
@@ -141,3 +142,43 @@ def test_hq_tail_cli_keeps_its_session_deduplicates_and_reports_gaps(
     ]
     summary = json.loads(second.stderr.decode().strip().splitlines()[-1])["summary"]["g1"]
     assert summary == {"highest_seq": 5, "gaps": [[4, 4]], "duplicates": 1}
+
+
+def test_two_consumers_in_a_shared_group_split_the_stream_and_together_have_it_all(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    store_path = tmp_path / "hq.sqlite"
+    got: dict[str, list[int]] = {"a": [], "b": []}
+    consumers = [
+        HqConsumer(
+            "127.0.0.1",
+            mosquitto.port,
+            tls=None,
+            shared_group="hq",
+            client_id=f"hq-{name}",
+            store=MessageStore(store_path),
+            on_received=lambda r, name=name: got[name].append(r.seq or 0),
+        )
+        for name in ("a", "b")
+    ]
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="pub-shared", protocol=paho.MQTTv5)
+    try:
+        for c in consumers:
+            c.start()
+            assert c.subscribed.wait(10)
+        client.connect("127.0.0.1", mosquitto.port)
+        client.loop_start()
+        for seq in range(1, 101):
+            body = {"schema": "pmg.event/1", "gateway_id": "g1", "seq": seq}
+            client.publish("pmg/g1/events", json.dumps(body), qos=1).wait_for_publish(5)
+        wait_for(lambda: len(got["a"]) + len(got["b"]) >= 100, what="all 100 messages")
+        assert got["a"] and got["b"], "a shared subscription should spread the load"
+        assert sorted(got["a"] + got["b"]) == list(range(1, 101))
+        assert consumers[0].store is not None and consumers[0].store.seqs()["g1"] == list(range(1, 101))
+    finally:
+        client.disconnect()
+        client.loop_stop()
+        for c in consumers:
+            c.stop()
+            if c.store is not None:
+                c.store.close()
