@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_policy_properties import CALENDARS, instants, protected_now, rule_sets
@@ -269,13 +270,13 @@ def run(w: dict[str, object]) -> int:
             world.store.close()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(worlds())
 def test_random_histories_through_the_database_stay_lawful(w: dict[str, object]) -> None:
     event(f"trips queued: {min(run(w), 2)}")
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(worlds(drain=True))
 def test_histories_that_run_out_of_credit_cut_only_when_allowed(w: dict[str, object]) -> None:
     event(f"trips queued: {min(run(w), 2)}")
@@ -310,3 +311,10 @@ def test_history_that_reaches_a_cut_is_checked() -> None:
             assert actions == ["trip", "direct_close"]
         finally:
             world.store.close()
+
+
+@pytest.mark.slow
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(worlds(), worlds(drain=True)))
+def test_many_histories(w: dict[str, object]) -> None:
+    run(w)
