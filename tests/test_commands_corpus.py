@@ -293,6 +293,12 @@ def corpus(now: datetime, applied: dict[str, Any]) -> list[Case]:
             "invalid",
         ),
         ("relay clear unknown", "relay", _j(signed("relay", now, op="clear", override_id=999)), "invalid"),
+        (
+            "relay override id beyond SQLite",
+            "relay",
+            _j(signed("relay", now, op="clear", override_id=2**70)),
+            "invalid",
+        ),
         ("read unknown meter", "read", _j(signed("read", now, meter_id="m99")), "invalid"),
         ("ping with extra field", "ping", _j(signed("ping", now, extra=1)), "invalid"),
     ]

@@ -104,7 +104,7 @@ class RelayCmd(Envelope):
     reason: str | None = Field(None, min_length=1, max_length=500)
     until: str | None = None
     allow_protected: bool = False
-    override_id: int | None = Field(None, ge=1)
+    override_id: int | None = Field(None, ge=1, le=2**53)
 
     _u = field_validator("until")(_instant)
 
