@@ -64,6 +64,8 @@ def corpus(now: datetime, applied: dict[str, Any]) -> list[Case]:
         ("json array", "topup", b"[1,2,3]", "malformed"),
         ("json string", "topup", b'"topup"', "malformed"),
         ("json null", "topup", b"null", "malformed"),
+        ("deeply nested", "topup", b"[" * 60000 + b"]" * 60000, "oversized"),
+        ("nested just under the size limit", "topup", b"[" * 30000 + b"]" * 30000, "malformed"),
         ("NaN constant", "topup", _j(good).replace(b'"10.00"', b"NaN"), "malformed"),
         ("invalid utf-8", "topup", b'{"id": "\xff\xfe"}', "malformed"),
         ("oversized", "topup", _j({**good, "pad": "x" * MAX_COMMAND_BYTES}), "oversized"),

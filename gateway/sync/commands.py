@@ -97,7 +97,7 @@ class CommandProcessor:
             raise CommandRejected("oversized", f"{len(payload)} bytes, the limit is {MAX_COMMAND_BYTES}")
         try:
             raw = json.loads(payload.decode("utf-8"), parse_constant=_no_constant)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise CommandRejected("malformed", f"not UTF-8 JSON: {str(exc)[:120]}") from None
         if not isinstance(raw, dict):
             raise CommandRejected("malformed", f"a command is a JSON object, not {type(raw).__name__}")
@@ -250,7 +250,7 @@ def _peek_id(payload: bytes) -> str | None:
     """The command id, if one can be read, so even a rejection of garbage can be correlated."""
     try:
         raw = json.loads(payload[:MAX_COMMAND_BYTES].decode("utf-8", errors="replace"))
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     cmd_id = raw.get("id") if isinstance(raw, dict) else None
     return cmd_id[:128] if isinstance(cmd_id, str) else None
