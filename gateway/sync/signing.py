@@ -33,9 +33,11 @@ class SigningError(ValueError):
 def canonical(command: Mapping[str, Any]) -> bytes:
     """The signed bytes: the command without ``sig``, sorted keys, compact, UTF-8."""
     body = {k: v for k, v in command.items() if k != "sig"}
-    _refuse_floats(body, "")
     try:
+        _refuse_floats(body, "")
         text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except RecursionError:
+        raise SigningError("command is nested too deeply") from None
     except (TypeError, ValueError) as exc:
         raise SigningError(f"command is not plain JSON: {exc}") from None
     return text.encode("utf-8")
