@@ -89,7 +89,13 @@ def outbox_rate(port: int, n: int, workdir: Path) -> float:
         for i in range(n):
             outbox.put(conn, f"meters/m{i % 100}/usage", payload(i), now)
     cfg = MqttConfig.model_validate(
-        {"host": "127.0.0.1", "port": port, "tls": False, "allow_plaintext": True, "client_id": "bench-outbox"}
+        {
+            "host": "127.0.0.1",
+            "port": port,
+            "tls": False,
+            "allow_plaintext": True,
+            "client_id": "bench-outbox",
+        }
     )
     link = MqttLink(cfg, "gw-outbox", store, system_clock)
 
