@@ -3,6 +3,11 @@
 Tariffs come from files under ``tariff_dir`` and from head-office ``tariff`` commands (stored in the
 ``tariffs`` table, so they survive restarts).  The pricing itself is ``gateway.tariffs.pricing`` —
 pure; this module only supplies the account's tariff, the calendar's day types and the cycle usage.
+
+The cycle usage (the account's position in its inclining blocks) is a running counter on the account
+(``cycle_start``, ``cycle_used_wh``): the energy of every priced line that starts in the current cycle.
+A recording pricer (the one that charges) moves it forward; a counter for another cycle falls back to
+summing the entries once (``cycle_usage_wh``).  ``verify`` recomputes it from the charge lines.
 """
 
 from __future__ import annotations
@@ -45,16 +50,22 @@ class TariffBook:
     def day_type(self, local_day: date) -> str:
         return str(self.calendar.day_type(local_day))
 
-    def pricer(self, conn: sqlite3.Connection) -> _Pricer:
-        return _Pricer(self, conn)
+    def pricer(self, conn: sqlite3.Connection, *, record: bool = True) -> _Pricer:
+        """A pricer for one transaction; ``record=False`` for forecasts that charge nothing."""
+        return _Pricer(self, conn, record)
 
 
 class _Pricer:
-    """A ``gateway.ledger.charging.Pricer`` bound to one open transaction."""
+    """A ``gateway.ledger.charging.Pricer`` bound to one open transaction.
 
-    def __init__(self, book: TariffBook, conn: sqlite3.Connection) -> None:
+    With ``record`` every call is taken to be charged (``charge_delta`` prices each delta exactly
+    once, in the transaction that posts it), so the account's cycle counter moves with it.
+    """
+
+    def __init__(self, book: TariffBook, conn: sqlite3.Connection, record: bool = True) -> None:
         self.book = book
         self.conn = conn
+        self.record = record
 
     def __call__(
         self,
@@ -64,14 +75,21 @@ class _Pricer:
         energy_wh: int,
         register_split: Mapping[str, int] | None,
     ) -> Sequence[ChargeLine]:
-        row = self.conn.execute("SELECT tariff_id FROM accounts WHERE id = ?", (account_id,)).fetchone()
+        row = self.conn.execute(
+            "SELECT tariff_id, cycle_start, cycle_used_wh FROM accounts WHERE id = ?", (account_id,)
+        ).fetchone()
         if row is None:
             raise LookupError(f"no account '{account_id}'")
         tariff = self.book.get(row[0])
         version = tariff.version_at(start)
         begins = cycle_start(version, start)
-        used = 0 if begins is None else cycle_usage_wh(self.conn, account_id, begins, start)
-        return price_interval(
+        if begins is None:
+            used = 0
+        elif row[1] == iso(begins):
+            used = int(row[2])
+        else:
+            used = cycle_usage_wh(self.conn, account_id, begins, start)
+        lines = price_interval(
             tariff,
             start,
             end,
@@ -79,6 +97,36 @@ class _Pricer:
             day_type=self.book.day_type,
             cycle_usage_wh=used,
             register_split_wh=register_split if version.tou is not None else None,
+        )
+        if self.record and lines:
+            self._advance(account_id, tariff, lines, begins, used, row[1], int(row[2]))
+        return lines
+
+    def _advance(
+        self,
+        account_id: str,
+        tariff: Tariff,
+        lines: Sequence[ChargeLine],
+        begins: datetime | None,
+        used: int,
+        stored: str | None,
+        stored_used: int,
+    ) -> None:
+        """Move the account's cycle counter forward by these lines (never back to an older cycle)."""
+        last = lines[-1].start
+        key = cycle_start(tariff.version_at(last), last)
+        if key is None:
+            return
+        since = sum(line.energy_wh for line in lines if line.start >= key)
+        stored_at = parse_iso(stored) if stored else None
+        if stored_at is not None and key < stored_at:
+            return  # a late interval of an older cycle: it does not move the current position
+        # same cycle: the counter holds its energy before these lines; a new one: from the entries, or zero
+        before = stored_used if stored_at == key else (used if begins == key else 0)
+        total = before + since
+        self.conn.execute(
+            "UPDATE accounts SET cycle_start = ?, cycle_used_wh = ? WHERE id = ?",
+            (iso(key), total, account_id),
         )
 
 

@@ -62,7 +62,7 @@ def cost_per_day(
         raise LookupError(f"no account '{account_id}'")
     tariff = book.get(tariff_id[0])
     wh = int(energy_per_day_wh.to_integral_value(rounding=ROUND_HALF_EVEN))
-    lines = book.pricer(conn)(account_id, now, now + _DAY, wh, None) if wh > 0 else []
+    lines = book.pricer(conn, record=False)(account_id, now, now + _DAY, wh, None) if wh > 0 else []
     cost = sum((line.amount for line in lines), Decimal(0))
     try:
         standing = standing_charge(tariff, now.astimezone(tariff.version_at(now).zone).date())

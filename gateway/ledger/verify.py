@@ -4,7 +4,7 @@ Checked: each account's balance and debt against the sums of its entries; each m
 charges and energy against its charge entries and charged readings; the cumulative rounding rule
 (posted = round_half_even(exact)) for meters and standing charges; each payment's entry, its split
 (parts summing to the payment, the recovery entry matching it); the sign each entry kind must have;
-and that no debt is negative.
+that no debt is negative; and each account's block-cycle counter against its charge lines.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from decimal import Decimal
 
 from gateway.money import to_minor
 from gateway.store.db import Store
+from gateway.timeutil import parse_iso
 
 # The sign each entry kind's balance movement must have (+1 credit, -1 debit, 0 none).
 KIND_SIGNS: dict[str, tuple[int, ...]] = {
@@ -94,6 +95,21 @@ def _credit_checks(store: Store, minor_digits: int) -> list[Mismatch]:
             out.append(
                 Mismatch("standing-charge rounding of account", row["id"], row["standing_minor"], rounded)
             )
+    for row in store.all("SELECT id, cycle_start, cycle_used_wh FROM accounts WHERE cycle_start IS NOT NULL"):
+        key = parse_iso(row["cycle_start"])
+        derived = 0
+        for (detail,) in store.all(
+            "SELECT detail_json FROM entries WHERE account_id = ? AND kind = 'charge' AND period_end > ?",
+            row["id"],
+            row["cycle_start"],
+        ):
+            derived += sum(
+                int(line["energy_wh"])
+                for line in json.loads(detail).get("lines", [])
+                if "start" in line and parse_iso(line["start"]) >= key
+            )
+        if derived != row["cycle_used_wh"]:
+            out.append(Mismatch("block-cycle usage of account", row["id"], row["cycle_used_wh"], derived))
     for row in store.all("SELECT id, charged_exact, charged_minor FROM meters"):
         rounded = to_minor(Decimal(row["charged_exact"]), minor_digits)
         if rounded != row["charged_minor"]:

@@ -202,6 +202,12 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE kind = 'charge' AND reading_id IS NOT NULL;
     CREATE INDEX entries_kind_time ON entries(kind, created_at);
     """,
+    # the block position of each account kept as a running counter (energy charged in its current
+    # block cycle), so pricing a reading no longer sums every entry of the cycle (O(n) per reading).
+    """
+    ALTER TABLE accounts ADD COLUMN cycle_start TEXT;
+    ALTER TABLE accounts ADD COLUMN cycle_used_wh INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 
