@@ -55,8 +55,8 @@ HOUSEHOLDS = (
     ),
     Household("M-04", "A-04", "Li shop (Modbus DDS238)", "modbus", "1", 6000, 400),
 )
-TOPUP = ("A-01", "pay-demo-0001", "30.00")
-TOPUP_AFTER_CUT = timedelta(hours=8)  # simulated time the Wang household stays off before paying
+TOPUP = ("A-01", "pay-demo-0001", "50.00")
+TOPUP_AFTER_CUT = timedelta(hours=2)  # simulated time the Wang household stays off before paying
 
 
 def _config(workdir: Path, dlt_port: str, modbus_port: str, mqtt_port: int | None, keys: str) -> str:
@@ -75,7 +75,8 @@ def _config(workdir: Path, dlt_port: str, modbus_port: str, mqtt_port: int | Non
         "",
         mqtt,
         '[policy]\npreset = "cn"\n[policy.overrides.notice]\nperiod = "P1D"\n'
-        '[policy.overrides.reconnect]\nmode = "direct_close"\n',
+        '[policy.overrides.reconnect]\nmode = "direct_close"\n'
+        '[policy.overrides.windows]\nhours = [{ start = "20:00", end = "08:00" }]\n',
         f'[[buses]]\nid = "rs485-1"\nprotocol = "dlt645"\nurl = "{dlt_port}"\nbaud = 9600\npoll_interval_s = 1\n',
         f'[[buses]]\nid = "rs485-2"\nprotocol = "modbus"\nurl = "{modbus_port}"\nbaud = 9600\nparity = "N"\n'
         "poll_interval_s = 1\n",
@@ -267,6 +268,7 @@ class _HeadOffice:
 
         command = {
             "id": f"cmd-{payment_id}",
+            "gateway_id": "gw-demo",
             "type": "topup",
             "issued_at": iso(now),
             "expires_at": iso(now + timedelta(days=1)),

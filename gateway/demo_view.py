@@ -66,7 +66,7 @@ class DemoView:
         )
         if self.plain:
             for e in events:
-                self.console.print(self._event_line(e), highlight=False)
+                self.console.print(self._event_line(e), highlight=False, soft_wrap=True)
                 self._last_event = e["id"]
             return
         if self._live is None:
@@ -128,7 +128,7 @@ class DemoView:
     def summary(self, cfg_path: Path, story: Story) -> None:
         self.console.print()
         for line in story.log:
-            self.console.print(f"  • {line}", highlight=False)
+            self.console.print(f"  • {line}", highlight=False, soft_wrap=True)
         self.console.print(
             f"\nThe demo's database and configuration are in {cfg_path.parent}; try:\n"
             f"  pmg meters -c {cfg_path}\n  pmg events -c {cfg_path} --limit 50\n"

@@ -43,14 +43,14 @@ def run(config_path: Path, check: bool) -> None:
 @click.option(
     "--speed",
     type=float,
-    default=1800.0,
+    default=2700.0,
     show_default=True,
     help="How many times faster than real time the simulated clock runs.",
 )
 @click.option(
     "--minutes",
     type=float,
-    default=3.0,
+    default=4.0,
     show_default=True,
     help="Stop after this many real minutes (0: run until Ctrl-C).",
 )
