@@ -290,7 +290,8 @@ class Enforcer:
             )
             if relay is not None:
                 conn.execute(
-                    "UPDATE meters SET relay = ?, relay_at = ? WHERE id = ?", (relay.value, iso(now), cmd.meter_id)
+                    "UPDATE meters SET relay = ?, relay_at = ? WHERE id = ?",
+                    (relay.value, iso(now), cmd.meter_id),
                 )
             events.record(
                 conn,
