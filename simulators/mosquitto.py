@@ -44,8 +44,11 @@ class Mosquitto:
             raise RuntimeError("mosquitto is not installed (make setup installs it)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
+        # As root, Mosquitto drops to the "mosquitto" user, which cannot read a private temp directory
+        # (certificates, log file): stay root for these throwaway brokers.
+        user = "user root\n" if os.geteuid() == 0 else ""
         conf.write_text(
-            f"per_listener_settings false\npersistence false\nlog_dest file {self.workdir / 'mosquitto.log'}\n"
+            f"{user}per_listener_settings false\npersistence false\nlog_dest file {self.workdir / 'mosquitto.log'}\n"
             f"log_type error\nlog_type warning\nlog_type notice\n"
             f"listener {self.port} {self.host}\n{self.listener_extra}{self.extra}"
         )

@@ -8,7 +8,6 @@ the consumer's store are compared seq by seq.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import sqlite3
@@ -25,7 +24,6 @@ from waiting import wait_for
 from gateway.sync.hq import HqConsumer, MessageStore
 
 PMG = str(Path(sys.executable).parent / "pmg")
-ROOT_OK = "user root\n" if os.geteuid() == 0 else ""
 
 
 class Procs:
@@ -82,7 +80,7 @@ def test_kill_9_mid_publish_then_restart_loses_nothing(tmp_path: Path, procs: Pr
     store_dir.mkdir()
     broker = Mosquitto(
         tmp_path / "broker",
-        extra=f"{ROOT_OK}allow_anonymous true\npersistence true\npersistence_location {store_dir}/\n",
+        extra=f"allow_anonymous true\npersistence true\npersistence_location {store_dir}/\n",
     ).start()
     hq: HqConsumer | None = None
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
-import os
 import subprocess
 from pathlib import Path
 
@@ -28,7 +27,6 @@ from gateway.sync.mqtt import MqttLink
 from gateway.timeutil import system_clock
 
 # Run as root, Mosquitto drops to user "mosquitto", which cannot read the test's private tmp dir.
-ROOT_OK = "user root\n" if os.geteuid() == 0 else ""
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -110,7 +108,7 @@ def tls_broker(tmp_path: Path) -> tuple[Mosquitto, Path, Path]:
     broker = Mosquitto(
         tmp_path / "broker",
         listener_extra=f"cafile {ca_path}\ncertfile {cert}\nkeyfile {key}\n",
-        extra=ROOT_OK + "allow_anonymous true\n",
+        extra="allow_anonymous true\n",
     )
     broker.start()
     yield broker, ca_path, wrong_ca_path
@@ -174,7 +172,7 @@ def test_username_and_password_are_used_and_a_wrong_password_is_reported(tmp_pat
     passwd = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "gw-0001", "s3cret"], check=True, timeout=10)
     broker = Mosquitto(
-        tmp_path / "broker", extra=f"{ROOT_OK}allow_anonymous false\npassword_file {passwd}\n"
+        tmp_path / "broker", extra=f"allow_anonymous false\npassword_file {passwd}\n"
     ).start()
     try:
         good = MqttConfig(
