@@ -89,8 +89,14 @@ class BusWorker:
 
     # -- submitting work -------------------------------------------------------------------------
     def submit(self, priority: int, work: Callable[[], Awaitable[Any]]) -> asyncio.Future[Any]:
-        """Queue ``work`` ahead of routine polls; the future carries its result or exception."""
+        """Queue ``work`` ahead of routine polls; the future carries its result or exception.
+
+        The future is cancelled if the bus stops before the work runs.
+        """
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._stopping:  # nobody will run it: say so now rather than leave the caller waiting
+            fut.cancel()
+            return fut
         heapq.heappush(self._jobs, (priority, next(self._counter), work, fut))
         self._wake.set()
         return fut
@@ -136,7 +142,15 @@ class BusWorker:
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
             except TimeoutError:
                 pass
+        self._abandon_queued()
         await self._close()
+
+    def _abandon_queued(self) -> None:
+        """Work still queued when the bus stops never ran: cancel its futures so no submitter waits
+        forever (a relay command stays durable in the database and is resumed after restart)."""
+        while self._jobs:
+            _, _, _, fut = heapq.heappop(self._jobs)
+            fut.cancel()
 
     async def _open(self) -> None:
         try:

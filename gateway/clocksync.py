@@ -54,10 +54,20 @@ def drift_seconds(meter_time: datetime, now: datetime, tz: ZoneInfo) -> float:
 
 
 async def _read_clock(worker: BusWorker, meter_id: str) -> Reading | None:
+    """The meter's reading with its clock, or None (no answer in time, or the bus stopped)."""
     try:
-        return await asyncio.wait_for(worker.read_now(meter_id, CLOCK_POINTS), READ_TIMEOUT_S)
-    except (TimeoutError, KeyError):
+        fut = worker.read_now(meter_id, CLOCK_POINTS)
+    except KeyError:  # the meter left the bus on a reload
         return None
+    try:
+        return await asyncio.wait_for(fut, READ_TIMEOUT_S)
+    except TimeoutError:
+        return None
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if fut.cancelled() and task is not None and not task.cancelling():
+            return None  # the worker stopped before reading; we ourselves were not cancelled
+        raise
 
 
 async def check_bus(
@@ -152,4 +162,9 @@ def _log(result: BusClockResult) -> None:
             "time broadcast bus=%s drift_s=%s after_s=%s", result.bus_id, result.drift_s, result.after_s
         )
     else:
-        log.info("clock check bus=%s checked=%d unreadable=%d", result.bus_id, detail["checked"], detail["unreadable"])
+        log.info(
+            "clock check bus=%s checked=%d unreadable=%d",
+            result.bus_id,
+            detail["checked"],
+            detail["unreadable"],
+        )

@@ -80,3 +80,5 @@ def setup_logging(verbose: int = 0, *, stream: IO[str] | None = None, daemon: bo
     handler._pmg = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
+    # apscheduler narrates every job run at INFO; the jobs log their own outcome.
+    logging.getLogger("apscheduler").setLevel(max(level, logging.WARNING))

@@ -51,17 +51,20 @@ class InstanceLock:
 
 
 def sd_notify(message: str) -> bool:
-    """Send a notification to systemd; False when not running under a notify-type unit."""
+    """Send a notification to systemd; False when not under a notify-type unit or it was not taken."""
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return False
     if address.startswith("@"):
         address = "\0" + address[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        # Never block the event loop on systemd: a full queue (unix datagram queues hold ~10
+        # messages) drops this notification instead of freezing polling and the graceful stop.
+        sock.setblocking(False)
         try:
             sock.connect(address)
             sock.sendall(message.encode())
-        except OSError:
+        except OSError:  # includes BlockingIOError
             return False
     return True
 

@@ -1,0 +1,97 @@
+"""Host integration pieces: sd_notify never blocks the loop, the instance lock, key=value logging."""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.logfmt import KeyValueFormatter, quote, setup_logging
+from gateway.service import AlreadyRunning, InstanceLock, sd_notify
+
+
+def test_sd_notify_does_not_block_when_nobody_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(str(path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        started = time.monotonic()
+        results = [sd_notify("WATCHDOG=1") for _ in range(200)]
+        assert time.monotonic() - started < 2.0, "sd_notify blocked on a full queue"
+        assert results[0] is True and results[-1] is False  # the queue filled; later ones were dropped
+        assert receiver.recv(100) == b"WATCHDOG=1"
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert sd_notify("READY=1") is False
+
+
+def test_second_lock_on_a_database_names_the_holder(tmp_path: Path) -> None:
+    first = InstanceLock(tmp_path / "pmg.db")
+    first.acquire()
+    try:
+        with pytest.raises(AlreadyRunning, match=r"another pmg \(pid \d+\) is already running on .*pmg\.db"):
+            InstanceLock(tmp_path / "pmg.db").acquire()
+    finally:
+        first.release()
+    again = InstanceLock(tmp_path / "pmg.db")
+    again.acquire()  # released locks can be taken again
+    again.release()
+
+
+def _record(msg: str, *args: object, **extra: object) -> logging.LogRecord:
+    record = logging.LogRecord("pmg.bus", logging.WARNING, __file__, 1, msg, args, None)
+    for key, value in extra.items():
+        setattr(record, key, value)
+    return record
+
+
+def test_key_value_lines_lift_meter_bus_account_action() -> None:
+    fmt = KeyValueFormatter()
+    line = fmt.format(_record("relay meter=%s action=%s failed: %s", "M-1", "trip", "no answer\nat all"))
+    assert line == (
+        'level=warning logger=pmg.bus msg="relay meter=M-1 action=trip failed: no answer\\nat all" '
+        "meter=M-1 action=trip"
+    )
+    given = fmt.format(_record("payment applied", account="A 1", bus="rs485-1"))
+    assert given.endswith('bus=rs485-1 account="A 1"')
+    assert KeyValueFormatter(journal=True).format(_record("x")).startswith("<4>level=warning")
+
+
+def test_tracebacks_stay_on_one_line() -> None:
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        import sys
+
+        record = logging.LogRecord("pmg", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    line = KeyValueFormatter().format(record)
+    assert "\n" not in line and 'exc="Traceback' in line and "RuntimeError: boom" in line
+
+
+def test_quote() -> None:
+    assert quote("M-0042") == "M-0042"
+    assert quote("") == '""'
+    assert quote('say "hi"') == '"say \\"hi\\""'
+
+
+def test_setup_logging_replaces_its_own_handler(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
+    root = logging.getLogger()
+    before = list(root.handlers)
+    level = root.level
+    try:
+        stream = io.StringIO()
+        setup_logging(1, stream=stream)
+        setup_logging(1, stream=stream)
+        ours = [h for h in root.handlers if getattr(h, "_pmg", False)]
+        assert len(ours) == 1
+        logging.getLogger("pmg.test").info("hello bus=%s", "b1")
+        assert stream.getvalue().startswith("<6>level=info logger=pmg.test") and "bus=b1" in stream.getvalue()
+    finally:
+        for h in list(root.handlers):
+            if h not in before:
+                root.removeHandler(h)
+        root.setLevel(level)
