@@ -10,10 +10,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from drivers.tomlsource import TomlError, locate, read_toml, validation_to_toml_error
 
@@ -22,6 +30,14 @@ _ID = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_public_key(text: str) -> str:
+    """A bad head-office key stops the daemon at load, with its line, not at the first command."""
+    from gateway.sync.signing import parse_public_key
+
+    parse_public_key(text, "")
+    return text
 
 
 class MqttConfig(Strict):
@@ -40,7 +56,7 @@ class MqttConfig(Strict):
     topic_prefix: str = Field("pmg", pattern=r"^[A-Za-z0-9_\-/]+$")
     client_id: str | None = None
     keepalive_s: int = Field(30, ge=5, le=3600)
-    command_keys: dict[str, str] = Field(default_factory=dict)
+    command_keys: dict[str, Annotated[str, AfterValidator(_check_public_key)]] = Field(default_factory=dict)
     """Head-office Ed25519 public keys (key_id -> base64 raw key) that may sign commands."""
     max_backlog_messages: int = Field(5_000_000, ge=1000)
 

@@ -99,6 +99,14 @@ def test_a_good_file_loads(tmp_path: Path) -> None:
             "mqtt: tls = false needs allow_plaintext = true",
         ),
         (('profile = "sdm120"\n', ""), 22, "meters[1]: a Modbus meter needs a profile"),
+        (
+            (
+                'account = "a2"\ntariff = "flat-cn"\n',
+                'account = "a2"\ntariff = "flat-cn"\n[mqtt]\nhost = "x"\n[mqtt.command_keys]\nhq-1 = "AAAA"\n',
+            ),
+            32,
+            "mqtt.command_keys.hq-1: 3 bytes, an Ed25519 public key has 32",
+        ),
         (('[[meters]]\nid = "m1"', '[[meters]\nid = "m1"'), 15, "TOML syntax error"),
     ],
 )

@@ -96,12 +96,13 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 def parse_public_key(text: str, key_id: str = "?") -> Ed25519PublicKey:
     """A base64 raw 32-byte Ed25519 public key, as written in ``mqtt.command_keys``."""
+    prefix = f"command key '{key_id}': " if key_id else ""
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise SigningError(f"command key '{key_id}': not base64") from None
+        raise SigningError(f"{prefix}not base64") from None
     if len(raw) != 32:
-        raise SigningError(f"command key '{key_id}': {len(raw)} bytes, an Ed25519 public key has 32")
+        raise SigningError(f"{prefix}{len(raw)} bytes, an Ed25519 public key has 32")
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
