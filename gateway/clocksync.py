@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from drivers.base import Point, Quality, Reading
@@ -156,7 +156,6 @@ async def run(gateway: Gateway) -> list[BusClockResult]:
 
 
 def _log(result: BusClockResult) -> None:
-    detail: dict[str, Any] = {"checked": len(result.drift_s), "unreadable": len(result.unreadable)}
     if result.broadcast:
         log.warning(
             "time broadcast bus=%s drift_s=%s after_s=%s", result.bus_id, result.drift_s, result.after_s
@@ -165,6 +164,6 @@ def _log(result: BusClockResult) -> None:
         log.info(
             "clock check bus=%s checked=%d unreadable=%d",
             result.bus_id,
-            detail["checked"],
-            detail["unreadable"],
+            len(result.drift_s),
+            len(result.unreadable),
         )
