@@ -67,9 +67,13 @@ class GatewayMetrics:
             ["action", "outcome"],
             registry=r,
         )
-        self.outbox_depth = Gauge("pmg_outbox_depth", "Messages not yet acknowledged by the broker.", registry=r)
+        self.outbox_depth = Gauge(
+            "pmg_outbox_depth", "Messages not yet acknowledged by the broker.", registry=r
+        )
         self.outbox_oldest_age = Gauge(
-            "pmg_outbox_oldest_age_seconds", "Age of the oldest undelivered message (0 when empty).", registry=r
+            "pmg_outbox_oldest_age_seconds",
+            "Age of the oldest undelivered message (0 when empty).",
+            registry=r,
         )
         self.broker_connected = Gauge("pmg_broker_connected", "1 while connected to the broker.", registry=r)
         self.payment_to_reconnect = Histogram(
@@ -79,7 +83,10 @@ class GatewayMetrics:
             registry=r,
         )
         self.bus_heartbeat_age = Gauge(
-            "pmg_bus_heartbeat_age_seconds", "Seconds since the bus worker last made progress.", ["bus"], registry=r
+            "pmg_bus_heartbeat_age_seconds",
+            "Seconds since the bus worker last made progress.",
+            ["bus"],
+            registry=r,
         )
         self._server: _Server | None = None
 

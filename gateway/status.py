@@ -111,15 +111,24 @@ def collect(store: Store, now: datetime) -> dict[str, Any]:
         else:
             daemon = "running"
     bl = backlog(store)
-    oldest_age = None if bl.oldest_created_at is None else (now - parse_iso(bl.oldest_created_at)).total_seconds()
+    oldest_age = (
+        None if bl.oldest_created_at is None else (now - parse_iso(bl.oldest_created_at)).total_seconds()
+    )
     unreachable = [
-        {"meter": r["id"], "bus": r["bus_id"], "error": r["last_comms_error"], "last_ok": r["last_reading_at"]}
+        {
+            "meter": r["id"],
+            "bus": r["bus_id"],
+            "error": r["last_comms_error"],
+            "last_ok": r["last_reading_at"],
+        }
         for r in store.all(
             "SELECT id, bus_id, last_comms_error, last_reading_at FROM meters "
             "WHERE last_comms_error IS NOT NULL ORDER BY id"
         )
     ]
-    levels = {r[0]: r[1] for r in store.all("SELECT policy_state, COUNT(*) FROM accounts GROUP BY 1 ORDER BY 1")}
+    levels = {
+        r[0]: r[1] for r in store.all("SELECT policy_state, COUNT(*) FROM accounts GROUP BY 1 ORDER BY 1")
+    }
     pending = [
         dict(r)
         for r in store.all(
@@ -166,7 +175,9 @@ def publish(gateway: Gateway) -> dict[str, Any]:
     metrics = getattr(gateway, "metrics", None)
     if metrics is not None:
         bl = backlog(gateway.store)
-        age = None if bl.oldest_created_at is None else (now - parse_iso(bl.oldest_created_at)).total_seconds()
+        age = (
+            None if bl.oldest_created_at is None else (now - parse_iso(bl.oldest_created_at)).total_seconds()
+        )
         metrics.set_outbox(bl.messages, age)
         if snap["broker"] is not None:
             metrics.set_broker(bool(snap["broker"]["connected"]))

@@ -96,9 +96,16 @@ def test_metrics_status_and_clock_sync(tmp_path: Path, sim: tuple[SimulatedDlt64
             assert abs(drift["m1"]) < 5 and abs(drift["m2"] - DRIFT_S) < 5
             assert abs(results[0].after_s["m2"]) < 5, "broadcast did not correct the drifted meter"
             assert abs(bus.models[1].clock_drift_s) < 5
-            kinds = [r[0] for r in store.all("SELECT kind FROM events WHERE kind IN ('meter_clock_drift', 'time_broadcast')")]
+            kinds = [
+                r[0]
+                for r in store.all(
+                    "SELECT kind FROM events WHERE kind IN ('meter_clock_drift', 'time_broadcast')"
+                )
+            ]
             assert kinds == ["meter_clock_drift", "time_broadcast"]
-            drift_event = json.loads(store.scalar("SELECT detail_json FROM events WHERE kind = 'meter_clock_drift'"))
+            drift_event = json.loads(
+                store.scalar("SELECT detail_json FROM events WHERE kind = 'meter_clock_drift'")
+            )
             assert drift_event["bus"] == "b1" and drift_event["drift_s"] > 30
             # A second check finds nothing to correct and broadcasts nothing.
             again = await clocksync.run(gw)

@@ -53,7 +53,10 @@ def _reading(store: Store, meter: str, at: datetime, wh: int) -> int:
 
 def test_old_readings_keep_last_per_meter_per_hour_and_every_cited_one(store: Store) -> None:
     old = NOW - timedelta(days=100)
-    ids = {m: [_reading(store, m, old + timedelta(minutes=10 * i), 1000 + i) for i in range(12)] for m in ("m1", "m2")}
+    ids = {
+        m: [_reading(store, m, old + timedelta(minutes=10 * i), 1000 + i) for i in range(12)]
+        for m in ("m1", "m2")
+    }
     recent = _reading(store, "m1", NOW - timedelta(days=1), 5000)
     recent2 = _reading(store, "m1", NOW - timedelta(days=1, minutes=-1), 5001)
     cited = ids["m1"][2]  # a charge entry points at this one
