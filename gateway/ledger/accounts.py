@@ -29,6 +29,8 @@ class MeterRow:
     last_reading_at: str | None
     relay: str | None
     quarantined_reading_id: int | None
+    charged_exact: str = "0"  # cumulative exact charge (Decimal text)
+    charged_minor: int = 0  # cumulative posted charge
 
 
 def ensure_account(
@@ -119,12 +121,12 @@ def seed_from_config(store: Store, cfg: GatewayConfig, now: datetime) -> None:
 def get_meter(conn: sqlite3.Connection, meter_id: str) -> MeterRow | None:
     r = conn.execute(
         "SELECT id, account_id, bus_id, protocol, address, keep_power, last_register_wh, last_reading_at, "
-        "relay, quarantined_reading_id FROM meters WHERE id = ?",
+        "relay, quarantined_reading_id, charged_exact, charged_minor FROM meters WHERE id = ?",
         (meter_id,),
     ).fetchone()
     if r is None:
         return None
-    return MeterRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], r[8], r[9])
+    return MeterRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], r[8], r[9], r[10], int(r[11]))
 
 
 def balance_minor(conn: sqlite3.Connection, account_id: str) -> int:

@@ -135,18 +135,16 @@ def record_reading(
     if "keep_power" in reading.status:
         relay_sql += ", keep_power_on_meter = ?"
         relay_params += (int(bool(reading.status["keep_power"])),)
-    conn.execute(
-        f"UPDATE meters SET comms_ok = comms_ok + 1, last_comms_error = NULL{relay_sql} WHERE id = ?",
-        (*relay_params, meter_id),
-    )
+    comms_sql = f"comms_ok = comms_ok + 1, last_comms_error = NULL{relay_sql}"
 
     if meter.quarantined_reading_id is not None:
+        conn.execute(f"UPDATE meters SET {comms_sql} WHERE id = ?", (*relay_params, meter_id))
         rid = insert("ignored", detail=f"awaiting technician for reading {meter.quarantined_reading_id}")
         return ChargeOutcome(meter_id, meter.account_id, "ignored", rid, reason="meter quarantined")
 
     if meter.last_register_wh is None or meter.last_reading_at is None:
         rid = insert("baseline", 0)
-        _advance(conn, meter_id, register, tariffs_json, now, rid)
+        _advance(conn, meter_id, register, tariffs_json, now, rid, comms_sql, relay_params)
         _usage_message(
             conn, meter_id, meter.account_id, None, now, register, 0, 0, _balance(conn, meter.account_id)
         )
@@ -167,8 +165,8 @@ def record_reading(
         )
         rid = insert("quarantined", delta if not wrapped else register - meter.last_register_wh, reason)
         conn.execute(
-            "UPDATE meters SET quarantined_reading_id = ?, updated_at = ? WHERE id = ?",
-            (rid, iso(now), meter_id),
+            f"UPDATE meters SET {comms_sql}, quarantined_reading_id = ?, updated_at = ? WHERE id = ?",
+            (*relay_params, rid, iso(now), meter_id),
         )
         events.record(
             conn,
@@ -189,8 +187,9 @@ def record_reading(
 
     rid = insert("charged", delta, "rollover" if wrapped else None)
     charge_minor = 0
+    extra_sql, extra_params = comms_sql, relay_params
     if delta > 0:
-        charge_minor = charge_delta(
+        charge_minor, exact_text, posted = _price_and_post(
             conn,
             meter_id,
             meter.account_id,
@@ -199,10 +198,13 @@ def record_reading(
             delta,
             _register_split(conn, meter_id, reading),
             pricer,
+            (Decimal(meter.charged_exact), meter.charged_minor),
             reading_id=rid,
             minor_digits=minor_digits,
         )
-    _advance(conn, meter_id, register, tariffs_json, now, rid)
+        extra_sql += ", charged_exact = ?, charged_minor = ?"
+        extra_params += (exact_text, posted)
+    _advance(conn, meter_id, register, tariffs_json, now, rid, extra_sql, extra_params)
     balance = _balance(conn, meter.account_id)
     _usage_message(
         conn, meter_id, meter.account_id, last_at, now, register, delta, charge_minor, balance, minor_digits
@@ -224,18 +226,52 @@ def charge_delta(
     minor_digits: int,
 ) -> int:
     """Price ``delta_wh`` and post it with cumulative rounding; returns the minor units charged."""
+    row = conn.execute("SELECT charged_exact, charged_minor FROM meters WHERE id = ?", (meter_id,)).fetchone()
+    charge_minor, exact_text, posted = _price_and_post(
+        conn,
+        meter_id,
+        account_id,
+        start,
+        end,
+        delta_wh,
+        register_split,
+        pricer,
+        (Decimal(row[0]), int(row[1])),
+        reading_id=reading_id,
+        minor_digits=minor_digits,
+    )
+    conn.execute(
+        "UPDATE meters SET charged_exact = ?, charged_minor = ? WHERE id = ?", (exact_text, posted, meter_id)
+    )
+    return charge_minor
+
+
+def _price_and_post(
+    conn: sqlite3.Connection,
+    meter_id: str,
+    account_id: str,
+    start: datetime,
+    end: datetime,
+    delta_wh: int,
+    register_split: Mapping[str, int] | None,
+    pricer: Pricer,
+    position: tuple[Decimal, int],
+    *,
+    reading_id: int | None,
+    minor_digits: int,
+) -> tuple[int, str, int]:
+    """Post the charge entry; return (charge, new cumulative exact, new cumulative posted) for the meter row.
+
+    The caller writes the meter's new cumulative position in the same transaction (``record_reading``
+    folds it into its one meter update).
+    """
     lines = pricer(account_id, start, end, delta_wh, register_split)
     if sum(line.energy_wh for line in lines) != delta_wh:
         raise ArithmeticError(f"tariff split {delta_wh} Wh into lines that do not add up")
     exact = sum((line.amount for line in lines), Decimal(0))
-    row = conn.execute("SELECT charged_exact, charged_minor FROM meters WHERE id = ?", (meter_id,)).fetchone()
-    cumulative_exact = Decimal(row[0]) + exact
+    cumulative_exact = position[0] + exact
     cumulative_minor = to_minor(cumulative_exact, minor_digits)
-    charge_minor = cumulative_minor - int(row[1])
-    conn.execute(
-        "UPDATE meters SET charged_exact = ?, charged_minor = ? WHERE id = ?",
-        (str(cumulative_exact), cumulative_minor, meter_id),
-    )
+    charge_minor = cumulative_minor - position[1]
     post_entry(
         conn,
         account_id,
@@ -249,7 +285,7 @@ def charge_delta(
         period_end=end,
         detail_json=dumps({"exact": str(exact), "lines": [_line_json(line) for line in lines]}),
     )
-    return charge_minor
+    return charge_minor, str(cumulative_exact), cumulative_minor
 
 
 def _register_split(conn: sqlite3.Connection, meter_id: str, reading: Reading) -> dict[str, int] | None:
@@ -267,12 +303,20 @@ def _register_split(conn: sqlite3.Connection, meter_id: str, reading: Reading) -
 
 
 def _advance(
-    conn: sqlite3.Connection, meter_id: str, register: int, tariffs_json: str | None, now: datetime, rid: int
+    conn: sqlite3.Connection,
+    meter_id: str,
+    register: int,
+    tariffs_json: str | None,
+    now: datetime,
+    rid: int,
+    extra_sql: str,
+    extra_params: tuple[object, ...],
 ) -> None:
+    """The meter's new position, comms counters and cumulative charge: one UPDATE per reading."""
     conn.execute(
-        "UPDATE meters SET last_register_wh = ?, last_tariffs_json = COALESCE(?, last_tariffs_json), "
+        f"UPDATE meters SET {extra_sql}, last_register_wh = ?, last_tariffs_json = COALESCE(?, last_tariffs_json), "
         "last_reading_at = ?, last_reading_id = ?, updated_at = ? WHERE id = ?",
-        (register, tariffs_json, iso(now), rid, iso(now), meter_id),
+        (*extra_params, register, tariffs_json, iso(now), rid, iso(now), meter_id),
     )
 
 
