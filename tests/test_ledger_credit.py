@@ -145,3 +145,31 @@ def test_verify_catches_a_tampered_debt_cache_and_a_payment_conflict_changes_not
     problems = [str(p) for p in verify(store)]
     assert problems == ["debt of account acc1: cached 951, derived from entries 950"]
     store.close()
+
+
+def test_reconnection_waits_for_the_balance_after_debt_recovery(tmp_path: Path) -> None:
+    """The policy's reconnect threshold (generic preset: 1.00) sees the balance after the split."""
+    from gateway.calendar import WorkCalendar
+    from gateway.enforcement import PolicyEngine
+    from gateway.policy.rules import load_preset
+
+    store = new_ledger(tmp_path / "l.db")
+    engine = PolicyEngine(load_preset("generic"), WorkCalendar("Asia/Shanghai", "CN"), {})
+    with store.tx() as conn:
+        post_adjustment(conn, "a1", "acc1", -50, T0, reason="consumed", actor="t")
+        add_debt(conn, "d1", "acc1", 10_000, T0, reason="old arrears", actor="hq", share=Decimal("0.5"))
+        conn.execute(
+            "UPDATE accounts SET policy_state = 'disconnected', policy_state_since = ?",
+            ("2026-03-01T00:00:00Z",),
+        )
+        conn.execute("UPDATE meters SET relay = 'open'")
+        small = apply_payment(conn, "p1", "acc1", 240, T0, source="t")  # 190 above zero, half to the debt
+        engine.evaluate_account(conn, "acc1", T0, payment_id="p1")
+    assert (small.debt_recovery_minor, small.balance_minor) == (95, 95)  # 2.40 paid, 0.95 left: below 1.00
+    assert store.scalar("SELECT COUNT(*) FROM relay_commands") == 0
+    with store.tx() as conn:
+        big = apply_payment(conn, "p2", "acc1", 20, T0, source="t")
+        engine.evaluate_account(conn, "acc1", T0, payment_id="p2")
+    assert big.balance_minor == 105
+    assert store.scalar("SELECT action FROM relay_commands WHERE status = 'pending'") == "close_permitted"
+    store.close()
