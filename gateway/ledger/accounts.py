@@ -13,7 +13,7 @@ from datetime import datetime
 
 from gateway.config import GatewayConfig
 from gateway.money import parse_money
-from gateway.store.db import Store
+from gateway.store.db import Store, dumps
 from gateway.timeutil import iso
 
 
@@ -77,35 +77,77 @@ def ensure_meter(
     address: str,
     keep_power: bool,
     now: datetime,
+    assign: bool = True,
 ) -> None:
-    """Create the meter or update its wiring; its charging position is kept."""
+    """Create the meter or update its wiring; its charging position is kept.
+
+    ``assign=False`` updates only the wiring (bus, protocol, address) and leaves the account assignment
+    and keep-power flag as they are (the head office may have changed them).
+    """
     conn.execute(
         "INSERT INTO meters(id, account_id, bus_id, protocol, address, keep_power, created_at, updated_at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT(id) DO UPDATE SET account_id = excluded.account_id, bus_id = excluded.bus_id, "
-        "protocol = excluded.protocol, address = excluded.address, keep_power = excluded.keep_power, "
-        "updated_at = excluded.updated_at",
+        "ON CONFLICT(id) DO UPDATE SET bus_id = excluded.bus_id, protocol = excluded.protocol, "
+        "address = excluded.address, updated_at = excluded.updated_at",
         (meter_id, account_id, bus_id, protocol, address, int(keep_power), iso(now), iso(now)),
     )
+    if assign:
+        conn.execute(
+            "UPDATE meters SET account_id = ?, keep_power = ? WHERE id = ?",
+            (account_id, int(keep_power), meter_id),
+        )
+
+
+def _config_changed(conn: sqlite3.Connection, key: str, values: dict[str, object]) -> bool:
+    """True (and remembers ``values``) when the configuration says something new about ``key``."""
+    text = dumps(values)
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (f"seeded:{key}",)).fetchone()
+    if row is not None and row[0] == text:
+        return False
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (f"seeded:{key}", text),
+    )
+    return True
 
 
 def seed_from_config(store: Store, cfg: GatewayConfig, now: datetime) -> None:
-    """Make the database agree with the configured accounts and meters (one transaction)."""
+    """Make the database agree with the configuration, in one transaction.
+
+    Wiring (bus, protocol, address) always follows the file: it describes the physical installation.
+    Account assignment and customer flags follow the file only when the file *changed* them since the
+    last start or reload; otherwise what the head office set over MQTT (``account`` commands) stands,
+    so a restart never silently undoes a head-office decision.
+    """
     account_cfg = {a.id: a for a in cfg.accounts}
     with store.tx() as conn:
         for meter in cfg.meters:
             acc = account_cfg.get(meter.account)
-            ensure_account(
-                conn,
-                meter.account,
-                tariff_id=meter.tariff,
-                currency=cfg.currency,
-                now=now,
-                name=acc.name if acc else None,
-                protected=acc.protected if acc else None,
-                protected_category=acc.protected_category if acc else None,
-                emergency_credit_minor=parse_money(acc.emergency_credit, cfg.minor_digits) if acc else None,
+            exists = (
+                conn.execute("SELECT 1 FROM accounts WHERE id = ?", (meter.account,)).fetchone() is not None
             )
+            account_values: dict[str, object] = {
+                "tariff": meter.tariff,
+                "name": acc.name if acc else None,
+                "protected": acc.protected if acc else None,
+                "protected_category": acc.protected_category if acc else None,
+                "emergency_credit": acc.emergency_credit if acc else None,
+            }
+            if _config_changed(conn, f"account:{meter.account}", account_values) or not exists:
+                ensure_account(
+                    conn,
+                    meter.account,
+                    tariff_id=meter.tariff,
+                    currency=cfg.currency,
+                    now=now,
+                    name=acc.name if acc else None,
+                    protected=acc.protected if acc else None,
+                    protected_category=acc.protected_category if acc else None,
+                    emergency_credit_minor=parse_money(acc.emergency_credit, cfg.minor_digits)
+                    if acc
+                    else None,
+                )
+            meter_values: dict[str, object] = {"account": meter.account, "keep_power": meter.keep_power}
             ensure_meter(
                 conn,
                 meter.id,
@@ -115,6 +157,7 @@ def seed_from_config(store: Store, cfg: GatewayConfig, now: datetime) -> None:
                 address=meter.address,
                 keep_power=meter.keep_power,
                 now=now,
+                assign=_config_changed(conn, f"meter:{meter.id}", meter_values),
             )
 
 
