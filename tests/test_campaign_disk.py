@@ -76,13 +76,6 @@ def charged_and_moved(store: Store, meter: str) -> tuple[int, int]:
 
 
 @pytest.mark.campaign
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/store/db.py Store.tx issues ROLLBACK after SQLite already rolled back a failed COMMIT "
-    "(SQLITE_FULL): 'cannot rollback - no transaction is active' replaces the StoreError and escapes the "
-    "enforcer's tasks and Gateway.stop(); guard both ROLLBACKs with `if self.conn.in_transaction` "
-    "(this test passes with that change)",
-)
 def test_full_disk_refuses_new_work_and_loses_nothing(
     tmp_path: Path, small_fs: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -51,14 +51,23 @@ class Store:
             yield self.conn
         except BaseException:
             self._depth = 0
-            self.conn.execute("ROLLBACK")
+            self._rollback()
             raise
         self._depth = 0
         try:
             self.conn.execute("COMMIT")
         except sqlite3.OperationalError as exc:
-            self.conn.execute("ROLLBACK")
+            self._rollback()
             raise StoreError(f"cannot commit to {self.path}: {exc}") from None
+
+    def _rollback(self) -> None:
+        """Roll back what is open.  SQLite may already have rolled back itself (a full disk fails the
+        COMMIT and ends the transaction); a second ROLLBACK would hide the real error."""
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.OperationalError:
+                pass
 
     @property
     def in_tx(self) -> bool:
