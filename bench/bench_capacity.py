@@ -158,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
 
     expected = args.meters * loaded.window_s / args.interval
     rate = loaded.polls_ok / expected if expected else 0.0
+    polls = loaded.polls_ok + loaded.polls_failed
+    ms_per_poll = (loaded.cpu_share - idle.cpu_share) * loaded.window_s / polls * 1000 if polls else 0.0
+    full_rate = ms_per_poll / 1000 * args.meters / args.interval + idle.cpu_share  # share if the bus kept up
     print(
         f"gateway, {args.meters} meters on {args.buses} x {args.baud}-baud DL/T 645 buses at {args.interval:.0f} s, "
         f"{loaded.window_s / 60:.1f} min window after {args.warmup:.0f} s warm-up, broker "
@@ -170,7 +173,14 @@ def main(argv: list[str] | None = None) -> int:
         f"  polls ok {loaded.polls_ok}, failed {loaded.polls_failed}, meters polled {loaded.meters_polled}; "
         f"{rate:.2f} of the configured rate ({expected:.0f} polls due)"
     )
-    note = f"{args.meters} meters/{args.buses} buses, {args.minutes:g} min; polls {rate:.2f} of configured rate"
+    print(
+        f"  gateway CPU per poll {ms_per_poll:.1f} ms above idle; at the full configured rate that would be "
+        f"{full_rate * 100:.1f} % of one core"
+    )
+    note = (
+        f"{args.meters} meters/{args.buses} buses, {args.minutes:g} min; polls {rate:.2f} of configured rate "
+        f"(bus-limited); {ms_per_poll:.1f} ms CPU/poll, {full_rate * 100:.1f} % at full rate"
+    )
     emit(
         Result(
             "Capacity: gateway CPU",

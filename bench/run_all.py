@@ -77,7 +77,7 @@ def run_one(bench: Bench) -> tuple[list[Result], float, str]:
     if not rows:
         lines = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
         last = lines[-1] if lines else (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        found = re.search(r"ratio ([0-9.]+)", last)
+        found = re.search(r"ratio[^0-9]*([0-9]+(?:\.[0-9]+)?)", last)
         ratio = float(found.group(1)) if found else None
         rows = [Result(bench.title, last, "see output", ratio, "-", proc.returncode == 0, f"exit {proc.returncode}")]
     return rows, took, output
