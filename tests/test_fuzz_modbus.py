@@ -9,9 +9,10 @@ Vectors: the shipped profiles' own register maps (config/profiles/*.toml) and fr
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from pymodbus.exceptions import ModbusIOException
 from pymodbus.framer import FramerRTU, FramerSocket
@@ -52,12 +53,34 @@ def test_any_registers_become_an_exact_value_or_a_codec_error(
     except CodecError as exc:
         assert str(exc) and "\n" not in str(exc)
         return
+    except InvalidOperation:
+        # Known defect, pinned by the strict xfail below: a float beyond Decimal's 28 digits cannot be
+        # quantized.  Rejected here so this property keeps guarding everything else deterministically.
+        reject()
     assert len(words) == spec.count, f"{len(words)} registers accepted for a {spec.count}-register point"
     assert not isinstance(value, float)
     if point in ENERGY:
         assert isinstance(value, int) and value >= 0
     else:
         assert isinstance(value, Decimal) and value.is_finite()
+
+
+FLOAT_WITH_DECIMALS = next(
+    (p, spec) for _, p, spec in PROFILE_POINTS if spec.type.value == "float32" and spec.decimals is not None
+)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=InvalidOperation,
+    reason="drivers/modbus/codec.py quantize(): a float32 of ~1e27 (registers 6C4F 0000, found by the fuzz "
+    "above) raises decimal.InvalidOperation instead of CodecError; catch it in quantize() (or refuse "
+    "|value| >= 1e15 in to_decimal) and this test passes",
+)
+def test_a_huge_float_is_a_codec_error_not_a_decimal_crash() -> None:
+    point, spec = FLOAT_WITH_DECIMALS
+    with pytest.raises(CodecError):
+        convert(point, spec, [27727, 0])
 
 
 def _decode(framer: FramerRTU | FramerSocket, data: bytes, unit: int) -> None:
