@@ -72,16 +72,22 @@ class Rig:
         return self.gateway.store
 
     def events(self, kind: str) -> list[datetime]:
-        return [parse_iso(r[0]) for r in self.store.all("SELECT at FROM events WHERE kind = ? ORDER BY id", kind)]
+        return [
+            parse_iso(r[0]) for r in self.store.all("SELECT at FROM events WHERE kind = ? ORDER BY id", kind)
+        ]
 
     def dump(self) -> None:
-        for r in self.store.all("SELECT at, kind, detail_json FROM events WHERE kind NOT LIKE 'comms%' ORDER BY id"):
+        for r in self.store.all(
+            "SELECT at, kind, detail_json FROM events WHERE kind NOT LIKE 'comms%' ORDER BY id"
+        ):
             print(r[0], r[1], r[2][:200])
         print([dict(r) for r in self.store.all("SELECT * FROM relay_commands")])
 
 
 @contextmanager
-def rig(tmp_path: Path, *, start: datetime, speed: float, tz: str, offset_h: int, policy: str) -> Iterator[Rig]:
+def rig(
+    tmp_path: Path, *, start: datetime, speed: float, tz: str, offset_h: int, policy: str
+) -> Iterator[Rig]:
     clock = WarpClock(speed, start)
     model = MeterModel(
         "000000000001",
@@ -120,32 +126,43 @@ def test_uk_credit_out_on_friday_evening_waits_for_monday_ten(tmp_path: Path) ->
     start = datetime(2026, 11, 27, 17, 0, tzinfo=UTC)  # Friday 17:00 GMT
     window_end = datetime(2026, 11, 30, 10, 0, tzinfo=LONDON)  # Monday 10:00
     speed = 20_000.0  # 65 simulated hours in about 12 s
-    with rig(tmp_path, start=start, speed=speed, tz="Europe/London", offset_h=0,
-             policy='[policy]\npreset = "uk"\n') as r:
+    with rig(
+        tmp_path, start=start, speed=speed, tz="Europe/London", offset_h=0, policy='[policy]\npreset = "uk"\n'
+    ) as r:
 
         async def scenario() -> None:
             await started(r, 150)  # £1.50 at 1 kW and ¥0.5283/kWh: runs out before 18:00
             try:
                 await async_wait_for(lambda: r.events("policy_blocked"), timeout=10, what="the cut held back")
-                exhausted = r.store.scalar("SELECT MIN(at) FROM events WHERE kind = 'policy_warn' "
-                                           "AND detail_json LIKE '%\"level\":3%'")
+                exhausted = r.store.scalar(
+                    "SELECT MIN(at) FROM events WHERE kind = 'policy_warn' "
+                    "AND detail_json LIKE '%\"level\":3%'"
+                )
                 assert exhausted is not None and parse_iso(exhausted) < window_end
                 await async_wait_for(lambda: not r.model.relay_closed, timeout=40, what="the cut on Monday")
-                trip_at = parse_iso(r.store.scalar("SELECT created_at FROM relay_commands WHERE action = 'trip'"))
+                trip_at = parse_iso(
+                    r.store.scalar("SELECT created_at FROM relay_commands WHERE action = 'trip'")
+                )
                 assert trip_at >= window_end, f"cut at {trip_at} inside friendly-credit hours"
                 assert trip_at - window_end < timedelta(hours=3), "the cut came long after the window ended"
                 assert r.store.scalar("SELECT COUNT(*) FROM relay_commands WHERE action = 'trip'") == 1
                 await async_wait_for(
-                    lambda: r.store.scalar("SELECT status FROM relay_commands WHERE action = 'trip'") == "confirmed",
+                    lambda: (
+                        r.store.scalar("SELECT status FROM relay_commands WHERE action = 'trip'")
+                        == "confirmed"
+                    ),
                     what="trip confirmed by read-back",
                 )
                 debt = -r.store.scalar("SELECT balance_minor FROM accounts WHERE id = 'acc1'")
                 r.gateway.apply_payment("topup", "acc1", debt + 500, source="test")
                 await async_wait_for(lambda: r.model.relay_closed, timeout=10, what="power back after top-up")
                 await async_wait_for(
-                    lambda: r.store.scalar(
-                        "SELECT status FROM relay_commands WHERE action = 'direct_close' AND payment_id = 'topup'"
-                    ) == "confirmed",
+                    lambda: (
+                        r.store.scalar(
+                            "SELECT status FROM relay_commands WHERE action = 'direct_close' AND payment_id = 'topup'"
+                        )
+                        == "confirmed"
+                    ),
                     what="close confirmed by read-back",
                 )
                 assert r.store.scalar("SELECT relay FROM meters WHERE id = 'm1'") == "closed"
@@ -164,8 +181,9 @@ def test_cn_notice_reminder_then_cut_on_a_working_day_and_topup_restores(tmp_pat
     start = datetime(2026, 6, 2, 1, 0, tzinfo=UTC)  # Tuesday 09:00 Asia/Shanghai
     speed = 20_000.0
     cal = WorkCalendar("Asia/Shanghai", "CN")
-    with rig(tmp_path, start=start, speed=speed, tz="Asia/Shanghai", offset_h=8,
-             policy='[policy]\npreset = "cn"\n') as r:
+    with rig(
+        tmp_path, start=start, speed=speed, tz="Asia/Shanghai", offset_h=8, policy='[policy]\npreset = "cn"\n'
+    ) as r:
 
         async def scenario() -> None:
             await started(r, 150)
@@ -178,21 +196,31 @@ def test_cn_notice_reminder_then_cut_on_a_working_day_and_topup_restores(tmp_pat
                 r.clock.set_speed(1_200.0)  # a decision every few simulated minutes
                 await async_wait_for(lambda: not r.model.relay_closed, timeout=30, what="the cut")
                 (reminder,) = r.events("policy_send_reminder")
-                trip_at = parse_iso(r.store.scalar("SELECT created_at FROM relay_commands WHERE action = 'trip'"))
+                trip_at = parse_iso(
+                    r.store.scalar("SELECT created_at FROM relay_commands WHERE action = 'trip'")
+                )
                 assert reminder >= notice + timedelta(days=3) - timedelta(minutes=30)
                 assert trip_at >= notice + timedelta(days=3), "cut before the 3-day notice ran"
-                assert trip_at >= reminder + timedelta(minutes=30), "cut less than 30 minutes after the reminder"
+                assert trip_at >= reminder + timedelta(minutes=30), (
+                    "cut less than 30 minutes after the reminder"
+                )
                 assert cal.day_type(trip_at.astimezone(SHANGHAI).date()) == "workday"
                 await async_wait_for(
-                    lambda: r.store.scalar("SELECT status FROM relay_commands WHERE action = 'trip'") == "confirmed",
+                    lambda: (
+                        r.store.scalar("SELECT status FROM relay_commands WHERE action = 'trip'")
+                        == "confirmed"
+                    ),
                     what="trip confirmed by read-back",
                 )
                 debt = -r.store.scalar("SELECT balance_minor FROM accounts WHERE id = 'acc1'")
                 r.gateway.apply_payment("topup", "acc1", debt + 500, source="test")
                 await async_wait_for(
-                    lambda: r.store.scalar(
-                        "SELECT status FROM relay_commands WHERE action = 'close_permitted' AND payment_id = 'topup'"
-                    ) == "confirmed",
+                    lambda: (
+                        r.store.scalar(
+                            "SELECT status FROM relay_commands WHERE action = 'close_permitted' AND payment_id = 'topup'"
+                        )
+                        == "confirmed"
+                    ),
                     what="close permitted (1B) delivered",
                 )
                 assert not r.model.relay_closed, "1B only permits: the customer closes the relay"
@@ -202,7 +230,10 @@ def test_cn_notice_reminder_then_cut_on_a_working_day_and_topup_restores(tmp_pat
                     what="relay read back closed after the button",
                 )
                 await async_wait_for(
-                    lambda: r.store.scalar("SELECT policy_state FROM accounts WHERE id = 'acc1'") != "reconnection_pending",
+                    lambda: (
+                        r.store.scalar("SELECT policy_state FROM accounts WHERE id = 'acc1'")
+                        != "reconnection_pending"
+                    ),
                     what="reconnection complete",
                 )
             except AssertionError:

@@ -69,7 +69,9 @@ class World:
     def read(self, wh: int) -> None:
         if self.relay is RelayState.CLOSED:
             self.register_wh += wh
-        reading = Reading("000000000001", self.now, Quality.OK, energy_import_wh=self.register_wh, relay=self.relay)
+        reading = Reading(
+            "000000000001", self.now, Quality.OK, energy_import_wh=self.register_wh, relay=self.relay
+        )
         with self.store.tx() as conn:
             out = record_reading(conn, "m1", reading, flat_pricer, max_power_w=10**9)
             if out.outcome in ("charged", "baseline"):
@@ -87,7 +89,9 @@ class World:
 
     def execute(self) -> None:
         """What the enforcer does: operate, read back, record, re-decide."""
-        for row in self.store.all("SELECT id, action, trace_json FROM relay_commands WHERE status = 'pending'"):
+        for row in self.store.all(
+            "SELECT id, action, trace_json FROM relay_commands WHERE status = 'pending'"
+        ):
             action = RelayAction(row["action"])
             guarded = any(t["rule"] == "relay.only_if_open" for t in json.loads(row["trace_json"]))
             if guarded and self.relay is not RelayState.OPEN:
@@ -160,7 +164,9 @@ def worlds(draw: st.DrawFn, *, drain: bool = False) -> dict[str, object]:
         "keep_power": False if drain else draw(st.sampled_from([False, False, False, True])),
         "caps": MeterCaps(True, draw(st.booleans()), draw(st.booleans())),
         "opening": draw(st.sampled_from([0, 500, 2_000])),
-        "hold": draw(st.one_of(st.none(), st.tuples(st.integers(0, 5 * 24 * 60), st.integers(1, 3 * 24 * 60)))),
+        "hold": draw(
+            st.one_of(st.none(), st.tuples(st.integers(0, 5 * 24 * 60), st.integers(1, 3 * 24 * 60)))
+        ),
         "steps": draw(draining if drain else steps),
     }
 
@@ -170,10 +176,25 @@ def build(tmp: Path, w: dict[str, object]) -> World:
     assert isinstance(rules, Rules) and isinstance(cal, WorkCalendar) and isinstance(now, datetime)
     store = open_store(tmp / "pmg.db")
     with store.tx() as conn:
-        ensure_account(conn, "a1", tariff_id="flat", currency="CNY", now=now, protected=bool(w["protected"]),
-                       protected_category=w["category"])  # type: ignore[arg-type]
-        ensure_meter(conn, "m1", account_id="a1", bus_id="b1", protocol="dlt645", address="000000000001",
-                     keep_power=bool(w["keep_power"]), now=now)
+        ensure_account(
+            conn,
+            "a1",
+            tariff_id="flat",
+            currency="CNY",
+            now=now,
+            protected=bool(w["protected"]),
+            protected_category=w["category"],
+        )  # type: ignore[arg-type]
+        ensure_meter(
+            conn,
+            "m1",
+            account_id="a1",
+            bus_id="b1",
+            protocol="dlt645",
+            address="000000000001",
+            keep_power=bool(w["keep_power"]),
+            now=now,
+        )
         if w["hold"] is not None:
             start_m, length_m = w["hold"]  # type: ignore[misc]
             conn.execute(
@@ -288,13 +309,23 @@ def test_history_that_reaches_a_cut_is_checked() -> None:
 
     rules = load_preset(
         "generic",
-        {"notice": {"required": False, "period": "PT0S", "reminder_before": "PT0S"},
-         "windows": {"hours": [], "weekends": False}, "reconnect": {"mode": "direct_close"}},
+        {
+            "notice": {"required": False, "period": "PT0S", "reminder_before": "PT0S"},
+            "windows": {"hours": [], "weekends": False},
+            "reconnect": {"mode": "direct_close"},
+        },
     )
     w: dict[str, object] = {
-        "rules": rules, "cal": CALENDARS[2], "start": datetime.fromisoformat("2026-06-02T02:00:00+00:00"),
-        "protected": False, "category": None, "keep_power": False, "caps": MeterCaps(), "opening": 300,
-        "hold": None, "steps": [("read", 10_000, 60), ("execute", 0, 1), ("pay", 500, 5)],
+        "rules": rules,
+        "cal": CALENDARS[2],
+        "start": datetime.fromisoformat("2026-06-02T02:00:00+00:00"),
+        "protected": False,
+        "category": None,
+        "keep_power": False,
+        "caps": MeterCaps(),
+        "opening": 300,
+        "hold": None,
+        "steps": [("read", 10_000, 60), ("execute", 0, 1), ("pay", 500, 5)],
     }
     with tempfile.TemporaryDirectory() as tmp:
         world = build(Path(tmp), w)
