@@ -169,6 +169,10 @@ class BusWorker:
         if self._opened:
             await self.link.close()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     def stop(self) -> None:
         """Finish the frame in flight, then leave the loop."""
         self._stopping = True

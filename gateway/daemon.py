@@ -36,11 +36,12 @@ from gateway.pricing import TariffBook
 from gateway.service import InstanceLock, sd_notify, watchdog_interval_s
 from gateway.store.db import Store, StoreError, open_store
 from gateway.sync.mqtt import MqttLink
-from gateway.timeutil import Clock, system_clock
+from gateway.timeutil import Clock, iso, system_clock
 
 log = logging.getLogger("pmg.daemon")
 
 POLICY_REVIEW_S = 30.0
+REVIEW_POLL_S = 1.0  # how often accounts whose next_review_at has come are looked for
 STOP_FLUSH_DEADLINE_S = 5.0
 
 
@@ -64,7 +65,8 @@ def build_components(cfg: GatewayConfig, config_path: Path, store: Store | None)
     for meter in cfg.meters:
         book.get(meter.tariff)  # a meter on an unknown tariff is a configuration error
     caps = {m.id: _caps(cfg, m.id) for m in cfg.meters}
-    return Components(cfg, book, PolicyEngine(rules, calendar, caps), rules, calendar)
+    policy = PolicyEngine(rules, calendar, caps, book=book, minor_digits=cfg.minor_digits)
+    return Components(cfg, book, policy, rules, calendar)
 
 
 def _caps(cfg: GatewayConfig, meter_id: str) -> MeterCaps:
@@ -143,6 +145,7 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self.mqtt.run(), name="mqtt"))
         self._start_scheduler()
         self._tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
+        self._tasks.append(asyncio.create_task(self._review_when_due(), name="due-reviews"))
         from gateway.status import status_loop
 
         self._tasks.append(asyncio.create_task(status_loop(self), name="status"))
@@ -203,7 +206,7 @@ class Gateway:
                 log.error("bus=%s stopped: %s; retrying in %.0f s", worker.bus_id, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)
-                if worker._stopping:
+                if worker.stopping:
                     return
 
     def _start_scheduler(self) -> None:
@@ -363,6 +366,29 @@ class Gateway:
             log.error("policy review failed: %s", exc)
         self._wake()
 
+    async def _review_when_due(self) -> None:
+        """Re-decide an account as soon as its decision said it may change (``next_review_at``): the
+        end of a notice period or a protected window, a reminder time, a hold's expiry.  The periodic
+        review is the safety net; this makes a lawful cut or a reminder happen on time."""
+        while True:
+            await asyncio.sleep(REVIEW_POLL_S)
+            now = self.clock()
+            try:
+                with self.store.tx() as conn:
+                    due = conn.execute(
+                        "SELECT m.id FROM meters m JOIN accounts a ON a.id = m.account_id "
+                        "WHERE a.next_review_at IS NOT NULL AND a.next_review_at <= ? ORDER BY m.id",
+                        (iso(now),),
+                    ).fetchall()
+                    for (meter_id,) in due:
+                        if meter_id in self._meter_cfg:
+                            self.parts.policy.evaluate_meter(conn, meter_id, now)
+            except StoreError as exc:
+                log.error("due policy review failed: %s", exc)
+                continue
+            if due:
+                self._wake()
+
     def _resume_commands(self) -> None:
         """After a restart: re-decide every account so a stale pending command is cancelled."""
         now = self.clock()
@@ -375,7 +401,7 @@ class Gateway:
 
     def _on_relay_outcome(self, cmd: RelayCommand, status: str, state: Any) -> None:
         observe_relay_outcome(self.metrics, self.store, cmd.action.value, status, cmd.payment_id, self.clock())
-        if status == "confirmed":
+        if status in ("confirmed", "cancelled"):  # the relay moved, or a guarded command was not sent
             with self.store.tx() as conn:
                 self.parts.policy.evaluate_meter(conn, cmd.meter_id, self.clock())
         self._emit(

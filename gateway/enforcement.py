@@ -19,10 +19,12 @@ from decimal import ROUND_DOWN, Decimal
 from drivers.base import RelayAction, RelayState
 from gateway import enforcer, events
 from gateway.calendar import WorkCalendar
+from gateway.ledger import forecast
 from gateway.policy.decide import decide
 from gateway.policy.inputs import AccountView, Hold, MeterView, Override
 from gateway.policy.rules import Rules
 from gateway.policy.state import Action, ActionKind, Decision, EnforcementState, RuleCheck
+from gateway.pricing import TariffBook
 from gateway.store.db import dumps
 from gateway.timeutil import iso, parse_iso
 
@@ -95,10 +97,31 @@ def active_overrides(conn: sqlite3.Connection, targets: tuple[str, ...], now: da
 class PolicyEngine:
     """Evaluates accounts against one rule set and calendar."""
 
-    def __init__(self, rules: Rules, calendar: WorkCalendar, caps: Mapping[str, MeterCaps]) -> None:
+    def __init__(
+        self,
+        rules: Rules,
+        calendar: WorkCalendar,
+        caps: Mapping[str, MeterCaps],
+        *,
+        book: TariffBook | None = None,
+        minor_digits: int = 2,
+    ) -> None:
         self.rules = rules
         self.calendar = calendar
         self.caps = dict(caps)
+        self.book = (
+            book  # with it, days of credit follow the tariff (blocks, time of use), not last week's bill
+        )
+        self.minor_digits = minor_digits
+
+    def _days_left(
+        self, conn: sqlite3.Connection, account_id: str, available_minor: int, now: datetime
+    ) -> Decimal | None:
+        if self.book is None:
+            return days_of_credit_left(conn, account_id, available_minor, now)
+        return forecast.days_of_credit_left(
+            conn, self.book, account_id, available_minor, now, minor_digits=self.minor_digits
+        )
 
     def snapshot(
         self, conn: sqlite3.Connection, meter_id: str, now: datetime
@@ -117,13 +140,14 @@ class PolicyEngine:
         ).fetchone()
         alerts = {k: parse_iso(v) for k, v in json.loads(a["alerts_json"]).items()}
         emergency = int(a["emergency_credit_minor"])
+        emergency_active = emergency > 0 and (EMERGENCY_OFFER_KEY in alerts or a["balance_minor"] < 0)
+        available = int(a["balance_minor"]) + (emergency if emergency_active else 0)
         account = AccountView(
             account_id=a["id"],
             balance_minor=int(a["balance_minor"]),
             emergency_credit_minor=emergency,
-            emergency_credit_active=emergency > 0
-            and (EMERGENCY_OFFER_KEY in alerts or a["balance_minor"] < 0),
-            days_of_credit_left=days_of_credit_left(conn, a["id"], int(a["balance_minor"]), now),
+            emergency_credit_active=emergency_active,
+            days_of_credit_left=self._days_left(conn, a["id"], available, now),
             protected=bool(a["protected"]),
             protected_category=a["protected_category"],
             state=EnforcementState(a["policy_state"]),

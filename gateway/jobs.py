@@ -7,6 +7,7 @@ time.  Each job module exposes ``run(gateway)``; a module that does not exist ye
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,11 @@ def _job(gateway: Gateway, run: Callable[[Gateway], Any], name: str) -> Callable
             result = run(gateway)
             if hasattr(result, "__await__"):
                 await result
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            log.info("job=%s stopped: its bus work was cancelled (the gateway is stopping)", name)
         except Exception:
             log.exception("job=%s failed", name)
 
