@@ -9,10 +9,10 @@ Vectors: the shipped profiles' own register maps (config/profiles/*.toml) and fr
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 import pytest
-from hypothesis import HealthCheck, given, reject, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pymodbus.exceptions import ModbusIOException
 from pymodbus.framer import FramerRTU, FramerSocket
@@ -53,10 +53,6 @@ def test_any_registers_become_an_exact_value_or_a_codec_error(
     except CodecError as exc:
         assert str(exc) and "\n" not in str(exc)
         return
-    except InvalidOperation:
-        # Known defect, pinned by the strict xfail below: a float beyond Decimal's 28 digits cannot be
-        # quantized.  Rejected here so this property keeps guarding everything else deterministically.
-        reject()
     assert len(words) == spec.count, f"{len(words)} registers accepted for a {spec.count}-register point"
     assert not isinstance(value, float)
     if point in ENERGY:
@@ -70,13 +66,6 @@ FLOAT_WITH_DECIMALS = next(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InvalidOperation,
-    reason="drivers/modbus/codec.py quantize(): a float32 of ~1e27 (registers 6C4F 0000, found by the fuzz "
-    "above) raises decimal.InvalidOperation instead of CodecError; catch it in quantize() (or refuse "
-    "|value| >= 1e15 in to_decimal) and this test passes",
-)
 def test_a_huge_float_is_a_codec_error_not_a_decimal_crash() -> None:
     point, spec = FLOAT_WITH_DECIMALS
     with pytest.raises(CodecError):

@@ -12,7 +12,7 @@ import enum
 import math
 import struct
 from collections.abc import Sequence
-from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 
 class DataType(enum.StrEnum):
@@ -98,8 +98,14 @@ def scaled(registers: Sequence[int], dtype: DataType, word_order: WordOrder, sca
 
 
 def quantize(value: Decimal, decimals: int) -> Decimal:
-    """Round to the meter's resolution, half-even (the rounding of IEEE 754 and of DL/T 645 meters)."""
-    return value.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_EVEN)
+    """Round to the meter's resolution, half-even (the rounding of IEEE 754 and of DL/T 645 meters).
+
+    A value too large to hold at that resolution (a float register reading ~1e27, seen in fuzzing) is a
+    ``CodecError`` — an implausible reading — never an arithmetic crash."""
+    try:
+        return value.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_EVEN)
+    except InvalidOperation:
+        raise CodecError(f"value {value:.6E} is out of range for {decimals} decimal places") from None
 
 
 def to_wh(value_wh: Decimal) -> int:
