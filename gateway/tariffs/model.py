@@ -13,31 +13,21 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from drivers.tomlsource import TomlError, read_toml, validation_to_toml_error
+from drivers.tomlsource import TomlError, load_model, locate, read_toml, validation_to_toml_error
 from gateway.tariffs.build import SpecError, build_tariff, format_path, tariff_to_dict
 from gateway.tariffs.spec import TariffSpec
-from gateway.tariffs.tomlpos import locate_nested
 from gateway.tariffs.values import Block, BlockCycle, Tariff, TariffVersion, TimeOfUse, Window
 
 
 def load_tariff(path: str | Path) -> Tariff:
-    """Load one tariff file; any problem is a one-line ``TomlError`` naming file, line and key.
-
-    This is ``drivers.tomlsource.load_model`` with a locator that also resolves tables nested in
-    ``[[versions]]`` (see ``tomlpos``), then the cross-field checks, located the same way.
-    """
-    data, text = read_toml(path)
-    try:
-        spec = TariffSpec.model_validate(data)
-    except ValidationError as exc:
-        err = validation_to_toml_error(path, text, exc)
-        loc = [p for p in exc.errors()[0]["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
-        line = locate_nested(text, loc) or err.line
-        raise TomlError(path, line, err.where, err.reason) from None
+    """Load one tariff file; any problem is a one-line ``TomlError`` naming file, line and key:
+    ``drivers.tomlsource.load_model``, then the cross-field checks, located the same way."""
+    spec = load_model(path, TariffSpec)
     try:
         return build_tariff(spec)
     except SpecError as exc:
-        raise TomlError(path, locate_nested(text, exc.path), format_path(exc.path), exc.reason) from None
+        _data, text = read_toml(path)
+        raise TomlError(path, locate(text, exc.path), format_path(exc.path), exc.reason) from None
 
 
 def load_tariff_dir(directory: str | Path) -> dict[str, Tariff]:
