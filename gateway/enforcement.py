@@ -13,8 +13,8 @@ import json
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from decimal import ROUND_DOWN, Decimal
+from datetime import datetime
+from decimal import Decimal
 
 from drivers.base import RelayAction, RelayState
 from gateway import enforcer, events
@@ -28,7 +28,6 @@ from gateway.pricing import TariffBook
 from gateway.store.db import dumps
 from gateway.timeutil import iso, parse_iso
 
-CONSUMPTION_WINDOW = timedelta(days=7)
 EMERGENCY_OFFER_KEY = "emergency_credit.offer"  # gateway.policy: the alert key of the offer
 
 
@@ -54,26 +53,6 @@ def _action_json(a: Action) -> dict[str, object]:
         "not_before": iso(a.not_before) if a.not_before else None,
         "trace": _trace_json(a.trace),
     }
-
-
-def days_of_credit_left(
-    conn: sqlite3.Connection, account_id: str, balance_minor: int, now: datetime
-) -> Decimal | None:
-    """Balance ÷ average daily charges over the last week (None without consumption history)."""
-    since = now - CONSUMPTION_WINDOW
-    row = conn.execute(
-        "SELECT COALESCE(-SUM(amount_minor), 0), MIN(period_start) FROM entries WHERE account_id = ? "
-        "AND kind IN ('charge', 'standing_charge') AND created_at >= ?",
-        (account_id, iso(since)),
-    ).fetchone()
-    spent, first = int(row[0]), row[1]
-    if spent <= 0 or first is None:
-        return None
-    span_days = max(Decimal((now - max(parse_iso(first), since)).total_seconds()) / 86400, Decimal("0.04"))
-    per_day = Decimal(spent) / span_days
-    if balance_minor <= 0:
-        return Decimal(0)
-    return (Decimal(balance_minor) / per_day).quantize(Decimal("0.1"), rounding=ROUND_DOWN)
 
 
 def active_holds(conn: sqlite3.Connection, now: datetime) -> list[Hold]:
@@ -118,7 +97,7 @@ class PolicyEngine:
         self, conn: sqlite3.Connection, account_id: str, available_minor: int, now: datetime
     ) -> Decimal | None:
         if self.book is None:
-            return days_of_credit_left(conn, account_id, available_minor, now)
+            return None  # no tariff to price consumption with: warnings go by money only
         return forecast.days_of_credit_left(
             conn, self.book, account_id, available_minor, now, minor_digits=self.minor_digits
         )
