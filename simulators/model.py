@@ -111,6 +111,7 @@ class MeterModel:
     purchase_count: int = 0
     faults: set[Fault] = field(default_factory=set)
     late_answer_s: float = 1.5
+    block_chunk: int = 0  # DL/T 645 block reads: bytes per frame before 0x12 follow-ups (0 = one frame)
     utc_offset_hours: int = 8
     _last_t: float | None = None
     _residue: int = 0  # energy below 1 mWh not yet on the register, in W·µs

@@ -212,6 +212,7 @@ async def test_write_time_and_broadcast_time_set_meter_clocks(sim_bus) -> None: 
 async def test_follow_up_frames_are_joined(sim_bus) -> None:  # noqa: F811
     clock = ManualClock()
     models = make_models(1, clock=clock)
+    models[0].block_chunk = 12  # this meter splits the block: forces the 0x12 follow-up path
     models[0].energy_import_wh  # noqa: B018
     clock.advance(7200)
     async with fast_link(sim_bus(models).start_pty()) as link:
@@ -288,3 +289,18 @@ async def test_interoperates_with_the_independent_dlt645_package() -> None:
     assert r.quality is Quality.OK, r.error
     assert r.energy_import_wh == 112_280_260 and r.voltage_v == Decimal("231.4")
     assert address == "000000000161"
+
+
+@run_async
+async def test_a_billing_poll_with_tariff_registers_costs_two_frames(sim_bus) -> None:  # noqa: F811
+    clock = ManualClock()
+    models = make_models(1, clock=clock)
+    models[0].energy_import_wh  # noqa: B018
+    clock.advance(3 * 3600)
+    bus = sim_bus(models)
+    async with fast_link(bus.start_pty()) as link:
+        reading = await meter(link).read([Point.ENERGY_IMPORT, Point.ENERGY_IMPORT_TARIFFS, Point.RELAY])
+    assert reading.quality is Quality.OK
+    assert reading.energy_import_wh == 1500 and reading.relay is RelayState.CLOSED
+    assert reading.energy_import_tariffs_wh is not None and sum(reading.energy_import_tariffs_wh) == 1500
+    assert bus.stats.requests == 2, "import block (total + T1..T4) and status word 3"

@@ -142,6 +142,7 @@ def di_bytes(di: int, *, v1997: bool = False) -> bytes:
 # --- the table -----------------------------------------------------------------------------------
 ENERGY_COMBINED = 0x00000000
 ENERGY_IMPORT = 0x00010000
+ENERGY_IMPORT_BLOCK = 0x0001FF00  # data block: import total, then T1..Tn (4 bytes each)
 ENERGY_EXPORT = 0x00020000
 VOLTAGE_A = 0x02010100
 CURRENT_A = 0x02020100

@@ -128,6 +128,8 @@ class Dlt645Meter:
         taken_at = self._clock()
         values: dict[int, Any] = {}
         try:
+            if not self._v1997 and Point.ENERGY_IMPORT in wanted and Point.ENERGY_IMPORT_TARIFFS in wanted:
+                values.update(await self._read_import_block())
             for point in sorted(wanted, key=lambda p: p not in _REQUIRED):
                 for di in table.get(point, ()):
                     if di in values:
@@ -147,6 +149,27 @@ class Dlt645Meter:
         except DriverError as exc:
             return Reading(self.address, taken_at, Quality.TIMEOUT, error=str(exc))
         return self._assemble(taken_at, wanted, values)
+
+    async def _read_import_block(self) -> dict[int, Decimal]:
+        """Import total and T1..T4 in one exchange (DI 0001FF00), instead of five.
+
+        On a 9600-baud bus a poll of total + tariffs + status then costs two frames, not six.  A meter
+        that does not know the block answers "no such data" and the registers are read one by one.
+        """
+        try:
+            raw = await self.read_raw(dis.ENERGY_IMPORT_BLOCK)
+        except Dlt645Refused as exc:
+            if exc.no_such_data:
+                return {}
+            raise
+        fmt = dis.lookup(dis.ENERGY_IMPORT)
+        if len(raw) < 4 or len(raw) % 4:
+            raise BadFrame(f"meter {self.address}: import block of {len(raw)} bytes is not whole registers")
+        registers = [fmt.decode(raw[i : i + 4]) for i in range(0, len(raw), 4)]
+        out: dict[int, Decimal] = {dis.ENERGY_IMPORT: registers[0]}  # type: ignore[dict-item]
+        for t, value in enumerate(registers[1:5], start=1):
+            out[dis.energy_tariff(dis.ENERGY_IMPORT, t)] = value  # type: ignore[assignment]
+        return out
 
     def _assemble(self, taken_at: datetime, wanted: list[Point], v: dict[int, Any]) -> Reading:
         t = _V1997 if self._v1997 else _V2007

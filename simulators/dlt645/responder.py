@@ -28,8 +28,8 @@ from drivers.dlt645.frame import (
 )
 from simulators.model import REGISTER_MODULUS_WH, Fault, MeterModel
 
-BLOCK_IMPORT = 0x0001FF00  # forward active total + T1..T4 in one reply, sent in follow-up frames
-FOLLOW_UP_CHUNK = 12  # value bytes per frame for block reads: forces the 0x12 follow-up path
+BLOCK_IMPORT = dis.ENERGY_IMPORT_BLOCK  # forward active total + T1..T4 in one reply
+MAX_BLOCK_BYTES = 196  # L ≤ 200 for reads: the DI and the values must fit one frame
 
 
 def _kwh(wh: int) -> Decimal:
@@ -158,8 +158,9 @@ def _block_part(model: MeterModel, request: Frame, seq: int) -> Frame:
     fmt = dis.lookup(dis.ENERGY_IMPORT)
     values = [model.energy_import_wh, *model.tariff_wh()]
     payload = b"".join(fmt.encode(_kwh(v)) for v in values)
-    part = payload[seq * FOLLOW_UP_CHUNK : (seq + 1) * FOLLOW_UP_CHUNK]
-    more = (seq + 1) * FOLLOW_UP_CHUNK < len(payload)
+    chunk = model.block_chunk or MAX_BLOCK_BYTES  # real meters answer a short block in one frame
+    part = payload[seq * chunk : (seq + 1) * chunk]
+    more = (seq + 1) * chunk < len(payload)
     control = DIR_REPLY | (FOLLOW_UP if more else 0) | request.function
     tail = bytes([seq]) if request.function == Function.READ_FOLLOW_UP else b""
     return Frame(model.address, control, request.data[:4] + part + tail)
