@@ -77,9 +77,16 @@ def run_one(bench: Bench) -> tuple[list[Result], float, str]:
     if not rows:
         lines = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
         last = lines[-1] if lines else (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        last = " ".join(last.split())
         found = re.search(r"ratio[^0-9]*([0-9]+(?:\.[0-9]+)?)", last)
         ratio = float(found.group(1)) if found else None
-        rows = [Result(bench.title, last, "see output", ratio, "-", proc.returncode == 0, f"exit {proc.returncode}")]
+        ok = proc.returncode == 0
+        bound = re.search(r"target\s*(>=|<=)\s*([0-9]+(?:\.[0-9]+)?)", last)
+        target = f"{bound.group(1)} {bound.group(2)}" if bound else "-"
+        if ratio is not None and bound is not None:  # judge the printed ratio against its printed target
+            limit = float(bound.group(2))
+            ok = ok and (ratio >= limit if bound.group(1) == ">=" else ratio <= limit)
+        rows = [Result(bench.title, last, "see output", ratio, target, ok, f"exit {proc.returncode}")]
     return rows, took, output
 
 
