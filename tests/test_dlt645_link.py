@@ -29,7 +29,7 @@ def silent(request: Frame) -> bytes:
 
 
 def link_for(meter: ScriptedMeter, **kw: object) -> Dlt645Link:
-    opts: dict[str, object] = {"timeout_s": 0.3, "retries": 0, "backoff_s": 0.0, "inter_frame_gap_s": 0.0}
+    opts: dict[str, object] = {"baud": 9600, "timeout_s": 0.3, "retries": 0, "backoff_s": 0.0, "inter_frame_gap_s": 0.0}
     opts.update(kw)
     return Dlt645Link(meter.url, **opts)  # type: ignore[arg-type]
 

@@ -11,6 +11,8 @@ response timeout runs out.
 from __future__ import annotations
 
 import asyncio
+import io
+import select
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +24,7 @@ import serial
 from drivers.base import BadFrame, DriverError, MeterTimeout
 from drivers.dlt645.frame import BROADCAST, WILDCARD, Frame, Function, encode, scan
 
+MAX_REPLY_DATA = 200  # L ≤ 200 for reads (DL/T 645-2007)
 POLL_S = 0.01  # pyserial read timeout: how often the reader wakes while waiting for the first byte
 _ECHOED_DI: dict[int, int] = {
     Function.READ: 4,
@@ -214,6 +217,31 @@ class Dlt645Link:
         di_len = _ECHOED_DI.get(request.function, 0)
         return reply.is_abnormal or reply.data[:di_len] == request.data[:di_len]
 
+    @staticmethod
+    def _wait_readable(ser: Any, seconds: float) -> bool:
+        """Sleep until the line has a byte (one wake-up instead of polling every ``POLL_S``).
+
+        False when nothing came.  Ports without a selectable descriptor fall back to polling reads."""
+        try:
+            ready, _, _ = select.select([ser.fileno()], [], [], max(0.0, seconds))
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            return True
+        return bool(ready)
+
+    @staticmethod
+    def _missing_bytes(buf: bytearray) -> int:
+        """Bytes still to come for a plausible frame at the start of ``buf`` (0 when it is noise, which
+        the resync will drop): ``68 A0..A5 68 C L`` with L within what a reply may carry."""
+        if not buf or buf[0] != 0x68:
+            return 0
+        if len(buf) < 8:
+            return 12 - len(buf)
+        if buf[7] != 0x68:
+            return 0
+        if len(buf) < 10:
+            return 12 - len(buf)
+        return max(0, 12 + min(buf[9], MAX_REPLY_DATA) - len(buf))
+
     def _receive(self, ser: Any, request: Frame) -> Frame:
         start = time.monotonic()
         deadline = start + self.timeout_s
@@ -226,7 +254,10 @@ class Dlt645Link:
             now = time.monotonic()
             if now >= deadline:
                 break
-            chunk = ser.read(max(1, ser.in_waiting))
+            if not buf and not self._wait_readable(ser, deadline - now):
+                continue
+            # Ask for what the frame still needs: in_waiting is exact on a tty but only 0/1 on socket://.
+            chunk = ser.read(max(1, ser.in_waiting, self._missing_bytes(buf)))
             if not chunk:
                 continue
             received += len(chunk)
@@ -246,6 +277,11 @@ class Dlt645Link:
                 self.stats.frames_skipped += 1
                 kind = "reply" if result.frame.is_reply else "request/echo"
                 skipped.append(f"{kind} C={result.frame.control:02X} from {result.frame.address}")
+            # Bytes trickle in at the line rate and cannot come faster: rather than wake for each one
+            # (dozens of reads, each re-scanning the buffer), wait the time the rest of the frame needs.
+            missing = self._missing_bytes(buf)
+            if missing > 1:
+                time.sleep(max(0.0, min(missing * self.byte_time_s, deadline - time.monotonic())))
         waited = time.monotonic() - start
         if received == 0:
             raise MeterTimeout(f"meter {request.address}: no answer within {waited:.2f} s on {self.url}")
