@@ -178,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{full_rate * 100:.1f} % of one core"
     )
     note = (
-        f"{args.meters} meters/{args.buses} buses, {args.minutes:g} min; polls {rate:.2f} of configured rate "
-        f"(bus-limited); {ms_per_poll:.1f} ms CPU/poll, {full_rate * 100:.1f} % at full rate"
+        f"{args.meters} meters/{args.buses} buses, {args.minutes:g} min; polls {rate:.2f} of configured rate"
+        f"{' (bus-limited)' if rate < 0.95 else ''}; {ms_per_poll:.1f} ms CPU/poll, {full_rate * 100:.1f} % at full rate"
     )
     emit(
         Result(
