@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,10 @@ from gateway.timeutil import Clock, iso, system_clock
 log = logging.getLogger("pmg.daemon")
 
 POLICY_REVIEW_S = 30.0
-REVIEW_POLL_S = 1.0  # how often accounts whose next_review_at has come are looked for
+REVIEW_POLL_S = 1.0
+STATE_EVERY = timedelta(
+    minutes=15
+)  # at least this often a meter's retained state is refreshed  # how often accounts whose next_review_at has come are looked for
 STOP_FLUSH_DEADLINE_S = 5.0
 
 
@@ -102,6 +106,7 @@ class Gateway:
     _lock: InstanceLock | None = None
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
     _meter_cfg: dict[str, Any] = field(default_factory=dict)
+    _published: dict[str, tuple[tuple[Any, ...], Any]] = field(default_factory=dict)
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -311,6 +316,7 @@ class Gateway:
             return
         now = reading.taken_at
         with self.store.tx() as conn:
+            before = conn.execute("SELECT relay FROM meters WHERE id = ?", (meter_id,)).fetchone()
             outcome = record_reading(
                 conn,
                 meter_id,
@@ -320,9 +326,15 @@ class Gateway:
                 register_modulus_wh=mcfg.register_modulus_wh,
                 minor_digits=self.cfg.minor_digits,
             )
-            if outcome.outcome in ("charged", "baseline"):
-                self.parts.policy.evaluate_meter(conn, meter_id, now)
-                state_snapshot(conn, meter_id, now)
+            relay_moved = reading.relay is not None and (before is None or before[0] != reading.relay.value)
+            # Re-decide when money or the relay moved; time alone is the due-review task's business.
+            if (
+                outcome.outcome == "baseline"
+                or (outcome.outcome == "charged" and outcome.charge_minor)
+                or relay_moved
+            ):
+                decision = self.parts.policy.evaluate_meter(conn, meter_id, now)
+                self._publish_state(conn, meter_id, now, (decision.state.value, reading.relay))
         log.debug(
             "reading meter=%s outcome=%s delta_wh=%s charge=%s latency_ms=%.0f",
             meter_id,
@@ -333,6 +345,16 @@ class Gateway:
         )
         self._emit("reading", {"meter_id": meter_id, "outcome": outcome.outcome, "reading": reading})
         self._wake()
+
+    def _publish_state(self, conn: Any, meter_id: str, now: Any, key: tuple[Any, ...]) -> None:
+        """Queue the retained state snapshot when the state or relay changed, or every STATE_EVERY:
+        the balance itself travels with every usage message, so a snapshot per poll would double the
+        outbox for nothing."""
+        last = self._published.get(meter_id)
+        if last is not None and last[0] == key and now - last[1] < STATE_EVERY:
+            return
+        state_snapshot(conn, meter_id, now)
+        self._published[meter_id] = (key, now)
 
     def apply_payment(
         self, payment_id: str, account_id: str, amount_minor: int, *, source: str
@@ -400,7 +422,9 @@ class Gateway:
                     self.parts.policy.evaluate_meter(conn, meter_id, now)
 
     def _on_relay_outcome(self, cmd: RelayCommand, status: str, state: Any) -> None:
-        observe_relay_outcome(self.metrics, self.store, cmd.action.value, status, cmd.payment_id, self.clock())
+        observe_relay_outcome(
+            self.metrics, self.store, cmd.action.value, status, cmd.payment_id, self.clock()
+        )
         if status in ("confirmed", "cancelled"):  # the relay moved, or a guarded command was not sent
             with self.store.tx() as conn:
                 self.parts.policy.evaluate_meter(conn, cmd.meter_id, self.clock())

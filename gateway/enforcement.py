@@ -92,13 +92,14 @@ class PolicyEngine:
             book  # with it, days of credit follow the tariff (blocks, time of use), not last week's bill
         )
         self.minor_digits = minor_digits
+        self._daily_cost = forecast.DailyCostCache()
 
     def _days_left(
         self, conn: sqlite3.Connection, account_id: str, available_minor: int, now: datetime
     ) -> Decimal | None:
         if self.book is None:
             return None  # no tariff to price consumption with: warnings go by money only
-        return forecast.days_of_credit_left(
+        return self._daily_cost.days_left(
             conn, self.book, account_id, available_minor, now, minor_digits=self.minor_digits
         )
 

@@ -36,8 +36,8 @@ def daily_energy_wh(
     since = now - window
     row = conn.execute(
         "SELECT MIN(r.taken_at) FROM readings r JOIN meters m ON m.id = r.meter_id WHERE m.account_id = ? "
-        "AND r.outcome IN ('baseline', 'charged') AND r.taken_at <= ?",
-        (account_id, iso(now)),
+        "AND r.outcome IN ('baseline', 'charged') AND r.taken_at >= ? AND r.taken_at <= ?",
+        (account_id, iso(since), iso(now)),
     ).fetchone()
     if row is None or row[0] is None:
         return None
@@ -84,6 +84,49 @@ def days_of_credit_left(
     """Days ``credit_minor`` lasts at recent consumption under the current tariff (None: no basis)."""
     energy = daily_energy_wh(conn, account_id, now, window)
     per_day = cost_per_day(conn, book, account_id, now, energy if energy is not None else Decimal(0))
+    return days_for(per_day, credit_minor, minor_digits)
+
+
+class DailyCostCache:
+    """Cost per day by account, recomputed at most once an hour of gateway time.
+
+    The daemon re-decides an account on every reading; pricing a whole day of time-of-use for each
+    would cost more than the reading itself, and the daily figure moves slowly.  Only the credit (which
+    changes with every charge) is applied fresh each time.
+    """
+
+    def __init__(self, window: timedelta = DEFAULT_WINDOW) -> None:
+        self.window = window
+        self._cost: dict[str, tuple[datetime, Decimal]] = {}
+
+    def days_left(
+        self,
+        conn: sqlite3.Connection,
+        book: TariffBook,
+        account_id: str,
+        credit_minor: int,
+        now: datetime,
+        *,
+        minor_digits: int = 2,
+    ) -> Decimal | None:
+        hour = now.replace(minute=0, second=0, microsecond=0)
+        cached = self._cost.get(account_id)
+        if cached is None or cached[0] != hour:
+            energy = daily_energy_wh(conn, account_id, now, self.window)
+            per_day = cost_per_day(conn, book, account_id, now, energy if energy is not None else Decimal(0))
+            self._cost[account_id] = cached = (hour, per_day)
+        return days_for(cached[1], credit_minor, minor_digits)
+
+    def forget(self, account_id: str | None = None) -> None:
+        """Drop cached figures (after a tariff change or a configuration reload)."""
+        if account_id is None:
+            self._cost.clear()
+        else:
+            self._cost.pop(account_id, None)
+
+
+def days_for(per_day: Decimal, credit_minor: int, minor_digits: int) -> Decimal | None:
+    """Credit ÷ cost per day, rounded down to 0.1 day (None when a day costs nothing)."""
     if per_day <= 0:
         return None
     if credit_minor <= 0:
