@@ -6,9 +6,10 @@ adding a protocol means adding a branch here and a package beside it, nothing ab
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import tzinfo
-from typing import Protocol
+from datetime import datetime, tzinfo
+from typing import Any, Protocol
 
 from drivers.base import Meter
 
@@ -62,17 +63,25 @@ def make_link(s: LinkSettings) -> Link:
 
 
 def make_meter(
-    protocol: str, link: Link, address: str, profile: str | None = None, *, tz: tzinfo | None = None
+    protocol: str,
+    link: Link,
+    address: str,
+    profile: str | None = None,
+    *,
+    tz: tzinfo | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> Meter:
     """A meter on ``link``: a 12-digit DL/T 645 address, or a Modbus unit id with its profile name.
 
     ``tz`` is the zone the meters' clocks keep (DL/T 645 meters hold naive local time; relay command
-    deadlines and time sync are written in it).
+    deadlines and time sync are written in it).  ``clock`` is the caller's clock (aware UTC), so that
+    reading times and relay deadlines agree with the rest of the gateway's time.
     """
+    extra: dict[str, Any] = {"clock": clock} if clock is not None else {}
     if protocol == "dlt645":
         from drivers.dlt645.meter import Dlt645Meter
 
-        return Dlt645Meter(link, address, tz=tz)  # type: ignore[arg-type]
+        return Dlt645Meter(link, address, tz=tz, **extra)  # type: ignore[arg-type]
     if protocol == "modbus":
         from drivers.modbus.meter import ModbusMeter
         from drivers.modbus.profile import load_profile
@@ -81,5 +90,5 @@ def make_meter(
             raise ValueError("a Modbus meter needs a profile")
         if not address.isdigit() or not 1 <= int(address) <= 247:
             raise ValueError(f"Modbus unit id must be 1–247 (got '{address}')")
-        return ModbusMeter(link, int(address), load_profile(profile))  # type: ignore[arg-type]
+        return ModbusMeter(link, int(address), load_profile(profile), **extra)  # type: ignore[arg-type]
     raise ValueError(f"unknown protocol '{protocol}' (known: {', '.join(PROTOCOLS)})")

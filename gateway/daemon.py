@@ -20,9 +20,9 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from drivers.base import Reading
+from drivers.base import Quality, Reading
 from drivers.factory import Link, LinkSettings, make_link, make_meter
-from gateway import __version__
+from gateway import __version__, events
 from gateway.bus import BusWorker, PolledMeter
 from gateway.calendar import WorkCalendar
 from gateway.config import GatewayConfig, load_config, resolve
@@ -43,6 +43,7 @@ log = logging.getLogger("pmg.daemon")
 
 POLICY_REVIEW_S = 30.0
 REVIEW_POLL_S = 1.0
+UNREACHABLE_AFTER = 3  # failed polls in a row before a meter is reported unreachable
 STATE_EVERY = timedelta(
     minutes=15
 )  # at least this often a meter's retained state is refreshed  # how often accounts whose next_review_at has come are looked for
@@ -107,6 +108,8 @@ class Gateway:
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
     _meter_cfg: dict[str, Any] = field(default_factory=dict)
     _published: dict[str, tuple[tuple[Any, ...], Any]] = field(default_factory=dict)
+    _failing: dict[str, int] = field(default_factory=dict)
+    stopping: bool = False
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -180,7 +183,7 @@ class Gateway:
             polled = [
                 PolledMeter(
                     m.id,
-                    make_meter(bus.protocol, link, m.address, m.profile, tz=self.cfg.tz),
+                    make_meter(bus.protocol, link, m.address, m.profile, tz=self.cfg.tz, clock=self.clock),
                     m.poll_interval_s or bus.poll_interval_s,
                 )
                 for m in self.cfg.meters_on(bus.id)
@@ -245,8 +248,9 @@ class Gateway:
 
     async def stop(self) -> None:
         """Graceful stop: finish frames in flight, commit, flush what the broker takes, close."""
-        if self._stopped.is_set():
+        if self._stopped.is_set() or self.stopping:
             return
+        self.stopping = True
         sd_notify("STOPPING=1")
         log.info("stopping gateway=%s", self.cfg.gateway_id)
         if self._scheduler is not None:
@@ -343,8 +347,41 @@ class Gateway:
             outcome.charge_minor,
             latency_s * 1000,
         )
+        self._track_comms(meter_id, reading)
         self._emit("reading", {"meter_id": meter_id, "outcome": outcome.outcome, "reading": reading})
         self._wake()
+
+    def _track_comms(self, meter_id: str, reading: Reading) -> None:
+        """Alarm once when a meter stops answering (UNREACHABLE_AFTER failed polls in a row), and say
+        so when it answers again: a silent meter is neither billed nor controllable."""
+        failures = self._failing.get(meter_id, 0)
+        if reading.quality is Quality.OK:
+            if failures >= UNREACHABLE_AFTER:
+                with self.store.tx() as conn:
+                    events.record(
+                        conn,
+                        "comms_restored",
+                        reading.taken_at,
+                        meter_id=meter_id,
+                        detail={"failed_polls": failures},
+                    )
+            self._failing.pop(meter_id, None)
+            return
+        self._failing[meter_id] = failures + 1
+        if failures + 1 == UNREACHABLE_AFTER:
+            with self.store.tx() as conn:
+                events.record(
+                    conn,
+                    "meter_unreachable",
+                    reading.taken_at,
+                    severity="alarm",
+                    meter_id=meter_id,
+                    detail={
+                        "quality": reading.quality.value,
+                        "error": reading.error,
+                        "failed_polls": failures + 1,
+                    },
+                )
 
     def _publish_state(self, conn: Any, meter_id: str, now: Any, key: tuple[Any, ...]) -> None:
         """Queue the retained state snapshot when the state or relay changed, or every STATE_EVERY:

@@ -13,7 +13,7 @@ import json
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from drivers.base import RelayAction, RelayState
@@ -28,6 +28,7 @@ from gateway.pricing import TariffBook
 from gateway.store.db import dumps
 from gateway.timeutil import iso, parse_iso
 
+FAILED_COMMAND_BACKOFF = timedelta(hours=1)  # before the policy asks a meter that failed again
 EMERGENCY_OFFER_KEY = "emergency_credit.offer"  # gateway.policy: the alert key of the offer
 
 
@@ -137,10 +138,12 @@ class PolicyEngine:
             warnings_sent={int(k): parse_iso(v) for k, v in json.loads(a["warnings_json"]).items()},
             alerts_sent=alerts,
         )
+        # A command that failed recently counts as still pending: a stuck relay has been alarmed; asking
+        # again on every reading would only flood the bus and the audit log.  It is retried hourly.
         pending = conn.execute(
-            "SELECT action FROM relay_commands WHERE meter_id = ? AND status IN ('pending', 'sending') "
-            "ORDER BY id DESC LIMIT 1",
-            (meter_id,),
+            "SELECT action FROM relay_commands WHERE meter_id = ? AND (status IN ('pending', 'sending') "
+            "OR (status = 'failed' AND actor = 'policy' AND updated_at > ?)) ORDER BY id DESC LIMIT 1",
+            (meter_id, iso(now - FAILED_COMMAND_BACKOFF)),
         ).fetchone()
         caps = self.caps.get(meter_id, MeterCaps())
         meter = MeterView(

@@ -37,7 +37,7 @@ def _job(gateway: Gateway, run: Callable[[Gateway], Any], name: str) -> Callable
                 await result
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            if task is not None and task.cancelling() and not gateway.stopping:
                 raise
             log.info("job=%s stopped: its bus work was cancelled (the gateway is stopping)", name)
         except Exception:

@@ -344,3 +344,21 @@ def test_a_close_permission_is_withdrawn_when_credit_runs_out_before_the_button(
     assert state == "disconnected"
     trace = json.loads(store.scalar("SELECT trace_json FROM relay_commands WHERE action = 'trip'"))
     assert {k: trace[-1][k] for k in ("rule", "passed")} == {"rule": "relay.only_if_open", "passed": True}
+
+
+def test_a_failed_cut_is_not_asked_again_on_every_reading_but_hourly(store: Store) -> None:
+    """A stuck relay has been alarmed once; re-queueing the trip on every reading would keep the bus busy
+    with retries and the audit log full of the same alarm."""
+    pe = engine()
+    with store.tx() as conn:
+        conn.execute("UPDATE meters SET relay = 'closed'")
+        pe.evaluate_meter(conn, "m1", T0)
+        conn.execute(
+            "UPDATE relay_commands SET status = 'failed', updated_at = ? WHERE action = 'trip'", (iso(T0),)
+        )
+        for minutes in (1, 10, 59):
+            pe.evaluate_meter(conn, "m1", T0 + timedelta(minutes=minutes))
+        assert open_commands(store) == []
+        pe.evaluate_meter(conn, "m1", T0 + timedelta(minutes=61))
+    assert open_commands(store) == [("trip", "pending", "policy")]
+    assert store.scalar("SELECT COUNT(*) FROM events WHERE kind = 'policy_disconnect'") == 2
