@@ -31,11 +31,18 @@ class OutboxMessage:
     created_at: str
 
     def envelope(self, gateway_id: str) -> bytes:
-        """The bytes published: the payload with gateway id and sequence number added."""
-        body: dict[str, Any] = json.loads(self.payload)
-        body["gateway_id"] = gateway_id
-        body["seq"] = self.seq
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        """The bytes published: the payload with gateway id and sequence number added.
+
+        The stored payload is already compact JSON, so the two keys are spliced in front of it rather
+        than parsing and re-encoding every message (the drain's hottest line)."""
+        head = f'{{"gateway_id":{json.dumps(gateway_id)},"seq":{self.seq}'
+        body = self.payload
+        if not body.startswith("{") or '"gateway_id":' in body or '"seq":' in body:
+            parsed: dict[str, Any] = json.loads(body)
+            parsed["gateway_id"] = gateway_id
+            parsed["seq"] = self.seq
+            return json.dumps(parsed, separators=(",", ":"), ensure_ascii=False).encode()
+        return (head + ("}" if body.strip() == "{}" else "," + body[1:])).encode()
 
 
 def put(
@@ -85,9 +92,10 @@ def mark_delivered(store: Store, seqs: list[int], now: datetime) -> None:
     if not seqs:
         return
     with store.tx() as conn:
+        # PUBACKs come in order, so the seqs form a few runs: one statement per run, not per message
         conn.executemany(
-            "UPDATE outbox SET delivered_at = ? WHERE seq = ? AND delivered_at IS NULL",
-            [(iso(now), s) for s in seqs],
+            "UPDATE outbox SET delivered_at = ? WHERE seq BETWEEN ? AND ? AND delivered_at IS NULL",
+            [(iso(now), lo, hi) for lo, hi in seq_ranges(seqs)],
         )
 
 
