@@ -82,3 +82,6 @@ def setup_logging(verbose: int = 0, *, stream: IO[str] | None = None, daemon: bo
     root.setLevel(level)
     # apscheduler narrates every job run at INFO; the jobs log their own outcome.
     logging.getLogger("apscheduler").setLevel(max(level, logging.WARNING))
+    # pymodbus logs every timeout and refused connection as an error of its own; our driver turns
+    # each into a reading's quality or a one-line error, so its chatter is only shown with -vv.
+    logging.getLogger("pymodbus").setLevel(logging.DEBUG if verbose >= 2 else logging.CRITICAL)

@@ -146,6 +146,10 @@ def scan(
     """Find the meters on a bus, with a progress bar."""
     from rich.progress import Progress
 
+    # Arguments are checked before the bus is touched.
+    dlt_todo = _dlt_addresses(addresses) if protocol == "dlt645" and addresses else None
+    unit_list = _parse_units(units) if protocol == "modbus" else []
+
     async def go(progress: Progress) -> list[str]:
         link = make_link(LinkSettings(protocol, url, baud, parity, min(timeout_s, 0.5), retries=0))
         await link.open()
@@ -153,14 +157,13 @@ def scan(
             if protocol == "dlt645":
                 from drivers.dlt645.meter import scan as dlt_scan
 
-                todo = _dlt_addresses(addresses) if addresses else None
+                todo = dlt_todo
                 task = progress.add_task("probing", total=len(todo) if todo else 1)
                 found = await dlt_scan(link, todo, lambda i, n: progress.update(task, completed=i))  # type: ignore[arg-type]
                 return found
             from drivers.modbus import scan as mb_scan
             from drivers.modbus.profile import load_profile
 
-            unit_list = _parse_units(units)
             task = progress.add_task("probing", total=len(unit_list))
             prof = load_profile(profile) if profile else None
             done = 0

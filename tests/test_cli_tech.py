@@ -1,0 +1,162 @@
+"""The lead's commands (``read``, ``scan``, ``payment add``, ``balance``, ``ledger verify``, ``run``): every
+mistake is one line on stderr with a meaningful exit status, and changes nothing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from gateway_harness import base_config, write_config
+
+from gateway.cli.main import cli
+from gateway.config import load_config
+from gateway.ledger.accounts import seed_from_config
+from gateway.store.db import open_store
+from simulators.dlt645 import SimulatedDlt645Bus, make_models
+from simulators.model import Fault
+
+
+@pytest.fixture
+def cfg_path(tmp_path: Path) -> Path:
+    body = base_config(tmp_path / "pmg.db") + (
+        f'\n[[buses]]\nid = "b1"\nprotocol = "dlt645"\nurl = "{tmp_path / "tty"}"\n'
+        '\n[[meters]]\nid = "m1"\nbus = "b1"\naddress = "000000000001"\naccount = "a1"\ntariff = "flat-cn"\n'
+    )
+    path = write_config(tmp_path / "gw.toml", body)
+    store = open_store(tmp_path / "pmg.db")
+    seed_from_config(store, load_config(path), datetime.now(UTC))
+    store.close()
+    return path
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), prog_name="pmg")
+
+
+def one_line(result: Result, status: int, needle: str) -> None:
+    assert result.exit_code == status, (result.exit_code, result.output, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pmg: error: "), result.stderr
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in result.output + result.stderr
+
+
+def money_rows(cfg_path: Path) -> list[tuple[object, ...]]:
+    store = open_store(cfg_path.parent / "pmg.db", readonly=True)
+    try:
+        return [tuple(r) for r in store.all("SELECT * FROM entries")] + [
+            tuple(r) for r in store.all("SELECT id, balance_minor FROM accounts")
+        ]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("amount", "needle"),
+    [
+        ("12.345", "more than 2 decimal places"),
+        ("1e3", "not a decimal amount"),
+        ("0.00", "must be positive"),
+        ("abc", "not a decimal amount"),
+    ],
+)
+def test_payment_add_refuses_bad_amounts_and_changes_nothing(
+    cfg_path: Path, amount: str, needle: str
+) -> None:
+    before = money_rows(cfg_path)
+    one_line(run("payment", "add", "-c", str(cfg_path), "a1", amount, "--actor", "clerk"), 2, needle)
+    assert money_rows(cfg_path) == before
+
+
+def test_payment_add_applies_once_per_id(cfg_path: Path) -> None:
+    first = run("payment", "add", "-c", str(cfg_path), "a1", "10.00", "--id", "cash-1", "--actor", "clerk")
+    again = run("payment", "add", "-c", str(cfg_path), "a1", "10.00", "--id", "cash-1", "--actor", "clerk")
+    assert first.exit_code == 0 and again.exit_code == 0, first.output + again.output
+    assert "already applied" in again.output
+    balance = run("balance", "-c", str(cfg_path), "a1", "--json")
+    assert '"balance": "10.00"' in balance.output
+    one_line(
+        run("payment", "add", "-c", str(cfg_path), "a1", "11.00", "--id", "cash-1", "--actor", "clerk"),
+        2,
+        "was already used for 10.00",
+    )
+    one_line(
+        run("payment", "add", "-c", str(cfg_path), "nobody", "1.00", "--actor", "clerk"),
+        2,
+        "no account 'nobody'",
+    )
+
+
+def test_balance_and_verify_report_missing_things_in_one_line(cfg_path: Path, tmp_path: Path) -> None:
+    one_line(run("balance", "-c", str(cfg_path), "ghost"), 2, "no account 'ghost'")
+    assert run("ledger", "verify", "-c", str(cfg_path)).exit_code == 0
+    one_line(run("ledger", "verify", "-c", str(tmp_path / "none.toml")), 2, "cannot read file")
+
+
+def test_read_and_scan_refuse_bad_arguments(tmp_path: Path) -> None:
+    one_line(run("read", "--protocol", "dlt645", "--port", "/dev/null"), 2, "--address is required")
+    one_line(
+        run("read", "--protocol", "dlt645", "--port", "/dev/null", "--address", "12"), 2, "12 decimal digits"
+    )
+    one_line(
+        run("read", "--protocol", "modbus", "--port", "tcp://127.0.0.1:1", "--unit", "3"),
+        2,
+        "--unit and --profile are required",
+    )
+    one_line(
+        run("scan", "--protocol", "modbus", "--port", "tcp://127.0.0.1:1", "--units", "0-300"),
+        2,
+        "outside 1-247",
+    )
+    one_line(
+        run("read", "--protocol", "dlt645", "--port", str(tmp_path / "no-tty"), "--address", "000000000001"),
+        1,
+        "no-tty",
+    )
+
+
+def test_read_and_scan_a_live_simulated_meter() -> None:
+    models = make_models(2)
+    sim = SimulatedDlt645Bus(models, baud=9600, response_delay_s=0.002)
+    try:
+        url = f"socket://127.0.0.1:{sim.start_tcp()}"
+        result = run(
+            "read",
+            "--protocol",
+            "dlt645",
+            "--port",
+            url,
+            "--baud",
+            "9600",
+            "--address",
+            "000000000002",
+            "--json",
+        )
+        assert result.exit_code == 0, result.output + result.stderr
+        assert '"address": "000000000002"' in result.output and '"relay": "closed"' in result.output
+        found = run(
+            "scan", "--protocol", "dlt645", "--port", url, "--baud", "9600", "--addresses", "1-4", "--json"
+        )
+        assert found.exit_code == 0 and '"000000000001"' in found.output and '"000000000002"' in found.output
+        models[1].faults.add(Fault.NO_ANSWER)
+        one_line(
+            run(
+                "read",
+                "--protocol",
+                "dlt645",
+                "--port",
+                url,
+                "--baud",
+                "9600",
+                "--timeout",
+                "0.1",
+                "--address",
+                "000000000002",
+            ),
+            1,
+            "timeout",
+        )
+    finally:
+        sim.stop()
