@@ -24,17 +24,15 @@ from drivers.base import Quality, Reading
 from drivers.factory import Link, LinkSettings, make_link, make_meter
 from gateway import __version__, events
 from gateway.bus import BusWorker, PolledMeter
-from gateway.calendar import WorkCalendar
+from gateway.components import Components, build_components
 from gateway.config import GatewayConfig, load_config, resolve
-from gateway.enforcement import MeterCaps, PolicyEngine
-from gateway.enforcer import Enforcer, RelayCommand, state_snapshot
+from gateway.enforcer import Enforcer, RelayCommand
 from gateway.ledger.accounts import seed_from_config
 from gateway.ledger.charging import record_reading
 from gateway.ledger.payments import PaymentResult, apply_payment
 from gateway.metrics import GatewayMetrics, observe_relay_outcome
-from gateway.policy.rules import Rules, load_preset
-from gateway.pricing import TariffBook
 from gateway.service import InstanceLock, sd_notify, watchdog_interval_s
+from gateway.snapshots import state_snapshot
 from gateway.store.db import Store, StoreError, open_store
 from gateway.sync.mqtt import MqttLink
 from gateway.timeutil import Clock, iso, system_clock
@@ -42,47 +40,10 @@ from gateway.timeutil import Clock, iso, system_clock
 log = logging.getLogger("pmg.daemon")
 
 POLICY_REVIEW_S = 30.0
-REVIEW_POLL_S = 1.0
+REVIEW_POLL_S = 1.0  # how often accounts whose next_review_at has come are looked for
 UNREACHABLE_AFTER = 3  # failed polls in a row before a meter is reported unreachable
-STATE_EVERY = timedelta(
-    minutes=15
-)  # at least this often a meter's retained state is refreshed  # how often accounts whose next_review_at has come are looked for
+STATE_EVERY = timedelta(minutes=15)  # at least this often a meter's retained state is refreshed
 STOP_FLUSH_DEADLINE_S = 5.0
-
-
-@dataclass
-class Components:
-    """What is rebuilt from configuration (on start and on a safe SIGHUP reload)."""
-
-    cfg: GatewayConfig
-    book: TariffBook
-    policy: PolicyEngine
-    rules: Rules
-    calendar: WorkCalendar
-
-
-def build_components(cfg: GatewayConfig, config_path: Path, store: Store | None) -> Components:
-    """Everything derived from the configuration that can fail; raises one-line errors."""
-    rules = load_preset(cfg.policy.preset, cfg.policy.overrides)
-    country = cfg.policy.country or rules.country
-    calendar = WorkCalendar(cfg.timezone, country, cfg.policy.subdiv or rules.subdiv)
-    book = TariffBook.load(resolve(config_path, cfg.tariff_dir), store.conn if store else None, calendar)
-    for meter in cfg.meters:
-        book.get(meter.tariff)  # a meter on an unknown tariff is a configuration error
-    caps = {m.id: _caps(cfg, m.id) for m in cfg.meters}
-    policy = PolicyEngine(rules, calendar, caps, book=book, minor_digits=cfg.minor_digits)
-    return Components(cfg, book, policy, rules, calendar)
-
-
-def _caps(cfg: GatewayConfig, meter_id: str) -> MeterCaps:
-    meter = next(m for m in cfg.meters if m.id == meter_id)
-    protocol = cfg.bus(meter.bus).protocol
-    if protocol == "dlt645":
-        return MeterCaps(controllable=True, supports_load_limit=False, supports_keep_power=True)
-    from drivers.modbus.profile import load_profile
-
-    profile = load_profile(meter.profile or "")
-    return MeterCaps(controllable=profile.relay is not None)
 
 
 @dataclass
@@ -134,6 +95,7 @@ class Gateway:
             self.clock,
             on_outcome=self._on_relay_outcome,
             notify_outbox=self._notify_outbox,
+            minor_digits=self.cfg.minor_digits,
         )
         self._resume_commands()
         self._tasks.append(asyncio.create_task(self.enforcer.run(), name="enforcer"))
@@ -390,7 +352,7 @@ class Gateway:
         last = self._published.get(meter_id)
         if last is not None and last[0] == key and now - last[1] < STATE_EVERY:
             return
-        state_snapshot(conn, meter_id, now)
+        state_snapshot(conn, meter_id, now, minor_digits=self.cfg.minor_digits)
         self._published[meter_id] = (key, now)
 
     def apply_payment(

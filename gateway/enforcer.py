@@ -22,8 +22,8 @@ from typing import Any
 from drivers.base import DriverError, NotControllable, RelayAction, RelayState
 from gateway import events
 from gateway.bus import PRIORITY_RELAY, BusWorker
+from gateway.snapshots import state_snapshot
 from gateway.store.db import Store, dumps
-from gateway.sync import outbox
 from gateway.timeutil import Clock, iso, parse_iso
 
 log = logging.getLogger("pmg.enforcer")
@@ -177,7 +177,9 @@ class Enforcer:
         *,
         on_outcome: OutcomeHook | None = None,
         notify_outbox: Callable[[], None] = lambda: None,
+        minor_digits: int = 2,
     ) -> None:
+        self.minor_digits = minor_digits
         self.store = store
         self.workers = workers
         self.meter_bus = meter_bus
@@ -350,7 +352,7 @@ class Enforcer:
                     actor=cmd.actor,
                     detail=detail,
                 )
-                _state_snapshot(conn, cmd.meter_id, now)
+                state_snapshot(conn, cmd.meter_id, now, minor_digits=self.minor_digits)
             elif final or attempts >= MAX_ATTEMPTS:
                 status = "failed"
                 conn.execute(
@@ -392,36 +394,3 @@ class Enforcer:
         self.notify_outbox()
         if self.on_outcome is not None:
             self.on_outcome(cmd, status, state)
-
-
-def _state_snapshot(conn: sqlite3.Connection, meter_id: str, now: datetime) -> None:
-    """Queue the retained ``meters/<id>/state`` snapshot (non-billing: superseded by the next)."""
-    row = conn.execute(
-        "SELECT m.id, m.account_id, m.relay, a.balance_minor, a.policy_state, m.last_register_wh "
-        "FROM meters m JOIN accounts a ON a.id = m.account_id WHERE m.id = ?",
-        (meter_id,),
-    ).fetchone()
-    if row is None:
-        return
-    from gateway.money import format_money
-
-    outbox.put(
-        conn,
-        f"meters/{meter_id}/state",
-        {
-            "schema": "pmg.state/1",
-            "meter_id": row[0],
-            "account_id": row[1],
-            "relay": row[2],
-            "balance": format_money(row[3]),
-            "policy_state": row[4],
-            "register_wh": row[5],
-            "at": iso(now),
-        },
-        now,
-        billing=False,
-        retain=True,
-    )
-
-
-state_snapshot = _state_snapshot

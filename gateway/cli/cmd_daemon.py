@@ -27,7 +27,8 @@ def run(config_path: Path, check: bool) -> None:
     invalid.
     """
     cfg = load(config_path)
-    from gateway.daemon import build_components, run_daemon
+    from gateway.components import build_components
+    from gateway.daemon import run_daemon
 
     build_components(cfg, config_path, None)
     if check:

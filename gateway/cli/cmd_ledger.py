@@ -264,7 +264,7 @@ def meter() -> None:
 
 
 def _pricer_for(cfg: Any, config_path: Path, store: Any, meter_id: str) -> tuple[Any, int]:
-    from gateway.daemon import build_components
+    from gateway.components import build_components
 
     modulus = next((m.register_modulus_wh for m in cfg.meters if m.id == meter_id), 1_000_000_000)
     return build_components(cfg, config_path, store).book, modulus
