@@ -160,3 +160,28 @@ def test_read_and_scan_a_live_simulated_meter() -> None:
         )
     finally:
         sim.stop()
+
+
+def test_read_and_scan_a_live_modbus_meter() -> None:
+    from drivers.modbus.profile import load_profile
+    from simulators.modbus import SimulatedModbusBus
+    from simulators.model import MeterModel
+
+    bus = SimulatedModbusBus(
+        {3: (MeterModel("3"), load_profile("dds238")), 5: (MeterModel("5"), load_profile("dds238"))}
+    )
+    try:
+        url = f"tcp://127.0.0.1:{bus.start_tcp()}"
+        result = run(
+            "read", "--protocol", "modbus", "--profile", "dds238", "--port", url, "--unit", "3", "--json"
+        )
+        assert result.exit_code == 0, result.output + result.stderr
+        assert '"address": "3"' in result.output and '"relay": "closed"' in result.output
+        assert '"energy_import_wh": 0' in result.output
+        found = run(
+            "scan", "--protocol", "modbus", "--port", url, "--units", "1-6", "--profile", "dds238", "--json"
+        )
+        assert found.exit_code == 0, found.output + found.stderr
+        assert '"found": [\n    "3",\n    "5"\n  ]' in found.output
+    finally:
+        bus.stop()
