@@ -83,26 +83,21 @@ def request(
     Cancels pending commands that it supersedes; returns None (and queues nothing) when the same
     action is already pending for the meter.
     """
-    open_rows = conn.execute(
-        "SELECT id, action FROM relay_commands WHERE meter_id = ? AND status IN ('pending', 'sending')",
-        (meter_id,),
-    ).fetchall()
-    for row_id, row_action in open_rows:
-        if row_action == action.value:
-            return None
-        if RelayAction(row_action) in OPPOSITES.get(action, ()):
-            conn.execute(
-                "UPDATE relay_commands SET status = 'cancelled', outcome = ?, updated_at = ? WHERE id = ?",
-                (f"superseded by {action.value}: {reason}", iso(now), row_id),
-            )
-            events.record(
-                conn,
-                "relay_command_cancelled",
-                now,
-                meter_id=meter_id,
-                actor=actor,
-                detail={"command_id": row_id, "action": row_action, "superseded_by": action.value},
-            )
+    already = conn.execute(
+        "SELECT 1 FROM relay_commands WHERE meter_id = ? AND action = ? AND status IN ('pending', 'sending')",
+        (meter_id, action.value),
+    ).fetchone()
+    if already is not None:
+        return None
+    cancel(
+        conn,
+        meter_id,
+        OPPOSITES.get(action, ()),
+        now,
+        reason=f"superseded by {action.value}: {reason}",
+        actor=actor,
+        superseded_by=action,
+    )
     account = conn.execute("SELECT account_id FROM meters WHERE id = ?", (meter_id,)).fetchone()
     cur = conn.execute(
         "INSERT INTO relay_commands(meter_id, action, status, reason, actor, trace_json, payment_id, "
@@ -133,12 +128,15 @@ def cancel(
     actor: str,
     statuses: tuple[str, ...] = ("pending", "sending"),
     only_actor: str | None = None,
+    superseded_by: RelayAction | None = None,
 ) -> int:
     """Cancel open commands of the given kinds for a meter (a payment cancels a pending cut).
 
     ``statuses`` narrows which open rows are touched (``pending`` only: leave a frame on the wire
     alone); ``only_actor`` leaves other actors' orders (a technician's) in place.
     """
+    if not actions:
+        return 0
     rows = conn.execute(
         f"SELECT id, action FROM relay_commands WHERE meter_id = ? "
         f"AND status IN ({','.join('?' for _ in statuses)}) "
@@ -156,7 +154,12 @@ def cancel(
             now,
             meter_id=meter_id,
             actor=actor,
-            detail={"command_id": row_id, "action": row_action, "reason": reason},
+            detail={
+                "command_id": row_id,
+                "action": row_action,
+                "reason": reason,
+                **({"superseded_by": superseded_by.value} if superseded_by else {}),
+            },
         )
     return len(rows)
 
