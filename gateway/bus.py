@@ -83,6 +83,9 @@ class BusWorker:
         self.busy_since: float | None = None
         self._jobs: list[tuple[int, int, Callable[[], Awaitable[Any]], asyncio.Future[Any]]] = []
         self._counter = itertools.count()
+        # (next_due, configured position, meter id): the next poll is the heap's top, O(log n) per poll
+        # instead of scanning every meter on the bus for the earliest due time.
+        self._due: list[tuple[float, int, str]] = []
         self._wake = asyncio.Event()
         self._stopping = False
         self._opened = False
@@ -116,6 +119,8 @@ class BusWorker:
         now = self.monotonic()
         for i, pm in enumerate(self.meters.values()):
             pm.next_due = now + 0.001 * i  # first cycle straight away, in configured order
+        self._due = [(pm.next_due, i, pm.meter_id) for i, pm in enumerate(self.meters.values())]
+        heapq.heapify(self._due)
         while not self._stopping:
             self.heartbeat = self.monotonic()
             if self._jobs:
@@ -131,10 +136,12 @@ class BusWorker:
                 finally:
                     self.busy_since = None
                 continue
-            nxt = min(self.meters.values(), key=lambda m: m.next_due, default=None)
+            nxt = self.meters[self._due[0][2]] if self._due else None
             if nxt is not None and nxt.next_due <= self.monotonic():
+                _, position, _ = heapq.heappop(self._due)
                 reading = await self._read(nxt, POLL_POINTS)
                 self._schedule_next(nxt, reading)
+                heapq.heappush(self._due, (nxt.next_due, position, nxt.meter_id))
                 continue
             delay = 1.0 if nxt is None else max(0.0, min(1.0, nxt.next_due - self.monotonic()))
             self._wake.clear()
