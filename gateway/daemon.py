@@ -39,7 +39,8 @@ from gateway.timeutil import Clock, iso, system_clock
 
 log = logging.getLogger("pmg.daemon")
 
-POLICY_REVIEW_S = 30.0
+POLICY_REVIEW_S = 30.0  # a slice of the accounts is re-decided this often ...
+POLICY_SWEEP_S = 600.0  # ... so that every account is re-decided at least this often
 REVIEW_POLL_S = 1.0  # how often accounts whose next_review_at has come are looked for
 UNREACHABLE_AFTER = 3  # failed polls in a row before a meter is reported unreachable
 STATE_EVERY = timedelta(minutes=15)  # at least this often a meter's retained state is refreshed
@@ -70,6 +71,7 @@ class Gateway:
     _meter_cfg: dict[str, Any] = field(default_factory=dict)
     _published: dict[str, tuple[tuple[Any, ...], Any]] = field(default_factory=dict)
     _failing: dict[str, int] = field(default_factory=dict)
+    _sweep_next: int = 0
     stopping: bool = False
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -182,7 +184,7 @@ class Gateway:
     def _start_scheduler(self) -> None:
         scheduler = AsyncIOScheduler(timezone="UTC")
         scheduler.add_job(
-            self.review_policy,
+            self.review_slice,
             "interval",
             seconds=POLICY_REVIEW_S,
             id="policy_review",
@@ -383,6 +385,30 @@ class Gateway:
                 for (meter_id,) in conn.execute("SELECT id FROM meters ORDER BY id").fetchall():
                     if meter_id in self._meter_cfg:
                         self.parts.policy.evaluate_meter(conn, meter_id, now)
+        except StoreError as exc:
+            log.error("policy review failed: %s", exc)
+        self._wake()
+
+    async def review_slice(self) -> None:
+        """The safety net, spread out: re-decide the next slice of the meters, in id order, so every
+        account is re-decided within ``POLICY_SWEEP_S`` even if nothing else asked for it.
+
+        Decisions are already re-made whenever their inputs change (a charged reading, a payment, a
+        command, a settled standing charge) and when their own ``next_review_at`` comes; the sweep only
+        guards against an input this list misses.  Sweeping 2,000 accounts in one transaction every
+        30 s cost a busy gateway more CPU than polling them and stalled the loop for a second."""
+        meters = sorted(self._meter_cfg)
+        if not meters:
+            return
+        per_tick = -(-len(meters) // max(1, round(POLICY_SWEEP_S / POLICY_REVIEW_S)))
+        start = self._sweep_next if self._sweep_next < len(meters) else 0
+        chunk = meters[start : start + per_tick]
+        self._sweep_next = start + per_tick
+        now = self.clock()
+        try:
+            with self.store.tx() as conn:
+                for meter_id in chunk:
+                    self.parts.policy.evaluate_meter(conn, meter_id, now)
         except StoreError as exc:
             log.error("policy review failed: %s", exc)
         self._wake()
