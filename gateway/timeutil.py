@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import lru_cache
 
 Clock = Callable[[], datetime]
 
@@ -39,6 +40,14 @@ def iso(dt: datetime) -> str:
     """RFC 3339 UTC with a Z, second precision kept to microseconds when present."""
     if dt.tzinfo is None:
         raise ValueError("naive datetime: every stored instant must be timezone-aware")
+    return _iso_utc(dt)
+
+
+@lru_cache(maxsize=4096)
+def _iso_utc(dt: datetime) -> str:
+    """Cached: one reading formats the same few instants a dozen times (the reading row, the entry,
+    the meter's position, the outbox message, the audit trail).  Equal aware datetimes are the same
+    instant whatever their zone, and the text depends only on the instant."""
     return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from itertools import pairwise
 from zoneinfo import ZoneInfo
 
@@ -60,6 +61,7 @@ def _transition(lo: datetime, hi: datetime, zone: ZoneInfo) -> datetime:
     return lo + high * _US
 
 
+@lru_cache(maxsize=4096)
 def wall_to_instant(day: date, minute: int, zone: ZoneInfo) -> datetime:
     """The first instant (UTC) at which local wall time ``day minute`` is reached.
 
@@ -101,6 +103,22 @@ def cycle_start(version: TariffVersion, instant: datetime) -> datetime | None:
     return start
 
 
+@lru_cache(maxsize=2048)
+def _day_edges(day: date, edges: frozenset[int], zone: ZoneInfo) -> tuple[datetime, ...]:
+    """Every instant (UTC) at which the local wall clock shows one of ``edges`` on ``day``.
+
+    Cached per day: a gateway prices thousands of short intervals a day, all inside the same few local
+    days, and converting each edge (both folds) was most of the cost of pricing a reading."""
+    found: list[datetime] = []
+    for minute in sorted(edges):
+        naive = datetime.combine(day, time(minute // 60, minute % 60))
+        for fold in (0, 1):
+            instant = naive.replace(tzinfo=zone, fold=fold).astimezone(UTC)
+            if instant.astimezone(zone).replace(tzinfo=None) == naive:
+                found.append(instant)
+    return tuple(found)
+
+
 def _cuts(version: TariffVersion, start: datetime, end: datetime) -> list[datetime]:
     zone = version.zone
     cuts = {start, end}
@@ -109,12 +127,7 @@ def _cuts(version: TariffVersion, start: datetime, end: datetime) -> list[dateti
         day = start.astimezone(zone).date() - timedelta(days=1)
         last = end.astimezone(zone).date() + timedelta(days=1)
         while day <= last:
-            for minute in edges:
-                naive = datetime.combine(day, time(minute // 60, minute % 60))
-                for fold in (0, 1):
-                    instant = naive.replace(tzinfo=zone, fold=fold).astimezone(UTC)
-                    if start < instant < end and instant.astimezone(zone).replace(tzinfo=None) == naive:
-                        cuts.add(instant)
+            cuts.update(instant for instant in _day_edges(day, edges, zone) if start < instant < end)
             day += timedelta(days=1)
     ordered = sorted(cuts)
     with_changes = [ordered[0]]

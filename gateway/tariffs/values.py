@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
+from functools import cached_property
 from itertools import pairwise
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -77,7 +78,7 @@ class TimeOfUse:
     def register_map(self) -> dict[str, str]:
         return dict(self.registers)
 
-    @property
+    @cached_property
     def edges(self) -> frozenset[int]:
         """Every minute of the day at which some day type may change period (always includes 0)."""
         return frozenset(
