@@ -284,7 +284,6 @@ class Gateway:
             return
         now = reading.taken_at
         with self.store.tx() as conn:
-            before = conn.execute("SELECT relay FROM meters WHERE id = ?", (meter_id,)).fetchone()
             outcome = record_reading(
                 conn,
                 meter_id,
@@ -294,7 +293,7 @@ class Gateway:
                 register_modulus_wh=mcfg.register_modulus_wh,
                 minor_digits=self.cfg.minor_digits,
             )
-            relay_moved = reading.relay is not None and (before is None or before[0] != reading.relay.value)
+            relay_moved = reading.relay is not None and outcome.relay_before != reading.relay.value
             # Re-decide when money or the relay moved; time alone is the due-review task's business.
             if (
                 outcome.outcome == "baseline"

@@ -31,6 +31,7 @@ class MeterRow:
     quarantined_reading_id: int | None
     charged_exact: str = "0"  # cumulative exact charge (Decimal text)
     charged_minor: int = 0  # cumulative posted charge
+    last_tariffs_json: str | None = None  # the per-tariff registers (T1..Tn) of the last accepted reading
 
 
 def ensure_account(
@@ -164,12 +165,12 @@ def seed_from_config(store: Store, cfg: GatewayConfig, now: datetime) -> None:
 def get_meter(conn: sqlite3.Connection, meter_id: str) -> MeterRow | None:
     r = conn.execute(
         "SELECT id, account_id, bus_id, protocol, address, keep_power, last_register_wh, last_reading_at, "
-        "relay, quarantined_reading_id, charged_exact, charged_minor FROM meters WHERE id = ?",
+        "relay, quarantined_reading_id, charged_exact, charged_minor, last_tariffs_json FROM meters WHERE id = ?",
         (meter_id,),
     ).fetchone()
     if r is None:
         return None
-    return MeterRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], r[8], r[9], r[10], int(r[11]))
+    return MeterRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], r[8], r[9], r[10], int(r[11]), r[12])
 
 
 def balance_minor(conn: sqlite3.Connection, account_id: str) -> int:
@@ -210,6 +211,41 @@ def post_entry(
     pocket (a ``debt`` entry raises it, a ``debt_recovery`` entry lowers both).  Both caches are the sums
     of their entry columns, which ``verify`` checks.
     """
+    return post_entry_balance(
+        conn,
+        account_id,
+        kind,
+        amount_minor,
+        now,
+        energy_wh=energy_wh,
+        meter_id=meter_id,
+        reading_id=reading_id,
+        external_id=external_id,
+        period_start=period_start,
+        period_end=period_end,
+        detail_json=detail_json,
+        debt_minor=debt_minor,
+    )[0]
+
+
+def post_entry_balance(
+    conn: sqlite3.Connection,
+    account_id: str,
+    kind: str,
+    amount_minor: int,
+    now: datetime,
+    *,
+    energy_wh: int | None = None,
+    meter_id: str | None = None,
+    reading_id: int | None = None,
+    external_id: str | None = None,
+    period_start: datetime | None = None,
+    period_end: datetime | None = None,
+    detail_json: str = "{}",
+    debt_minor: int = 0,
+) -> tuple[int, int]:
+    """``post_entry`` returning (entry id, the account's new cached balance): the hot path (a charged
+    reading) needs the balance for its usage message and gets it from the same UPDATE."""
     cur = conn.execute(
         "INSERT INTO entries(account_id, kind, amount_minor, energy_wh, meter_id, reading_id, external_id, "
         "period_start, period_end, detail_json, created_at, debt_minor) "
@@ -229,10 +265,13 @@ def post_entry(
             debt_minor,
         ),
     )
-    conn.execute(
+    entry_id = cur.lastrowid
+    rows = conn.execute(  # fetchall: a RETURNING statement must run to its end before the commit
         "UPDATE accounts SET balance_minor = balance_minor + ?, debt_minor = debt_minor + ?, updated_at = ? "
-        "WHERE id = ?",
+        "WHERE id = ? RETURNING balance_minor",
         (amount_minor, debt_minor, iso(now), account_id),
-    )
-    assert cur.lastrowid is not None
-    return cur.lastrowid
+    ).fetchall()
+    assert entry_id is not None
+    if not rows:
+        raise LookupError(f"no account '{account_id}'")
+    return entry_id, int(rows[0][0])

@@ -22,10 +22,11 @@ from typing import Protocol
 
 from drivers.base import Reading
 from gateway import events
-from gateway.ledger.accounts import get_meter, post_entry
+from gateway.ledger.accounts import get_meter, post_entry_balance
 from gateway.money import format_money, to_minor
 from gateway.store.db import dumps
 from gateway.sync import outbox
+from gateway.tariffs.pricing import ChargeLine
 from gateway.timeutil import iso, parse_iso
 
 # A reading counts as "just after" the previous one for the plausibility bound at least this long,
@@ -59,6 +60,7 @@ class ChargeOutcome:
     charge_minor: int = 0
     balance_minor: int = 0
     reason: str | None = None
+    relay_before: str | None = None  # the meter's relay as stored before this reading
 
 
 def register_delta(last: int, now_wh: int, modulus: int) -> tuple[int, bool]:
@@ -69,6 +71,18 @@ def register_delta(last: int, now_wh: int, modulus: int) -> tuple[int, bool]:
 
 
 def _line_json(line: PricedLine) -> dict[str, object]:
+    if isinstance(line, ChargeLine):  # the tariff engine's own lines: no attribute probing
+        return {
+            "energy_wh": line.energy_wh,
+            "amount": str(line.amount),
+            "tariff_id": line.tariff_id,
+            "version": line.version,
+            "period": line.period,
+            "block": line.block,
+            "unit_price": str(line.unit_price),
+            "start": iso(line.start),
+            "end": iso(line.end),
+        }
     out: dict[str, object] = {"energy_wh": line.energy_wh, "amount": str(line.amount)}
     for attr in ("tariff_id", "version", "period", "block", "unit_price", "start", "end"):
         if hasattr(line, attr):
@@ -126,7 +140,9 @@ def record_reading(
             "UPDATE meters SET comms_failed = comms_failed + 1, last_comms_error = ?, updated_at = ? WHERE id = ?",
             (reading.error or reading.quality.value, iso(now), meter_id),
         )
-        return ChargeOutcome(meter_id, meter.account_id, "failed", rid, reason=reading.error)
+        return ChargeOutcome(
+            meter_id, meter.account_id, "failed", rid, reason=reading.error, relay_before=meter.relay
+        )
 
     assert reading.energy_import_wh is not None
     register = reading.energy_import_wh
@@ -140,7 +156,9 @@ def record_reading(
     if meter.quarantined_reading_id is not None:
         conn.execute(f"UPDATE meters SET {comms_sql} WHERE id = ?", (*relay_params, meter_id))
         rid = insert("ignored", detail=f"awaiting technician for reading {meter.quarantined_reading_id}")
-        return ChargeOutcome(meter_id, meter.account_id, "ignored", rid, reason="meter quarantined")
+        return ChargeOutcome(
+            meter_id, meter.account_id, "ignored", rid, reason="meter quarantined", relay_before=meter.relay
+        )
 
     if meter.last_register_wh is None or meter.last_reading_at is None:
         rid = insert("baseline", 0)
@@ -149,7 +167,12 @@ def record_reading(
             conn, meter_id, meter.account_id, None, now, register, 0, 0, _balance(conn, meter.account_id)
         )
         return ChargeOutcome(
-            meter_id, meter.account_id, "baseline", rid, balance_minor=_balance(conn, meter.account_id)
+            meter_id,
+            meter.account_id,
+            "baseline",
+            rid,
+            balance_minor=_balance(conn, meter.account_id),
+            relay_before=meter.relay,
         )
 
     last_at = parse_iso(meter.last_reading_at)
@@ -183,20 +206,23 @@ def record_reading(
                 "register_wh": register,
             },
         )
-        return ChargeOutcome(meter_id, meter.account_id, "quarantined", rid, reason=reason)
+        return ChargeOutcome(
+            meter_id, meter.account_id, "quarantined", rid, reason=reason, relay_before=meter.relay
+        )
 
     rid = insert("charged", delta, "rollover" if wrapped else None)
     charge_minor = 0
     extra_sql, extra_params = comms_sql, relay_params
+    balance: int | None = None
     if delta > 0:
-        charge_minor, exact_text, posted = _price_and_post(
+        charge_minor, exact_text, posted, balance = _price_and_post(
             conn,
             meter_id,
             meter.account_id,
             last_at,
             now,
             delta,
-            _register_split(conn, meter_id, reading),
+            _register_split(meter.last_tariffs_json, reading),
             pricer,
             (Decimal(meter.charged_exact), meter.charged_minor),
             reading_id=rid,
@@ -205,11 +231,14 @@ def record_reading(
         extra_sql += ", charged_exact = ?, charged_minor = ?"
         extra_params += (exact_text, posted)
     _advance(conn, meter_id, register, tariffs_json, now, rid, extra_sql, extra_params)
-    balance = _balance(conn, meter.account_id)
+    if balance is None:
+        balance = _balance(conn, meter.account_id)
     _usage_message(
         conn, meter_id, meter.account_id, last_at, now, register, delta, charge_minor, balance, minor_digits
     )
-    return ChargeOutcome(meter_id, meter.account_id, "charged", rid, delta, charge_minor, balance)
+    return ChargeOutcome(
+        meter_id, meter.account_id, "charged", rid, delta, charge_minor, balance, relay_before=meter.relay
+    )
 
 
 def charge_delta(
@@ -227,7 +256,7 @@ def charge_delta(
 ) -> int:
     """Price ``delta_wh`` and post it with cumulative rounding; returns the minor units charged."""
     row = conn.execute("SELECT charged_exact, charged_minor FROM meters WHERE id = ?", (meter_id,)).fetchone()
-    charge_minor, exact_text, posted = _price_and_post(
+    charge_minor, exact_text, posted, _balance_after = _price_and_post(
         conn,
         meter_id,
         account_id,
@@ -259,8 +288,9 @@ def _price_and_post(
     *,
     reading_id: int | None,
     minor_digits: int,
-) -> tuple[int, str, int]:
-    """Post the charge entry; return (charge, new cumulative exact, new cumulative posted) for the meter row.
+) -> tuple[int, str, int, int]:
+    """Post the charge entry; return (charge, new cumulative exact, new cumulative posted) for the meter
+    row, and the account's balance after it.
 
     The caller writes the meter's new cumulative position in the same transaction (``record_reading``
     folds it into its one meter update).
@@ -272,7 +302,7 @@ def _price_and_post(
     cumulative_exact = position[0] + exact
     cumulative_minor = to_minor(cumulative_exact, minor_digits)
     charge_minor = cumulative_minor - position[1]
-    post_entry(
+    _entry_id, balance = post_entry_balance(
         conn,
         account_id,
         "charge",
@@ -285,17 +315,14 @@ def _price_and_post(
         period_end=end,
         detail_json=dumps({"exact": str(exact), "lines": [_line_json(line) for line in lines]}),
     )
-    return charge_minor, str(cumulative_exact), cumulative_minor
+    return charge_minor, str(cumulative_exact), cumulative_minor, balance
 
 
-def _register_split(conn: sqlite3.Connection, meter_id: str, reading: Reading) -> dict[str, int] | None:
+def _register_split(last_tariffs_json: str | None, reading: Reading) -> dict[str, int] | None:
     """Per-tariff register deltas (T1..Tn) when the meter reports them and we have a previous set."""
-    if not reading.energy_import_tariffs_wh:
+    if not reading.energy_import_tariffs_wh or last_tariffs_json is None:
         return None
-    row = conn.execute("SELECT last_tariffs_json FROM meters WHERE id = ?", (meter_id,)).fetchone()
-    if row is None or row[0] is None:
-        return None
-    last = json.loads(row[0])
+    last = json.loads(last_tariffs_json)
     now = list(reading.energy_import_tariffs_wh)
     if len(last) != len(now) or any(b < a for a, b in zip(last, now, strict=True)):
         return None
