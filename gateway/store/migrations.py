@@ -208,6 +208,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE accounts ADD COLUMN cycle_start TEXT;
     ALTER TABLE accounts ADD COLUMN cycle_used_wh INTEGER NOT NULL DEFAULT 0;
     """,
+    # write amplification: every charged reading wrote a page of an index no query needed (reports go
+    # by account, the standing-charge lookups by their partial unique index).  On the gateway's eMMC
+    # one index page fewer per reading is ~5 % of the commit and of the flash wear.
+    """
+    DROP INDEX IF EXISTS entries_kind_time;
+    """,
 )
 
 
