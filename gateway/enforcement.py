@@ -30,6 +30,7 @@ from gateway.timeutil import iso, parse_iso
 
 FAILED_COMMAND_BACKOFF = timedelta(hours=1)  # before the policy asks a meter that failed again
 EMERGENCY_OFFER_KEY = "emergency_credit.offer"  # gateway.policy: the alert key of the offer
+_NOTHING_BLOCKED = hashlib.sha256(dumps([]).encode()).hexdigest()[:16]  # the usual signature, once
 
 
 @dataclass(frozen=True)
@@ -107,18 +108,23 @@ class PolicyEngine:
     def snapshot(
         self, conn: sqlite3.Connection, meter_id: str, now: datetime
     ) -> tuple[AccountView, MeterView, list[Hold], list[Override]]:
-        m = conn.execute(
-            "SELECT id, account_id, relay, keep_power, keep_power_on_meter FROM meters WHERE id = ?",
+        account, meter, holds, overrides, _stored = self._read(conn, meter_id, now)
+        return account, meter, holds, overrides
+
+    def _read(
+        self, conn: sqlite3.Connection, meter_id: str, now: datetime
+    ) -> tuple[AccountView, MeterView, list[Hold], list[Override], tuple[object, ...]]:
+        """The policy's inputs, and the decision fields as stored (to skip rewriting them unchanged)."""
+        a = conn.execute(
+            "SELECT m.relay, m.keep_power, m.keep_power_on_meter, a.id, a.balance_minor, "
+            "a.emergency_credit_minor, a.protected, a.protected_category, a.policy_state, "
+            "a.policy_state_since, a.notice_served_at, a.reminder_sent_at, a.warnings_json, a.alerts_json, "
+            "a.created_at, a.earliest_cut_at, a.next_review_at "
+            "FROM meters m JOIN accounts a ON a.id = m.account_id WHERE m.id = ?",
             (meter_id,),
         ).fetchone()
-        if m is None:
+        if a is None:
             raise LookupError(f"no meter '{meter_id}'")
-        a = conn.execute(
-            "SELECT id, balance_minor, emergency_credit_minor, protected, protected_category, policy_state, "
-            "policy_state_since, notice_served_at, reminder_sent_at, warnings_json, alerts_json, created_at "
-            "FROM accounts WHERE id = ?",
-            (m["account_id"],),
-        ).fetchone()
         alerts = {k: parse_iso(v) for k, v in json.loads(a["alerts_json"]).items()}
         emergency = int(a["emergency_credit_minor"])
         emergency_active = emergency > 0 and (EMERGENCY_OFFER_KEY in alerts or a["balance_minor"] < 0)
@@ -148,15 +154,25 @@ class PolicyEngine:
         caps = self.caps.get(meter_id, MeterCaps())
         meter = MeterView(
             meter_id=meter_id,
-            relay=RelayState(m["relay"]) if m["relay"] else None,
+            relay=RelayState(a["relay"]) if a["relay"] else None,
             controllable=caps.controllable,
             supports_load_limit=caps.supports_load_limit,
             supports_keep_power=caps.supports_keep_power,
-            keep_power=bool(m["keep_power"]),
-            keep_power_on_meter=None if m["keep_power_on_meter"] is None else bool(m["keep_power_on_meter"]),
+            keep_power=bool(a["keep_power"]),
+            keep_power_on_meter=None if a["keep_power_on_meter"] is None else bool(a["keep_power_on_meter"]),
             pending_relay_action=RelayAction(pending[0]) if pending else None,
         )
-        return account, meter, active_holds(conn, now), active_overrides(conn, (meter_id, a["id"]), now)
+        stored = (
+            a["policy_state"],
+            a["policy_state_since"],
+            a["notice_served_at"],
+            a["reminder_sent_at"],
+            account.warnings_sent,
+            account.alerts_sent,
+            a["earliest_cut_at"],
+            a["next_review_at"],
+        )
+        return account, meter, active_holds(conn, now), active_overrides(conn, (meter_id, a["id"]), now), stored
 
     def decide_for(self, conn: sqlite3.Connection, meter_id: str, now: datetime) -> Decision:
         """The decision without applying it (``pmg explain``)."""
@@ -167,25 +183,32 @@ class PolicyEngine:
         self, conn: sqlite3.Connection, meter_id: str, now: datetime, *, payment_id: str | None = None
     ) -> Decision:
         """Decide for one meter and persist the outcome, inside the caller's transaction."""
-        account, meter, holds, overrides = self.snapshot(conn, meter_id, now)
+        account, meter, holds, overrides, stored = self._read(conn, meter_id, now)
         d = decide(account, meter, now, self.calendar, self.rules, holds=holds, overrides=overrides)
         aid = account.account_id
-        conn.execute(
-            "UPDATE accounts SET policy_state = ?, policy_state_since = ?, notice_served_at = ?, "
-            "reminder_sent_at = ?, warnings_json = ?, alerts_json = ?, earliest_cut_at = ?, next_review_at = ? "
-            "WHERE id = ?",
-            (
-                d.state.value,
-                iso(d.state_since),
-                iso(d.notice_served_at) if d.notice_served_at else None,
-                iso(d.reminder_sent_at) if d.reminder_sent_at else None,
-                dumps({str(k): iso(v) for k, v in d.warnings_sent.items()}),
-                dumps({k: iso(v) for k, v in d.alerts_sent.items()}),
-                iso(d.earliest_cut_at) if d.earliest_cut_at else None,
-                iso(d.next_review_at) if d.next_review_at else None,
-                aid,
-            ),
+        decided = (
+            d.state.value,
+            iso(d.state_since),
+            iso(d.notice_served_at) if d.notice_served_at else None,
+            iso(d.reminder_sent_at) if d.reminder_sent_at else None,
+            d.warnings_sent,
+            d.alerts_sent,
+            iso(d.earliest_cut_at) if d.earliest_cut_at else None,
+            iso(d.next_review_at) if d.next_review_at else None,
         )
+        if decided != stored:  # most re-decisions change nothing: no page to write then
+            conn.execute(
+                "UPDATE accounts SET policy_state = ?, policy_state_since = ?, notice_served_at = ?, "
+                "reminder_sent_at = ?, warnings_json = ?, alerts_json = ?, earliest_cut_at = ?, "
+                "next_review_at = ? WHERE id = ?",
+                (
+                    *decided[:4],
+                    dumps({str(k): iso(v) for k, v in d.warnings_sent.items()}),
+                    dumps({k: iso(v) for k, v in d.alerts_sent.items()}),
+                    *decided[6:],
+                    aid,
+                ),
+            )
         if d.state is not account.state:
             events.record(
                 conn,
@@ -288,7 +311,7 @@ class PolicyEngine:
             )
             for a in d.blocked
         ]
-        sig = hashlib.sha256(dumps(sig_src).encode()).hexdigest()[:16]
+        sig = _NOTHING_BLOCKED if not sig_src else hashlib.sha256(dumps(sig_src).encode()).hexdigest()[:16]
         key = f"blocked:{meter_id}"
         prev = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         if prev is not None and prev[0] == sig:
