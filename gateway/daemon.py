@@ -283,6 +283,7 @@ class Gateway:
         if mcfg is None:
             return
         now = reading.taken_at
+        relay_queued = False
         with self.store.tx() as conn:
             outcome = record_reading(
                 conn,
@@ -302,6 +303,7 @@ class Gateway:
             ):
                 decision = self.parts.policy.evaluate_meter(conn, meter_id, now)
                 self._publish_state(conn, meter_id, now, (decision.state.value, reading.relay))
+                relay_queued = any(a.relay_action is not None for a in decision.actions)
         log.debug(
             "reading meter=%s outcome=%s delta_wh=%s charge=%s latency_ms=%.0f",
             meter_id,
@@ -312,7 +314,7 @@ class Gateway:
         )
         self._track_comms(meter_id, reading)
         self._emit("reading", {"meter_id": meter_id, "outcome": outcome.outcome, "reading": reading})
-        self._wake()
+        self._wake(enforcer=relay_queued)
 
     def _track_comms(self, meter_id: str, reading: Reading) -> None:
         """Alarm once when a meter stops answering (UNREACHABLE_AFTER failed polls in a row), and say
@@ -461,8 +463,10 @@ class Gateway:
         if self.mqtt is not None:
             self.mqtt.notify()
 
-    def _wake(self) -> None:
-        if self.enforcer is not None:
+    def _wake(self, *, enforcer: bool = True) -> None:
+        """Tell the outbox pump (and the enforcer, when a relay command may have been queued) that
+        something was committed; a routine reading queues no command, so the enforcer is left asleep."""
+        if enforcer and self.enforcer is not None:
             self.enforcer.notify()
         self._notify_outbox()
 
