@@ -33,8 +33,18 @@ class Store:
         self._depth = 0
 
     @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        """One durable transaction.  Nested use joins the outer transaction."""
+    def tx(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction, durable unless asked otherwise.  Nested use joins the outer transaction
+        (and its durability).
+
+        ``durable=False`` commits with ``synchronous=NORMAL`` instead of ``FULL``: no fsync.  In WAL
+        mode such a commit is still atomic and survives the process being killed (the WAL is in
+        the OS's cache); only a power cut or kernel crash before the WAL is next synced can lose it
+        — whole, never half — and the next durable commit syncs the WAL file, which carries every
+        earlier commit with it (the WAL is appended in order).  So it is only for writes whose loss
+        is harmless: marking outbox messages delivered (a lost mark sends the message again, and
+        the head office deduplicates by seq).  Never for money, power or the outbox rows themselves.
+        """
         if self._depth:
             self._depth += 1
             try:
@@ -42,23 +52,29 @@ class Store:
             finally:
                 self._depth -= 1
             return
+        if not durable:
+            self.conn.execute("PRAGMA synchronous = NORMAL")  # outside a transaction, as SQLite wants
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise StoreError(f"cannot start a transaction on {self.path}: {exc}") from None
-        self._depth = 1
-        try:
-            yield self.conn
-        except BaseException:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"cannot start a transaction on {self.path}: {exc}") from None
+            self._depth = 1
+            try:
+                yield self.conn
+            except BaseException:
+                self._depth = 0
+                self._rollback()
+                raise
             self._depth = 0
-            self._rollback()
-            raise
-        self._depth = 0
-        try:
-            self.conn.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            self._rollback()
-            raise StoreError(f"cannot commit to {self.path}: {exc}") from None
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                self._rollback()
+                raise StoreError(f"cannot commit to {self.path}: {exc}") from None
+        finally:
+            if not durable:
+                self.conn.execute("PRAGMA synchronous = FULL")  # every other commit stays durable
 
     def _rollback(self) -> None:
         """Roll back what is open.  SQLite may already have rolled back itself (a full disk fails the

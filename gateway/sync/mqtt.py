@@ -6,14 +6,31 @@ the publisher starts again from the oldest undelivered sequence number, so deliv
 and in order; the head office deduplicates by (gateway_id, seq).
 
 paho runs its network loop on its own thread; every callback only hands a value to the asyncio loop
-(``call_soon_threadsafe``) — no database access happens off the loop thread.
+— no database access happens off the loop thread.
+
+Trickle economy.  The daemon commits a message or two per second per hundred meters, each on its own,
+so the per-message overhead of delivery matters more than the burst rate:
+
+- PUBACKs are queued by paho's thread on a deque without waking the loop; the loop collects them
+  when it runs anyway (every ``notify()``), when ``ACK_WAKE`` of them wait (a burst needs its window
+  back), at once during ``drain``/``stop`` or for a refusal, and at the latest every ``ACK_FLUSH_S``.
+- Acknowledged seqs are marked delivered in batches — when ``ACK_BATCH`` wait or ``ACK_FLUSH_S``
+  after the previous mark — and always before a reconnect re-reads the outbox, on ``drain`` and
+  on ``stop``.  The marks are committed without an fsync (``outbox.mark_delivered``): losing one to
+  a crash or power cut only sends that message again, which the head office's dedup by seq
+  absorbs; the next durable commit of the gateway makes them durable too.
+- The outbox is only read when something may be waiting: ``notify()`` was called, the previous
+  read filled the window, a reconnect or a refusal rewound the cursor, or ``POLL_S`` passed (a
+  writer that does not notify is still picked up).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
+import math
 import socket
 import ssl
 import time
@@ -40,6 +57,10 @@ CommandHandler = Callable[[str, bytes], Awaitable[object]]
 SESSION_EXPIRY_S = 7 * 24 * 3600  # keep our command subscription a week while we are offline
 WINDOW = 200  # messages published but not yet acknowledged
 BOUND_CHECK_S = 10.0  # how often the backlog bound is enforced (a COUNT on an index)
+POLL_S = 0.5  # read the outbox at least this often even without notify()
+ACK_FLUSH_S = 0.25  # acknowledged seqs wait at most about this long to be marked delivered
+ACK_BATCH = WINDOW // 2  # ... or until this many wait
+ACK_WAKE = WINDOW // 4  # paho's thread wakes the loop once this many PUBACKs queue up (window back)
 
 
 @dataclass
@@ -50,7 +71,8 @@ class LinkStats:
     connect_failures: int = 0
     last_error: str | None = None
     published: int = 0
-    acknowledged: int = 0
+    acknowledged: int = 0  # marked delivered in the outbox (after the broker's PUBACK)
+    ack_flushes: int = 0  # transactions that marked them (several acks each at a trickle)
     last_ack_at: str | None = None
     backlog: int = 0  # undelivered messages at the last bound check
     coalesced: int = 0  # superseded state snapshots removed to keep the backlog under its bound
@@ -80,11 +102,18 @@ class MqttLink:
         self.version = version
         self._config_dir = config_dir or Path.cwd()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake = asyncio.Event()
+        self._waiters: set[asyncio.Future[None]] = set()  # pumps sleeping in _wait (run, drain)
         self._connected = asyncio.Event()
-        self._acked: list[int] = []
+        self._acked: list[int] = []  # acknowledged seqs not yet marked delivered
+        self._last_flush = -math.inf  # monotonic time acks were last marked
+        # (mid, refused) appended by paho's thread, taken by the loop; deque ops are atomic
+        self._ack_queue: collections.deque[tuple[int, bool]] = collections.deque()
+        self._ack_wake_scheduled = False  # paho's thread has asked the loop to take the queue
+        self._prompt_acks = False  # drain/stop: wake the loop for every PUBACK
         self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
         self._next_after = 0
+        self._dirty = True  # the outbox may hold messages after _next_after: read it
+        self._last_read = 0.0  # monotonic time of the last outbox read
         self._generation = 0
         self._client: paho.Client | None = None
         self._stopping = False
@@ -163,7 +192,13 @@ class MqttLink:
         self._call(self._set_connected, False, str(reason))
 
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, reason: Any, _p: Any) -> None:
-        self._call(self._ack, mid, reason.is_failure if reason is not None else False)
+        """Queue the PUBACK; wake the loop only when it should not wait for its next turn."""
+        refused = reason.is_failure if reason is not None else False
+        queue = self._ack_queue
+        queue.append((mid, refused))
+        if (refused or self._prompt_acks or len(queue) >= ACK_WAKE) and not self._ack_wake_scheduled:
+            self._ack_wake_scheduled = True
+            self._call(self._wakeup)
 
     def _on_subscribe(self, _c: paho.Client, _u: Any, _mid: int, reasons: Any, _p: Any) -> None:
         granted = bool(reasons) and not any(r.is_failure for r in reasons)
@@ -217,23 +252,36 @@ class MqttLink:
             if reason and not self._stopping and (was_up or self._refusal is None):
                 self.stats.last_error = reason
                 log.warning("mqtt disconnected reason=%r", reason)
-        # Restart from the oldest undelivered message: what was in flight may be lost.
+        # Restart from the oldest undelivered message: what was in flight may be lost.  PUBACKs
+        # queued before this event are taken while their mids still map to seqs, and marked, so
+        # the re-read does not send again what the broker already has.
+        self._take_acks()
+        self._flush_acks(force=True)
         self._generation += 1
         self._inflight.clear()
         self._next_after = 0
-        self._wake.set()
+        self._dirty = True
+        self._wakeup()
 
-    def _ack(self, mid: int, failed: bool) -> None:
-        seq = self._inflight.pop(mid, None)
-        if seq is None:
-            return
-        if failed:
-            # The broker refused it (e.g. not authorised): keep it and retry from there.
-            self._next_after = min(self._next_after, seq - 1)
-            self.stats.last_error = f"broker refused message seq {seq}"
-        else:
-            self._acked.append(seq)
-        self._wake.set()
+    def _take_acks(self) -> None:
+        """Move the PUBACKs paho's thread queued into ``_acked`` (seqs), freeing window room."""
+        self._ack_wake_scheduled = False  # first: a PUBACK queued from now on may wake us again
+        queue = self._ack_queue
+        rewound = False
+        while queue:
+            mid, refused = queue.popleft()
+            seq = self._inflight.pop(mid, None)
+            if seq is None:
+                continue  # a retransmission's ack from before a reconnect
+            if refused:
+                # The broker refused it (e.g. not authorised): keep it and retry from there.
+                self._next_after = min(self._next_after, seq - 1)
+                self._dirty = rewound = True
+                self.stats.last_error = f"broker refused message seq {seq}"
+            else:
+                self._acked.append(seq)
+        if rewound:
+            self._flush_acks(force=True)  # the re-read must not send again what was acknowledged
 
     def _dispatch(self, topic: str, payload: bytes) -> None:
         if self.on_command is None:
@@ -246,7 +294,8 @@ class MqttLink:
     # -- public -----------------------------------------------------------------------------------
     def notify(self) -> None:
         """New messages were committed to the outbox."""
-        self._wake.set()
+        self._dirty = True
+        self._wakeup()
 
     async def run(self) -> None:
         """Connect (retrying forever) and drain the outbox until ``stop``."""
@@ -265,21 +314,43 @@ class MqttLink:
                 await self._pump()
                 await self._wait()
         finally:
-            self._flush_acks()
+            self._take_acks()
+            self._flush_acks(force=True)
 
     def _connect_properties(self) -> Properties:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         return props
 
+    def _wakeup(self) -> None:
+        """Wake the pumps sleeping in ``_wait`` (loop thread only; a wake-up while none sleeps is
+        not kept: each pump reads what is due before it sleeps)."""
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
     async def _wait(self) -> None:
-        self._wake.clear()
+        """Sleep until woken, or until acks are due to be taken and marked, or ``POLL_S``.
+
+        A bare future and a timer rather than ``asyncio.wait_for(event.wait())``, which costs a
+        task and several loop iterations per wake-up — at a trickle, one per message."""
+        timeout = POLL_S
+        if self._acked:  # due to be marked ACK_FLUSH_S after the previous mark
+            timeout = max(0.0, self._last_flush + ACK_FLUSH_S - time.monotonic())
+        elif self._inflight:  # their PUBACKs may be queued without a wake-up: look in a while
+            timeout = ACK_FLUSH_S
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(timeout, _resolve, waiter)
+        self._waiters.add(waiter)
         try:
-            await asyncio.wait_for(self._wake.wait(), timeout=0.5)
-        except TimeoutError:
-            pass
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiters.discard(waiter)
 
     async def _pump(self) -> None:
+        self._take_acks()
         self._flush_acks()
         self._check_bound()
         client = self._client
@@ -288,11 +359,20 @@ class MqttLink:
         room = WINDOW - len(self._inflight)
         if room <= 0:
             return
-        for msg in outbox.pending(self.store, self._next_after, room):
+        now_mono = time.monotonic()
+        if not self._dirty and now_mono - self._last_read < POLL_S:
+            return  # nothing was committed since the last read returned all there was
+        self._dirty = False
+        self._last_read = now_mono
+        batch = outbox.pending(self.store, self._next_after, room)
+        if len(batch) == room:
+            self._dirty = True  # the window filled: there may be more behind it
+        for msg in batch:
             info = client.publish(
                 f"{self.prefix}/{msg.topic}", msg.envelope(self.gateway_id), qos=msg.qos, retain=msg.retain
             )
             if info.rc != paho.MQTT_ERR_SUCCESS:
+                self._dirty = True
                 break  # disconnected meanwhile; the reconnect restarts from the oldest undelivered
             self._inflight[info.mid] = msg.seq
             self._next_after = msg.seq
@@ -315,23 +395,40 @@ class MqttLink:
                 result.coalesced,
             )
 
-    def _flush_acks(self) -> None:
+    def _flush_acks(self, *, force: bool = False) -> None:
+        """Mark acknowledged seqs delivered: in batches (see the module docstring), all if ``force``."""
         if not self._acked:
             return
+        now_mono = time.monotonic()
+        if not force and len(self._acked) < ACK_BATCH and now_mono - self._last_flush < ACK_FLUSH_S:
+            return
         seqs, self._acked = self._acked, []
-        outbox.mark_delivered(self.store, seqs, self.clock())
+        self._last_flush = now_mono
+        now = self.clock()
+        outbox.mark_delivered(self.store, seqs, now)
         self.stats.acknowledged += len(seqs)
-        self.stats.last_ack_at = iso(self.clock())
+        self.stats.ack_flushes += 1
+        self.stats.last_ack_at = iso(now)
 
     async def drain(self, deadline_s: float) -> bool:
-        """Publish what the broker will take within ``deadline_s``; True if the outbox emptied."""
+        """Publish what the broker will take within ``deadline_s``; True if the outbox emptied.
+
+        Every PUBACK wakes the loop meanwhile and acks are marked at once: a stop should not wait
+        for the trickle-rate batching."""
         end = time.monotonic() + deadline_s
-        while time.monotonic() < end:
-            await self._pump()
-            if not self._inflight and not outbox.pending(self.store, 0, 1):
-                return True
-            await self._wait()
-        self._flush_acks()
+        self._prompt_acks = True
+        try:
+            while time.monotonic() < end:
+                self._dirty = True
+                await self._pump()
+                self._flush_acks(force=True)
+                if not self._inflight and not outbox.pending(self.store, 0, 1):
+                    return True
+                await self._wait()
+        finally:
+            self._prompt_acks = False
+            self._take_acks()
+            self._flush_acks(force=True)
         return not outbox.pending(self.store, 0, 1)
 
     async def stop(self, deadline_s: float = 5.0) -> None:
@@ -339,7 +436,7 @@ class MqttLink:
         if self.stats.connected:
             await self.drain(deadline_s)
         self._stopping = True
-        self._wake.set()
+        self._wakeup()
         client = self._client
         if client is not None:
             if self.stats.connected:
@@ -352,7 +449,8 @@ class MqttLink:
                     pass
             client.disconnect()
             client.loop_stop()
-        self._flush_acks()
+        self._take_acks()
+        self._flush_acks(force=True)
 
     def publish_raw(self, topic: str, payload: dict[str, Any], *, retain: bool = False) -> None:
         """Best-effort, non-durable publish (acks for commands are also written to the outbox)."""
@@ -360,6 +458,11 @@ class MqttLink:
             self._client.publish(
                 f"{self.prefix}/{topic}", json.dumps(payload, separators=(",", ":")), qos=1, retain=retain
             )
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _probe(host: str, port: int, context: ssl.SSLContext | None) -> str:

@@ -3,7 +3,8 @@
 A message is written in the same SQLite transaction as the change it reports, so the head office can
 never hear of a charge that did not happen nor miss one that did.  Its ``seq`` (an AUTOINCREMENT key,
 never reused even after trimming) is the per-gateway sequence number the head office deduplicates by.
-Rows are only marked delivered on the broker's acknowledgement and trimmed later by housekeeping.
+Rows are only marked delivered on the broker's acknowledgement (a cheap, non-fsync'ed commit: see
+``mark_delivered``) and trimmed later by housekeeping.
 """
 
 from __future__ import annotations
@@ -88,10 +89,15 @@ def pending(store: Store, after_seq: int = 0, limit: int = 500) -> list[OutboxMe
 
 
 def mark_delivered(store: Store, seqs: list[int], now: datetime) -> None:
-    """Record the broker's acknowledgements (idempotent)."""
+    """Record the broker's acknowledgements (idempotent).
+
+    Committed without an fsync (``store.tx(durable=False)``): at a trickle every message would
+    otherwise cost two fsync'ed commits, its own and its mark.  A mark lost to a power cut only
+    leaves the message undelivered, so it is sent again with the same seq and the head office drops
+    the duplicate; a lost mark can never make a message look delivered that was not."""
     if not seqs:
         return
-    with store.tx() as conn:
+    with store.tx(durable=False) as conn:
         # PUBACKs come in order, so the seqs form a few runs: one statement per run, not per message
         conn.executemany(
             "UPDATE outbox SET delivered_at = ? WHERE seq BETWEEN ? AND ? AND delivered_at IS NULL",
