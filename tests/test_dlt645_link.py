@@ -211,3 +211,51 @@ async def test_late_reply_for_another_di_is_skipped(scripted) -> None:  # noqa: 
         reply = await link.request(READ)
     assert reply.data == dis.di_bytes(dis.ENERGY_IMPORT) + VALUE
     assert link.stats.frames_skipped == 1
+
+
+class CountingPort:
+    """Wraps the link's pyserial port to count the reads an exchange takes."""
+
+    def __init__(self, port: object) -> None:
+        self._port = port
+        self.reads = 0
+
+    def read(self, size: int = 1) -> bytes:
+        self.reads += 1
+        return self._port.read(size)  # type: ignore[attr-defined, no-any-return]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._port, name)
+
+
+@run_async
+async def test_a_reply_as_long_as_last_time_is_taken_in_one_read(scripted) -> None:  # noqa: F811
+    def preambled(request: Frame) -> bytes:
+        return b"\xfe\xfe\xfe\xfe" + good(request)
+
+    meter = scripted([preambled])
+    async with link_for(meter) as link:
+        await link.request(READ)  # learns the reply's length (preamble included)
+        counting = CountingPort(link._serial)
+        link._serial = counting
+        for _ in range(3):
+            reply = await link.request(READ)
+            assert reply.data[4:] == VALUE
+        link._serial = counting._port
+    assert counting.reads == 3, "one read per exchange once the reply length is known"
+
+
+@run_async
+async def test_a_reply_shorter_than_last_time_is_still_read_whole(scripted) -> None:  # noqa: F811
+    def preambled(request: Frame) -> bytes:
+        return b"\xfe\xfe\xfe\xfe" + good(request)
+
+    meter = scripted([preambled, good, good])
+    async with link_for(meter) as link:
+        await link.request(READ)
+        for _ in range(2):  # the meter dropped its preamble: fewer bytes than expected
+            reply = await link.request(READ)
+            assert reply.address == ADDR and reply.data[4:] == VALUE
+        other = commands.read_request("000000000002", dis.ENERGY_IMPORT)
+        assert link._reply_bytes[(ADDR, READ.control, bytes(READ.data[:4]))] == len(good(READ))
+        assert (other.address, other.control, bytes(other.data[:4])) not in link._reply_bytes

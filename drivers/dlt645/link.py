@@ -93,6 +93,10 @@ class Dlt645Link:
         self._executor: ThreadPoolExecutor | None = None
         self._lock = asyncio.Lock()
         self._last_io = 0.0
+        # Bytes the last clean reply to each request took (meter, control code, DI), preamble included:
+        # after the first byte, the reader sleeps until the whole reply can be there and takes it in
+        # one read.  A wrong guess costs nothing but a second wait.
+        self._reply_bytes: dict[tuple[str, int, bytes], int] = {}
 
     @property
     def byte_time_s(self) -> float:
@@ -243,6 +247,8 @@ class Dlt645Link:
         return max(0, 12 + min(buf[9], MAX_REPLY_DATA) - len(buf))
 
     def _receive(self, ser: Any, request: Frame) -> Frame:
+        reply_key = (request.address, request.control, bytes(request.data[: _ECHOED_DI.get(request.function, 0)]))
+        expected = self._reply_bytes.get(reply_key, 0)
         start = time.monotonic()
         deadline = start + self.timeout_s
         # A frame that has started may finish after the response timeout: allow the longest frame.
@@ -254,10 +260,18 @@ class Dlt645Link:
             now = time.monotonic()
             if now >= deadline:
                 break
-            if not buf and not self._wait_readable(ser, deadline - now):
-                continue
+            want = self._missing_bytes(buf)
+            if not buf:
+                if not self._wait_readable(ser, deadline - now):
+                    continue
+                if received == 0 and expected > 1:
+                    # The reply has begun and cannot arrive faster than the line: wait for all of it
+                    # (as long as it was last time) and take it in one read, rather than wake for the
+                    # preamble, the header and the rest.  Each wake-up costs more CPU than the frame.
+                    time.sleep(max(0.0, min((expected - 1) * self.byte_time_s, hard_deadline - time.monotonic())))
+                    want = expected
             # Ask for what the frame still needs: in_waiting is exact on a tty but only 0/1 on socket://.
-            chunk = ser.read(max(1, ser.in_waiting, self._missing_bytes(buf)))
+            chunk = ser.read(max(1, ser.in_waiting, want))
             if not chunk:
                 continue
             received += len(chunk)
@@ -273,6 +287,8 @@ class Dlt645Link:
                     break
                 del buf[: result.end]
                 if self._matches(request, result.frame):
+                    if not skipped and not buf:
+                        self._reply_bytes[reply_key] = received
                     return result.frame
                 self.stats.frames_skipped += 1
                 kind = "reply" if result.frame.is_reply else "request/echo"
