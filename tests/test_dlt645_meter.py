@@ -299,8 +299,29 @@ async def test_a_billing_poll_with_tariff_registers_costs_two_frames(sim_bus) ->
     clock.advance(3 * 3600)
     bus = sim_bus(models)
     async with fast_link(bus.start_pty()) as link:
+        hand_offs = 0
+        run = link._run
+
+        async def counting_run(fn):  # type: ignore[no-untyped-def]
+            nonlocal hand_offs
+            hand_offs += 1
+            return await run(fn)
+
+        link._run = counting_run  # type: ignore[method-assign]
         reading = await meter(link).read([Point.ENERGY_IMPORT, Point.ENERGY_IMPORT_TARIFFS, Point.RELAY])
     assert reading.quality is Quality.OK
     assert reading.energy_import_wh == 1500 and reading.relay is RelayState.CLOSED
     assert reading.energy_import_tariffs_wh is not None and sum(reading.energy_import_tariffs_wh) == 1500
     assert bus.stats.requests == 2, "import block (total + T1..T4) and status word 3"
+    assert hand_offs == 1, "both frames in one trip to the link thread"
+
+
+@run_async
+async def test_a_silent_meter_is_asked_once_per_poll_not_once_per_point(sim_bus) -> None:  # noqa: F811
+    models = make_models(1)
+    models[0].faults.add(Fault.NO_ANSWER)
+    bus = sim_bus(models)
+    async with fast_link(bus.start_pty(), timeout_s=0.1, retries=0) as link:
+        reading = await meter(link).read([Point.ENERGY_IMPORT, Point.ENERGY_IMPORT_TARIFFS, Point.RELAY])
+    assert reading.quality is Quality.TIMEOUT and not reading.chargeable
+    assert link.stats.requests == 1 and link.stats.timeouts == 1, "the batch stops at the first silence"
