@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.calendar import WorkCalendar
-from gateway.config import GatewayConfig, resolve
+from gateway.config import GatewayConfig, MeterConfig, resolve
 from gateway.enforcement import MeterCaps, PolicyEngine
 from gateway.policy.rules import Rules, load_preset
 from gateway.pricing import TariffBook
@@ -36,13 +36,12 @@ def build_components(cfg: GatewayConfig, config_path: Path, store: Store | None)
     book = TariffBook.load(resolve(config_path, cfg.tariff_dir), store.conn if store else None, calendar)
     for meter in cfg.meters:
         book.get(meter.tariff)  # a meter on an unknown tariff is a configuration error
-    caps = {m.id: _caps(cfg, m.id) for m in cfg.meters}
+    caps = {m.id: _caps(cfg, m) for m in cfg.meters}
     policy = PolicyEngine(rules, calendar, caps, book=book, minor_digits=cfg.minor_digits)
     return Components(cfg, book, policy, rules, calendar)
 
 
-def _caps(cfg: GatewayConfig, meter_id: str) -> MeterCaps:
-    meter = next(m for m in cfg.meters if m.id == meter_id)
+def _caps(cfg: GatewayConfig, meter: MeterConfig) -> MeterCaps:
     protocol = cfg.bus(meter.bus).protocol
     if protocol == "dlt645":
         return MeterCaps(controllable=True, supports_load_limit=False, supports_keep_power=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from threading import Thread
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
@@ -89,11 +90,19 @@ class GatewayMetrics:
             registry=r,
         )
         self._server: _Server | None = None
+        self._read_children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     # -- feeding ------------------------------------------------------------------------------------
     def observe_read(self, bus: str, quality: str, latency_s: float) -> None:
-        self.poll_latency.labels(bus).observe(latency_s)
-        self.reads.labels(bus, quality).inc()
+        # labels() resolves the child under a lock on every call: keep the children (every poll lands here)
+        children = self._read_children.get((bus, quality))
+        if children is None:
+            children = self._read_children[(bus, quality)] = (
+                self.poll_latency.labels(bus),
+                self.reads.labels(bus, quality),
+            )
+        children[0].observe(latency_s)
+        children[1].inc()
 
     def observe_relay(self, action: str, outcome: str) -> None:
         self.relay_commands.labels(action, outcome).inc()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from functools import lru_cache
 
 from drivers.base import BadFrame, MeterRefused
 
@@ -94,6 +95,7 @@ def check_address(address: str) -> str:
     return address
 
 
+@lru_cache(maxsize=8192)
 def address_to_bytes(address: str) -> bytes:
     """``"000000000161"`` → ``61 01 00 00 00 00``.  Each digit pair may also be ``AA`` (wildcard)."""
     if not isinstance(address, str) or len(address) != 12:
