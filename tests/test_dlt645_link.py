@@ -213,21 +213,6 @@ async def test_late_reply_for_another_di_is_skipped(scripted) -> None:  # noqa: 
     assert link.stats.frames_skipped == 1
 
 
-class CountingPort:
-    """Wraps the link's pyserial port to count the reads an exchange takes."""
-
-    def __init__(self, port: object) -> None:
-        self._port = port
-        self.reads = 0
-
-    def read(self, size: int = 1) -> bytes:
-        self.reads += 1
-        return self._port.read(size)  # type: ignore[attr-defined, no-any-return]
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._port, name)
-
-
 @run_async
 async def test_a_reply_as_long_as_last_time_is_taken_in_one_read(scripted) -> None:  # noqa: F811
     def preambled(request: Frame) -> bytes:
@@ -236,13 +221,30 @@ async def test_a_reply_as_long_as_last_time_is_taken_in_one_read(scripted) -> No
     meter = scripted([preambled])
     async with link_for(meter) as link:
         await link.request(READ)  # learns the reply's length (preamble included)
-        counting = CountingPort(link._serial)
-        link._serial = counting
+        reads = 0
+        take = link._take
+
+        def counting_take(ser: object, want: int) -> bytes:
+            nonlocal reads
+            reads += 1
+            return take(ser, want)
+
+        link._take = counting_take  # type: ignore[method-assign]
         for _ in range(3):
             reply = await link.request(READ)
             assert reply.data[4:] == VALUE
-        link._serial = counting._port
-    assert counting.reads == 3, "one read per exchange once the reply length is known"
+    assert reads == 3, "one read per exchange once the reply length is known"
+
+
+@run_async
+async def test_a_peer_that_closes_the_connection_is_a_link_error(scripted) -> None:  # noqa: F811
+    meter = scripted([good])
+    async with link_for(meter) as link:
+        await link.request(READ)
+        assert link._fd is not None, "socket:// is read straight from its descriptor"
+        meter.close()
+        with pytest.raises(LinkError):
+            await link.request(READ)
 
 
 @run_async

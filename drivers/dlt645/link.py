@@ -11,7 +11,9 @@ response timeout runs out.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import io
+import os
 import select
 import time
 from collections.abc import Callable, Sequence
@@ -56,6 +58,15 @@ def bits_per_byte(parity: str) -> int:
     return 10 if parity == "N" else 11
 
 
+def _nonblocking_fd(ser: Any) -> int | None:
+    """The port's file descriptor if reading it never blocks, else None (use pyserial's read)."""
+    try:
+        fd = int(ser.fileno())
+        return fd if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK else None
+    except (AttributeError, OSError, ValueError, TypeError, io.UnsupportedOperation, serial.SerialException):
+        return None
+
+
 class Dlt645Link:
     """A DL/T 645 bus reached through any pyserial URL (``/dev/ttyUSB0``, ``socket://h:p``, ``rfc2217://``)."""
 
@@ -97,6 +108,9 @@ class Dlt645Link:
         # after the first byte, the reader sleeps until the whole reply can be there and takes it in
         # one read.  A wrong guess costs nothing but a second wait.
         self._reply_bytes: dict[tuple[str, int, bytes], int] = {}
+        # The port's descriptor when reads on it never block (pyserial's ttys and socket://): the reply
+        # is then taken with one os.read of what has arrived; other ports go through pyserial's read.
+        self._fd: int | None = None
 
     @property
     def byte_time_s(self) -> float:
@@ -112,6 +126,7 @@ class Dlt645Link:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlt645-link")
         try:
             self._serial = await self._run(self._open_blocking)
+            self._fd = _nonblocking_fd(self._serial)
         except BaseException:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -133,7 +148,7 @@ class Dlt645Link:
 
     async def close(self) -> None:
         async with self._lock:
-            ser, self._serial = self._serial, None
+            ser, self._serial, self._fd = self._serial, None, None
             executor, self._executor = self._executor, None
             if executor is None:
                 return
@@ -279,6 +294,19 @@ class Dlt645Link:
             return True
         return bool(ready)
 
+    def _take(self, ser: Any, want: int) -> bytes:
+        """What the line holds now, after ``_wait_readable`` said something is there."""
+        if self._fd is None:
+            # Ask for what the frame still needs: in_waiting is exact on a tty but only 0/1 on socket://.
+            return bytes(ser.read(max(1, ser.in_waiting, want)))
+        try:
+            data = os.read(self._fd, 4096)  # everything that has arrived, in one system call
+        except BlockingIOError:
+            return b""
+        if not data:
+            raise LinkError(f"DL/T 645 link {self.url}: the other end closed the connection")
+        return data
+
     @staticmethod
     def _missing_bytes(buf: bytearray) -> int:
         """Bytes still to come for a plausible frame at the start of ``buf`` (0 when it is noise, which
@@ -308,7 +336,7 @@ class Dlt645Link:
             if now >= deadline:
                 break
             want = self._missing_bytes(buf)
-            if not buf:
+            if not buf or self._fd is not None:
                 if not self._wait_readable(ser, deadline - now):
                     continue
                 if received == 0 and expected > 1:
@@ -317,8 +345,7 @@ class Dlt645Link:
                     # preamble, the header and the rest.  Each wake-up costs more CPU than the frame.
                     time.sleep(max(0.0, min((expected - 1) * self.byte_time_s, hard_deadline - time.monotonic())))
                     want = expected
-            # Ask for what the frame still needs: in_waiting is exact on a tty but only 0/1 on socket://.
-            chunk = ser.read(max(1, ser.in_waiting, want))
+            chunk = self._take(ser, want)
             if not chunk:
                 continue
             received += len(chunk)
