@@ -150,6 +150,54 @@ def test_a_trickle_is_read_once_per_message_and_marked_in_batches(
         store.close()
 
 
+def test_a_fast_trickle_goes_out_in_bursts_of_what_gathered(
+    mosquitto: Mosquitto,
+    hq: tuple[HqConsumer, list[Received]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    consumer, received = hq
+    store = open_store(tmp_path / "gw.db")
+    reads = 0
+    real_pending = outbox.pending
+
+    def counting_pending(*args: object, **kwargs: object) -> list[outbox.OutboxMessage]:
+        nonlocal reads
+        reads += 1
+        return real_pending(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(outbox, "pending", counting_pending)
+    link = MqttLink(plain(mosquitto.port), "gw-linger", store, system_clock)
+    n = 40
+
+    async def scenario() -> tuple[float, int]:
+        task = asyncio.create_task(link.run())
+        try:
+            await async_wait_for(lambda: link.stats.connected, what="connected")
+            await async_wait_for(lambda: reads >= 1, what="the first read after connecting")
+            before = reads
+            start = time.monotonic()
+            for i in range(n):  # a producer committing a message every 10 ms, as 8 busy buses do
+                put(store, i)
+                link.notify()
+                await asyncio.sleep(0.01)
+            await async_wait_for(lambda: consumer.tracker.highest("gw-linger") == n, what="all through")
+            return time.monotonic() - start, reads - before
+        finally:
+            await link.stop(2.0)
+            await asyncio.gather(task, return_exceptions=True)
+
+    try:
+        elapsed, trickle_reads = asyncio.run(scenario())
+        # one read per LINGER_S (plus the last), not one per message
+        assert trickle_reads <= elapsed / mqtt.LINGER_S + 2, (trickle_reads, elapsed)
+        assert trickle_reads < n / 4
+        assert consumer.tracker.gaps("gw-linger") == []
+        assert sorted(r.seq for r in received if r.topic == "events") == list(range(1, n + 1))
+    finally:
+        store.close()
+
+
 def test_acks_waiting_to_be_marked_are_marked_on_stop(
     mosquitto: Mosquitto,
     hq: tuple[HqConsumer, list[Received]],

@@ -60,6 +60,7 @@ BOUND_CHECK_S = 10.0  # how often the backlog bound is enforced (a COUNT on an i
 POLL_S = 0.5  # read the outbox at least this often even without notify()
 ACK_FLUSH_S = 0.25  # acknowledged seqs wait at most about this long to be marked delivered
 ACK_BATCH = WINDOW // 2  # ... or until this many wait
+LINGER_S = 0.2  # at a trickle, a freshly committed message waits this long after the last read for company
 ACK_WAKE = WINDOW // 4  # paho's thread wakes the loop once this many PUBACKs queue up (window back)
 
 
@@ -114,6 +115,7 @@ class MqttLink:
         self._next_after = 0
         self._dirty = True  # the outbox may hold messages after _next_after: read it
         self._last_read = 0.0  # monotonic time of the last outbox read
+        self._window_full = False  # the last outbox read filled the in-flight window (a backlog)
         self._generation = 0
         self._client: paho.Client | None = None
         self._stopping = False
@@ -313,6 +315,7 @@ class MqttLink:
             while not self._stopping:
                 await self._pump()
                 await self._wait()
+                await self._linger()
         finally:
             self._take_acks()
             self._flush_acks(force=True)
@@ -349,6 +352,18 @@ class MqttLink:
             timer.cancel()
             self._waiters.discard(waiter)
 
+    async def _linger(self) -> None:
+        """At a trickle (a usage message per reading, dozens a second across the buses), publishing
+        each message the moment it is committed costs a wake-up of paho's thread and a PUBACK round
+        per message.  Reading the outbox at most every ``LINGER_S`` lets the messages of that moment
+        go out together: the same bytes, a fraction of the wake-ups, at most ``LINGER_S`` later.  A
+        backlog (the last read filled the window) is drained without pause, and so is a stop."""
+        if self._window_full or not self._dirty or self._stopping:
+            return
+        delay = self._last_read + LINGER_S - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
     async def _pump(self) -> None:
         self._take_acks()
         self._flush_acks()
@@ -365,7 +380,8 @@ class MqttLink:
         self._dirty = False
         self._last_read = now_mono
         batch = outbox.pending(self.store, self._next_after, room)
-        if len(batch) == room:
+        self._window_full = len(batch) == room
+        if self._window_full:
             self._dirty = True  # the window filled: there may be more behind it
         for msg in batch:
             info = client.publish(
