@@ -61,6 +61,20 @@ def base_config(
     )
 
 
+def offline_config(tmp_path: Path, meters: int, *, width: int = 1) -> Path:
+    """A gateway whose one bus cannot open (a port that does not exist), with ``meters`` meters
+    ``m<i>`` on accounts ``a<i>`` (``i`` zero-padded to ``width``): only what a test does itself
+    reaches the ledger and the policy."""
+    body = base_config(tmp_path / "pmg.db")
+    body += f'\n[[buses]]\nid = "b1"\nprotocol = "dlt645"\nurl = "{tmp_path / "no-such-port"}"\n'
+    for i in range(meters):
+        body += (
+            f'\n[[meters]]\nid = "m{i:0{width}d}"\nbus = "b1"\naddress = "{i + 1:012d}"\n'
+            f'account = "a{i:0{width}d}"\ntariff = "flat-cn"\n'
+        )
+    return write_config(tmp_path / "gw.toml", body)
+
+
 @dataclass
 class Subscriber:
     """A head-office stand-in: subscribes to everything of one gateway and keeps what arrives."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from gateway_harness import base_config, write_config
+from gateway_harness import offline_config
 
 from gateway.config import load_config
 from gateway.daemon import POLICY_REVIEW_S, POLICY_SWEEP_S, Gateway
@@ -16,14 +16,7 @@ METERS = 45
 
 def test_review_slices_cover_every_meter_once_per_sweep(tmp_path: Path) -> None:
     # A bus that cannot open: no reading ever re-decides an account, only the review does.
-    body = base_config(tmp_path / "pmg.db")
-    body += f'\n[[buses]]\nid = "b1"\nprotocol = "dlt645"\nurl = "{tmp_path / "no-such-port"}"\n'
-    for i in range(METERS):
-        body += (
-            f'\n[[meters]]\nid = "m{i:02d}"\nbus = "b1"\naddress = "{i + 1:012d}"\naccount = "a{i:02d}"\n'
-            'tariff = "flat-cn"\n'
-        )
-    cfg_path = write_config(tmp_path / "gw.toml", body)
+    cfg_path = offline_config(tmp_path, METERS, width=2)
     ticks = round(POLICY_SWEEP_S / POLICY_REVIEW_S)
     per_tick = -(-METERS // ticks)
     sweep = -(-METERS // per_tick)  # ticks a sweep takes: at most ``ticks``
