@@ -150,10 +150,10 @@ class BusWorker:
                 continue
             delay = 1.0 if nxt is None else max(0.0, min(1.0, nxt.next_due - self.monotonic()))
             await self._sleep(delay)
-        self._abandon_queued()
+        self.abandon_queued()
         await self._close()
 
-    def _abandon_queued(self) -> None:
+    def abandon_queued(self) -> None:
         """Work still queued when the bus stops never ran: cancel its futures so no submitter waits
         forever (a relay command stays durable in the database and is resumed after restart)."""
         while self._jobs:

@@ -45,7 +45,7 @@ REVIEW_POLL_S = 1.0  # how often accounts whose next_review_at has come are look
 UNREACHABLE_AFTER = 3  # failed polls in a row before a meter is reported unreachable
 STATE_EVERY = timedelta(minutes=15)  # at least this often a meter's retained state is refreshed
 STOP_FLUSH_DEADLINE_S = 5.0
-READING_BATCH_S = 0.1  # readings of all buses are charged together, at most this long after they arrive
+READING_BATCH_S = 0.25  # readings of all buses are charged together, at most this long after they arrive
 
 
 @dataclass
@@ -171,18 +171,23 @@ class Gateway:
     async def _run_worker(self, worker: BusWorker) -> None:
         """Keep a bus worker alive: a link that cannot open is retried, never fatal to other buses."""
         delay = 1.0
-        while True:
-            try:
-                await worker.run()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.error("bus=%s stopped: %s; retrying in %.0f s", worker.bus_id, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 60.0)
-                if worker.stopping:
+        try:
+            while True:
+                try:
+                    await worker.run()
                     return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.error("bus=%s stopped: %s; retrying in %.0f s", worker.bus_id, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 60.0)
+                    if worker.stopping:
+                        return
+        finally:
+            # Work submitted to a bus that never opened (or was cancelled) must not leave its submitter
+            # waiting forever: the enforcer's relay job would hold up the gateway's stop.
+            worker.abandon_queued()
 
     def _start_scheduler(self) -> None:
         scheduler = AsyncIOScheduler(timezone="UTC")
