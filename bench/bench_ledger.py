@@ -35,23 +35,28 @@ REPO = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 
 
+def _seed_meter(conn: sqlite3.Connection, m: int, tariff: str) -> None:
+    """Account ``acc<m>`` on ``tariff`` with meter ``m<m>``, as both sides of the benchmark start."""
+    ensure_account(conn, f"acc{m}", tariff_id=tariff, currency="CNY", now=T0)
+    ensure_meter(
+        conn,
+        f"m{m}",
+        account_id=f"acc{m}",
+        bus_id="b1",
+        protocol="dlt645",
+        address=f"{m:012d}",
+        keep_power=False,
+        now=T0,
+    )
+
+
 def ledger_rate(
     directory: Path, readings: int, meters: int, tariff: str, book: TariffBook, batch: int = 1
 ) -> float:
     store = open_store(directory / "ledger.db")
     with store.tx() as conn:
         for m in range(meters):
-            ensure_account(conn, f"acc{m}", tariff_id=tariff, currency="CNY", now=T0)
-            ensure_meter(
-                conn,
-                f"m{m}",
-                account_id=f"acc{m}",
-                bus_id="b1",
-                protocol="dlt645",
-                address=f"{m:012d}",
-                keep_power=False,
-                now=T0,
-            )
+            _seed_meter(conn, m, tariff)
             record_reading(
                 conn,
                 f"m{m}",
@@ -110,17 +115,7 @@ def rows_rate(directory: Path, readings: int, meters: int) -> float:
     conn = store.conn
     with store.tx():
         for m in range(meters):
-            ensure_account(conn, f"acc{m}", tariff_id="flat", currency="CNY", now=T0)
-            ensure_meter(
-                conn,
-                f"m{m}",
-                account_id=f"acc{m}",
-                bus_id="b1",
-                protocol="dlt645",
-                address=f"{m:012d}",
-                keep_power=False,
-                now=T0,
-            )
+            _seed_meter(conn, m, "flat")
     detail = '{"exact":"0.0283","lines":[{"energy_wh":50,"amount":"0.0283","tariff_id":"flat","period":null}]}'
     payload = '{"schema":"pmg.usage/1","meter_id":"m1","energy_wh":50,"charge":"0.03","balance":"99.97"}'
     start = time.perf_counter()

@@ -33,6 +33,25 @@ from gateway.timeutil import system_clock
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
 
+class OutboxReads:
+    """How many times the outbox was read (``outbox.pending`` calls) during a test."""
+
+    count = 0
+
+
+@pytest.fixture
+def outbox_reads(monkeypatch: pytest.MonkeyPatch) -> OutboxReads:
+    reads = OutboxReads()
+    real_pending = outbox.pending
+
+    def counting_pending(*args: object, **kwargs: object) -> list[outbox.OutboxMessage]:
+        reads.count += 1
+        return real_pending(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(outbox, "pending", counting_pending)
+    return reads
+
+
 def plain(port: int, client_id: str = "") -> MqttConfig:
     return MqttConfig(
         host="127.0.0.1", port=port, tls=False, allow_plaintext=True, keepalive_s=5, client_id=client_id
@@ -97,19 +116,10 @@ def test_a_trickle_is_read_once_per_message_and_marked_in_batches(
     mosquitto: Mosquitto,
     hq: tuple[HqConsumer, list[Received]],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    outbox_reads: OutboxReads,
 ) -> None:
     consumer, received = hq
     store = open_store(tmp_path / "gw.db")
-    reads = 0
-    real_pending = outbox.pending
-
-    def counting_pending(*args: object, **kwargs: object) -> list[outbox.OutboxMessage]:
-        nonlocal reads
-        reads += 1
-        return real_pending(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(outbox, "pending", counting_pending)
     link = MqttLink(plain(mosquitto.port), "gw-acks", store, system_clock)
     n = 30
 
@@ -117,7 +127,7 @@ def test_a_trickle_is_read_once_per_message_and_marked_in_batches(
         task = asyncio.create_task(link.run())
         try:
             await async_wait_for(lambda: link.stats.connected, what="connected")
-            await async_wait_for(lambda: reads >= 1, what="the first read after connecting")
+            await async_wait_for(lambda: outbox_reads.count >= 1, what="the first read after connecting")
             start = time.monotonic()
             for i in range(n):
                 put(store, i)
@@ -129,7 +139,7 @@ def test_a_trickle_is_read_once_per_message_and_marked_in_batches(
                     what="through",
                 )
             await async_wait_for(lambda: link.stats.acknowledged == n, what="all marked delivered")
-            return time.monotonic() - start, reads, link.stats.ack_flushes  # before stop's own
+            return time.monotonic() - start, outbox_reads.count, link.stats.ack_flushes  # before stop's own
         finally:
             await link.stop(2.0)
             await asyncio.gather(task, return_exceptions=True)
@@ -154,19 +164,10 @@ def test_a_fast_trickle_goes_out_in_bursts_of_what_gathered(
     mosquitto: Mosquitto,
     hq: tuple[HqConsumer, list[Received]],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    outbox_reads: OutboxReads,
 ) -> None:
     consumer, received = hq
     store = open_store(tmp_path / "gw.db")
-    reads = 0
-    real_pending = outbox.pending
-
-    def counting_pending(*args: object, **kwargs: object) -> list[outbox.OutboxMessage]:
-        nonlocal reads
-        reads += 1
-        return real_pending(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(outbox, "pending", counting_pending)
     link = MqttLink(plain(mosquitto.port), "gw-linger", store, system_clock)
     n = 40
 
@@ -174,15 +175,15 @@ def test_a_fast_trickle_goes_out_in_bursts_of_what_gathered(
         task = asyncio.create_task(link.run())
         try:
             await async_wait_for(lambda: link.stats.connected, what="connected")
-            await async_wait_for(lambda: reads >= 1, what="the first read after connecting")
-            before = reads
+            await async_wait_for(lambda: outbox_reads.count >= 1, what="the first read after connecting")
+            before = outbox_reads.count
             start = time.monotonic()
             for i in range(n):  # a producer committing a message every 10 ms, as 8 busy buses do
                 put(store, i)
                 link.notify()
                 await asyncio.sleep(0.01)
             await async_wait_for(lambda: consumer.tracker.highest("gw-linger") == n, what="all through")
-            return time.monotonic() - start, reads - before
+            return time.monotonic() - start, outbox_reads.count - before
         finally:
             await link.stop(2.0)
             await asyncio.gather(task, return_exceptions=True)
