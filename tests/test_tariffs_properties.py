@@ -24,6 +24,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -31,7 +32,7 @@ from hypothesis import strategies as st
 from gateway.tariffs.apportion import apportion
 from gateway.tariffs.model import Tariff, tariff_from_dict
 from gateway.tariffs.pricing import ChargeLine, cycle_start, price_interval
-from gateway.tariffs.timeline import segments
+from gateway.tariffs.timeline import _direct_segments, segments
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
 ZONES = ["Asia/Shanghai", "Europe/London", "America/New_York", "Australia/Lord_Howe"]
@@ -253,3 +254,45 @@ def test_tou_arbitrary_split_moves_at_most_two_wh_per_stretch(
     for line in first + second:
         by_period[(line.version, line.period)] -= line.energy_wh
     assert sum(abs(diff) for diff in by_period.values()) <= 2 * 2 * stretches
+
+
+def _offset_changes() -> list[datetime]:
+    """Every UTC-offset change of the test zones in the instants' range (DST starts and ends)."""
+    found = []
+    for name in ZONES:
+        zone = ZoneInfo(name)
+        at = BASE
+        while at < BASE + timedelta(days=401):
+            later = at + timedelta(minutes=30)
+            if at.astimezone(zone).utcoffset() != later.astimezone(zone).utcoffset():
+                found.append(later)
+            at = later
+    return found
+
+
+near_changes = st.tuples(st.sampled_from(_offset_changes()), st.integers(-3 * 3600, 3 * 3600)).map(
+    lambda pair: pair[0] + timedelta(seconds=pair[1])
+)
+
+
+@SETTINGS
+@given(
+    tariff=tariffs(),
+    start=st.one_of(instants, near_changes),
+    length=durations,
+    micros=st.integers(0, 999_999),
+)
+def test_cached_day_plans_cut_exactly_as_the_direct_cut(
+    tariff: Tariff, start: datetime, length: timedelta, micros: int
+) -> None:
+    """``segments`` clips each local day's cached plan; it must equal cutting the interval itself."""
+    start += timedelta(microseconds=micros)
+    end = start + length
+    expected = []
+    spans = [tariff.version_at(start), *(v for v in tariff.versions if start < v.effective_from < end)]
+    for i, version in enumerate(spans):
+        lo = start if i == 0 else version.effective_from
+        hi = spans[i + 1].effective_from if i + 1 < len(spans) else end
+        expected.extend(_direct_segments(version, lo, hi, calendar))
+    assert segments(tariff, start, end, calendar) == expected
+    assert segments(tariff, start, end, calendar) == expected  # again, from the cache

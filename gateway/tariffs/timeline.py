@@ -140,36 +140,98 @@ def _cuts(version: TariffVersion, start: datetime, end: datetime) -> list[dateti
     return with_changes
 
 
+def _direct_segments(
+    version: TariffVersion, lo: datetime, hi: datetime, day_type: Callable[[date], str]
+) -> list[Segment]:
+    """``lo``..``hi`` (UTC, inside one version's span) cut at every edge and classified piece by piece.
+
+    The reference cut: ``_day_plan`` runs it once per local day, and the tests compare ``segments``
+    against it over arbitrary intervals."""
+    zone = version.zone
+    day_types: dict[date, str] = {}
+    out: list[Segment] = []
+    for a, b in pairwise(_cuts(version, lo, hi)):
+        period = None
+        if version.tou is not None:
+            local = a.astimezone(zone)
+            if local.date() not in day_types:
+                day_types[local.date()] = day_type(local.date())
+            moment = local.time()
+            micros = (
+                (moment.hour * 60 + moment.minute) * 60 + moment.second
+            ) * 1_000_000 + moment.microsecond
+            period = version.tou.period_at(day_types[local.date()], micros)
+        _append(out, Segment(a, b, version, period, cycle_start(version, a)))
+    return out
+
+
+def _append(out: list[Segment], seg: Segment) -> None:
+    """Add ``seg`` to the stretches, joining it to the last one when nothing that prices differs."""
+    last = out[-1] if out else None
+    if (
+        last is not None
+        and last.version is seg.version
+        and last.period == seg.period
+        and last.cycle == seg.cycle
+    ):
+        out[-1] = Segment(last.start, seg.end, seg.version, seg.period, seg.cycle)
+    else:
+        out.append(seg)
+
+
+# Day plans kept per version: a gateway prices thousands of short intervals a day, nearly all inside
+# the same local day, so each day is cut and classified once.  Bounded: a few days are live at once.
+_PLANS_KEPT = 16
+
+
+def _day_plan(version: TariffVersion, day: date, day_type: Callable[[date], str]) -> tuple[Segment, ...]:
+    """The stretches of local ``day`` (its first instant to the next day's) under ``version``."""
+    kind = day_type(day) if version.tou is not None else None
+    plans = version.day_plans
+    key = (day, kind)
+    plan = plans.get(key)
+    if plan is None:
+        zone = version.zone
+        begins = wall_to_instant(day, 0, zone)
+        ends = wall_to_instant(day + timedelta(days=1), 0, zone)
+        plan = tuple(_direct_segments(version, begins, ends, lambda _d: kind or ""))
+        if len(plans) >= _PLANS_KEPT:
+            plans.clear()
+        plans[key] = plan
+    return plan
+
+
 def segments(
     tariff: Tariff, start: datetime, end: datetime, day_type: Callable[[date], str]
 ) -> list[Segment]:
-    """``start``..``end`` (aware, start < end) cut into maximal stretches of constant price inputs."""
+    """``start``..``end`` (aware, start < end) cut into maximal stretches of constant price inputs.
+
+    Each local day's stretches come from its cached plan, clipped to the interval; a stretch is
+    constant inside (no edge, midnight or offset change falls within it), so clipping keeps its class.
+    """
     start, end = require_aware("start", start), require_aware("end", end)
     first = tariff.version_at(start)
-    day_types: dict[date, str] = {}
     out: list[Segment] = []
     versions = [v for v in tariff.versions if v.effective_from > start and v.effective_from < end]
     spans = [first, *versions]
     for index, version in enumerate(spans):
         lo = start if index == 0 else version.effective_from.astimezone(UTC)
         hi = spans[index + 1].effective_from.astimezone(UTC) if index + 1 < len(spans) else end
-        zone = version.zone
-        cuts = _cuts(version, lo, hi)
-        for a, b in pairwise(cuts):
-            period = None
-            if version.tou is not None:
-                local = a.astimezone(zone)
-                if local.date() not in day_types:
-                    day_types[local.date()] = day_type(local.date())
-                moment = local.time()
-                micros = (
-                    (moment.hour * 60 + moment.minute) * 60 + moment.second
-                ) * 1_000_000 + moment.microsecond
-                period = version.tou.period_at(day_types[local.date()], micros)
-            cycle = cycle_start(version, a)
-            last = out[-1] if out else None
-            if last is not None and last.version is version and last.period == period and last.cycle == cycle:
-                out[-1] = Segment(last.start, b, version, period, cycle)
-            else:
-                out.append(Segment(a, b, version, period, cycle))
+        if version.tou is None and version.cycle is None:
+            _append(out, Segment(lo, hi, version, None, None))
+            continue
+        day = lo.astimezone(version.zone).date()
+        while True:
+            plan = _day_plan(version, day, day_type)
+            for piece in plan:
+                if piece.end <= lo:
+                    continue
+                if piece.start >= hi:
+                    break
+                _append(
+                    out, Segment(max(piece.start, lo), min(piece.end, hi), version, piece.period, piece.cycle)
+                )
+            if not plan or plan[-1].end >= hi:
+                break
+            day += timedelta(days=1)
     return out

@@ -14,14 +14,17 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from functools import cached_property
 from itertools import pairwise
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from zoneinfo import ZoneInfo
 
 from gateway.tariffs.spec import DAY_TYPES
+
+if TYPE_CHECKING:
+    from gateway.tariffs.timeline import Segment
 
 DAY_MINUTES = 24 * 60
 
@@ -120,6 +123,10 @@ class TariffVersion:
     tou: TimeOfUse | None = None
     cycle: BlockCycle | None = None
     standing_charge_per_day: Decimal = Decimal(0)
+    # Per local day, the day's priced stretches (``timeline._day_plan``): a cache, not a value.
+    day_plans: dict[tuple[date, str | None], tuple[Segment, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         if self.effective_from.tzinfo is None or self.effective_from.utcoffset() is None:
