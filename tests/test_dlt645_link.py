@@ -261,3 +261,28 @@ async def test_a_reply_shorter_than_last_time_is_still_read_whole(scripted) -> N
         other = commands.read_request("000000000002", dis.ENERGY_IMPORT)
         assert link._reply_bytes[(ADDR, READ.control, bytes(READ.data[:4]))] == len(good(READ))
         assert (other.address, other.control, bytes(other.data[:4])) not in link._reply_bytes
+
+
+@run_async
+async def test_a_request_is_a_batch_of_one_with_its_retries_on_the_link_thread(scripted) -> None:  # noqa: F811
+    def bad_checksum(request: Frame) -> bytes:
+        wire = bytearray(good(request))
+        wire[-2] ^= 1
+        return bytes(wire)
+
+    meter = scripted([bad_checksum, silent, good])
+    async with link_for(meter, timeout_s=0.15, retries=2) as link:
+        hand_offs = 0
+        run = link._run
+
+        async def counting_run(fn):  # type: ignore[no-untyped-def]
+            nonlocal hand_offs
+            hand_offs += 1
+            return await run(fn)
+
+        link._run = counting_run  # type: ignore[method-assign]
+        reply = await link.request(READ)
+    assert reply.data[4:] == VALUE
+    assert hand_offs == 1, "retries run on the link thread (request_many's loop), not one trip each"
+    s = link.stats
+    assert (s.requests, s.attempts, s.bad_frames, s.timeouts) == (1, 3, 1, 1)

@@ -179,35 +179,22 @@ class Dlt645Link:
         """Send ``frame`` and return the meter's matching reply (normal or abnormal).
 
         Retries on timeout or an unusable reply, with exponential backoff.  Raises ``MeterTimeout``
-        when nothing arrived on the last attempt, ``BadFrame`` when only unusable bytes did.
+        when nothing arrived on the last attempt, ``BadFrame`` when only unusable bytes did.  A batch
+        of one, so single requests and polls share one retry loop (``_request_blocking``) and cost
+        one hand-off to the link thread, retries included.
         """
-        if frame.address == BROADCAST:
-            raise ValueError("broadcast frames get no reply: use send()")
-        wire = encode(frame, wakeup=self.wakeup)
-        attempts = 1 + (self.retries if retries is None else retries)
-        async with self._lock:
-            self.stats.requests += 1
-            error: DriverError | None = None
-            for attempt in range(attempts):
-                if attempt:
-                    await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
-                try:
-                    reply: Frame = await self._run(lambda: self._exchange(frame, wire, expect_reply=True))
-                    return reply
-                except MeterTimeout as exc:
-                    self.stats.timeouts += 1
-                    error = exc
-                except BadFrame as exc:
-                    self.stats.bad_frames += 1
-                    error = exc
-            assert error is not None
-            raise error
+        (result,) = await self.request_many([frame], retries=retries)
+        if isinstance(result, DriverError):
+            raise result
+        return result
 
-    async def request_many(self, frames: Sequence[Frame], *, retries: int | None = None) -> list[Frame | DriverError]:
+    async def request_many(
+        self, frames: Sequence[Frame], *, retries: int | None = None
+    ) -> list[Frame | DriverError]:
         """Several requests in a row in one hand-off to the link thread: a poll's frames.
 
-        Each frame is exchanged (and retried) exactly as ``request`` would; the list holds its reply
-        or the error of its last attempt.  The batch stops at the first error — a meter that did not
+        Each frame is exchanged and retried by ``_request_blocking``; the list holds its reply or the
+        error of its last attempt.  The batch stops at the first error — a meter that did not
         answer one request is not asked the next — so the list may be shorter than ``frames``.  A
         port failure (``LinkError``) is raised.  Handing each frame to the thread and back costs the
         event loop more CPU than the frame itself; one hand-off per poll halves that.
@@ -231,7 +218,10 @@ class Dlt645Link:
             return result
 
     def _request_blocking(self, frame: Frame, wire: bytes, attempts: int) -> Frame | DriverError:
-        """``request`` on the link thread: the reply, or the last attempt's error (backoff sleeps here)."""
+        """One request with its retries, on the link thread: the reply, or the last attempt's error.
+
+        The only retry loop of the link (``request`` is a batch of one).  The backoff sleeps here, on
+        the link thread, so the event loop stays free and the bus stays ours between attempts."""
         self.stats.requests += 1
         error: DriverError | None = None
         for attempt in range(attempts):
@@ -322,7 +312,11 @@ class Dlt645Link:
         return max(0, 12 + min(buf[9], MAX_REPLY_DATA) - len(buf))
 
     def _receive(self, ser: Any, request: Frame) -> Frame:
-        reply_key = (request.address, request.control, bytes(request.data[: _ECHOED_DI.get(request.function, 0)]))
+        reply_key = (
+            request.address,
+            request.control,
+            bytes(request.data[: _ECHOED_DI.get(request.function, 0)]),
+        )
         expected = self._reply_bytes.get(reply_key, 0)
         start = time.monotonic()
         deadline = start + self.timeout_s
@@ -343,7 +337,9 @@ class Dlt645Link:
                     # The reply has begun and cannot arrive faster than the line: wait for all of it
                     # (as long as it was last time) and take it in one read, rather than wake for the
                     # preamble, the header and the rest.  Each wake-up costs more CPU than the frame.
-                    time.sleep(max(0.0, min((expected - 1) * self.byte_time_s, hard_deadline - time.monotonic())))
+                    time.sleep(
+                        max(0.0, min((expected - 1) * self.byte_time_s, hard_deadline - time.monotonic()))
+                    )
                     want = expected
             chunk = self._take(ser, want)
             if not chunk:

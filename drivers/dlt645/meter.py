@@ -89,7 +89,8 @@ class Dlt645Meter:
         self._security = commands.security_fields(password_level, password, operator)
         self._tz = tz  # the meter's local zone for relay deadlines; None = this host's zone
         self._clock = clock
-        self._prefetched: dict[int, Frame | DriverError] = {}  # replies of a batched poll, by DI
+        # A batched poll's (request, reply or error) by DI, until read_raw takes them.
+        self._prefetched: dict[int, tuple[Frame, Frame | DriverError]] = {}
 
     @property
     def _v1997(self) -> bool:
@@ -97,17 +98,21 @@ class Dlt645Meter:
 
     # -- reads ------------------------------------------------------------------------------------
     async def read_raw(self, di: int) -> bytes:
-        """Value bytes of one DI, following 0x12 follow-up frames.  Raises driver errors."""
-        request = commands.read_request(self.address, di, v1997=self._v1997)
+        """Value bytes of one DI, following 0x12 follow-up frames.  Raises driver errors.
+
+        A DI the poll's batch already asked for comes with the request that was sent, so the reply is
+        checked against that frame rather than a rebuilt copy."""
         early = self._prefetched.pop(di, None)
         if early is None:
+            request = commands.read_request(self.address, di, v1997=self._v1997)
             reply = await self._checked(request, f"read {di:08X}")
-        elif isinstance(early, DriverError):
-            raise early
-        elif early.is_abnormal:
-            raise early.refusal(f"read {di:08X}")
         else:
-            reply = early
+            request, result = early
+            if isinstance(result, DriverError):
+                raise result
+            if result.is_abnormal:
+                raise result.refusal(f"read {di:08X}")
+            reply = result
         payload = commands.reply_payload(request, reply)
         seq = 0
         while reply.has_follow_up and not self._v1997:
@@ -178,8 +183,8 @@ class Dlt645Meter:
         if len(plan) < 2:
             return
         requests = [commands.read_request(self.address, di, v1997=self._v1997) for di in plan]
-        replies = await self.link.request_many(requests)
-        self._prefetched = dict(zip(plan, replies, strict=False))
+        replies = await self.link.request_many(requests)  # stops at the first error: may be shorter
+        self._prefetched = {di: (req, reply) for di, req, reply in zip(plan, requests, replies, strict=False)}
 
     async def _read_import_block(self) -> dict[int, Decimal]:
         """Import total and T1..T4 in one exchange (DI 0001FF00), instead of five.
