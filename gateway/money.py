@@ -9,7 +9,7 @@ the exact price of all energy by more than half a minor unit, however many small
 from __future__ import annotations
 
 import re
-from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 
 _MONEY_TEXT = re.compile(r"^(-)?(\d{1,15})(?:\.(\d+))?$")
 
@@ -18,11 +18,14 @@ class MoneyError(ValueError):
     """A money value that cannot be represented exactly in the account's minor units."""
 
 
+# Fifty digits hold any amount a ledger sees; ``scaleb`` moves the point exactly, ``quantize`` rounds.
+_MINOR = Context(prec=50, rounding=ROUND_HALF_EVEN)
+_ONE = Decimal(1)
+
+
 def to_minor(amount: Decimal, digits: int = 2) -> int:
-    """Exact Decimal → integer minor units, ROUND_HALF_EVEN."""
-    with localcontext() as ctx:
-        ctx.prec = 50
-        return int((amount * (Decimal(10) ** digits)).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+    """Exact Decimal → integer minor units, ROUND_HALF_EVEN (the one rounding a charge gets)."""
+    return int(_MINOR.quantize(_MINOR.scaleb(amount, digits), _ONE))
 
 
 def parse_money(text: str, digits: int = 2) -> int:

@@ -6,8 +6,9 @@ pure; this module only supplies the account's tariff, the calendar's day types a
 
 The cycle usage (the account's position in its inclining blocks) is a running counter on the account
 (``cycle_start``, ``cycle_used_wh``): the energy of every priced line that starts in the current cycle.
-A recording pricer (the one that charges) moves it forward; a counter for another cycle falls back to
-summing the entries once (``cycle_usage_wh``).  ``verify`` recomputes it from the charge lines.
+The pricer returns it moved forward and the charge stores it with the balance; a counter for another
+cycle falls back to summing the entries once (``cycle_usage_wh``).  ``verify`` recomputes it from the
+charge lines.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 from gateway.calendar import WorkCalendar
+from gateway.ledger.charging import AccountPosition, Priced
 from gateway.tariffs.model import Tariff, load_tariff_dir, tariff_from_dict
 from gateway.tariffs.pricing import ChargeLine, cycle_start, price_interval
 from gateway.timeutil import iso, parse_iso
@@ -50,45 +52,39 @@ class TariffBook:
     def day_type(self, local_day: date) -> str:
         return str(self.calendar.day_type(local_day))
 
-    def pricer(self, conn: sqlite3.Connection, *, record: bool = True) -> _Pricer:
-        """A pricer for one transaction; ``record=False`` for forecasts that charge nothing."""
-        return _Pricer(self, conn, record)
+    def pricer(self, conn: sqlite3.Connection) -> _Pricer:
+        """A pricer for one transaction (it reads past entries only when a block position is stale)."""
+        return _Pricer(self, conn)
 
 
 class _Pricer:
     """A ``gateway.ledger.charging.Pricer`` bound to one open transaction.
 
-    With ``record`` every call is taken to be charged (``charge_delta`` prices each delta exactly
-    once, in the transaction that posts it), so the account's cycle counter moves with it.
+    It writes nothing: it returns the lines and the account's block position after them, and the
+    charge that posts the lines stores that position with the balance (a forecast just ignores it).
     """
 
-    def __init__(self, book: TariffBook, conn: sqlite3.Connection, record: bool = True) -> None:
+    def __init__(self, book: TariffBook, conn: sqlite3.Connection) -> None:
         self.book = book
         self.conn = conn
-        self.record = record
 
     def __call__(
         self,
-        account_id: str,
+        account: AccountPosition,
         start: datetime,
         end: datetime,
         energy_wh: int,
         register_split: Mapping[str, int] | None,
-    ) -> Sequence[ChargeLine]:
-        row = self.conn.execute(
-            "SELECT tariff_id, cycle_start, cycle_used_wh FROM accounts WHERE id = ?", (account_id,)
-        ).fetchone()
-        if row is None:
-            raise LookupError(f"no account '{account_id}'")
-        tariff = self.book.get(row[0])
+    ) -> Priced:
+        tariff = self.book.get(account.tariff_id)
         version = tariff.version_at(start)
         begins = cycle_start(version, start)
         if begins is None:
             used = 0
-        elif row[1] == iso(begins):
-            used = int(row[2])
+        elif account.cycle_start == iso(begins):
+            used = account.cycle_used_wh
         else:
-            used = cycle_usage_wh(self.conn, account_id, begins, start)
+            used = cycle_usage_wh(self.conn, account.id, begins, start)
         lines = price_interval(
             tariff,
             start,
@@ -98,36 +94,24 @@ class _Pricer:
             cycle_usage_wh=used,
             register_split_wh=register_split if version.tou is not None else None,
         )
-        if self.record and lines:
-            self._advance(account_id, tariff, lines, begins, used, row[1], int(row[2]))
-        return lines
+        return Priced(lines, _advanced(account, lines, begins, used) if lines else None)
 
-    def _advance(
-        self,
-        account_id: str,
-        tariff: Tariff,
-        lines: Sequence[ChargeLine],
-        begins: datetime | None,
-        used: int,
-        stored: str | None,
-        stored_used: int,
-    ) -> None:
-        """Move the account's cycle counter forward by these lines (never back to an older cycle)."""
-        last = lines[-1].start
-        key = cycle_start(tariff.version_at(last), last)
-        if key is None:
-            return
-        since = sum(line.energy_wh for line in lines if line.start >= key)
-        stored_at = parse_iso(stored) if stored else None
-        if stored_at is not None and key < stored_at:
-            return  # a late interval of an older cycle: it does not move the current position
-        # same cycle: the counter holds its energy before these lines; a new one: from the entries, or zero
-        before = stored_used if stored_at == key else (used if begins == key else 0)
-        total = before + since
-        self.conn.execute(
-            "UPDATE accounts SET cycle_start = ?, cycle_used_wh = ? WHERE id = ?",
-            (iso(key), total, account_id),
-        )
+
+def _advanced(
+    account: AccountPosition, lines: Sequence[ChargeLine], begins: datetime | None, used: int
+) -> tuple[str, int] | None:
+    """The account's cycle position moved forward by these lines (never back to an older cycle)."""
+    key = lines[-1].cycle
+    if key is None:
+        return None
+    since = sum(line.energy_wh for line in lines if line.start >= key)
+    key_text = iso(key)
+    if account.cycle_start == key_text:  # same cycle: the counter holds its energy before these lines
+        return key_text, account.cycle_used_wh + since
+    if account.cycle_start and key < parse_iso(account.cycle_start):
+        return None  # a late interval of an older cycle: it does not move the current position
+    # a new cycle: its energy before these lines came from the entries (``used``), or there was none
+    return key_text, (used if begins == key else 0) + since
 
 
 def cycle_usage_wh(conn: sqlite3.Connection, account_id: str, since: datetime, until: datetime) -> int:

@@ -32,7 +32,7 @@ from drivers.base import Quality, Reading, RelayAction, RelayState
 from gateway.calendar import WorkCalendar
 from gateway.enforcement import MeterCaps, PolicyEngine
 from gateway.ledger.accounts import ensure_account, ensure_meter
-from gateway.ledger.charging import record_reading
+from gateway.ledger.charging import AccountPosition, Priced, record_reading
 from gateway.ledger.payments import apply_payment
 from gateway.policy.rules import Rules
 from gateway.store.db import Store, open_store
@@ -48,8 +48,10 @@ class Line:
     amount: Decimal
 
 
-def flat_pricer(_account: str, _start: datetime, _end: datetime, wh: int, _split: object) -> list[Line]:
-    return [Line(wh, Decimal(wh) * PRICE_PER_WH)]
+def flat_pricer(
+    _account: AccountPosition, _start: datetime, _end: datetime, wh: int, _split: object
+) -> Priced:
+    return Priced([Line(wh, Decimal(wh) * PRICE_PER_WH)])
 
 
 @dataclass

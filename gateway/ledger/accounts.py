@@ -243,9 +243,12 @@ def post_entry_balance(
     period_end: datetime | None = None,
     detail_json: str = "{}",
     debt_minor: int = 0,
+    cycle: tuple[str, int] | None = None,
 ) -> tuple[int, int]:
     """``post_entry`` returning (entry id, the account's new cached balance): the hot path (a charged
-    reading) needs the balance for its usage message and gets it from the same UPDATE."""
+    reading) needs the balance for its usage message and gets it from the same UPDATE.  ``cycle`` is
+    the account's new block position (cycle start, energy used in it) when the entry charges energy:
+    stored in that same UPDATE."""
     cur = conn.execute(
         "INSERT INTO entries(account_id, kind, amount_minor, energy_wh, meter_id, reading_id, external_id, "
         "period_start, period_end, detail_json, created_at, debt_minor) "
@@ -266,10 +269,11 @@ def post_entry_balance(
         ),
     )
     entry_id = cur.lastrowid
+    cycle_sql, cycle_params = (", cycle_start = ?, cycle_used_wh = ?", cycle) if cycle else ("", ())
     rows = conn.execute(  # fetchall: a RETURNING statement must run to its end before the commit
-        "UPDATE accounts SET balance_minor = balance_minor + ?, debt_minor = debt_minor + ?, updated_at = ? "
-        "WHERE id = ? RETURNING balance_minor",
-        (amount_minor, debt_minor, iso(now), account_id),
+        "UPDATE accounts SET balance_minor = balance_minor + ?, debt_minor = debt_minor + ?, updated_at = ?"
+        f"{cycle_sql} WHERE id = ? RETURNING balance_minor",
+        (amount_minor, debt_minor, iso(now), *cycle_params, account_id),
     ).fetchall()
     assert entry_id is not None
     if not rows:

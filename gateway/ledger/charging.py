@@ -18,11 +18,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from json.encoder import encode_basestring
 from typing import Protocol
 
 from drivers.base import Reading
 from gateway import events
-from gateway.ledger.accounts import get_meter, post_entry_balance
+from gateway.ledger.accounts import MeterRow, post_entry_balance
 from gateway.money import format_money, to_minor
 from gateway.store.db import dumps
 from gateway.sync import outbox
@@ -46,8 +47,29 @@ class PricedLine(Protocol):
     def amount(self) -> Decimal: ...
 
 
-Pricer = Callable[[str, datetime, datetime, int, Mapping[str, int] | None], Sequence[PricedLine]]
-"""(account_id, start, end, energy_wh, register_split_wh) -> exact priced lines."""
+@dataclass(frozen=True)
+class AccountPosition:
+    """What pricing needs of an account: its tariff and where it stands in its block cycle."""
+
+    id: str
+    tariff_id: str
+    cycle_start: str | None  # the cycle ``cycle_used_wh`` counts in (instant text), if any yet
+    cycle_used_wh: int
+
+
+@dataclass(frozen=True)
+class Priced:
+    """A pricer's answer: the exact lines, and the account's block position after them.
+
+    The pricer writes nothing; the charge that posts these lines stores ``cycle`` in the same UPDATE
+    as the balance, so the position moves exactly when (and only if) the energy is charged."""
+
+    lines: Sequence[PricedLine]
+    cycle: tuple[str, int] | None = None  # (cycle start, energy used in it), or None: unchanged
+
+
+Pricer = Callable[[AccountPosition, datetime, datetime, int, Mapping[str, int] | None], Priced]
+"""(account, start, end, energy_wh, register_split_wh) -> exact priced lines and the new position."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +117,32 @@ def _line_json(line: PricedLine) -> dict[str, object]:
     return out
 
 
+def _json_text(value: str | None) -> str:
+    return "null" if value is None else encode_basestring(value)
+
+
+def _json_int(value: int | None) -> str:
+    return "null" if value is None else str(int(value))
+
+
+def charge_detail_json(exact: Decimal, lines: Sequence[PricedLine]) -> str:
+    """The charge entry's detail, exactly as ``dumps`` writes it (sorted keys, compact).
+
+    Built by hand for the tariff engine's own lines — every charged reading stores one, and
+    ``dumps`` of the nested dicts was a tenth of a reading's cost; other lines take ``dumps``.
+    Decimal and instant texts need no escaping; names go through the JSON string encoder."""
+    if not all(type(line) is ChargeLine for line in lines):
+        return dumps({"exact": str(exact), "lines": [_line_json(line) for line in lines]})
+    parts = [
+        f'{{"amount":"{line.amount!s}","block":{_json_int(line.block)},"end":"{iso(line.end)}",'
+        f'"energy_wh":{line.energy_wh},"period":{_json_text(line.period)},"start":"{iso(line.start)}",'
+        f'"tariff_id":{_json_text(line.tariff_id)},"unit_price":"{line.unit_price!s}","version":{line.version}}}'
+        for line in lines
+        if isinstance(line, ChargeLine)
+    ]
+    return f'{{"exact":"{exact!s}","lines":[{",".join(parts)}]}}'
+
+
 def record_reading(
     conn: sqlite3.Connection,
     meter_id: str,
@@ -106,9 +154,7 @@ def record_reading(
     minor_digits: int = 2,
 ) -> ChargeOutcome:
     """Store one reading and charge it if it is good.  Call inside ``store.tx()``."""
-    meter = get_meter(conn, meter_id)
-    if meter is None:
-        raise LookupError(f"no meter '{meter_id}'")
+    meter, account = _meter_and_account(conn, meter_id)
     now = reading.taken_at
     tariffs_json = (
         json.dumps(list(reading.energy_import_tariffs_wh)) if reading.energy_import_tariffs_wh else None
@@ -218,7 +264,7 @@ def record_reading(
         charge_minor, exact_text, posted, balance = _price_and_post(
             conn,
             meter_id,
-            meter.account_id,
+            account,
             last_at,
             now,
             delta,
@@ -259,7 +305,7 @@ def charge_delta(
     charge_minor, exact_text, posted, _balance_after = _price_and_post(
         conn,
         meter_id,
-        account_id,
+        account_position(conn, account_id),
         start,
         end,
         delta_wh,
@@ -278,7 +324,7 @@ def charge_delta(
 def _price_and_post(
     conn: sqlite3.Connection,
     meter_id: str,
-    account_id: str,
+    account: AccountPosition,
     start: datetime,
     end: datetime,
     delta_wh: int,
@@ -295,7 +341,8 @@ def _price_and_post(
     The caller writes the meter's new cumulative position in the same transaction (``record_reading``
     folds it into its one meter update).
     """
-    lines = pricer(account_id, start, end, delta_wh, register_split)
+    priced = pricer(account, start, end, delta_wh, register_split)
+    lines = priced.lines
     if sum(line.energy_wh for line in lines) != delta_wh:
         raise ArithmeticError(f"tariff split {delta_wh} Wh into lines that do not add up")
     exact = sum((line.amount for line in lines), Decimal(0))
@@ -304,7 +351,7 @@ def _price_and_post(
     charge_minor = cumulative_minor - position[1]
     _entry_id, balance = post_entry_balance(
         conn,
-        account_id,
+        account.id,
         "charge",
         -charge_minor,
         end,
@@ -313,9 +360,38 @@ def _price_and_post(
         reading_id=reading_id,
         period_start=start,
         period_end=end,
-        detail_json=dumps({"exact": str(exact), "lines": [_line_json(line) for line in lines]}),
+        detail_json=charge_detail_json(exact, lines),
+        cycle=priced.cycle,
     )
     return charge_minor, str(cumulative_exact), cumulative_minor, balance
+
+
+_METER_AND_ACCOUNT = (
+    "SELECT m.id, m.account_id, m.bus_id, m.protocol, m.address, m.keep_power, m.last_register_wh, "
+    "m.last_reading_at, m.relay, m.quarantined_reading_id, m.charged_exact, m.charged_minor, "
+    "m.last_tariffs_json, a.tariff_id, a.cycle_start, a.cycle_used_wh "
+    "FROM meters m JOIN accounts a ON a.id = m.account_id WHERE m.id = ?"
+)
+
+
+def _meter_and_account(conn: sqlite3.Connection, meter_id: str) -> tuple[MeterRow, AccountPosition]:
+    """The meter and its account's pricing position in one read (the per-reading hot path)."""
+    r = conn.execute(_METER_AND_ACCOUNT, (meter_id,)).fetchone()
+    if r is None:
+        raise LookupError(f"no meter '{meter_id}'")
+    meter = MeterRow(
+        r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], r[8], r[9], r[10], int(r[11]), r[12]
+    )
+    return meter, AccountPosition(r[1], r[13], r[14], int(r[15]))
+
+
+def account_position(conn: sqlite3.Connection, account_id: str) -> AccountPosition:
+    row = conn.execute(
+        "SELECT tariff_id, cycle_start, cycle_used_wh FROM accounts WHERE id = ?", (account_id,)
+    ).fetchone()
+    if row is None:
+        raise LookupError(f"no account '{account_id}'")
+    return AccountPosition(account_id, row[0], row[1], int(row[2]))
 
 
 def _register_split(last_tariffs_json: str | None, reading: Reading) -> dict[str, int] | None:
@@ -351,6 +427,27 @@ def _balance(conn: sqlite3.Connection, account_id: str) -> int:
     return int(conn.execute("SELECT balance_minor FROM accounts WHERE id = ?", (account_id,)).fetchone()[0])
 
 
+def usage_json(
+    meter_id: str,
+    account_id: str,
+    start: datetime | None,
+    end: datetime,
+    register_wh: int,
+    delta_wh: int,
+    charge_minor: int,
+    balance: int,
+    minor_digits: int = 2,
+) -> str:
+    """The ``pmg.usage/1`` message body, exactly as ``dumps`` writes it (sorted keys, compact): one
+    per reading, so built directly rather than through a dict and the encoder."""
+    return (
+        f'{{"account_id":{encode_basestring(account_id)},"balance":"{format_money(balance, minor_digits)}",'
+        f'"charge":"{format_money(charge_minor, minor_digits)}","energy_wh":{int(delta_wh)},'
+        f'"interval_end":"{iso(end)}","interval_start":{_json_text(iso(start) if start else None)},'
+        f'"meter_id":{encode_basestring(meter_id)},"register_wh":{int(register_wh)},"schema":"pmg.usage/1"}}'
+    )
+
+
 def _usage_message(
     conn: sqlite3.Connection,
     meter_id: str,
@@ -363,19 +460,5 @@ def _usage_message(
     balance: int,
     minor_digits: int = 2,
 ) -> None:
-    outbox.put(
-        conn,
-        f"meters/{meter_id}/usage",
-        {
-            "schema": "pmg.usage/1",
-            "meter_id": meter_id,
-            "account_id": account_id,
-            "interval_start": iso(start) if start else None,
-            "interval_end": iso(end),
-            "register_wh": register_wh,
-            "energy_wh": delta_wh,
-            "charge": format_money(charge_minor, minor_digits),
-            "balance": format_money(balance, minor_digits),
-        },
-        end,
-    )
+    body = usage_json(meter_id, account_id, start, end, register_wh, delta_wh, charge_minor, balance, minor_digits)
+    outbox.put_text(conn, f"meters/{meter_id}/usage", body, end)

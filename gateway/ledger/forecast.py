@@ -20,6 +20,7 @@ import sqlite3
 from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 
+from gateway.ledger.charging import account_position
 from gateway.pricing import TariffBook
 from gateway.tariffs.pricing import standing_charge
 from gateway.timeutil import iso, parse_iso
@@ -57,12 +58,10 @@ def cost_per_day(
     conn: sqlite3.Connection, book: TariffBook, account_id: str, now: datetime, energy_per_day_wh: Decimal
 ) -> Decimal:
     """Exact cost (major units) of one more day at this consumption, from ``now``, plus today's standing."""
-    tariff_id = conn.execute("SELECT tariff_id FROM accounts WHERE id = ?", (account_id,)).fetchone()
-    if tariff_id is None:
-        raise LookupError(f"no account '{account_id}'")
-    tariff = book.get(tariff_id[0])
+    account = account_position(conn, account_id)
+    tariff = book.get(account.tariff_id)
     wh = int(energy_per_day_wh.to_integral_value(rounding=ROUND_HALF_EVEN))
-    lines = book.pricer(conn, record=False)(account_id, now, now + _DAY, wh, None) if wh > 0 else []
+    lines = book.pricer(conn)(account, now, now + _DAY, wh, None).lines if wh > 0 else []
     cost = sum((line.amount for line in lines), Decimal(0))
     try:
         standing = standing_charge(tariff, now.astimezone(tariff.version_at(now).zone).date())

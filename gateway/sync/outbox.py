@@ -57,10 +57,23 @@ def put(
     qos: int = 1,
 ) -> int:
     """Append a message inside the caller's open transaction; returns its sequence number."""
-    body = {"schema": payload.pop("schema"), **payload} if "schema" in payload else payload
+    return put_text(conn, topic, dumps(payload), now, billing=billing, retain=retain, qos=qos)
+
+
+def put_text(
+    conn: sqlite3.Connection,
+    topic: str,
+    payload: str,
+    now: datetime,
+    *,
+    billing: bool = True,
+    retain: bool = False,
+    qos: int = 1,
+) -> int:
+    """``put`` of a body already serialised as compact JSON (an object), for the per-reading path."""
     cur = conn.execute(
         "INSERT INTO outbox(topic, payload, qos, retain, billing, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-        (topic, dumps(body), qos, int(retain), int(billing), iso(now)),
+        (topic, payload, qos, int(retain), int(billing), iso(now)),
     )
     assert cur.lastrowid is not None
     return cur.lastrowid

@@ -10,9 +10,9 @@ units, so rounding happens once, on totals.  The sum of line energies is always 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from decimal import Context, Decimal, Inexact, InvalidOperation, Rounded, localcontext
+from decimal import Context, Decimal, Inexact, InvalidOperation, Rounded
 from typing import Literal
 
 from gateway.tariffs.apportion import apportion, split_blocks
@@ -25,6 +25,7 @@ __all__ = ["ChargeLine", "cycle_start", "exact_amount", "price_interval", "stand
 _US = timedelta(microseconds=1)
 # Wide enough for any price a file can sensibly hold times any energy; a loss would raise, not round.
 _EXACT = Context(prec=80, traps=[Inexact, Rounded, InvalidOperation])
+_THOUSAND = Decimal(1000)
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,14 @@ class ChargeLine:
     unit_price: Decimal
     amount: Decimal
     kind: Literal["energy", "standing"] = "energy"
+    # The start of the block cycle the line counts in (``None`` without blocks): carried so the ledger
+    # can move the account's block position without working it out again.  Not part of the value.
+    cycle: datetime | None = field(default=None, compare=False, repr=False)
 
 
 def exact_amount(energy_wh: int, unit_price: Decimal) -> Decimal:
     """``energy_wh × unit_price / 1000`` with no rounding (raises rather than lose a digit)."""
-    with localcontext(_EXACT):
-        return Decimal(energy_wh) * unit_price / 1000
+    return _EXACT.divide(_EXACT.multiply(Decimal(energy_wh), unit_price), _THOUSAND)
 
 
 def _check_int(name: str, value: object) -> int:
@@ -63,6 +66,8 @@ def _check_int(name: str, value: object) -> int:
 
 
 def _time_shares(items: list[Segment], energy_wh: int) -> list[tuple[Segment, int]]:
+    if len(items) == 1:  # the usual reading: a minute inside one stretch takes all the energy
+        return [(items[0], energy_wh)]
     return list(zip(items, apportion(energy_wh, [s.micros for s in items]), strict=True))
 
 
@@ -191,6 +196,7 @@ def price_interval(
                     energy_wh=part,
                     unit_price=price,
                     amount=exact_amount(part, price),
+                    cycle=seg.cycle,
                 )
             )
             line_start = line_end
