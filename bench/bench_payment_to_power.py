@@ -29,29 +29,16 @@ from typing import Any
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from simulators.dlt645 import SimulatedDlt645Bus, make_models
+from simulators.lab import IMMEDIATE_POLICY_TOML
 
 REPO = Path(__file__).resolve().parent.parent
-POLICY = """
-[policy]
-preset = "generic"
-[policy.overrides.notice]
-required = false
-period = "PT0S"
-reminder_before = "PT0S"
-[policy.overrides.windows]
-hours = []
-weekends = false
-public_holidays = false
-[policy.overrides.reconnect]
-mode = "direct_close"
-"""
 TOPUP_MINOR = 1_000
 
 
 def config(tmp: Path, url: str, meters: int, poll_s: float) -> Path:
     body = (
         f'gateway_id = "bench"\ntimezone = "Asia/Shanghai"\ndatabase = "{tmp / "pmg.db"}"\ncurrency = "CNY"\n'
-        f'tariff_dir = "{REPO / "config" / "tariffs"}"\n{POLICY}\n'
+        f'tariff_dir = "{REPO / "config" / "tariffs"}"\n{IMMEDIATE_POLICY_TOML}\n'
         f'[[buses]]\nid = "b1"\nprotocol = "dlt645"\nurl = "{url}"\nbaud = 9600\npoll_interval_s = {poll_s}\n'
         "timeout_s = 0.5\nretries = 1\n"
     )

@@ -18,23 +18,12 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from simulators.lab import IMMEDIATE_POLICY_TOML
+
 REPO = Path(__file__).resolve().parent.parent
 TARIFFS = REPO / "config" / "tariffs"
 
-FAST_POLICY = """
-[policy]
-preset = "generic"
-[policy.overrides.notice]
-required = false
-period = "PT0S"
-reminder_before = "PT0S"
-[policy.overrides.windows]
-hours = []
-weekends = false
-public_holidays = false
-[policy.overrides.reconnect]
-mode = "direct_close"
-"""
+FAST_POLICY = IMMEDIATE_POLICY_TOML  # no notice, no protected hours, a payment closes the relay
 
 
 def write_config(path: Path, body: str) -> Path:

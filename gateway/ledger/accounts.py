@@ -10,11 +10,17 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from gateway.config import GatewayConfig
 from gateway.money import parse_money
 from gateway.store.db import Store, dumps
 from gateway.timeutil import iso
+
+
+class PostedEntry(NamedTuple):
+    entry_id: int
+    balance_minor: int  # the account's cached balance after the entry
 
 
 @dataclass(frozen=True)
@@ -204,51 +210,16 @@ def post_entry(
     period_end: datetime | None = None,
     detail_json: str = "{}",
     debt_minor: int = 0,
-) -> int:
+    cycle: tuple[str, int] | None = None,
+) -> PostedEntry:
     """Append one ledger entry and move the cached balance (and debt) with it, in the caller's transaction.
 
     ``amount_minor`` moves the balance the customer spends from; ``debt_minor`` moves the separate debt
     pocket (a ``debt`` entry raises it, a ``debt_recovery`` entry lowers both).  Both caches are the sums
-    of their entry columns, which ``verify`` checks.
+    of their entry columns, which ``verify`` checks.  ``cycle`` is the account's new block position
+    (cycle start, energy used in it) when the entry charges energy: stored in the same UPDATE.  The
+    balance after the entry comes back from that UPDATE too (a charged reading's usage message needs it).
     """
-    return post_entry_balance(
-        conn,
-        account_id,
-        kind,
-        amount_minor,
-        now,
-        energy_wh=energy_wh,
-        meter_id=meter_id,
-        reading_id=reading_id,
-        external_id=external_id,
-        period_start=period_start,
-        period_end=period_end,
-        detail_json=detail_json,
-        debt_minor=debt_minor,
-    )[0]
-
-
-def post_entry_balance(
-    conn: sqlite3.Connection,
-    account_id: str,
-    kind: str,
-    amount_minor: int,
-    now: datetime,
-    *,
-    energy_wh: int | None = None,
-    meter_id: str | None = None,
-    reading_id: int | None = None,
-    external_id: str | None = None,
-    period_start: datetime | None = None,
-    period_end: datetime | None = None,
-    detail_json: str = "{}",
-    debt_minor: int = 0,
-    cycle: tuple[str, int] | None = None,
-) -> tuple[int, int]:
-    """``post_entry`` returning (entry id, the account's new cached balance): the hot path (a charged
-    reading) needs the balance for its usage message and gets it from the same UPDATE.  ``cycle`` is
-    the account's new block position (cycle start, energy used in it) when the entry charges energy:
-    stored in that same UPDATE."""
     cur = conn.execute(
         "INSERT INTO entries(account_id, kind, amount_minor, energy_wh, meter_id, reading_id, external_id, "
         "period_start, period_end, detail_json, created_at, debt_minor) "
@@ -278,4 +249,4 @@ def post_entry_balance(
     assert entry_id is not None
     if not rows:
         raise LookupError(f"no account '{account_id}'")
-    return entry_id, int(rows[0][0])
+    return PostedEntry(entry_id, int(rows[0][0]))

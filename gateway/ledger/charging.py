@@ -23,7 +23,7 @@ from typing import Protocol
 
 from drivers.base import Reading
 from gateway import events
-from gateway.ledger.accounts import MeterRow, post_entry_balance
+from gateway.ledger.accounts import MeterRow, post_entry
 from gateway.money import format_money, to_minor
 from gateway.store.db import dumps
 from gateway.sync import outbox
@@ -349,7 +349,7 @@ def _price_and_post(
     cumulative_exact = position[0] + exact
     cumulative_minor = to_minor(cumulative_exact, minor_digits)
     charge_minor = cumulative_minor - position[1]
-    _entry_id, balance = post_entry_balance(
+    balance = post_entry(
         conn,
         account.id,
         "charge",
@@ -362,7 +362,7 @@ def _price_and_post(
         period_end=end,
         detail_json=charge_detail_json(exact, lines),
         cycle=priced.cycle,
-    )
+    ).balance_minor
     return charge_minor, str(cumulative_exact), cumulative_minor, balance
 
 
