@@ -21,9 +21,9 @@ from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 
 from gateway.ledger.charging import account_position
+from gateway.ledger.consumption import charged_energy_wh, first_read_at
 from gateway.pricing import TariffBook
 from gateway.tariffs.pricing import standing_charge
-from gateway.timeutil import iso, parse_iso
 
 DEFAULT_WINDOW = timedelta(days=7)
 MIN_OBSERVED = timedelta(hours=6)  # less history than this says nothing about a day
@@ -35,23 +35,14 @@ def daily_energy_wh(
 ) -> Decimal | None:
     """Average Wh per day over ``window`` before ``now``, over the time the meters were actually read."""
     since = now - window
-    row = conn.execute(
-        "SELECT MIN(r.taken_at) FROM readings r JOIN meters m ON m.id = r.meter_id WHERE m.account_id = ? "
-        "AND r.outcome IN ('baseline', 'charged') AND r.taken_at >= ? AND r.taken_at <= ?",
-        (account_id, iso(since), iso(now)),
-    ).fetchone()
-    if row is None or row[0] is None:
+    first = first_read_at(conn, account_id, since, now)
+    if first is None:
         return None
-    observed_from = max(parse_iso(row[0]), since)
-    observed = now - observed_from
+    observed = now - max(first, since)
     if observed < MIN_OBSERVED:
         return None
-    energy = conn.execute(
-        "SELECT COALESCE(SUM(energy_wh), 0) FROM entries WHERE account_id = ? AND kind = 'charge' "
-        "AND created_at > ? AND created_at <= ?",
-        (account_id, iso(since), iso(now)),
-    ).fetchone()[0]
-    return Decimal(int(energy)) * Decimal(86400) / Decimal(int(observed.total_seconds()) or 1)
+    energy = charged_energy_wh(conn, account_id, since, now)
+    return Decimal(energy) * Decimal(86400) / Decimal(int(observed.total_seconds()) or 1)
 
 
 def cost_per_day(

@@ -24,7 +24,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from drivers.tomlsource import load_model
-from gateway.timeutil import iso, parse_iso
+from gateway.ledger.consumption import charged_energy_wh, first_read_at
+from gateway.timeutil import parse_iso
 
 
 class RiskRule(BaseModel):
@@ -85,19 +86,10 @@ def grade(inputs: RiskInputs, rule: RiskRule) -> tuple[int, list[str]]:
 
 
 def _wh_per_day(conn: sqlite3.Connection, account_id: str, start: datetime, end: datetime) -> Decimal | None:
-    first = conn.execute(
-        "SELECT MIN(r.taken_at) FROM readings r JOIN meters m ON m.id = r.meter_id WHERE m.account_id = ? "
-        "AND r.outcome IN ('baseline', 'charged')",
-        (account_id,),
-    ).fetchone()[0]
-    if first is None or parse_iso(first) > start:
+    first = first_read_at(conn, account_id)
+    if first is None or first > start:
         return None  # the meters were not read for the whole span: no fair comparison
-    energy = conn.execute(
-        "SELECT COALESCE(SUM(energy_wh), 0) FROM entries WHERE account_id = ? AND kind = 'charge' "
-        "AND created_at > ? AND created_at <= ?",
-        (account_id, iso(start), iso(end)),
-    ).fetchone()[0]
-    return Decimal(int(energy)) / _days(end - start)
+    return Decimal(charged_energy_wh(conn, account_id, start, end)) / _days(end - start)
 
 
 def risk_inputs(
