@@ -118,18 +118,21 @@ def cycle_usage_wh(conn: sqlite3.Connection, account_id: str, since: datetime, u
     """Energy the account was charged for between ``since`` and ``until`` (block position).
 
     Entries wholly inside count whole; an entry straddling ``since`` counts the lines that start at or
-    after it (each charge entry keeps its priced lines).
+    after it (each charge entry keeps its priced lines).  A charge entry is posted at its period's end
+    (``created_at == period_end``), so both questions are bounded by ``created_at`` too: they read
+    the cycle's entries through ``entries_account``, not every entry the account ever had (this runs
+    for every account in the first minutes of a new cycle, when a year of history lies before it).
     """
     whole = conn.execute(
-        "SELECT COALESCE(SUM(energy_wh), 0) FROM entries WHERE account_id = ? AND kind = 'charge' "
-        "AND period_start >= ? AND period_end <= ?",
-        (account_id, iso(since), iso(until)),
+        "SELECT COALESCE(SUM(energy_wh), 0) FROM entries WHERE account_id = ? AND created_at > ? "
+        "AND created_at <= ? AND kind = 'charge' AND period_start >= ? AND period_end <= ?",
+        (account_id, iso(since), iso(until), iso(since), iso(until)),
     ).fetchone()[0]
     partial = 0
     for (detail,) in conn.execute(
-        "SELECT detail_json FROM entries WHERE account_id = ? AND kind = 'charge' AND period_start < ? "
-        "AND period_end > ?",
-        (account_id, iso(since), iso(since)),
+        "SELECT detail_json FROM entries WHERE account_id = ? AND created_at > ? AND kind = 'charge' "
+        "AND period_start < ? AND period_end > ?",
+        (account_id, iso(since), iso(since), iso(since)),
     ):
         for line in json.loads(detail).get("lines", []):
             if "start" in line and parse_iso(line["start"]) >= since:

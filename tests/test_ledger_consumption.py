@@ -19,7 +19,8 @@ from test_ledger_support import T0, make_book, new_ledger, reading
 from drivers.base import Quality
 from gateway.ledger import consumption
 from gateway.ledger.charging import record_reading
-from gateway.timeutil import parse_iso
+from gateway.pricing import cycle_usage_wh
+from gateway.timeutil import iso, parse_iso
 
 
 @pytest.fixture()
@@ -117,3 +118,30 @@ def test_finding_the_first_reading_costs_the_same_with_ten_times_the_history(tmp
             assert consumption.first_read_at(conn, "acc1", T0, until) == T0
     store.close()
     assert cost[1] <= cost[0] + 2, cost  # an index seek: no walk over the span's readings
+
+
+def test_block_position_recount_reads_only_the_cycle(tmp_path: Path) -> None:
+    """At a new block cycle the pricer recounts the cycle's energy from the entries: the answer is
+    the brute-force sum, and its cost does not grow with the history before the cycle began."""
+    book = make_book(tmp_path)
+    store = new_ledger(tmp_path / "l.db")
+    cost = []
+    with store.tx() as conn:
+        minute = 0
+        for total in (300, 3000):
+            while minute < total:
+                at = T0 + timedelta(minutes=minute)
+                record_reading(conn, "m1", reading(minute * 10, at), book.pricer(conn), max_power_w=10**6)
+                minute += 1
+            since, until = T0 + timedelta(minutes=total - 30), T0 + timedelta(minutes=total)
+            whole = conn.execute(
+                "SELECT SUM(energy_wh) FROM entries WHERE kind = 'charge' AND period_start >= ? "
+                "AND period_end <= ?",
+                (iso(since), iso(until)),
+            ).fetchone()[0]
+            assert cycle_usage_wh(conn, "acc1", since, until) == whole == 290
+            # a cycle that begins inside a reading's interval counts that reading's later lines only
+            assert cycle_usage_wh(conn, "acc1", since + timedelta(seconds=30), until) == 280
+            cost.append(_steps(conn, functools.partial(cycle_usage_wh, conn, "acc1", since, until)))
+    store.close()
+    assert cost[1] <= cost[0] + 2, cost
