@@ -18,7 +18,7 @@ import logging
 import os
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,18 +37,25 @@ BACKUP_SUFFIX = ".db"
 META_LAST_BACKUP = "last_backup_at"
 META_LAST_HOUSEKEEPING = "last_housekeeping_at"
 
-# A reading is kept when anything durable refers to it (entries, a quarantine, the meter's last one).
-_REFERENCED = (
-    "SELECT reading_id FROM entries WHERE reading_id IS NOT NULL "
-    "UNION SELECT quarantined_reading_id FROM meters WHERE quarantined_reading_id IS NOT NULL "
-    "UNION SELECT last_reading_id FROM meters WHERE last_reading_id IS NOT NULL"
-)
-# The last reading of each (meter, UTC hour): taken_at is RFC 3339 UTC, so its first 13 characters
-# ("YYYY-MM-DDTHH") name the hour; ties on taken_at go to the higher id.
-_HOURLY_LAST = (
-    "SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY meter_id, substr(taken_at, 1, 13) "
-    "ORDER BY taken_at DESC, id DESC) AS rn FROM readings WHERE taken_at < :cutoff) WHERE rn = 1"
-)
+META_DOWNSAMPLED_UNTIL = "readings_downsampled_until"
+THIN_METERS_PER_STEP = 50  # a day of 50 meters' one-minute readings: about 0.1 s per step
+
+# One meter's readings in [lo, hi) thinned to the last of each UTC hour (taken_at is RFC 3339 UTC, so
+# its first 13 characters "YYYY-MM-DDTHH" name the hour; ties on taken_at go to the higher id), keeping
+# every reading anything durable refers to: a charge entry (only charge entries carry a reading id —
+# schema 5 enforces it — so the partial unique index on them answers), a quarantine, the meter's last.
+_THIN_METER = """
+DELETE FROM readings WHERE meter_id = :meter AND taken_at >= :lo AND taken_at < :hi
+  AND id NOT IN (
+    SELECT id FROM (
+      SELECT id, ROW_NUMBER() OVER (PARTITION BY substr(taken_at, 1, 13) ORDER BY taken_at DESC, id DESC) AS rn
+      FROM readings WHERE meter_id = :meter AND taken_at >= :lo AND taken_at < :hi
+    ) WHERE rn = 1)
+  AND NOT EXISTS (SELECT 1 FROM entries e WHERE e.reading_id = readings.id AND e.kind = 'charge')
+  AND id NOT IN (
+    SELECT quarantined_reading_id FROM meters WHERE quarantined_reading_id IS NOT NULL
+    UNION SELECT last_reading_id FROM meters WHERE last_reading_id IS NOT NULL)
+"""
 
 
 class BackupError(RuntimeError):
@@ -62,15 +69,71 @@ class HousekeepingResult:
     backup: Path | None
 
 
+def downsample_span(store: Store, before: datetime) -> tuple[str, str] | None:
+    """The readings a pass should thin: from where the last pass stopped to ``before``'s hour.
+
+    Each pass takes only what became old since the last one (the watermark is kept in ``meta``), so
+    an hourly pass reads an hour of readings, not the whole history; the span ends on an hour
+    boundary so that no hour is ever thinned in two halves."""
+    hi = iso(before.astimezone(UTC).replace(minute=0, second=0, microsecond=0))
+    lo = store.meta_get(META_DOWNSAMPLED_UNTIL) or ""
+    return (lo, hi) if lo < hi else None
+
+
+def thin_meters(conn: sqlite3.Connection, meters: list[str], span: tuple[str, str]) -> int:
+    """Thin these meters' readings in ``span`` (one index range per meter); returns rows removed."""
+    removed = 0
+    for meter in meters:
+        removed += conn.execute(_THIN_METER, {"meter": meter, "lo": span[0], "hi": span[1]}).rowcount
+    return removed
+
+
+def _oldest_reading_hour(conn: sqlite3.Connection) -> str | None:
+    """The hour of the oldest reading, found by one index seek per meter."""
+    row = conn.execute(
+        "SELECT MIN((SELECT taken_at FROM readings r WHERE r.meter_id = m.id ORDER BY taken_at LIMIT 1)) "
+        "FROM meters m"
+    ).fetchone()
+    return None if row is None or row[0] is None else str(row[0])[:13] + ":00:00Z"
+
+
+async def downsample_gently(store: Store, before: datetime) -> int:
+    """``downsample_readings`` for the daemon: a day of readings for a few meters per transaction,
+    yielding to the event loop between them, the watermark moved after each day.
+
+    An hourly pass is one small step.  The first pass on a database with months of history (after an
+    upgrade) is long, and must not stop polling and payments while it runs."""
+    span = downsample_span(store, before)
+    if span is None:
+        return 0
+    lo, hi = span
+    with store.tx() as conn:
+        meters = [row[0] for row in conn.execute("SELECT id FROM meters ORDER BY id")]
+        if not lo:
+            lo = _oldest_reading_hour(conn) or hi
+    removed = 0
+    while lo < hi:
+        day_end = min(hi, iso(parse_iso(lo) + timedelta(days=1)))
+        for first in range(0, len(meters), THIN_METERS_PER_STEP):
+            with store.tx() as conn:
+                removed += thin_meters(conn, meters[first : first + THIN_METERS_PER_STEP], (lo, day_end))
+            await asyncio.sleep(0)
+        with store.tx():
+            store.meta_set(META_DOWNSAMPLED_UNTIL, day_end)
+        lo = day_end
+    return removed
+
+
 def downsample_readings(store: Store, before: datetime) -> int:
     """Thin readings older than ``before`` to one per meter per hour; returns rows removed."""
+    span = downsample_span(store, before)
+    if span is None:
+        return 0
     with store.tx() as conn:
-        cur = conn.execute(
-            f"DELETE FROM readings WHERE taken_at < :cutoff AND id NOT IN ({_HOURLY_LAST}) "
-            f"AND id NOT IN ({_REFERENCED})",
-            {"cutoff": iso(before)},
-        )
-        return cur.rowcount
+        meters = [row[0] for row in conn.execute("SELECT id FROM meters ORDER BY id")]
+        removed = thin_meters(conn, meters, span)
+        store.meta_set(META_DOWNSAMPLED_UNTIL, span[1])
+    return removed
 
 
 def backup_database(database: Path, directory: Path, now: datetime, keep: int) -> Path:
@@ -128,10 +191,14 @@ def backup_due(store: Store, cfg: HousekeepingConfig, now: datetime) -> bool:
 def trim(store: Store, cfg: HousekeepingConfig, now: datetime) -> tuple[int, int]:
     """Downsample old readings and trim the delivered outbox: (readings removed, messages removed)."""
     removed = downsample_readings(store, now - timedelta(days=cfg.readings_full_days))
+    return removed, _trim_outbox(store, cfg, now)
+
+
+def _trim_outbox(store: Store, cfg: HousekeepingConfig, now: datetime) -> int:
     trimmed = outbox.trim_delivered(store, now - timedelta(days=cfg.outbox_delivered_days))
     with store.tx():
         store.meta_set(META_LAST_HOUSEKEEPING, iso(now))
-    return removed, trimmed
+    return trimmed
 
 
 def record_backup(store: Store, now: datetime) -> None:
@@ -159,7 +226,8 @@ async def run(gateway: Gateway) -> None:
     database = resolve(gateway.config_path, gateway.cfg.database)
     written: Path | None = None
     try:
-        removed, trimmed = trim(store, cfg, now)
+        removed = await downsample_gently(store, now - timedelta(days=cfg.readings_full_days))
+        trimmed = _trim_outbox(store, cfg, now)
         if backup_due(store, cfg, now):
             target = backup_dir(gateway.config_path, database, cfg)
             written = await asyncio.to_thread(backup_database, database, target, now, cfg.backups_kept)

@@ -3,12 +3,14 @@ undelivered, and backups are consistent, rotated SQLite databases."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from gateway import housekeeping
 from gateway.config import HousekeepingConfig
 from gateway.housekeeping import (
     BackupError,
@@ -26,7 +28,12 @@ NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    s = open_store(tmp_path / "pmg.db")
+    return _new_store(tmp_path / "pmg.db")
+
+
+def _new_store(path: Path) -> Store:
+    """An account with two meters and nothing else."""
+    s = open_store(path)
     with s.tx() as conn:
         conn.execute(
             "INSERT INTO accounts(id, tariff_id, currency, created_at, updated_at) VALUES ('a1', 't', 'CNY', ?, ?)",
@@ -121,3 +128,82 @@ def test_backup_to_an_unwritable_place_is_one_clear_error(store: Store, tmp_path
         backup_database(store.path, blocker / "backups", NOW, keep=1)
     with pytest.raises(ValueError, match="at least 1"):
         backup_database(store.path, tmp_path / "b", NOW, keep=0)
+
+
+def _minutely(store: Store, start: datetime, hours: int) -> None:
+    """Both meters read every 10 minutes for ``hours``; every third reading cited by a charge entry."""
+    with store.tx() as conn:
+        for step in range(hours * 6):
+            at = iso(start + timedelta(minutes=10 * step))
+            for meter in ("m1", "m2"):
+                rid = conn.execute(
+                    "INSERT INTO readings(meter_id, taken_at, quality, register_wh, outcome) "
+                    "VALUES (?, ?, 'ok', ?, 'charged')",
+                    (meter, at, step),
+                ).lastrowid
+                if step % 3 == 0:
+                    conn.execute(
+                        "INSERT INTO entries(account_id, kind, amount_minor, energy_wh, meter_id, reading_id, "
+                        "created_at) VALUES ('a1', 'charge', -1, 10, ?, ?, ?)",
+                        (meter, rid, at),
+                    )
+
+
+def test_the_daemons_gentle_pass_thins_exactly_as_one_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Day by day and a meter at a time (yielding between steps), the result is the same rows."""
+    monkeypatch.setattr(housekeeping, "THIN_METERS_PER_STEP", 1)
+    left = []
+    for name, gentle in (("one.db", False), ("gentle.db", True)):
+        store = _new_store(tmp_path / name)
+        _minutely(store, NOW - timedelta(days=100, minutes=7), 24 * 3 + 5)  # 3 days and 5 hours, odd start
+        before = NOW - timedelta(days=98, minutes=30)
+        if gentle:
+            removed = asyncio.run(housekeeping.downsample_gently(store, before))
+        else:
+            removed = downsample_readings(store, before)
+        left.append((removed, [r[0] for r in store.all("SELECT id FROM readings ORDER BY id")]))
+        assert store.meta_get(housekeeping.META_DOWNSAMPLED_UNTIL) == iso(before.replace(minute=0))
+        store.close()
+    assert left[0] == left[1]
+    assert left[0][0] > 0
+
+
+def test_an_hourly_pass_costs_the_same_at_ten_times_the_history(tmp_path: Path) -> None:
+    """Each pass thins only what became old since the last one (a watermark), through the index."""
+
+    def steps_of_next_pass(history_hours: int) -> int:
+        store = _new_store(tmp_path / f"{history_hours}.db")
+        start = NOW - timedelta(days=200)
+        _minutely(store, start - timedelta(hours=history_hours), history_hours)
+        downsample_readings(store, start)  # catch up: everything old so far
+        _minutely(store, start, 1)  # one more hour becomes old
+        steps = 0
+
+        def count() -> int:
+            nonlocal steps
+            steps += 1
+            return 0
+
+        store.conn.set_progress_handler(count, 100)
+        try:
+            assert downsample_readings(store, start + timedelta(hours=1)) > 0
+        finally:
+            store.conn.set_progress_handler(None, 100)
+            store.close()
+        return steps
+
+    small = steps_of_next_pass(24)
+    large = steps_of_next_pass(240)
+    assert large <= small * 1.5 + 5, (small, large)
+
+
+def test_only_a_charge_entry_may_cite_a_reading(store: Store) -> None:
+    rid = _reading(store, "m1", NOW, 1)
+    with pytest.raises(sqlite3.IntegrityError, match="only a charge entry may cite a reading"), store.tx() as conn:
+        conn.execute(
+            "INSERT INTO entries(account_id, kind, amount_minor, reading_id, created_at) "
+            "VALUES ('a1', 'adjustment', 5, ?, ?)",
+            (rid, iso(NOW)),
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -147,13 +148,13 @@ def test_the_job_entry_point_settles_grades_and_re_decides_charged_accounts(tmp_
     book = make_book(tmp_path)
     store = new_ledger(tmp_path / "l.db", accounts=[("acc1", "standing-cn"), ("acc2", "flat-cn")], meters=[])
     gw = _fake_gateway(store, book, "Asia/Shanghai", T0 + timedelta(days=2, hours=1), tmp_path)
-    result = settlement.run(gw)
+    result = asyncio.run(settlement.run(gw))
     assert len(result.charges) == 2 and gw.evaluated == ["acc1"]
     assert set(result.grades) == {"acc1", "acc2"}
     # acc1 is below zero after its standing charges: the highest grade, audited once
     assert store.scalar("SELECT risk_grade FROM accounts WHERE id = 'acc1'") == 3
     assert store.scalar("SELECT COUNT(*) FROM events WHERE kind = 'risk_grade' AND account_id = 'acc1'") == 1
-    again = settlement.run(gw)
+    again = asyncio.run(settlement.run(gw))
     assert again.charges == {} and again.grades == {}  # grades once per local day
     store.close()
 
@@ -252,4 +253,34 @@ def test_days_of_credit_left_sees_the_dearer_block_coming(tmp_path: Path) -> Non
     assert near is not None and far is not None
     assert far == Decimal("18.4")  # 100 / (12 x (14/24 x 0.568 + 10/24 x 0.288)) = 18.47
     assert near < far
+    store.close()
+
+
+def test_grading_yields_to_the_event_loop_between_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Grading every account is seconds of work on a big gateway: other tasks must run in between."""
+    monkeypatch.setattr(settlement, "GRADES_PER_STEP", 2)
+    book = make_book(tmp_path)
+    accounts = [(f"acc{i}", "flat-cn") for i in range(7)]
+    store = new_ledger(tmp_path / "l.db", accounts=accounts, meters=[])
+    with store.tx() as conn:
+        conn.execute("UPDATE accounts SET balance_minor = -100")  # in arrears: each grading sets grade 3
+    gw = _fake_gateway(store, book, "Asia/Shanghai", T0 + timedelta(days=2, hours=1), tmp_path)
+    graded_when_ticked: list[int] = []
+
+    async def scenario() -> settlement.SettlementResult:
+        async def ticker() -> None:
+            while True:
+                graded_when_ticked.append(int(store.scalar("SELECT COUNT(*) FROM accounts WHERE risk_grade = 3")))
+                await asyncio.sleep(0)
+
+        tick = asyncio.create_task(ticker())
+        try:
+            return await settlement.run(gw)
+        finally:
+            tick.cancel()
+
+    result = asyncio.run(scenario())
+    assert set(result.grades) == {a for a, _ in accounts}
+    # the other task ran while grading was part-way: after 2, 4 and 6 accounts
+    assert {2, 4, 6} <= set(graded_when_ticked), graded_when_ticked
     store.close()

@@ -219,11 +219,16 @@ MIGRATIONS: tuple[str, ...] = (
     # Through ``entries(account_id, created_at)`` that read every entry's row (28 ms per account at a
     # week of one-minute readings); covering kind and energy, the sum reads the index alone.  The
     # account's meters are found by index to seek each one's first reading.  Rebuilding the index
-    # takes a while on a large database, once, at the first start of this version.
+    # takes a while on a large database, once, at the first start of this version.  Downsampling
+    # keeps every reading an entry cites by asking the partial unique index of charge entries, so
+    # only a charge entry may cite a reading (the code never did otherwise; now the schema says so).
     """
     DROP INDEX entries_account;
     CREATE INDEX entries_account ON entries(account_id, created_at, kind, energy_wh);
     CREATE INDEX meters_account ON meters(account_id);
+    CREATE TRIGGER entries_reading_only_charges BEFORE INSERT ON entries
+        WHEN NEW.reading_id IS NOT NULL AND NEW.kind <> 'charge'
+        BEGIN SELECT RAISE(ABORT, 'only a charge entry may cite a reading'); END;
     """,
 )
 
