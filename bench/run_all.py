@@ -40,6 +40,7 @@ def benches(capacity_minutes: float) -> list[Bench]:
     return [
         Bench("dlt645", "Bus efficiency (DL/T 645)", "bench/bench_dlt645_bus.py", ("--seconds", "5"), 120),
         Bench("ledger", "Ledger", "bench/bench_ledger.py", (), 180),
+        Bench("history", "History", "bench/bench_history.py", (), 180),
         Bench("outbox", "Outbox", "bench/bench_outbox.py", (), 180),
         Bench("payment", "Payment to power", "bench/bench_payment_to_power.py", (), 180),
         Bench(
