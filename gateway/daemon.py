@@ -48,6 +48,19 @@ STOP_FLUSH_DEADLINE_S = 5.0
 READING_BATCH_S = 0.25  # readings of all buses are charged together, at most this long after they arrive
 
 
+# How long systemd is asked to wait for one schema step (it kills a daemon that is not ready in
+# TimeoutStartSec, 90 s by default; an index rebuilt over months of entries takes minutes).
+MIGRATION_STEP_TIMEOUT_S = 3600
+
+
+def _announce_migration(current: int, target: int) -> None:
+    log.warning("database schema %d -> %d: migrating; on a large database this takes minutes", current, target)
+    sd_notify(
+        f"EXTEND_TIMEOUT_USEC={MIGRATION_STEP_TIMEOUT_S * 1_000_000}\n"
+        f"STATUS=migrating the database schema {current} -> {target}"
+    )
+
+
 @dataclass
 class Gateway:
     """One running gateway.  ``start`` then ``wait``; ``stop`` from a signal or a test."""
@@ -83,7 +96,7 @@ class Gateway:
         self._lock = InstanceLock(db_path)
         self._lock.acquire()
         try:
-            self.store = open_store(db_path)
+            self.store = open_store(db_path, on_migrate=_announce_migration)
             self.parts = build_components(self.cfg, self.config_path, self.store)
             seed_from_config(self.store, self.cfg, self.clock())
             if self.cfg.metrics.listen:

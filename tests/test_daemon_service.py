@@ -95,3 +95,37 @@ def test_setup_logging_replaces_its_own_handler(monkeypatch: pytest.MonkeyPatch)
             if h not in before:
                 root.removeHandler(h)
         root.setLevel(level)
+
+
+def test_a_schema_step_on_an_existing_database_extends_systemds_start_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An index rebuilt over months of entries outlasts systemd's start timeout: the daemon asks for
+    more time before each step (a killed step rolls back, and would be killed again on every restart)."""
+    import sqlite3
+
+    from gateway import daemon
+    from gateway.store import migrations
+    from gateway.store.db import open_store
+
+    path = tmp_path / "pmg.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for script in migrations.MIGRATIONS[:4]:  # a database left by the previous release (schema 4)
+        for statement in migrations._split(script):
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 4")
+    conn.close()
+    sock = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(str(sock))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(sock))
+        store = open_store(path, on_migrate=daemon._announce_migration)
+        message = receiver.recv(200).decode()
+        store.close()
+        assert message.startswith(f"EXTEND_TIMEOUT_USEC={daemon.MIGRATION_STEP_TIMEOUT_S * 1_000_000}\n")
+        assert "schema 4 -> 5" in message
+        receiver.setblocking(False)
+        fresh = open_store(tmp_path / "new.db", on_migrate=daemon._announce_migration)
+        fresh.close()
+        with pytest.raises(BlockingIOError):
+            receiver.recv(200)  # a new database builds its schema without a word

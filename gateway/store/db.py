@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -119,8 +119,11 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def open_store(path: str | Path, *, readonly: bool = False) -> Store:
-    """Open (creating and migrating if needed) the gateway database."""
+def open_store(
+    path: str | Path, *, readonly: bool = False, on_migrate: Callable[[int, int], None] | None = None
+) -> Store:
+    """Open (creating and migrating if needed) the gateway database; ``on_migrate(from, to)`` is told
+    before each schema step on an existing database (``migrations.migrate``)."""
     p = Path(path)
     if readonly:
         if not p.exists():
@@ -143,7 +146,7 @@ def open_store(path: str | Path, *, readonly: bool = False) -> Store:
         try:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
-            migrate(conn)
+            migrate(conn, on_migrate)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise StoreError(f"{p} is not a usable pmg database: {exc}") from None

@@ -8,6 +8,7 @@ even a buggy future module can rewrite history.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: the walking skeleton's tables, shaped for the ledger, policy and sync that follow.
@@ -237,14 +238,20 @@ class SchemaTooNew(RuntimeError):
     """The database was written by a newer pmg; refusing to touch it."""
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema to the latest version; return it.  Each step is one transaction."""
+def migrate(conn: sqlite3.Connection, on_step: Callable[[int, int], None] | None = None) -> int:
+    """Bring the schema to the latest version; return it.  Each step is one transaction.
+
+    ``on_step(from, to)`` is called before each step: a step that rebuilds an index over months of
+    entries takes minutes, and the daemon must say so (to the log, and to systemd, whose start
+    timeout would otherwise kill it half-way — rolled back, and again on every restart)."""
     current = conn.execute("PRAGMA user_version").fetchone()[0]
     if current > len(MIGRATIONS):
         raise SchemaTooNew(
             f"database schema version {current} is newer than this pmg understands ({len(MIGRATIONS)})"
         )
     for version in range(current + 1, len(MIGRATIONS) + 1):
+        if on_step is not None and current > 0:  # a new database has nothing to rebuild
+            on_step(version - 1, version)
         script = MIGRATIONS[version - 1]
         conn.execute("BEGIN IMMEDIATE")
         try:
