@@ -28,11 +28,11 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bench.bench_ledger import seed_meter
 from bench.common import Result, emit
 from drivers.base import Quality, Reading
 from gateway.calendar import WorkCalendar
 from gateway.housekeeping import downsample_readings
-from gateway.ledger.accounts import ensure_account, ensure_meter
 from gateway.ledger.charging import record_reading
 from gateway.ledger.forecast import DailyCostCache
 from gateway.ledger.risk import RiskRule, risk_inputs
@@ -58,17 +58,7 @@ def seed(path: Path, accounts: int, days: int, book: TariffBook) -> Store:
     assert cycle is not None
     with store.tx() as conn:
         for a in range(accounts):
-            ensure_account(conn, f"acc{a}", tariff_id=TARIFF, currency="CNY", now=start)
-            ensure_meter(
-                conn,
-                f"m{a}",
-                account_id=f"acc{a}",
-                bus_id="b1",
-                protocol="dlt645",
-                address=f"{a:012d}",
-                keep_power=False,
-                now=start,
-            )
+            seed_meter(conn, a, TARIFF, start)
 
         def readings() -> Iterator[tuple[int, str, str, int]]:
             for k in range(1, minutes + 1):

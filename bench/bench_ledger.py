@@ -43,9 +43,10 @@ REPO = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 
 
-def _seed_meter(conn: sqlite3.Connection, m: int, tariff: str) -> None:
-    """Account ``acc<m>`` on ``tariff`` with meter ``m<m>``, as both sides of the benchmark start."""
-    ensure_account(conn, f"acc{m}", tariff_id=tariff, currency="CNY", now=T0)
+def seed_meter(conn: sqlite3.Connection, m: int, tariff: str, now: datetime = T0) -> None:
+    """Account ``acc<m>`` on ``tariff`` with DL/T 645 meter ``m<m>``: how every ledger benchmark starts
+    its accounts (this one on both sides, ``bench_history`` in both histories)."""
+    ensure_account(conn, f"acc{m}", tariff_id=tariff, currency="CNY", now=now)
     ensure_meter(
         conn,
         f"m{m}",
@@ -54,7 +55,7 @@ def _seed_meter(conn: sqlite3.Connection, m: int, tariff: str) -> None:
         protocol="dlt645",
         address=f"{m:012d}",
         keep_power=False,
-        now=T0,
+        now=now,
     )
 
 
@@ -64,7 +65,7 @@ def ledger_rate(
     store = open_store(directory / "ledger.db")
     with store.tx() as conn:
         for m in range(meters):
-            _seed_meter(conn, m, tariff)
+            seed_meter(conn, m, tariff)
             record_reading(
                 conn,
                 f"m{m}",
@@ -140,7 +141,7 @@ def replay_rate(
     conn = store.conn
     with store.tx():
         for m in range(meters):
-            _seed_meter(conn, m, "flat-cn")
+            seed_meter(conn, m, "flat-cn")
     marks = lambda n: ", ".join("?" * n)  # noqa: E731
     insert_reading = f"INSERT INTO readings VALUES ({marks(len(rows[0][0]))})"
     insert_entry = f"INSERT INTO entries VALUES ({marks(len(rows[0][1]))})"

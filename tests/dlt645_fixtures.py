@@ -21,6 +21,23 @@ from drivers.dlt645.frame import Frame, scan
 Script = Callable[[Frame], bytes]
 
 
+def count_hand_offs(link: Any) -> Callable[[], int]:
+    """From now on, count the link's trips to its thread (``link._run``); returns the counter's reader.
+
+    A poll or a retried request is meant to cost one trip: each costs the event loop more CPU than
+    the frame itself."""
+    trips = 0
+    run = link._run
+
+    async def counting_run(fn: Callable[[], Any]) -> Any:
+        nonlocal trips
+        trips += 1
+        return await run(fn)
+
+    link._run = counting_run
+    return lambda: trips
+
+
 def run_async(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
     """Run an async test on a fresh event loop (this project has no pytest-asyncio)."""
 

@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from dlt645_fixtures import ScriptedMeter, run_async, scripted  # noqa: F401  (fixture)
+from dlt645_fixtures import ScriptedMeter, count_hand_offs, run_async, scripted  # noqa: F401  (fixture)
 
 from drivers.base import BadFrame, MeterTimeout
 from drivers.dlt645 import commands
@@ -272,17 +272,9 @@ async def test_a_request_is_a_batch_of_one_with_its_retries_on_the_link_thread(s
 
     meter = scripted([bad_checksum, silent, good])
     async with link_for(meter, timeout_s=0.15, retries=2) as link:
-        hand_offs = 0
-        run = link._run
-
-        async def counting_run(fn):  # type: ignore[no-untyped-def]
-            nonlocal hand_offs
-            hand_offs += 1
-            return await run(fn)
-
-        link._run = counting_run  # type: ignore[method-assign]
+        hand_offs = count_hand_offs(link)
         reply = await link.request(READ)
     assert reply.data[4:] == VALUE
-    assert hand_offs == 1, "retries run on the link thread (request_many's loop), not one trip each"
+    assert hand_offs() == 1, "retries run on the link thread (request_many's loop), not one trip each"
     s = link.stats
     assert (s.requests, s.attempts, s.bad_frames, s.timeouts) == (1, 3, 1, 1)

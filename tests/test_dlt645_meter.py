@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
-from dlt645_fixtures import ManualClock, run_async, sim_bus  # noqa: F401  (fixture)
+from dlt645_fixtures import ManualClock, count_hand_offs, run_async, sim_bus  # noqa: F401  (fixture)
 
 from drivers.base import (
     Meter,
@@ -299,21 +299,13 @@ async def test_a_billing_poll_with_tariff_registers_costs_two_frames(sim_bus) ->
     clock.advance(3 * 3600)
     bus = sim_bus(models)
     async with fast_link(bus.start_pty()) as link:
-        hand_offs = 0
-        run = link._run
-
-        async def counting_run(fn):  # type: ignore[no-untyped-def]
-            nonlocal hand_offs
-            hand_offs += 1
-            return await run(fn)
-
-        link._run = counting_run  # type: ignore[method-assign]
+        hand_offs = count_hand_offs(link)
         reading = await meter(link).read([Point.ENERGY_IMPORT, Point.ENERGY_IMPORT_TARIFFS, Point.RELAY])
     assert reading.quality is Quality.OK
     assert reading.energy_import_wh == 1500 and reading.relay is RelayState.CLOSED
     assert reading.energy_import_tariffs_wh is not None and sum(reading.energy_import_tariffs_wh) == 1500
     assert bus.stats.requests == 2, "import block (total + T1..T4) and status word 3"
-    assert hand_offs == 1, "both frames in one trip to the link thread"
+    assert hand_offs() == 1, "both frames in one trip to the link thread"
 
 
 @run_async

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Callable
-from datetime import UTC, timedelta
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -102,10 +102,11 @@ def _steps(conn: sqlite3.Connection, ask: Callable[[], object]) -> int:
     return steps
 
 
-def test_finding_the_first_reading_costs_the_same_with_ten_times_the_history(tmp_path: Path) -> None:
+def _growing_history(tmp_path: Path) -> Iterator[tuple[sqlite3.Connection, datetime]]:
+    """Meter m1 (10 Wh a minute) read every minute: yields (transaction, the end of the history) at 300
+    minutes of history and again at 3,000."""
     book = make_book(tmp_path)
     store = new_ledger(tmp_path / "l.db")
-    cost = []
     with store.tx() as conn:
         minute = 0
         for total in (300, 3000):
@@ -113,35 +114,31 @@ def test_finding_the_first_reading_costs_the_same_with_ten_times_the_history(tmp
                 at = T0 + timedelta(minutes=minute)
                 record_reading(conn, "m1", reading(minute * 10, at), book.pricer(conn), max_power_w=10**6)
                 minute += 1
-            until = T0 + timedelta(minutes=total)
-            cost.append(_steps(conn, functools.partial(consumption.first_read_at, conn, "acc1", T0, until)))
-            assert consumption.first_read_at(conn, "acc1", T0, until) == T0
+            yield conn, T0 + timedelta(minutes=total)
     store.close()
+
+
+def test_finding_the_first_reading_costs_the_same_with_ten_times_the_history(tmp_path: Path) -> None:
+    cost = []
+    for conn, until in _growing_history(tmp_path):
+        cost.append(_steps(conn, functools.partial(consumption.first_read_at, conn, "acc1", T0, until)))
+        assert consumption.first_read_at(conn, "acc1", T0, until) == T0
     assert cost[1] <= cost[0] + 2, cost  # an index seek: no walk over the span's readings
 
 
 def test_block_position_recount_reads_only_the_cycle(tmp_path: Path) -> None:
     """At a new block cycle the pricer recounts the cycle's energy from the entries: the answer is
     the brute-force sum, and its cost does not grow with the history before the cycle began."""
-    book = make_book(tmp_path)
-    store = new_ledger(tmp_path / "l.db")
     cost = []
-    with store.tx() as conn:
-        minute = 0
-        for total in (300, 3000):
-            while minute < total:
-                at = T0 + timedelta(minutes=minute)
-                record_reading(conn, "m1", reading(minute * 10, at), book.pricer(conn), max_power_w=10**6)
-                minute += 1
-            since, until = T0 + timedelta(minutes=total - 30), T0 + timedelta(minutes=total)
-            whole = conn.execute(
-                "SELECT SUM(energy_wh) FROM entries WHERE kind = 'charge' AND period_start >= ? "
-                "AND period_end <= ?",
-                (iso(since), iso(until)),
-            ).fetchone()[0]
-            assert cycle_usage_wh(conn, "acc1", since, until) == whole == 290
-            # a cycle that begins inside a reading's interval counts that reading's later lines only
-            assert cycle_usage_wh(conn, "acc1", since + timedelta(seconds=30), until) == 280
-            cost.append(_steps(conn, functools.partial(cycle_usage_wh, conn, "acc1", since, until)))
-    store.close()
+    for conn, until in _growing_history(tmp_path):
+        since = until - timedelta(minutes=30)
+        whole = conn.execute(
+            "SELECT SUM(energy_wh) FROM entries WHERE kind = 'charge' AND period_start >= ? "
+            "AND period_end <= ?",
+            (iso(since), iso(until)),
+        ).fetchone()[0]
+        assert cycle_usage_wh(conn, "acc1", since, until) == whole == 290
+        # a cycle that begins inside a reading's interval counts that reading's later lines only
+        assert cycle_usage_wh(conn, "acc1", since + timedelta(seconds=30), until) == 280
+        cost.append(_steps(conn, functools.partial(cycle_usage_wh, conn, "acc1", since, until)))
     assert cost[1] <= cost[0] + 2, cost

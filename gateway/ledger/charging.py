@@ -209,15 +209,15 @@ def record_reading(
     if meter.last_register_wh is None or meter.last_reading_at is None:
         rid = insert("baseline", 0)
         _advance(conn, meter_id, register, tariffs_json, now, rid, comms_sql, relay_params)
-        _usage_message(
-            conn, meter_id, meter.account_id, None, now, register, 0, 0, _balance(conn, meter.account_id)
-        )
+        held = _balance(conn, meter.account_id)
+        body = usage_json(meter_id, meter.account_id, None, now, register, 0, 0, held, minor_digits)
+        _queue_usage(conn, meter_id, now, body)
         return ChargeOutcome(
             meter_id,
             meter.account_id,
             "baseline",
             rid,
-            balance_minor=_balance(conn, meter.account_id),
+            balance_minor=held,
             relay_before=meter.relay,
         )
 
@@ -279,9 +279,8 @@ def record_reading(
     _advance(conn, meter_id, register, tariffs_json, now, rid, extra_sql, extra_params)
     if balance is None:
         balance = _balance(conn, meter.account_id)
-    _usage_message(
-        conn, meter_id, meter.account_id, last_at, now, register, delta, charge_minor, balance, minor_digits
-    )
+    body = usage_json(meter_id, meter.account_id, last_at, now, register, delta, charge_minor, balance, minor_digits)
+    _queue_usage(conn, meter_id, now, body)
     return ChargeOutcome(
         meter_id, meter.account_id, "charged", rid, delta, charge_minor, balance, relay_before=meter.relay
     )
@@ -448,17 +447,5 @@ def usage_json(
     )
 
 
-def _usage_message(
-    conn: sqlite3.Connection,
-    meter_id: str,
-    account_id: str,
-    start: datetime | None,
-    end: datetime,
-    register_wh: int,
-    delta_wh: int,
-    charge_minor: int,
-    balance: int,
-    minor_digits: int = 2,
-) -> None:
-    body = usage_json(meter_id, account_id, start, end, register_wh, delta_wh, charge_minor, balance, minor_digits)
+def _queue_usage(conn: sqlite3.Connection, meter_id: str, end: datetime, body: str) -> None:
     outbox.put_text(conn, f"meters/{meter_id}/usage", body, end)
