@@ -40,10 +40,13 @@ META_LAST_HOUSEKEEPING = "last_housekeeping_at"
 META_DOWNSAMPLED_UNTIL = "readings_downsampled_until"
 THIN_METERS_PER_STEP = 50  # a day of 50 meters' one-minute readings: about 0.1 s per step
 
-# One meter's readings in [lo, hi) thinned to the last of each UTC hour (taken_at is RFC 3339 UTC, so
-# its first 13 characters "YYYY-MM-DDTHH" name the hour; ties on taken_at go to the higher id), keeping
-# every reading anything durable refers to: a charge entry (only charge entries carry a reading id —
-# schema 5 enforces it — so the partial unique index on them answers), a quarantine, the meter's last.
+# One meter's readings in hours [lo, hi) thinned to the last of each UTC hour, keeping every reading
+# anything durable refers to: a charge entry (only charge entries carry a reading id — schema 5
+# enforces it — so the partial unique index on them answers), a quarantine, the meter's last reading
+# (always the meter's own, so only its row is asked).  ``lo`` and ``hi`` are hour prefixes
+# ("YYYY-MM-DDTHH"): taken_at is RFC 3339 UTC, so the prefix names its hour and bounds it exactly,
+# even for a reading at "HH:00:00.25Z" (which sorts before "HH:00:00Z" as text).  Ties on taken_at
+# go to the higher id.
 _THIN_METER = """
 DELETE FROM readings WHERE meter_id = :meter AND taken_at >= :lo AND taken_at < :hi
   AND id NOT IN (
@@ -53,8 +56,8 @@ DELETE FROM readings WHERE meter_id = :meter AND taken_at >= :lo AND taken_at < 
     ) WHERE rn = 1)
   AND NOT EXISTS (SELECT 1 FROM entries e WHERE e.reading_id = readings.id AND e.kind = 'charge')
   AND id NOT IN (
-    SELECT quarantined_reading_id FROM meters WHERE quarantined_reading_id IS NOT NULL
-    UNION SELECT last_reading_id FROM meters WHERE last_reading_id IS NOT NULL)
+    SELECT quarantined_reading_id FROM meters WHERE id = :meter AND quarantined_reading_id IS NOT NULL
+    UNION SELECT last_reading_id FROM meters WHERE id = :meter AND last_reading_id IS NOT NULL)
 """
 
 
@@ -74,17 +77,25 @@ def downsample_span(store: Store, before: datetime) -> tuple[str, str] | None:
 
     Each pass takes only what became old since the last one (the watermark is kept in ``meta``), so
     an hourly pass reads an hour of readings, not the whole history; the span ends on an hour
-    boundary so that no hour is ever thinned in two halves."""
+    boundary so that no hour is ever thinned in two halves.  A watermark ahead of ``before`` (the
+    clock had jumped forward) is brought back: thinning again is harmless, stopping for a year is not.
+    Readings that arrive later with a time below the watermark (a clock stepped back) are kept."""
     hi = iso(before.astimezone(UTC).replace(minute=0, second=0, microsecond=0))
     lo = store.meta_get(META_DOWNSAMPLED_UNTIL) or ""
+    if lo > hi:
+        log.warning("downsampling watermark %s is ahead of %s (a clock jump?): moved back", lo, hi)
+        with store.tx():
+            store.meta_set(META_DOWNSAMPLED_UNTIL, hi)
+        return None
     return (lo, hi) if lo < hi else None
 
 
 def thin_meters(conn: sqlite3.Connection, meters: list[str], span: tuple[str, str]) -> int:
     """Thin these meters' readings in ``span`` (one index range per meter); returns rows removed."""
     removed = 0
+    lo, hi = span[0][:13], span[1][:13]  # hour prefixes: exact hour bounds whatever the fraction
     for meter in meters:
-        removed += conn.execute(_THIN_METER, {"meter": meter, "lo": span[0], "hi": span[1]}).rowcount
+        removed += conn.execute(_THIN_METER, {"meter": meter, "lo": lo, "hi": hi}).rowcount
     return removed
 
 

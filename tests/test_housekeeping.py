@@ -31,19 +31,19 @@ def store(tmp_path: Path) -> Store:
     return _new_store(tmp_path / "pmg.db")
 
 
-def _new_store(path: Path) -> Store:
-    """An account with two meters and nothing else."""
+def _new_store(path: Path, meters: int = 2) -> Store:
+    """An account with meters m1..m<meters> and nothing else."""
     s = open_store(path)
     with s.tx() as conn:
         conn.execute(
             "INSERT INTO accounts(id, tariff_id, currency, created_at, updated_at) VALUES ('a1', 't', 'CNY', ?, ?)",
             (iso(NOW), iso(NOW)),
         )
-        for m in ("m1", "m2"):
+        for m in range(1, meters + 1):
             conn.execute(
                 "INSERT INTO meters(id, account_id, bus_id, protocol, address, created_at, updated_at) "
                 "VALUES (?, 'a1', 'b1', 'dlt645', '000000000001', ?, ?)",
-                (m, iso(NOW), iso(NOW)),
+                (f"m{m}", iso(NOW), iso(NOW)),
             )
     return s
 
@@ -70,9 +70,9 @@ def test_old_readings_keep_last_per_meter_per_hour_and_every_cited_one(store: St
     quarantined = ids["m2"][3]
     with store.tx() as conn:
         conn.execute(
-            "INSERT INTO entries(account_id, kind, amount_minor, energy_wh, meter_id, reading_id, created_at) "
-            "VALUES ('a1', 'charge', -5, 10, 'm1', ?, ?)",
-            (cited, iso(old)),
+            "INSERT INTO entries(account_id, kind, amount_minor, energy_wh, meter_id, reading_id, period_end, "
+            "created_at) VALUES ('a1', 'charge', -5, 10, 'm1', ?, ?, ?)",
+            (cited, iso(old), iso(old)),
         )
         conn.execute("UPDATE meters SET quarantined_reading_id = ? WHERE id = 'm2'", (quarantined,))
 
@@ -130,12 +130,14 @@ def test_backup_to_an_unwritable_place_is_one_clear_error(store: Store, tmp_path
         backup_database(store.path, tmp_path / "b", NOW, keep=0)
 
 
-def _minutely(store: Store, start: datetime, hours: int) -> None:
-    """Both meters read every 10 minutes for ``hours``; every third reading cited by a charge entry."""
+def _minutely(
+    store: Store, start: datetime, hours: int, meters: tuple[str, ...] = ("m1", "m2"), every_min: int = 10
+) -> None:
+    """The meters read every ``every_min`` minutes for ``hours``; every third reading cited by a charge."""
     with store.tx() as conn:
-        for step in range(hours * 6):
-            at = iso(start + timedelta(minutes=10 * step))
-            for meter in ("m1", "m2"):
+        for step in range(hours * 60 // every_min):
+            at = iso(start + timedelta(minutes=every_min * step))
+            for meter in meters:
                 rid = conn.execute(
                     "INSERT INTO readings(meter_id, taken_at, quality, register_wh, outcome) "
                     "VALUES (?, ?, 'ok', ?, 'charged')",
@@ -144,8 +146,8 @@ def _minutely(store: Store, start: datetime, hours: int) -> None:
                 if step % 3 == 0:
                     conn.execute(
                         "INSERT INTO entries(account_id, kind, amount_minor, energy_wh, meter_id, reading_id, "
-                        "created_at) VALUES ('a1', 'charge', -1, 10, ?, ?, ?)",
-                        (meter, rid, at),
+                        "period_end, created_at) VALUES ('a1', 'charge', -1, 10, ?, ?, ?, ?)",
+                        (meter, rid, at, at),
                     )
 
 
@@ -206,4 +208,78 @@ def test_only_a_charge_entry_may_cite_a_reading(store: Store) -> None:
             "INSERT INTO entries(account_id, kind, amount_minor, reading_id, created_at) "
             "VALUES ('a1', 'adjustment', 5, ?, ?)",
             (rid, iso(NOW)),
+        )
+
+
+def _pass_steps(store: Store, before: datetime) -> int:
+    """SQLite virtual-machine instructions (in hundreds) of one downsampling pass: work, not time."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    store.conn.set_progress_handler(count, 100)
+    try:
+        downsample_readings(store, before)
+    finally:
+        store.conn.set_progress_handler(None, 100)
+    return steps
+
+
+def test_an_hourly_pass_costs_each_meter_the_same_in_a_bigger_fleet(tmp_path: Path) -> None:
+    """Each meter's DELETE asks only its own row of the meters table: linear in meters, not square."""
+    per_meter = []
+    for count in (5, 50):
+        store = _new_store(tmp_path / f"{count}.db", meters=count)
+        start = NOW - timedelta(days=200)
+        names = tuple(f"m{m}" for m in range(1, count + 1))
+        _minutely(store, start - timedelta(hours=2), 2, names)
+        downsample_readings(store, start)
+        _minutely(store, start, 1, names)
+        per_meter.append(_pass_steps(store, start + timedelta(hours=1)) / count)
+        store.close()
+    assert per_meter[1] <= per_meter[0] * 1.3, per_meter
+
+
+def test_sub_second_readings_are_thinned_by_their_own_hour(tmp_path: Path) -> None:
+    """A reading at 13:00:00.25 belongs to hour 13, though its text sorts before "13:00:00Z": hourly
+    passes keep exactly what one pass keeps."""
+    kept = []
+    for name, hourly in (("one.db", False), ("hourly.db", True)):
+        store = _new_store(tmp_path / name)
+        start = NOW - timedelta(days=200)
+        with store.tx() as conn:
+            for minute in range(5 * 60):
+                at = start + timedelta(minutes=minute, milliseconds=250)
+                conn.execute(
+                    "INSERT INTO readings(meter_id, taken_at, quality, register_wh, outcome) "
+                    "VALUES ('m1', ?, 'ok', ?, 'charged')",
+                    (iso(at), minute),
+                )
+        for hour in range(1, 6) if hourly else (5,):
+            downsample_readings(store, start + timedelta(hours=hour))
+        kept.append([r[0] for r in store.all("SELECT taken_at FROM readings ORDER BY id")])
+        store.close()
+    assert kept[0] == kept[1]
+    assert len(kept[0]) == 5  # the last reading of each of the five hours
+
+
+def test_a_watermark_left_ahead_by_a_clock_jump_is_brought_back(store: Store) -> None:
+    start = NOW - timedelta(days=200)
+    downsample_readings(store, NOW + timedelta(days=365))  # the clock was a year ahead for a while
+    _minutely(store, start, 2)
+    assert downsample_readings(store, start + timedelta(hours=2)) == 0  # this pass moves the mark back
+    assert store.meta_get(housekeeping.META_DOWNSAMPLED_UNTIL) == iso(start + timedelta(hours=2))
+    _minutely(store, start + timedelta(hours=2), 1)
+    assert downsample_readings(store, start + timedelta(hours=3)) > 0  # and thinning goes on
+
+
+def test_a_charge_entry_is_posted_at_its_period_end(store: Store) -> None:
+    with pytest.raises(sqlite3.IntegrityError, match="posted at its period end"), store.tx() as conn:
+        conn.execute(
+            "INSERT INTO entries(account_id, kind, amount_minor, energy_wh, period_end, created_at) "
+            "VALUES ('a1', 'charge', -5, 10, ?, ?)",
+            (iso(NOW), iso(NOW + timedelta(seconds=1))),
         )

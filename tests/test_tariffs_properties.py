@@ -296,3 +296,33 @@ def test_cached_day_plans_cut_exactly_as_the_direct_cut(
         expected.extend(_direct_segments(version, lo, hi, calendar))
     assert segments(tariff, start, end, calendar) == expected
     assert segments(tariff, start, end, calendar) == expected  # again, from the cache
+
+
+def test_a_skipped_local_day_does_not_end_the_stretches() -> None:
+    """Samoa skipped 30 December 2011 (UTC-10 to UTC+14): that local day has no instants and an
+    empty plan, and the interval's stretches must go on past it to the interval's end."""
+    tariff = tariff_from_dict(
+        {
+            "id": "apia",
+            "currency": "WST",
+            "versions": [
+                {
+                    "version": 1,
+                    "effective_from": "2011-01-01T00:00:00+00:00",
+                    "timezone": "Pacific/Apia",
+                    "tou": {
+                        "windows": [
+                            {"days": ["workday", "weekend", "holiday"], "start": "07:00", "end": "23:00", "period": "day"},
+                            {"days": ["workday", "weekend", "holiday"], "start": "23:00", "end": "07:00", "period": "night"},
+                        ]
+                    },
+                    "prices": {"day": "0.9", "night": "0.4"},
+                }
+            ],
+        },
+        "test",
+    )
+    start, end = datetime(2011, 12, 29, 12, tzinfo=UTC), datetime(2011, 12, 31, 12, tzinfo=UTC)
+    stretches = segments(tariff, start, end, calendar)
+    assert stretches[-1].end == end
+    assert stretches == _direct_segments(tariff.versions[0], start, end, calendar)

@@ -181,7 +181,9 @@ class Dlt645Link:
         Retries on timeout or an unusable reply, with exponential backoff.  Raises ``MeterTimeout``
         when nothing arrived on the last attempt, ``BadFrame`` when only unusable bytes did.  A batch
         of one, so single requests and polls share one retry loop (``_request_blocking``) and cost
-        one hand-off to the link thread, retries included.
+        one hand-off to the link thread, retries included.  Cancelling the caller does not cut the
+        retries short: the link thread finishes them (at most ``retries`` timeouts and backoffs), and
+        the bus stays one conversation at a time.
         """
         (result,) = await self.request_many([frame], retries=retries)
         if isinstance(result, DriverError):

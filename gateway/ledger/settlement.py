@@ -173,13 +173,11 @@ def update_risk_grades(
     """Recompute the grade of every account (or of ``accounts``), store it, and audit each change with
     its reasons."""
     out: dict[str, int] = {}
-    rows = conn.execute(
-        "SELECT id, balance_minor, emergency_credit_minor, risk_grade FROM accounts ORDER BY id"
-    ).fetchall()
-    wanted = None if accounts is None else set(accounts)
+    query = "SELECT id, balance_minor, emergency_credit_minor, risk_grade FROM accounts"
+    if accounts is not None:
+        query += f" WHERE id IN ({', '.join('?' * len(accounts))})"
+    rows = conn.execute(query + " ORDER BY id", tuple(accounts or ())).fetchall()
     for account_id, balance, emergency, old in rows:
-        if wanted is not None and account_id not in wanted:
-            continue
         try:
             days = days_of_credit_left(
                 conn, book, account_id, int(balance) + int(emergency), now, minor_digits=minor_digits

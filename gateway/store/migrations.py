@@ -222,14 +222,18 @@ MIGRATIONS: tuple[str, ...] = (
     # account's meters are found by index to seek each one's first reading.  Rebuilding the index
     # takes a while on a large database, once, at the first start of this version.  Downsampling
     # keeps every reading an entry cites by asking the partial unique index of charge entries, so
-    # only a charge entry may cite a reading (the code never did otherwise; now the schema says so).
+    # only a charge entry may cite a reading; the block recount bounds its search by created_at, so a
+    # charge entry is posted at its period's end (the code never did otherwise; now the schema says so).
     """
-    DROP INDEX entries_account;
+    DROP INDEX IF EXISTS entries_account;
     CREATE INDEX entries_account ON entries(account_id, created_at, kind, energy_wh);
     CREATE INDEX meters_account ON meters(account_id);
     CREATE TRIGGER entries_reading_only_charges BEFORE INSERT ON entries
         WHEN NEW.reading_id IS NOT NULL AND NEW.kind <> 'charge'
         BEGIN SELECT RAISE(ABORT, 'only a charge entry may cite a reading'); END;
+    CREATE TRIGGER entries_charge_at_period_end BEFORE INSERT ON entries
+        WHEN NEW.kind = 'charge' AND NEW.created_at IS NOT NEW.period_end
+        BEGIN SELECT RAISE(ABORT, 'a charge entry is posted at its period end'); END;
     """,
 )
 

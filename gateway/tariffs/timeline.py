@@ -231,7 +231,7 @@ def segments(
                 _append(
                     out, Segment(max(piece.start, lo), min(piece.end, hi), version, piece.period, piece.cycle)
                 )
-            if not plan or plan[-1].end >= hi:
-                break
             day += timedelta(days=1)
+            if wall_to_instant(day, 0, version.zone) >= hi:  # (a skipped local day has an empty plan)
+                break
     return out
