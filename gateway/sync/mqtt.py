@@ -55,7 +55,10 @@ CommandHandler = Callable[[str, bytes], Awaitable[object]]
 """(command type, raw payload) -> None; called on the loop thread."""
 
 SESSION_EXPIRY_S = 7 * 24 * 3600  # keep our command subscription a week while we are offline
-WINDOW = 200  # messages published but not yet acknowledged
+WINDOW = 200  # messages on the wire to the broker and not yet acknowledged (paho's in-flight limit)
+# Messages handed to paho and not yet acknowledged: twice its window, so while the loop thread is busy
+# elsewhere paho's own queue refills the broker's window the moment a PUBACK frees a slot.
+HANDED = 2 * WINDOW
 BOUND_CHECK_S = 10.0  # how often the backlog bound is enforced (a COUNT on an index)
 POLL_S = 0.5  # read the outbox at least this often even without notify()
 ACK_FLUSH_S = 0.25  # acknowledged seqs wait at most about this long to be marked delivered
@@ -371,7 +374,7 @@ class MqttLink:
         client = self._client
         if client is None or not self.stats.connected:
             return
-        room = WINDOW - len(self._inflight)
+        room = HANDED - len(self._inflight)
         if room <= 0:
             return
         now_mono = time.monotonic()
