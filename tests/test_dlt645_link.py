@@ -278,3 +278,23 @@ async def test_a_request_is_a_batch_of_one_with_its_retries_on_the_link_thread(s
     assert hand_offs() == 1, "retries run on the link thread (request_many's loop), not one trip each"
     s = link.stats
     assert (s.requests, s.attempts, s.bad_frames, s.timeouts) == (1, 3, 1, 1)
+
+
+@run_async
+async def test_a_cancelled_request_asks_no_more_after_the_attempt_on_the_wire(scripted) -> None:  # noqa: F811
+    """A stopping gateway cancels its bus work: a dead meter's remaining retries (here 3 more
+    timeouts and their backoffs, over a second) must not hold the bus and the stop."""
+    meter = scripted([silent, silent, silent, silent])
+    async with link_for(meter, timeout_s=0.3, retries=3, backoff_s=0.1) as link:
+        task = asyncio.create_task(link.request(READ))
+        while link.stats.attempts < 1:
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        started = time.monotonic()
+        async with link._lock:  # the next conversation: queued behind what the thread still does
+            await link._run(lambda: None)
+        waited = time.monotonic() - started
+    assert link.stats.attempts == 1, "no attempt after the cancellation"
+    assert waited < 0.5, f"the link thread went on for {waited:.2f} s"

@@ -15,6 +15,7 @@ import fcntl
 import io
 import os
 import select
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -181,9 +182,9 @@ class Dlt645Link:
         Retries on timeout or an unusable reply, with exponential backoff.  Raises ``MeterTimeout``
         when nothing arrived on the last attempt, ``BadFrame`` when only unusable bytes did.  A batch
         of one, so single requests and polls share one retry loop (``_request_blocking``) and cost
-        one hand-off to the link thread, retries included.  Cancelling the caller does not cut the
-        retries short: the link thread finishes them (at most ``retries`` timeouts and backoffs), and
-        the bus stays one conversation at a time.
+        one hand-off to the link thread, retries included.  Cancelling the caller stops the retries
+        after the attempt on the wire (an exchange cannot be interrupted half-way: the bus stays one
+        conversation at a time).
         """
         (result,) = await self.request_many([frame], retries=retries)
         if isinstance(result, DriverError):
@@ -205,30 +206,39 @@ class Dlt645Link:
             raise ValueError("broadcast frames get no reply: use send()")
         wires = [encode(frame, wakeup=self.wakeup) for frame in frames]
         attempts = 1 + (self.retries if retries is None else retries)
+        abandoned = threading.Event()  # the caller was cancelled: stop at the next attempt
 
         def batch() -> list[Frame | DriverError]:
             out: list[Frame | DriverError] = []
             for frame, wire in zip(frames, wires, strict=True):
-                result = self._request_blocking(frame, wire, attempts)
+                result = self._request_blocking(frame, wire, attempts, abandoned)
                 out.append(result)
-                if isinstance(result, DriverError):
+                if isinstance(result, DriverError) or abandoned.is_set():
                     break
             return out
 
         async with self._lock:
-            result: list[Frame | DriverError] = await self._run(batch)
+            try:
+                result: list[Frame | DriverError] = await self._run(batch)
+            except asyncio.CancelledError:
+                abandoned.set()  # the thread cannot be interrupted mid-exchange, but asks no more
+                raise
             return result
 
-    def _request_blocking(self, frame: Frame, wire: bytes, attempts: int) -> Frame | DriverError:
+    def _request_blocking(
+        self, frame: Frame, wire: bytes, attempts: int, abandoned: threading.Event
+    ) -> Frame | DriverError:
         """One request with its retries, on the link thread: the reply, or the last attempt's error.
 
-        The only retry loop of the link (``request`` is a batch of one).  The backoff sleeps here, on
-        the link thread, so the event loop stays free and the bus stays ours between attempts."""
+        The only retry loop of the link (``request`` is a batch of one).  The backoff waits here, on
+        the link thread, so the event loop stays free and the bus stays ours between attempts; it
+        ends early, with no more attempts, when the caller was cancelled (``abandoned``): a stopping
+        gateway should not wait for a dead meter's retries."""
         self.stats.requests += 1
         error: DriverError | None = None
         for attempt in range(attempts):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            if attempt and abandoned.wait(self.backoff_s * 2 ** (attempt - 1)):
+                break
             try:
                 reply = self._exchange(frame, wire, expect_reply=True)
                 assert reply is not None
