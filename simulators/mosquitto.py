@@ -27,6 +27,14 @@ def mosquitto_binary() -> str | None:
     )
 
 
+# A persistent session's offline queue without Mosquitto's default cap of 1,000 messages: past the cap
+# the broker drops QoS 1 messages for an offline subscriber although it acknowledged them to the
+# publisher (log: "Outgoing messages are being dropped for client ...").  A head-office broker must
+# be configured this way (or with a cap above the longest backlog it may hold); so must a test whose
+# subscriber is offline while the gateway drains a backlog.
+UNCAPPED_OFFLINE_QUEUE = "max_queued_messages 0\n"
+
+
 @dataclass
 class Mosquitto:
     """``start()`` then use ``host``/``port``; ``stop()`` kills it.  ``extra`` is appended to the config."""

@@ -1,5 +1,5 @@
 """Tests start their own broker: see ``simulators.mosquitto``."""
 
-from simulators.mosquitto import Mosquitto, free_port, mosquitto_binary
+from simulators.mosquitto import UNCAPPED_OFFLINE_QUEUE, Mosquitto, free_port, mosquitto_binary
 
-__all__ = ["Mosquitto", "free_port", "mosquitto_binary"]
+__all__ = ["UNCAPPED_OFFLINE_QUEUE", "Mosquitto", "free_port", "mosquitto_binary"]

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from broker import Mosquitto, mosquitto_binary
+from broker import UNCAPPED_OFFLINE_QUEUE, Mosquitto, mosquitto_binary
 from gateway_harness import base_config, write_config
 from waiting import async_wait_for
 
@@ -106,7 +106,7 @@ def persistent_broker(tmp_path: Path) -> Iterator[Mosquitto]:
     store.mkdir(parents=True)
     broker = Mosquitto(
         tmp_path / "broker",
-        extra=f"allow_anonymous true\npersistence true\npersistence_location {store}/\n",
+        extra=f"allow_anonymous true\npersistence true\npersistence_location {store}/\n{UNCAPPED_OFFLINE_QUEUE}",
     ).start()
     try:
         yield broker

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from broker import Mosquitto, free_port
+from broker import UNCAPPED_OFFLINE_QUEUE, Mosquitto, free_port
 from gateway_harness import TARIFFS
 from waiting import wait_for
 
@@ -80,7 +80,7 @@ def test_kill_9_mid_publish_then_restart_loses_nothing(tmp_path: Path, procs: Pr
     store_dir.mkdir()
     broker = Mosquitto(
         tmp_path / "broker",
-        extra=f"allow_anonymous true\npersistence true\npersistence_location {store_dir}/\n",
+        extra=f"allow_anonymous true\npersistence true\npersistence_location {store_dir}/\n{UNCAPPED_OFFLINE_QUEUE}",
     ).start()
     hq: HqConsumer | None = None
     try:

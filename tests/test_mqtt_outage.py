@@ -12,7 +12,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from broker import Mosquitto
+from broker import UNCAPPED_OFFLINE_QUEUE, Mosquitto
 from waiting import async_wait_for, wait_for
 
 from gateway.config import MqttConfig
@@ -29,7 +29,7 @@ def persistent_broker(workdir: Path) -> Mosquitto:
     store = workdir / "store"
     store.mkdir(parents=True, exist_ok=True)
     return Mosquitto(
-        workdir, extra=f"allow_anonymous true\npersistence true\npersistence_location {store}/\n"
+        workdir, extra=f"allow_anonymous true\npersistence true\npersistence_location {store}/\n{UNCAPPED_OFFLINE_QUEUE}"
     )
 
 
