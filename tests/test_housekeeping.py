@@ -172,6 +172,24 @@ def test_the_daemons_gentle_pass_thins_exactly_as_one_pass(
     assert left[0][0] > 0
 
 
+def _pass_steps(store: Store, before: datetime) -> tuple[int, int]:
+    """SQLite virtual-machine instructions (in hundreds) of one downsampling pass — work, not time —
+    and the readings it removed."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    store.conn.set_progress_handler(count, 100)
+    try:
+        removed = downsample_readings(store, before)
+    finally:
+        store.conn.set_progress_handler(None, 100)
+    return steps, removed
+
+
 def test_an_hourly_pass_costs_the_same_at_ten_times_the_history(tmp_path: Path) -> None:
     """Each pass thins only what became old since the last one (a watermark), through the index."""
 
@@ -181,19 +199,9 @@ def test_an_hourly_pass_costs_the_same_at_ten_times_the_history(tmp_path: Path) 
         _minutely(store, start - timedelta(hours=history_hours), history_hours)
         downsample_readings(store, start)  # catch up: everything old so far
         _minutely(store, start, 1)  # one more hour becomes old
-        steps = 0
-
-        def count() -> int:
-            nonlocal steps
-            steps += 1
-            return 0
-
-        store.conn.set_progress_handler(count, 100)
-        try:
-            assert downsample_readings(store, start + timedelta(hours=1)) > 0
-        finally:
-            store.conn.set_progress_handler(None, 100)
-            store.close()
+        steps, removed = _pass_steps(store, start + timedelta(hours=1))
+        store.close()
+        assert removed > 0
         return steps
 
     small = steps_of_next_pass(24)
@@ -211,21 +219,6 @@ def test_only_a_charge_entry_may_cite_a_reading(store: Store) -> None:
         )
 
 
-def _pass_steps(store: Store, before: datetime) -> int:
-    """SQLite virtual-machine instructions (in hundreds) of one downsampling pass: work, not time."""
-    steps = 0
-
-    def count() -> int:
-        nonlocal steps
-        steps += 1
-        return 0
-
-    store.conn.set_progress_handler(count, 100)
-    try:
-        downsample_readings(store, before)
-    finally:
-        store.conn.set_progress_handler(None, 100)
-    return steps
 
 
 def test_an_hourly_pass_costs_each_meter_the_same_in_a_bigger_fleet(tmp_path: Path) -> None:
@@ -238,7 +231,7 @@ def test_an_hourly_pass_costs_each_meter_the_same_in_a_bigger_fleet(tmp_path: Pa
         _minutely(store, start - timedelta(hours=2), 2, names)
         downsample_readings(store, start)
         _minutely(store, start, 1, names)
-        per_meter.append(_pass_steps(store, start + timedelta(hours=1)) / count)
+        per_meter.append(_pass_steps(store, start + timedelta(hours=1))[0] / count)
         store.close()
     assert per_meter[1] <= per_meter[0] * 1.3, per_meter
 
