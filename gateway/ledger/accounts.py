@@ -8,9 +8,10 @@ position (last accepted register, cumulative charge) across restarts and reconfi
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from gateway.config import GatewayConfig
 from gateway.money import parse_money
@@ -168,15 +169,22 @@ def seed_from_config(store: Store, cfg: GatewayConfig, now: datetime) -> None:
             )
 
 
-def get_meter(conn: sqlite3.Connection, meter_id: str) -> MeterRow | None:
-    r = conn.execute(
-        "SELECT id, account_id, bus_id, protocol, address, keep_power, last_register_wh, last_reading_at, "
-        "relay, quarantined_reading_id, charged_exact, charged_minor, last_tariffs_json FROM meters WHERE id = ?",
-        (meter_id,),
-    ).fetchone()
-    if r is None:
-        return None
+# The meters columns a ``MeterRow`` holds, in its field order (``meter_row`` reads them back).
+METER_COLUMNS = (
+    "id, account_id, bus_id, protocol, address, keep_power, last_register_wh, last_reading_at, relay, "
+    "quarantined_reading_id, charged_exact, charged_minor, last_tariffs_json"
+)
+METER_COLUMN_COUNT = METER_COLUMNS.count(",") + 1
+
+
+def meter_row(r: Sequence[Any]) -> MeterRow:
+    """A ``MeterRow`` from the first ``METER_COLUMN_COUNT`` values of a row selected with ``METER_COLUMNS``."""
     return MeterRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], r[8], r[9], r[10], int(r[11]), r[12])
+
+
+def get_meter(conn: sqlite3.Connection, meter_id: str) -> MeterRow | None:
+    r = conn.execute(f"SELECT {METER_COLUMNS} FROM meters WHERE id = ?", (meter_id,)).fetchone()
+    return None if r is None else meter_row(r)
 
 
 def balance_minor(conn: sqlite3.Connection, account_id: str) -> int:

@@ -23,7 +23,14 @@ from typing import Protocol
 
 from drivers.base import Reading
 from gateway import events
-from gateway.ledger.accounts import MeterRow, post_entry
+from gateway.ledger.accounts import (
+    METER_COLUMN_COUNT,
+    METER_COLUMNS,
+    MeterRow,
+    cached_balance_minor,
+    meter_row,
+    post_entry,
+)
 from gateway.money import format_money, to_minor
 from gateway.store.db import dumps
 from gateway.sync import outbox
@@ -209,7 +216,7 @@ def record_reading(
     if meter.last_register_wh is None or meter.last_reading_at is None:
         rid = insert("baseline", 0)
         _advance(conn, meter_id, register, tariffs_json, now, rid, comms_sql, relay_params)
-        held = _balance(conn, meter.account_id)
+        held = cached_balance_minor(conn, meter.account_id)
         body = usage_json(meter_id, meter.account_id, None, now, register, 0, 0, held, minor_digits)
         _queue_usage(conn, meter_id, now, body)
         return ChargeOutcome(
@@ -278,7 +285,7 @@ def record_reading(
         extra_params += (exact_text, posted)
     _advance(conn, meter_id, register, tariffs_json, now, rid, extra_sql, extra_params)
     if balance is None:
-        balance = _balance(conn, meter.account_id)
+        balance = cached_balance_minor(conn, meter.account_id)
     body = usage_json(meter_id, meter.account_id, last_at, now, register, delta, charge_minor, balance, minor_digits)
     _queue_usage(conn, meter_id, now, body)
     return ChargeOutcome(
@@ -366,10 +373,9 @@ def _price_and_post(
 
 
 _METER_AND_ACCOUNT = (
-    "SELECT m.id, m.account_id, m.bus_id, m.protocol, m.address, m.keep_power, m.last_register_wh, "
-    "m.last_reading_at, m.relay, m.quarantined_reading_id, m.charged_exact, m.charged_minor, "
-    "m.last_tariffs_json, a.tariff_id, a.cycle_start, a.cycle_used_wh "
-    "FROM meters m JOIN accounts a ON a.id = m.account_id WHERE m.id = ?"
+    "SELECT " + ", ".join(f"m.{column.strip()}" for column in METER_COLUMNS.split(","))
+    + ", a.tariff_id, a.cycle_start, a.cycle_used_wh FROM meters m JOIN accounts a ON a.id = m.account_id "
+    "WHERE m.id = ?"
 )
 
 
@@ -378,10 +384,9 @@ def _meter_and_account(conn: sqlite3.Connection, meter_id: str) -> tuple[MeterRo
     r = conn.execute(_METER_AND_ACCOUNT, (meter_id,)).fetchone()
     if r is None:
         raise LookupError(f"no meter '{meter_id}'")
-    meter = MeterRow(
-        r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], r[8], r[9], r[10], int(r[11]), r[12]
-    )
-    return meter, AccountPosition(r[1], r[13], r[14], int(r[15]))
+    meter = meter_row(r)
+    tariff_id, cycle_start, cycle_used_wh = r[METER_COLUMN_COUNT:]
+    return meter, AccountPosition(meter.account_id, tariff_id, cycle_start, int(cycle_used_wh))
 
 
 def account_position(conn: sqlite3.Connection, account_id: str) -> AccountPosition:
@@ -420,10 +425,6 @@ def _advance(
         "last_reading_at = ?, last_reading_id = ?, updated_at = ? WHERE id = ?",
         (*extra_params, register, tariffs_json, iso(now), rid, iso(now), meter_id),
     )
-
-
-def _balance(conn: sqlite3.Connection, account_id: str) -> int:
-    return int(conn.execute("SELECT balance_minor FROM accounts WHERE id = ?", (account_id,)).fetchone()[0])
 
 
 def usage_json(
