@@ -21,6 +21,7 @@ from typing import Any
 
 from drivers.base import BILLING_POINTS, DriverError, Meter, Point, Quality, Reading
 from drivers.factory import Link
+from gateway.idle import Idle
 from gateway.timeutil import Clock
 
 log = logging.getLogger("pmg.bus")
@@ -50,11 +51,6 @@ class BusStats:
     relay_failed: int = 0
     last_latency_s: float = 0.0
     cycles: int = 0
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 ReadingSink = Callable[[str, Reading, float], None]
@@ -91,7 +87,7 @@ class BusWorker:
         # (next_due, configured position, meter id): the next poll is the heap's top, O(log n) per poll
         # instead of scanning every meter on the bus for the earliest due time.
         self._due: list[tuple[float, int, str]] = []
-        self._waiter: asyncio.Future[None] | None = None  # the loop's idle sleep, resolved to wake it
+        self._idle = Idle()  # the loop's sleep between polls, cut short when work is submitted
         self._stopping = False
         self._opened = False
 
@@ -106,7 +102,7 @@ class BusWorker:
             fut.cancel()
             return fut
         heapq.heappush(self._jobs, (priority, next(self._counter), work, fut))
-        self._wakeup()
+        self._idle.wake()
         return fut
 
     def meter(self, meter_id: str) -> Meter:
@@ -149,7 +145,7 @@ class BusWorker:
                 heapq.heappush(self._due, (nxt.next_due, position, nxt.meter_id))
                 continue
             delay = 1.0 if nxt is None else max(0.0, min(1.0, nxt.next_due - self.monotonic()))
-            await self._sleep(delay)
+            await self._idle.sleep(delay)  # until the next poll is due or work is submitted
         self.abandon_queued()
         await self._close()
 
@@ -184,25 +180,8 @@ class BusWorker:
     def stop(self) -> None:
         """Finish the frame in flight, then leave the loop."""
         self._stopping = True
-        self._wakeup()
+        self._idle.wake()
 
-    async def _sleep(self, seconds: float) -> None:
-        """Idle until the next poll is due or work is submitted.  A bare future and a timer: cheaper
-        than ``asyncio.wait_for(event.wait())``, which makes a task per wait (one per poll, per bus)."""
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        timer = loop.call_later(seconds, _resolve, waiter)
-        self._waiter = waiter
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._waiter = None
-
-    def _wakeup(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     def _schedule_next(self, pm: PolledMeter, reading: Reading) -> None:
         if reading.quality is Quality.OK:

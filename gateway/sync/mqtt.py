@@ -45,6 +45,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.config import MqttConfig
+from gateway.idle import Idle
 from gateway.store.db import Store
 from gateway.sync import outbox
 from gateway.timeutil import Clock, iso
@@ -106,7 +107,7 @@ class MqttLink:
         self.version = version
         self._config_dir = config_dir or Path.cwd()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiters: set[asyncio.Future[None]] = set()  # pumps sleeping in _wait (run, drain)
+        self._idle = Idle()  # the pumps' sleep in _wait (run, drain), cut short by _wakeup
         self._connected = asyncio.Event()
         self._acked: list[int] = []  # acknowledged seqs not yet marked delivered
         self._last_flush = -math.inf  # monotonic time acks were last marked
@@ -331,29 +332,16 @@ class MqttLink:
     def _wakeup(self) -> None:
         """Wake the pumps sleeping in ``_wait`` (loop thread only; a wake-up while none sleeps is
         not kept: each pump reads what is due before it sleeps)."""
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        self._idle.wake()
 
     async def _wait(self) -> None:
-        """Sleep until woken, or until acks are due to be taken and marked, or ``POLL_S``.
-
-        A bare future and a timer rather than ``asyncio.wait_for(event.wait())``, which costs a
-        task and several loop iterations per wake-up — at a trickle, one per message."""
+        """Sleep until woken, or until acks are due to be taken and marked, or ``POLL_S``."""
         timeout = POLL_S
         if self._acked:  # due to be marked ACK_FLUSH_S after the previous mark
             timeout = max(0.0, self._last_flush + ACK_FLUSH_S - time.monotonic())
         elif self._inflight:  # their PUBACKs may be queued without a wake-up: look in a while
             timeout = ACK_FLUSH_S
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        timer = loop.call_later(timeout, _resolve, waiter)
-        self._waiters.add(waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._waiters.discard(waiter)
+        await self._idle.sleep(timeout)
 
     async def _linger(self) -> None:
         """At a trickle (a usage message per reading, dozens a second across the buses), publishing
@@ -477,11 +465,6 @@ class MqttLink:
             self._client.publish(
                 f"{self.prefix}/{topic}", json.dumps(payload, separators=(",", ":")), qos=1, retain=retain
             )
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 def _probe(host: str, port: int, context: ssl.SSLContext | None) -> str:
