@@ -99,6 +99,10 @@ def thin_meters(conn: sqlite3.Connection, meters: list[str], span: tuple[str, st
     return removed
 
 
+def _meter_ids(conn: sqlite3.Connection) -> list[str]:
+    return [row[0] for row in conn.execute("SELECT id FROM meters ORDER BY id")]
+
+
 def _oldest_reading_hour(conn: sqlite3.Connection) -> str | None:
     """The hour of the oldest reading, found by one index seek per meter."""
     row = conn.execute(
@@ -119,7 +123,7 @@ async def downsample_gently(store: Store, before: datetime) -> int:
         return 0
     lo, hi = span
     with store.tx() as conn:
-        meters = [row[0] for row in conn.execute("SELECT id FROM meters ORDER BY id")]
+        meters = _meter_ids(conn)
         if not lo:
             lo = _oldest_reading_hour(conn) or hi
     removed = 0
@@ -141,7 +145,7 @@ def downsample_readings(store: Store, before: datetime) -> int:
     if span is None:
         return 0
     with store.tx() as conn:
-        meters = [row[0] for row in conn.execute("SELECT id FROM meters ORDER BY id")]
+        meters = _meter_ids(conn)
         removed = thin_meters(conn, meters, span)
         store.meta_set(META_DOWNSAMPLED_UNTIL, span[1])
     return removed

@@ -28,6 +28,12 @@ def silent(request: Frame) -> bytes:
     return b""
 
 
+def bad_checksum(request: Frame) -> bytes:
+    wire = bytearray(good(request))
+    wire[-2] ^= 1
+    return bytes(wire)
+
+
 def link_for(meter: ScriptedMeter, **kw: object) -> Dlt645Link:
     opts: dict[str, object] = {"baud": 9600, "timeout_s": 0.3, "retries": 0, "backoff_s": 0.0, "inter_frame_gap_s": 0.0}
     opts.update(kw)
@@ -76,12 +82,7 @@ async def test_truncated_reply_is_a_bad_frame(scripted) -> None:  # noqa: F811
 
 @run_async
 async def test_retry_recovers_from_a_bad_checksum(scripted) -> None:  # noqa: F811
-    def bad(request: Frame) -> bytes:
-        wire = bytearray(good(request))
-        wire[-2] ^= 1
-        return bytes(wire)
-
-    meter = scripted([bad, good])
+    meter = scripted([bad_checksum, good])
     async with link_for(meter, timeout_s=0.15, retries=1) as link:
         reply = await link.request(READ)
     assert reply.data[4:] == VALUE
@@ -265,11 +266,6 @@ async def test_a_reply_shorter_than_last_time_is_still_read_whole(scripted) -> N
 
 @run_async
 async def test_a_request_is_a_batch_of_one_with_its_retries_on_the_link_thread(scripted) -> None:  # noqa: F811
-    def bad_checksum(request: Frame) -> bytes:
-        wire = bytearray(good(request))
-        wire[-2] ^= 1
-        return bytes(wire)
-
     meter = scripted([bad_checksum, silent, good])
     async with link_for(meter, timeout_s=0.15, retries=2) as link:
         hand_offs = count_hand_offs(link)
