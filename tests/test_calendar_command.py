@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+import pytest
 from broker import Mosquitto
 from gateway_harness import base_config, write_config
 from test_calendar_freshness import (
@@ -30,6 +32,7 @@ from test_sync_support import command, keys_toml, signed
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.sync.commands import CommandProcessor
+from gateway.sync.contract import load_schema
 from gateway.timeutil import ScaledClock
 
 START = datetime(2026, 12, 28, 2, 0, tzinfo=UTC)
@@ -160,3 +163,12 @@ def test_run_check_refuses_a_bad_calendar_file_in_one_line(tmp_path: Path) -> No
     (tmp_path / "calendar.toml").write_text(GOOD_FILE)
     result = CliRunner().invoke(cli, ["run", "--config", str(cfg), "--check"], prog_name="pmg")
     assert result.exit_code == 0 and "OK" in result.output
+
+
+def test_calendar_command_matches_the_command_schema() -> None:
+    validator = jsonschema.Draft202012Validator(load_schema("command"))
+    good = signed("calendar", START, **_fields())
+    validator.validate(good)
+    for bad in (dict(good, year="2027"), dict(good, days_off=["2027-1-1"]), dict(good, extra=1)):
+        with pytest.raises(jsonschema.ValidationError):
+            validator.validate(bad)
