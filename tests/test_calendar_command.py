@@ -143,6 +143,14 @@ def test_calendar_file_in_the_config(tmp_path: Path, mosquitto: Mosquitto) -> No
         assert gw.parts.calendar.source_of(2027) == f"file calendar.toml ({NOTICE_2027})"
         assert cuts(exhausted_decision(gw.parts.calendar, SWAPPED_SATURDAY))
         assert not cuts(exhausted_decision(gw.parts.calendar, NOTICE_DAY_OFF))
+        # SIGHUP with a broken file: refused, the running calendar is kept.
+        (tmp_path / "calendar.toml").write_text(GOOD_FILE.replace('country = "CN"', 'country = "XX"'))
+        assert await gw.reload() is False
+        assert gw.parts.calendar.is_official(2027)
+        # With the file gone from the configuration, 2027 is unknown again.
+        cfg.write_text(cfg.read_text().replace('calendar_file = "calendar.toml"\n', ""))
+        assert await gw.reload() is True
+        assert not cuts(exhausted_decision(gw.parts.calendar, SWAPPED_SATURDAY))
 
     _run(cfg, body)
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from drivers.base import RelayAction, RelayState
-from gateway.calendar import DayType, WorkCalendar
+from gateway.calendar import DayType, OfficialYear, WorkCalendar
 from gateway.calendar_sources import (
     CalendarSourceError,
     TomlError,
@@ -62,11 +63,11 @@ def cn() -> WorkCalendar:
     return WorkCalendar("Asia/Shanghai", "CN")
 
 
-def arrangement(cal: WorkCalendar, **kw: object) -> object:
-    args: dict[str, object] = dict(country="CN", year=2027, days_off=DAYS_OFF_2027, workdays=WORKDAYS_2027,
-                                   source=NOTICE_2027, origin="test")
+def arrangement(cal: WorkCalendar, **kw: Any) -> OfficialYear:
+    args: dict[str, Any] = dict(country="CN", year=2027, days_off=DAYS_OFF_2027, workdays=WORKDAYS_2027,
+                                source=NOTICE_2027, origin="test")
     args.update(kw)
-    return official_year(cal, **args)  # type: ignore[arg-type]
+    return official_year(cal, **args)
 
 
 def at_10_local(d: date) -> datetime:
@@ -143,7 +144,7 @@ def test_reconnection_ignores_unknown_days() -> None:
 
 def test_official_year_allows_cuts_on_working_days_only() -> None:
     cal = cn()
-    cal.add_official(arrangement(cal))  # type: ignore[arg-type]
+    cal.add_official(arrangement(cal))
     assert cal.is_official(2027) and cal.stale_years(date(2026, 12, 2)) == ()
     assert cal.day_type(SWAPPED_SATURDAY) is DayType.WORKDAY
     assert cal.day_type(NOTICE_DAY_OFF) is DayType.HOLIDAY
@@ -169,7 +170,7 @@ def test_official_year_allows_cuts_on_working_days_only() -> None:
         ({"year": 1999, "days_off": [date(1999, 1, 1)], "workdays": []}, "year 1999 is out of range"),
     ],
 )
-def test_bad_arrangements_are_refused_in_one_line(kw: dict[str, object], message: str) -> None:
+def test_bad_arrangements_are_refused_in_one_line(kw: dict[str, Any], message: str) -> None:
     cal = cn()
     with pytest.raises(CalendarSourceError) as info:
         arrangement(cal, **kw)
@@ -245,7 +246,7 @@ def test_calendar_stale_once_per_year_and_start(tmp_path: Path) -> None:
     with store.tx() as conn:
         assert report_stale(conn, cal, datetime(2027, 3, 1, tzinfo=UTC), reported) == [2028]
     # A new start (a fresh set) reports again; an official year is not reported.
-    cal.add_official(arrangement(cal))  # type: ignore[arg-type]
+    cal.add_official(arrangement(cal))
     with store.tx() as conn:
         assert report_stale(conn, cal, now, set()) == []
     store.close()
