@@ -150,9 +150,6 @@ class WorkCalendar:
             raise CalendarError(f"calendar: {year.country} arrangement given to a {self.country} calendar")
         self._official[year.year] = year
 
-    def official(self, year: int) -> OfficialYear | None:
-        return self._official.get(year)
-
     def is_official(self, year: int) -> bool:
         """Whether some source has the official arrangement of ``year`` for this country."""
         if self.country is None or self.country.upper() not in ANNOUNCED_YEARLY:

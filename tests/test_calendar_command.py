@@ -101,6 +101,7 @@ def test_calendar_command_makes_2027_official_and_rejects_bad_ones(tmp_path: Pat
             (signed("calendar", now, **_fields(year=2029, days_off=["2029-01-01"], workdays=[])), "invalid",
              "year 2029 is out of range (2025-2027)"),
             (signed("calendar", now, **_fields(days_off=["2027-02-30"])), "invalid", "not a date YYYY-MM-DD"),
+            (signed("calendar", now, **_fields(days_off=["2027-W01-1"])), "invalid", "not a date YYYY-MM-DD"),
             (signed("calendar", now, **_fields(year="2027")), "invalid", "year: Input should be a valid integer"),
         ]
         for cmd, code, reason in bad:

@@ -7,6 +7,7 @@ instant must carry its UTC offset.  A failure becomes one line naming the field.
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from typing import Any, Literal
 
@@ -113,12 +114,14 @@ class ReadCmd(Envelope):
     meter_id: str = Field(pattern=_SHORT)
 
 
-_DATE = r"^\d{4}-\d{2}-\d{2}$"
+_YMD = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def _dates(v: list[str]) -> list[str]:
     for text in v:
         try:
+            if not _YMD.fullmatch(text):  # fromisoformat also takes 20270101 and 2027-W01-1
+                raise ValueError
             date.fromisoformat(text)
         except ValueError:
             raise ValueError(f"not a date YYYY-MM-DD: {text[:20]!r}") from None
