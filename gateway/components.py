@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.calendar import WorkCalendar
+from gateway.calendar_sources import install as install_official
 from gateway.config import GatewayConfig, MeterConfig, resolve
 from gateway.enforcement import MeterCaps, PolicyEngine
 from gateway.policy.rules import Rules, load_preset
@@ -33,6 +34,8 @@ def build_components(cfg: GatewayConfig, config_path: Path, store: Store | None)
     rules = load_preset(cfg.policy.preset, cfg.policy.overrides)
     country = cfg.policy.country or rules.country
     calendar = WorkCalendar(cfg.timezone, country, cfg.policy.subdiv or rules.subdiv)
+    calendar_file = resolve(config_path, cfg.policy.calendar_file) if cfg.policy.calendar_file else None
+    install_official(calendar, store.conn if store else None, calendar_file)
     book = TariffBook.load(resolve(config_path, cfg.tariff_dir), store.conn if store else None, calendar)
     for meter in cfg.meters:
         book.get(meter.tariff)  # a meter on an unknown tariff is a configuration error

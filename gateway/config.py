@@ -130,6 +130,8 @@ class PolicyConfig(Strict):
     country: str | None = None
     subdiv: str | None = None
     overrides: dict[str, Any] = Field(default_factory=dict)
+    calendar_file: str | None = Field(default=None, min_length=1)
+    """TOML file of official years (days off, adjusted working days) ``holidays`` lacks (gateway.calendar_sources)."""
 
 
 class MetricsConfig(Strict):

@@ -24,6 +24,7 @@ from drivers.base import Quality, Reading
 from drivers.factory import Link, LinkSettings, make_link, make_meter
 from gateway import __version__, events
 from gateway.bus import BusWorker, PolledMeter
+from gateway.calendar_sources import report_stale
 from gateway.components import Components, build_components
 from gateway.config import GatewayConfig, load_config, resolve
 from gateway.enforcer import Enforcer, RelayCommand
@@ -88,6 +89,7 @@ class Gateway:
     _sweep_next: int = 0
     _pending_readings: list[tuple[str, Reading, float]] = field(default_factory=list)
     _flush_handle: asyncio.TimerHandle | None = None
+    _calendar_stale: set[int] = field(default_factory=set)  # years reported stale since start
     stopping: bool = False
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -99,6 +101,8 @@ class Gateway:
             self.store = open_store(db_path, on_migrate=_announce_migration)
             self.parts = build_components(self.cfg, self.config_path, self.store)
             seed_from_config(self.store, self.cfg, self.clock())
+            with self.store.tx() as conn:
+                self._check_calendar(conn)
             if self.cfg.metrics.listen:
                 self.metrics.serve(self.cfg.metrics.listen)
         except BaseException:
@@ -442,6 +446,14 @@ class Gateway:
         self._wake()
         return result
 
+    def _check_calendar(self, conn: Any) -> None:
+        """``calendar_stale`` for the current or next year without official data (once per year and
+        start); checked at start and with every review slice, so the turn of the year is noticed."""
+        for year in report_stale(conn, self.parts.calendar, self.clock(), self._calendar_stale):
+            log.warning("calendar_stale year=%d country=%s: days of %d are protected until official "
+                        "data arrives (calendar command or [policy] calendar_file)",
+                        year, self.parts.calendar.country, year)
+
     async def review_policy(self) -> None:
         """Re-decide every account: notices mature, windows end, holds expire without new input."""
         now = self.clock()
@@ -472,6 +484,7 @@ class Gateway:
         now = self.clock()
         try:
             with self.store.tx() as conn:
+                self._check_calendar(conn)
                 for meter_id in chunk:
                     self.parts.policy.evaluate_meter(conn, meter_id, now)
         except StoreError as exc:

@@ -40,9 +40,10 @@ def explain(decision: Decision, account: AccountView, meter: MeterView, now: dat
     local = calendar.local(now)
     day = calendar.day_type(local.date())
     holiday = calendar.holiday_name(local.date())
+    unknown = f", status unknown: no official calendar for {local.year}" if calendar.is_unknown(local.date()) else ""
     lines = [
         f"Account {account.account_id}, meter {meter.meter_id}, rules '{rules.name}'",
-        f"At {local:%a %Y-%m-%d %H:%M %Z} ({day}{': ' + holiday if holiday else ''})",
+        f"At {local:%a %Y-%m-%d %H:%M %Z} ({day}{unknown}{': ' + holiday if holiday else ''})",
         f"State: {account.state.value} -> {decision.state.value}",
         f"Credit: balance {_money(account.balance_minor, rules)}, available {_money(account.available_minor, rules)}, "
         f"cut at or below {_money(rules.disconnect.at_or_below_minor, rules)}, "

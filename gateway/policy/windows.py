@@ -38,6 +38,11 @@ def window_blocker(at: datetime, cal: WorkCalendar, windows: Windows) -> Blocker
     d = local.date()
     kind = cal.day_type(d)
     next_midnight = _at_local(cal, d + timedelta(days=1), time(0))
+    if windows.public_holidays and cal.is_unknown(d):
+        # No official calendar for the year: the day may be a day off, so it is protected like a
+        # holiday, with no end set (new data, not time, lifts it; docs/enforcement.md).
+        return Blocker("windows.calendar_unknown", f"{d} has no official {cal.country} calendar for {d.year} "
+                       f"(source {cal.source_of(d.year)}): treated as a day off", None)
     if windows.public_holidays and kind is DayType.HOLIDAY:
         return Blocker("windows.public_holidays", f"{d} is a public holiday ({cal.holiday_name(d)})", next_midnight)
     if windows.weekends and kind is DayType.WEEKEND:

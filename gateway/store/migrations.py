@@ -235,6 +235,23 @@ MIGRATIONS: tuple[str, ...] = (
         WHEN NEW.kind = 'charge' AND NEW.created_at IS NOT NEW.period_end
         BEGIN SELECT RAISE(ABORT, 'a charge entry is posted at its period end'); END;
     """,
+    # calendar freshness: official years (public holidays / days off and adjusted working days) from
+    # the head office's signed ``calendar`` command, for years the ``holidays`` package does not know
+    # yet (docs/enforcement.md, "Calendar freshness").  One row per country and year; a later
+    # command for the same year replaces it (the ``events`` table keeps the history).
+    """
+    CREATE TABLE calendar_years (
+        country       TEXT NOT NULL,
+        year          INTEGER NOT NULL,
+        days_off_json TEXT NOT NULL,   -- sorted ISO dates
+        workdays_json TEXT NOT NULL,   -- sorted ISO dates
+        source        TEXT NOT NULL,   -- the notice it transcribes
+        command_id    TEXT NOT NULL,
+        actor         TEXT NOT NULL,
+        received_at   TEXT NOT NULL,
+        PRIMARY KEY (country, year)
+    );
+    """,
 )
 
 

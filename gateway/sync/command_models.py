@@ -7,7 +7,8 @@ instant must carry its UTC offset.  A failure becomes one line naming the field.
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import date, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -17,7 +18,7 @@ from gateway.timeutil import parse_iso
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
 _SHORT = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"  # account, meter and tariff ids (as in the config)
 
-COMMAND_TYPES = ("topup", "tariff", "account", "hold", "relay", "read", "ping")
+COMMAND_TYPES = ("topup", "tariff", "account", "hold", "relay", "read", "ping", "calendar")
 
 
 class _Strict(BaseModel):
@@ -38,7 +39,7 @@ class Envelope(_Strict):
     """Fields every command carries; the signature covers all of them except ``sig``."""
 
     id: str = Field(pattern=_ID)
-    type: Literal["topup", "tariff", "account", "hold", "relay", "read", "ping"]
+    type: Literal["topup", "tariff", "account", "hold", "relay", "read", "ping", "calendar"]
     gateway_id: str = Field(pattern=_SHORT)
     issued_at: str
     expires_at: str
@@ -113,6 +114,33 @@ class ReadCmd(Envelope):
     meter_id: str = Field(pattern=_SHORT)
 
 
+_YMD = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _dates(v: list[str]) -> list[str]:
+    for text in v:
+        try:
+            if not _YMD.fullmatch(text):  # fromisoformat also takes 20270101 and 2027-W01-1
+                raise ValueError
+            date.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"not a date YYYY-MM-DD: {text[:20]!r}") from None
+    return v
+
+
+class CalendarCmd(Envelope):
+    """One year's official days off and adjusted working days (docs/enforcement.md, "Calendar freshness")."""
+
+    country: str = Field(pattern=r"^[A-Z]{2,3}$")
+    year: int = Field(ge=2000, le=2099)
+    days_off: list[str] = Field(min_length=1, max_length=366)
+    workdays: list[str] = Field(default_factory=list, max_length=366)
+    source: str = Field(min_length=1, max_length=300)
+    """The notice it transcribes, e.g. 国务院办公厅关于2027年部分节假日安排的通知."""
+
+    _d = field_validator("days_off", "workdays")(_dates)
+
+
 MODELS: dict[str, type[Envelope]] = {
     "ping": Ping,
     "topup": Topup,
@@ -121,6 +149,7 @@ MODELS: dict[str, type[Envelope]] = {
     "hold": HoldCmd,
     "relay": RelayCmd,
     "read": ReadCmd,
+    "calendar": CalendarCmd,
 }
 
 

@@ -14,18 +14,20 @@ import json
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from drivers.base import DriverError
 from drivers.tomlsource import TomlError
 from gateway import events
+from gateway.calendar_sources import CalendarSourceError, official_year, store_year
 from gateway.ledger.accounts import ensure_account
 from gateway.ledger.payments import PaymentError
 from gateway.money import MoneyError, format_money, parse_money
 from gateway.store.db import dumps
 from gateway.sync.command_models import (
     AccountCmd,
+    CalendarCmd,
     Envelope,
     HoldCmd,
     Ping,
@@ -347,6 +349,45 @@ async def read(gw: Gateway, cmd: ReadCmd, now: datetime) -> Applied:
     return Applied({"meter_id": cmd.meter_id, "reading": body})
 
 
+async def calendar(gw: Gateway, cmd: CalendarCmd, now: datetime) -> Applied:
+    """Make a year official: its days stop being "unknown" and the policy cuts on working days again."""
+    cal = gw.parts.calendar
+    this_year = cal.local(now).year
+    if not this_year - 1 <= cmd.year <= this_year + 1:
+        raise CommandRejected("invalid", f"year {cmd.year} is out of range ({this_year - 1}-{this_year + 1})")
+    try:
+        year = official_year(
+            cal,
+            country=cmd.country,
+            year=cmd.year,
+            days_off=[date.fromisoformat(d) for d in cmd.days_off],
+            workdays=[date.fromisoformat(d) for d in cmd.workdays],
+            source=cmd.source,
+            origin=f"command {cmd.id}",
+        )
+    except CalendarSourceError as exc:
+        raise CommandRejected("invalid", str(exc)) from None
+
+    def write(conn: sqlite3.Connection) -> dict[str, Any]:
+        replaced = store_year(conn, year, cmd.id, _actor(cmd), now)
+        detail = {
+            "country": year.country,
+            "year": year.year,
+            "days_off": len(year.days_off),
+            "workdays": len(year.workdays),
+            "source": year.source,
+            "replaced": replaced,
+        }
+        events.record(conn, "calendar_official", now, actor=_actor(cmd), detail=detail)
+        return detail
+
+    def after() -> Awaitable[None]:
+        cal.add_official(year)
+        return _review(gw)
+
+    return Applied(write=write, after=after)
+
+
 Handler = Callable[[Any, Any, datetime], Awaitable[Applied]]
 HANDLERS: dict[str, Handler] = {
     "ping": ping,
@@ -356,4 +397,5 @@ HANDLERS: dict[str, Handler] = {
     "hold": hold,
     "relay": relay,
     "read": read,
+    "calendar": calendar,
 }
