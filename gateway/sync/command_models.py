@@ -17,7 +17,7 @@ from gateway.timeutil import parse_iso
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
 _SHORT = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"  # account, meter and tariff ids (as in the config)
 
-COMMAND_TYPES = ("topup", "tariff", "account", "hold", "relay", "read", "ping")
+COMMAND_TYPES = ("topup", "tariff", "account", "hold", "relay", "read", "ping", "notice")
 
 
 class _Strict(BaseModel):
@@ -38,7 +38,7 @@ class Envelope(_Strict):
     """Fields every command carries; the signature covers all of them except ``sig``."""
 
     id: str = Field(pattern=_ID)
-    type: Literal["topup", "tariff", "account", "hold", "relay", "read", "ping"]
+    type: Literal["topup", "tariff", "account", "hold", "relay", "read", "ping", "notice"]
     gateway_id: str = Field(pattern=_SHORT)
     issued_at: str
     expires_at: str
@@ -113,6 +113,21 @@ class ReadCmd(Envelope):
     meter_id: str = Field(pattern=_SHORT)
 
 
+class NoticeCmd(Envelope):
+    """The head office confirms that the notice ``notice_id`` reached the customer (docs/enforcement.md)."""
+
+    account_id: str = Field(pattern=_SHORT)
+    notice_id: str = Field(pattern=_ID)
+    channel: Literal["sms", "letter", "in_person", "app", "email", "phone"]
+    delivered_at: str
+
+    _d = field_validator("delivered_at")(_instant)
+
+    @property
+    def delivered(self) -> datetime:
+        return parse_iso(self.delivered_at)
+
+
 MODELS: dict[str, type[Envelope]] = {
     "ping": Ping,
     "topup": Topup,
@@ -121,6 +136,7 @@ MODELS: dict[str, type[Envelope]] = {
     "hold": HoldCmd,
     "relay": RelayCmd,
     "read": ReadCmd,
+    "notice": NoticeCmd,
 }
 
 
