@@ -25,6 +25,7 @@ import pytest
 from gateway_harness import base_config, write_config
 from waiting import async_wait_for
 
+from gateway import notices
 from gateway.calendar import WorkCalendar
 from gateway.config import load_config
 from gateway.daemon import Gateway
@@ -177,7 +178,8 @@ def test_uk_credit_out_on_friday_evening_waits_for_monday_ten(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_cn_notice_reminder_then_cut_on_a_working_day_and_topup_restores(tmp_path: Path) -> None:
-    """CN preset: written notice, 3 days, a reminder 30 minutes before, cut on a working day only."""
+    """CN preset: written notice, served only once delivery is confirmed (an undelivered one is alarmed and
+    never cut on), 3 days from delivery, a reminder 30 minutes before, cut in working hours of a working day."""
     start = datetime(2026, 6, 2, 1, 0, tzinfo=UTC)  # Tuesday 09:00 Asia/Shanghai
     speed = 20_000.0
     cal = WorkCalendar("Asia/Shanghai", "CN")
@@ -189,7 +191,22 @@ def test_cn_notice_reminder_then_cut_on_a_working_day_and_topup_restores(tmp_pat
             await started(r, 150)
             try:
                 await async_wait_for(lambda: r.events("policy_serve_notice"), timeout=10, what="the notice")
-                (notice,) = r.events("policy_serve_notice")
+                (issued,) = r.events("policy_serve_notice")
+                # Nobody confirms delivery (the head office is unreachable): an alarm, and no cut at all.
+                await async_wait_for(
+                    lambda: r.events("policy_notice_undelivered"), timeout=30, what="the undelivered alarm"
+                )
+                assert r.events("policy_notice_undelivered")[0] >= issued + timedelta(days=1)
+                await async_wait_for(
+                    lambda: r.clock() >= issued + timedelta(days=4), timeout=30, what="past the period"
+                )
+                assert r.model.relay_closed and not r.events("policy_send_reminder"), "cut on an undelivered notice"
+                # The head office confirms delivery (as its signed ``notice`` command would): served now.
+                notice = r.clock()
+                with r.store.tx() as conn:
+                    nid = notices.notice_id("acc1", issued)
+                    notices.confirm_delivery(conn, "acc1", nid, "letter", notice, notice, actor="test:hq")
+                    r.gateway.parts.policy.evaluate_account(conn, "acc1", notice)
                 # Slow down well before the reminder: under load the wait below may see the clock late, and
                 # at 20,000x one real second is 5.5 simulated hours.
                 slow_from = notice + timedelta(days=3) - timedelta(hours=6)
@@ -207,6 +224,8 @@ def test_cn_notice_reminder_then_cut_on_a_working_day_and_topup_restores(tmp_pat
                     "cut less than 30 minutes after the reminder"
                 )
                 assert cal.day_type(trip_at.astimezone(SHANGHAI).date()) == "workday"
+                assert 8 <= trip_at.astimezone(SHANGHAI).hour < 17, f"cut at {trip_at} outside working hours"
+                assert trip_at < notice + timedelta(days=7), "cut on a stale notice"
                 await async_wait_for(
                     lambda: (
                         r.store.scalar("SELECT status FROM relay_commands WHERE action = 'trip'")
