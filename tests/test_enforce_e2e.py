@@ -29,8 +29,8 @@ from gateway import notices
 from gateway.calendar import WorkCalendar
 from gateway.config import load_config
 from gateway.daemon import Gateway
-from gateway.store.db import Store
 from gateway.enforcement import PolicyEngine
+from gateway.store.db import Store
 from gateway.timeutil import iso, parse_iso
 from simulators.dlt645 import SimulatedDlt645Bus
 from simulators.model import LoadProfile, MeterModel
