@@ -2,10 +2,12 @@
 
 Four households on real pseudo-terminals — three DL/T 645 meters on one bus and a relay-capable Modbus
 meter on another — are polled by the real daemon under the ``cn`` rules (notice shortened to one day
-so the story fits).  Credit runs down; warnings go out; a notice is served on Friday evening; the
-weekend is a protected window so the cut waits for Monday; the clinic (medical equipment) and the
-keep-power (保电) meter are never cut; then the head office publishes a signed top-up over MQTT (or, with
-no broker, the operator takes it locally) and power comes back, confirmed by read-back.
+so the story fits).  Credit runs down; warnings go out; a notice is issued on Friday evening and
+counts only once the head office confirms its delivery (a signed ``notice`` command over MQTT; with no
+broker the operator records a hand delivery locally); the weekend is protected and cuts start in
+working hours, so the cut waits for Monday morning; the clinic (medical equipment) and the keep-power
+(保电) meter are never cut; then the head office publishes a signed top-up over MQTT (or, with no
+broker, the operator takes it locally) and power comes back, confirmed by read-back.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import logging
 import signal
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -24,7 +27,7 @@ from zoneinfo import ZoneInfo
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.demo_view import DemoView
-from gateway.timeutil import ScaledClock
+from gateway.timeutil import ScaledClock, iso, parse_iso
 from simulators.model import FastClock, LoadProfile, MeterModel
 
 log = logging.getLogger("pmg.demo")
@@ -75,8 +78,7 @@ def _config(workdir: Path, dlt_port: str, modbus_port: str, mqtt_port: int | Non
         "",
         mqtt,
         '[policy]\npreset = "cn"\n[policy.overrides.notice]\nperiod = "P1D"\n'
-        '[policy.overrides.reconnect]\nmode = "direct_close"\n'
-        '[policy.overrides.windows]\nhours = [{ start = "20:00", end = "08:00" }]\n',
+        '[policy.overrides.reconnect]\nmode = "direct_close"\n',
         f'[[buses]]\nid = "rs485-1"\nprotocol = "dlt645"\nurl = "{dlt_port}"\nbaud = 9600\npoll_interval_s = 1\n',
         f'[[buses]]\nid = "rs485-2"\nprotocol = "modbus"\nurl = "{modbus_port}"\nbaud = 9600\nparity = "N"\n'
         "poll_interval_s = 1\n",
@@ -206,9 +208,31 @@ async def _run(
     return 0 if story.restored_at is not None else 1
 
 
+def _confirm_notices(gateway: Gateway, story: Story, now: datetime, hq: _HeadOffice | None) -> None:
+    """The head office delivers each notice (by SMS) and confirms it, so its period starts."""
+    if hq is not None:
+        for account, nid in hq.take_notices():
+            hq.send_notice(account, nid, "sms", now)
+            story.log.append(f"{now.astimezone(TZ):%a %H:%M} head office confirms the notice to {account} (SMS, signed)")
+        return
+    from gateway import notices
+
+    with gateway.store.tx() as conn:
+        waiting = conn.execute(
+            "SELECT id, notice_served_at FROM accounts WHERE notice_served_at IS NOT NULL "
+            "AND notice_delivered_at IS NULL ORDER BY id"
+        ).fetchall()
+        for account, issued in waiting:
+            nid = notices.notice_id(account, parse_iso(issued))
+            notices.confirm_delivery(conn, account, nid, "in_person", now, now, actor="demo:counter")
+            gateway.parts.policy.evaluate_account(conn, account, now)
+            story.log.append(f"{now.astimezone(TZ):%a %H:%M} notice to {account} handed over (no broker)")
+
+
 def _advance_story(gateway: Gateway, story: Story, clock: ScaledClock, hq: _HeadOffice | None) -> None:
     store = gateway.store
     now = clock()
+    _confirm_notices(gateway, story, now, hq)
     relay = store.scalar("SELECT relay FROM meters WHERE id = 'M-01'")
     if story.cut_at is None and relay == "open":
         story.cut_at = now
@@ -242,9 +266,45 @@ class _HeadOffice:
 
         self.key = key
         self.key_id = key_id
+        self._lock = threading.Lock()
+        self._notices: list[tuple[str, str]] = []  # (account, notice id) issued, not yet confirmed
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="demo-hq", protocol=paho.MQTTv5)
+        self.client.on_connect = lambda client, *_: client.subscribe("pmg/gw-demo/events", qos=1)
+        self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        import json
+
+        try:
+            event = json.loads(msg.payload)
+        except ValueError:
+            return
+        if isinstance(event, dict) and event.get("kind") == "policy_serve_notice":
+            nid = (event.get("detail") or {}).get("notice_id")
+            if event.get("account_id") and nid:
+                with self._lock:
+                    self._notices.append((event["account_id"], nid))
+
+    def take_notices(self) -> list[tuple[str, str]]:
+        with self._lock:
+            taken, self._notices = self._notices, []
+        return taken
+
+    def send_notice(self, account: str, notice_id: str, channel: str, now: datetime) -> None:
+        """Confirm that the notice reached the customer (here: at once, by SMS)."""
+        self._publish(
+            "notice",
+            {
+                "id": f"cmd-delivered-{notice_id.replace(':', '-')}",
+                "account_id": account,
+                "notice_id": notice_id,
+                "channel": channel,
+                "delivered_at": iso(now),
+            },
+            now,
+        )
 
     @classmethod
     def create(cls, workdir: Path, port: int) -> _HeadOffice | None:
@@ -261,23 +321,24 @@ class _HeadOffice:
         return f'[mqtt.command_keys]\n"{self.key_id}" = "{signing.public_key_b64(self.key.public_key())}"\n'
 
     def send_topup(self, account: str, payment_id: str, amount: str, now: datetime) -> None:
+        self._publish(
+            "topup", {"id": f"cmd-{payment_id}", "account_id": account, "payment_id": payment_id, "amount": amount}, now
+        )
+
+    def _publish(self, kind: str, fields: dict[str, Any], now: datetime) -> None:
         import json
 
         from gateway.sync import signing
-        from gateway.timeutil import iso
 
         command = {
-            "id": f"cmd-{payment_id}",
             "gateway_id": "gw-demo",
-            "type": "topup",
+            "type": kind,
             "issued_at": iso(now),
             "expires_at": iso(now + timedelta(days=1)),
-            "account_id": account,
-            "payment_id": payment_id,
-            "amount": amount,
+            **fields,
         }
         signed = signing.sign_command(command, self.key, self.key_id)
-        self.client.publish("pmg/gw-demo/commands/topup", json.dumps(signed), qos=1)
+        self.client.publish(f"pmg/gw-demo/commands/{kind}", json.dumps(signed), qos=1)
 
     def close(self) -> None:
         self.client.disconnect()

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from drivers.base import RelayAction, RelayState
-from gateway import enforcer, events
+from gateway import enforcer, events, notices
 from gateway.calendar import WorkCalendar
 from gateway.ledger import forecast
 from gateway.policy.decide import decide
@@ -30,6 +30,7 @@ from gateway.timeutil import iso, parse_iso
 
 FAILED_COMMAND_BACKOFF = timedelta(hours=1)  # before the policy asks a meter that failed again
 EMERGENCY_OFFER_KEY = "emergency_credit.offer"  # gateway.policy: the alert key of the offer
+NOTICE_CHANNEL_DISPLAY = "meter_display"  # how a notice the policy itself delivered reached the customer
 _NOTHING_BLOCKED = hashlib.sha256(dumps([]).encode()).hexdigest()[:16]  # the usual signature, once
 
 
@@ -119,7 +120,7 @@ class PolicyEngine:
             "SELECT m.relay, m.keep_power, m.keep_power_on_meter, a.id, a.balance_minor, "
             "a.emergency_credit_minor, a.protected, a.protected_category, a.policy_state, "
             "a.policy_state_since, a.notice_served_at, a.reminder_sent_at, a.warnings_json, a.alerts_json, "
-            "a.created_at, a.earliest_cut_at, a.next_review_at "
+            "a.created_at, a.earliest_cut_at, a.next_review_at, a.notice_delivered_at "
             "FROM meters m JOIN accounts a ON a.id = m.account_id WHERE m.id = ?",
             (meter_id,),
         ).fetchone()
@@ -143,6 +144,7 @@ class PolicyEngine:
             reminder_sent_at=parse_iso(a["reminder_sent_at"]) if a["reminder_sent_at"] else None,
             warnings_sent={int(k): parse_iso(v) for k, v in json.loads(a["warnings_json"]).items()},
             alerts_sent=alerts,
+            notice_delivered_at=parse_iso(a["notice_delivered_at"]) if a["notice_delivered_at"] else None,
         )
         # A command that failed recently counts as still pending: a stuck relay has been alarmed; asking
         # again on every reading would only flood the bus and the audit log.  It is retried hourly.
@@ -171,6 +173,7 @@ class PolicyEngine:
             account.alerts_sent,
             a["earliest_cut_at"],
             a["next_review_at"],
+            a["notice_delivered_at"],
         )
         return account, meter, active_holds(conn, now), active_overrides(conn, (meter_id, a["id"]), now), stored
 
@@ -195,17 +198,23 @@ class PolicyEngine:
             d.alerts_sent,
             iso(d.earliest_cut_at) if d.earliest_cut_at else None,
             iso(d.next_review_at) if d.next_review_at else None,
+            iso(d.notice_delivered_at) if d.notice_delivered_at else None,
         )
         if decided != stored:  # most re-decisions change nothing: no page to write then
             conn.execute(
                 "UPDATE accounts SET policy_state = ?, policy_state_since = ?, notice_served_at = ?, "
                 "reminder_sent_at = ?, warnings_json = ?, alerts_json = ?, earliest_cut_at = ?, "
-                "next_review_at = ? WHERE id = ?",
+                "next_review_at = ?, notice_delivered_at = ?, "
+                # The policy only ever delivers by the meter display; a withdrawn notice has no channel.
+                "notice_channel = CASE WHEN ? IS NULL THEN NULL ELSE COALESCE(notice_channel, ?) END "
+                "WHERE id = ?",
                 (
                     *decided[:4],
                     dumps({str(k): iso(v) for k, v in d.warnings_sent.items()}),
                     dumps({k: iso(v) for k, v in d.alerts_sent.items()}),
                     *decided[6:],
+                    decided[8],
+                    NOTICE_CHANNEL_DISPLAY,
                     aid,
                 ),
             )
@@ -279,12 +288,17 @@ class PolicyEngine:
                 trace=_trace_json(action.trace),
                 payment_id=payment_id if action.kind is ActionKind.RECONNECT else None,
             )
+        if action.kind is ActionKind.SERVE_NOTICE:
+            # The head office confirms delivery of *this* notice by its id (``notice`` command).
+            detail["notice_id"] = notices.notice_id(account_id, now)
+            detail["delivery"] = self.rules.notice.delivery
         severity = (
             "alarm"
-            if action.kind in (ActionKind.ALARM, ActionKind.ESCALATE)
+            if action.kind in (ActionKind.ALARM, ActionKind.ESCALATE, ActionKind.NOTICE_UNDELIVERED)
             else (
                 "warning"
-                if action.kind in (ActionKind.DISCONNECT, ActionKind.SERVE_NOTICE, ActionKind.LOAD_LIMIT)
+                if action.kind
+                in (ActionKind.DISCONNECT, ActionKind.SERVE_NOTICE, ActionKind.LOAD_LIMIT, ActionKind.NOTICE_LAPSED)
                 else "info"
             )
         )

@@ -1,4 +1,4 @@
-"""Each command type does what it says, once: top-up, tariff, account, hold, relay, read, ping."""
+"""Each command type does what it says, once: top-up, tariff, account, hold, relay, read, ping, notice."""
 
 from __future__ import annotations
 
@@ -212,3 +212,88 @@ def test_a_reload_that_rotates_keys_takes_effect_without_restart(
         assert fresh["status"] == "applied"
 
     _run(tmp_path, mosquitto, body)
+
+
+CN_POLICY = '[policy]\npreset = "cn"\n'  # notices are delivered by the head office
+
+
+def _notice_row(run: Running) -> tuple[Any, ...]:
+    row = run.store.one(
+        "SELECT notice_served_at, notice_delivered_at, notice_channel, policy_state, earliest_cut_at "
+        "FROM accounts WHERE id = 'acc1'"
+    )
+    assert row is not None
+    return tuple(row)
+
+
+def test_notice_delivery_is_confirmed_by_a_signed_command_and_bad_ones_change_nothing(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    from test_sync_support import command
+
+    from gateway import notices
+    from gateway.timeutil import parse_iso
+
+    async def body(run: Running) -> None:
+        await run.gateway.review_policy()  # acc1 has no credit: the notice is issued
+        issued_text = _notice_row(run)[0]
+        assert issued_text is not None, "credit is exhausted: a notice is issued"
+        issued = parse_iso(issued_text)
+        nid = notices.notice_id("acc1", issued)
+        (event,) = [
+            json.loads(r[0])
+            for r in run.store.all("SELECT detail_json FROM events WHERE kind = 'policy_serve_notice' AND account_id = 'acc1'")
+        ]
+        assert event["notice_id"] == nid and event["delivery"] == "head_office"
+        assert _notice_row(run)[1] is None and _notice_row(run)[4] is None  # undelivered: no cut in sight
+        now = run.gateway.clock()
+        ok = {"account_id": "acc1", "notice_id": nid, "channel": "sms", "delivered_at": iso(now)}
+        before = _notice_row(run)
+        bad = [
+            ("unsigned", {k: v for k, v in signed("notice", now, **ok).items() if k != "sig"}, "unauthenticated"),
+            ("expired", signed("notice", now - timedelta(hours=2), **ok), "expired"),
+            ("unknown account", signed("notice", now, **{**ok, "account_id": "nobody"}), "invalid"),
+            ("not issued", signed("notice", now, **{**ok, "notice_id": "acc1:20200101T000000Z"}), "invalid"),
+            ("other account's notice", signed("notice", now, **{**ok, "account_id": "acc2"}), "invalid"),
+            ("in the future", signed("notice", now, **{**ok, "delivered_at": iso(now + timedelta(hours=1))}),
+             "invalid"),
+            ("before issue", signed("notice", now, **{**ok, "delivered_at": iso(issued - timedelta(minutes=1))}),
+             "invalid"),
+            ("unknown channel", signed("notice", now, **{**ok, "channel": "pigeon"}), "invalid"),
+            ("naive time", signed("notice", now, **{**ok, "delivered_at": "2026-01-01T00:00:00"}), "invalid"),
+        ]
+        reasons = {}
+        for name, cmd, code in bad:
+            ack = await _handle(run, cmd)
+            assert (ack["status"], ack["code"]) == ("rejected", code), (name, ack)
+            assert ack["reason"] and "\n" not in ack["reason"], (name, ack)
+            reasons[name] = ack["reason"]
+            assert _notice_row(run) == before, f"{name} changed the account"
+        assert "no account 'nobody'" in reasons["unknown account"]
+        assert "was not issued" in reasons["not issued"]
+        assert "in the future" in reasons["in the future"]
+        assert "before the notice was issued" in reasons["before issue"]
+        assert run.store.scalar("SELECT COUNT(*) FROM events WHERE kind = 'notice_delivered'") == 0
+
+        good = signed("notice", now, **ok)
+        ack = await _handle(run, good)
+        assert ack["status"] == "applied", ack
+        assert ack["result"]["notice_id"] == nid and ack["result"]["channel"] == "sms"
+        served, delivered, channel, state, earliest = _notice_row(run)
+        assert (served, delivered, channel, state) == (issued_text, iso(now), "sms", "notice_served")
+        assert earliest is not None and parse_iso(earliest) >= now + timedelta(days=3)  # from delivery
+        again = await _handle(run, good)
+        assert again["replay"] is True and again["result"] == ack["result"]
+        twice = await _handle(run, sign_command_fresh(command("notice", now, **ok)))
+        assert twice["status"] == "rejected" and "already delivered" in twice["reason"], twice
+        assert run.store.scalar("SELECT COUNT(*) FROM events WHERE kind = 'notice_delivered'") == 1
+
+    _run(tmp_path, mosquitto, body, policy=CN_POLICY)
+
+
+def sign_command_fresh(cmd: dict[str, Any]) -> dict[str, Any]:
+    from test_sync_support import HQ_KEY, HQ_KEY_ID
+
+    from gateway.sync.signing import sign_command
+
+    return sign_command(cmd, HQ_KEY, HQ_KEY_ID)

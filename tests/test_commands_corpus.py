@@ -29,9 +29,10 @@ from test_sync_support import (
 )
 from waiting import async_wait_for
 
+from gateway import notices
 from gateway.sync.commands import MAX_COMMAND_BYTES, CommandProcessor
 from gateway.sync.signing import sign_command
-from gateway.timeutil import iso
+from gateway.timeutil import iso, parse_iso
 
 Case = tuple[str, str, bytes, str]  # name, topic type, payload, expected code
 
@@ -51,9 +52,13 @@ def _resign(cmd: dict[str, Any], *, fresh: bool = True, **changes: Any) -> bytes
     return _j(sign_command(body, HQ_KEY, HQ_KEY_ID))
 
 
-def corpus(now: datetime, applied: dict[str, Any]) -> list[Case]:
+def corpus(now: datetime, applied: dict[str, Any], notice_id: str = "acc2:unknown") -> list[Case]:
     def topup(**fields: Any) -> dict[str, Any]:
         return signed("topup", now, **{"account_id": "acc1", "amount": "10.00", **fields})
+
+    def notice(**fields: Any) -> dict[str, Any]:
+        ok = {"account_id": "acc2", "notice_id": notice_id, "channel": "sms", "delivered_at": iso(now)}
+        return signed("notice", now, **{**ok, **fields})
 
     good = topup()
     tampered = dict(good, amount="1000.00")  # signature no longer matches
@@ -303,6 +308,20 @@ def corpus(now: datetime, applied: dict[str, Any]) -> list[Case]:
         ),
         ("read unknown meter", "read", _j(signed("read", now, meter_id="m99")), "invalid"),
         ("ping with extra field", "ping", _j(signed("ping", now, extra=1)), "invalid"),
+        # notice: acc2 has no credit, so a notice is outstanding (see the test); acc1 was topped up.
+        ("notice unsigned", "notice", _j({k: v for k, v in notice().items() if k != "sig"}), "unauthenticated"),
+        ("notice expired", "notice", _resign(notice(), expires_at=iso(now - timedelta(seconds=1))), "expired"),
+        ("notice unknown account", "notice", _resign(notice(), account_id="nobody"), "invalid"),
+        ("notice not issued", "notice", _resign(notice(), notice_id="acc2:20200101T000000Z"), "invalid"),
+        ("notice none outstanding", "notice", _resign(notice(), account_id="acc1"), "invalid"),
+        ("notice delivered in the future", "notice",
+         _resign(notice(), delivered_at=iso(now + timedelta(hours=1))), "invalid"),
+        ("notice delivered before issue", "notice",
+         _resign(notice(), delivered_at=iso(now - timedelta(days=30))), "invalid"),
+        ("notice unknown channel", "notice", _resign(notice(), channel="carrier_pigeon"), "invalid"),
+        ("notice naive delivered_at", "notice", _resign(notice(), delivered_at="2026-01-01T00:00:00"), "invalid"),
+        ("notice missing delivered_at", "notice",
+         _resign({k: v for k, v in notice().items() if k != "delivered_at"}), "invalid"),
     ]
     return cases
 
@@ -311,12 +330,16 @@ def test_every_bad_command_is_rejected_with_a_reason_and_changes_nothing(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
     async def main() -> None:
-        async with running_gateway(tmp_path, mosquitto.port) as run:
+        # Under cn a notice is issued to acc2 (no credit) and waits for the head office's confirmation.
+        async with running_gateway(tmp_path, mosquitto.port, policy='[policy]\npreset = "cn"\n') as run:
             proc = CommandProcessor(run.gateway)
             now = run.gateway.clock()
             applied = signed("topup", now, account_id="acc1", amount="20.00")
             assert (await proc.handle("topup", json.dumps(applied).encode()))["status"] == "applied"
-            cases = corpus(now, applied)
+            await run.gateway.review_policy()
+            issued = run.store.scalar("SELECT notice_served_at FROM accounts WHERE id = 'acc2'")
+            assert issued is not None
+            cases = corpus(now, applied, notices.notice_id("acc2", parse_iso(issued)))
             assert len(cases) >= 50
             before = money_dump(run.store)
             outcomes = []

@@ -25,11 +25,13 @@ import pytest
 from gateway_harness import base_config, write_config
 from waiting import async_wait_for
 
+from gateway import notices
 from gateway.calendar import WorkCalendar
 from gateway.config import load_config
 from gateway.daemon import Gateway
+from gateway.enforcement import PolicyEngine
 from gateway.store.db import Store
-from gateway.timeutil import parse_iso
+from gateway.timeutil import iso, parse_iso
 from simulators.dlt645 import SimulatedDlt645Bus
 from simulators.model import LoadProfile, MeterModel
 
@@ -177,7 +179,8 @@ def test_uk_credit_out_on_friday_evening_waits_for_monday_ten(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_cn_notice_reminder_then_cut_on_a_working_day_and_topup_restores(tmp_path: Path) -> None:
-    """CN preset: written notice, 3 days, a reminder 30 minutes before, cut on a working day only."""
+    """CN preset: written notice, served only once delivery is confirmed (an undelivered one is alarmed and
+    never cut on), 3 days from delivery, a reminder 30 minutes before, cut in working hours of a working day."""
     start = datetime(2026, 6, 2, 1, 0, tzinfo=UTC)  # Tuesday 09:00 Asia/Shanghai
     speed = 20_000.0
     cal = WorkCalendar("Asia/Shanghai", "CN")
@@ -189,7 +192,22 @@ def test_cn_notice_reminder_then_cut_on_a_working_day_and_topup_restores(tmp_pat
             await started(r, 150)
             try:
                 await async_wait_for(lambda: r.events("policy_serve_notice"), timeout=10, what="the notice")
-                (notice,) = r.events("policy_serve_notice")
+                (issued,) = r.events("policy_serve_notice")
+                # Nobody confirms delivery (the head office is unreachable): an alarm, and no cut at all.
+                await async_wait_for(
+                    lambda: r.events("policy_notice_undelivered"), timeout=30, what="the undelivered alarm"
+                )
+                assert r.events("policy_notice_undelivered")[0] >= issued + timedelta(days=1)
+                await async_wait_for(
+                    lambda: r.clock() >= issued + timedelta(days=4), timeout=30, what="past the period"
+                )
+                assert r.model.relay_closed and not r.events("policy_send_reminder"), "cut on an undelivered notice"
+                # The head office confirms delivery (as its signed ``notice`` command would): served now.
+                notice = r.clock()
+                with r.store.tx() as conn:
+                    nid = notices.notice_id("acc1", issued)
+                    notices.confirm_delivery(conn, "acc1", nid, "letter", notice, notice, actor="test:hq")
+                    r.gateway.parts.policy.evaluate_account(conn, "acc1", notice)
                 # Slow down well before the reminder: under load the wait below may see the clock late, and
                 # at 20,000x one real second is 5.5 simulated hours.
                 slow_from = notice + timedelta(days=3) - timedelta(hours=6)
@@ -207,6 +225,8 @@ def test_cn_notice_reminder_then_cut_on_a_working_day_and_topup_restores(tmp_pat
                     "cut less than 30 minutes after the reminder"
                 )
                 assert cal.day_type(trip_at.astimezone(SHANGHAI).date()) == "workday"
+                assert 8 <= trip_at.astimezone(SHANGHAI).hour < 17, f"cut at {trip_at} outside working hours"
+                assert trip_at < notice + timedelta(days=7), "cut on a stale notice"
                 await async_wait_for(
                     lambda: (
                         r.store.scalar("SELECT status FROM relay_commands WHERE action = 'trip'")
@@ -245,3 +265,83 @@ def test_cn_notice_reminder_then_cut_on_a_working_day_and_topup_restores(tmp_pat
                 await r.gateway.stop()
 
         asyncio.run(scenario())
+
+
+def _engine_on_disk(db: Path, preset_overrides: dict[str, object]) -> tuple[Store, PolicyEngine]:
+    from gateway.enforcement import MeterCaps
+    from gateway.ledger.accounts import ensure_account, ensure_meter
+    from gateway.policy.rules import load_preset
+    from gateway.store.db import open_store
+
+    store = open_store(db)
+    with store.tx() as conn:
+        if conn.execute("SELECT 1 FROM accounts WHERE id = 'a1'").fetchone() is None:
+            t0 = datetime(2026, 11, 1, tzinfo=UTC)
+            ensure_account(conn, "a1", tariff_id="flat", currency="CNY", now=t0)
+            ensure_meter(conn, "m1", account_id="a1", bus_id="b1", protocol="dlt645", address="1",
+                         keep_power=False, now=t0)
+    rules = load_preset("cn", preset_overrides)
+    return store, PolicyEngine(rules, WorkCalendar("Asia/Shanghai", "CN"), {"m1": MeterCaps()})
+
+
+def test_notice_delivery_state_survives_a_restart_and_drives_the_cut(tmp_path: Path) -> None:
+    """Issued, alarmed while undelivered, confirmed, reopened: the period runs from delivery; stale lapses."""
+    from gateway.store.migrations import MIGRATIONS
+
+    db = tmp_path / "pmg.db"
+    issued = datetime(2026, 11, 16, 2, 0, tzinfo=UTC)  # Mon 10:00 CST, balance 0: a notice
+    store, engine = _engine_on_disk(db, {})
+    assert store.scalar("PRAGMA user_version") == len(MIGRATIONS)
+    with store.tx() as conn:
+        d = engine.evaluate_meter(conn, "m1", issued)
+    assert d.notice_served_at == issued and d.notice_delivered_at is None and d.earliest_cut_at is None
+    with store.tx() as conn:
+        engine.evaluate_meter(conn, "m1", issued + timedelta(days=1, minutes=1))
+        engine.evaluate_meter(conn, "m1", issued + timedelta(days=5))  # the old period is long over
+    alarms = store.all("SELECT severity FROM events WHERE kind = 'policy_notice_undelivered'")
+    assert [r[0] for r in alarms] == ["alarm"]
+    assert store.scalar("SELECT COUNT(*) FROM relay_commands") == 0, "cut on an undelivered notice"
+    delivered = issued + timedelta(days=5, hours=1)  # Sat 21 Nov 11:00 CST
+    with store.tx() as conn:
+        notices.confirm_delivery(conn, "a1", notices.notice_id("a1", issued), "letter", delivered, delivered,
+                                 actor="test:hq")
+        engine.evaluate_account(conn, "a1", delivered)
+    store.close()
+
+    store, engine = _engine_on_disk(db, {})  # a restart: everything comes from the database
+    row = store.one("SELECT notice_served_at, notice_delivered_at, notice_channel, earliest_cut_at FROM accounts")
+    assert row is not None
+    assert (parse_iso(row[0]), parse_iso(row[1]), row[2]) == (issued, delivered, "letter")
+    assert parse_iso(row[3]) == datetime(2026, 11, 24, 3, 0, tzinfo=UTC)  # Tue 11:00 CST, 3 days on
+    with store.tx() as conn:
+        early = engine.evaluate_meter(conn, "m1", datetime(2026, 11, 24, 2, 0, tzinfo=UTC))
+    assert early.kinds() == ()
+    with store.tx() as conn:
+        engine.evaluate_meter(conn, "m1", datetime(2026, 11, 24, 2, 30, tzinfo=UTC))  # the reminder
+        cut = engine.evaluate_meter(conn, "m1", datetime(2026, 11, 24, 3, 0, tzinfo=UTC))
+    assert [a.kind.value for a in cut.actions] == ["disconnect"]
+    store.close()
+
+
+def test_meter_display_delivery_and_stale_notice_through_the_store(tmp_path: Path) -> None:
+    store, engine = _engine_on_disk(tmp_path / "pmg.db", {"notice": {"delivery": "meter_display"}})
+    issued = datetime(2026, 11, 18, 2, 0, tzinfo=UTC)  # Wed 10:00 CST
+    storm = issued + timedelta(days=11)
+    with store.tx() as conn:
+        conn.execute(
+            "INSERT INTO holds(id, kind, reason, actor, starts_at, expires_at) VALUES "
+            "('h1', 'weather', 'storm', 'ho', ?, ?)",
+            (iso(issued), iso(storm)),
+        )
+        engine.evaluate_meter(conn, "m1", issued)
+    row = store.one("SELECT notice_delivered_at, notice_channel FROM accounts")
+    assert row is not None and (parse_iso(row[0]), row[1]) == (issued, "meter_display")
+    lapse = issued + timedelta(days=7)
+    with store.tx() as conn:
+        d = engine.evaluate_meter(conn, "m1", lapse)
+    assert [a.kind.value for a in d.actions] == ["notice_lapsed", "serve_notice"]
+    row = store.one("SELECT notice_served_at, notice_delivered_at, notice_channel FROM accounts")
+    assert row is not None and parse_iso(row[0]) == lapse and parse_iso(row[1]) == lapse
+    assert store.scalar("SELECT severity FROM events WHERE kind = 'policy_notice_lapsed'") == "warning"
+    assert store.scalar("SELECT COUNT(*) FROM relay_commands") == 0
+    store.close()

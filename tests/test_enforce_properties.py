@@ -8,7 +8,9 @@ are checked against an oracle independent of ``gateway.policy`` (windows re-deri
 wall clock, notice taken from the audit log):
 
 - no trip is queued for a protected or keep-power meter, inside a protected window or an active
-  hold, or before the notice period (from the ``policy_serve_notice`` audit event) has run;
+  hold, before the notice period has run from the notice's *delivery* (the ``notice_delivered``
+  audit event, or the ``policy_serve_notice`` event where the meter display is delivery), or after
+  that notice went stale (``notice.valid_for``);
 - a payment that restores enough credit leaves a close command pending when the relay reads open,
   and no pending trip when it reads closed;
 - every relay command carries a non-empty rule trace.
@@ -29,6 +31,7 @@ from hypothesis import strategies as st
 from test_policy_properties import CALENDARS, instants, protected_now, rule_sets
 
 from drivers.base import Quality, Reading, RelayAction, RelayState
+from gateway import notices
 from gateway.calendar import WorkCalendar
 from gateway.enforcement import MeterCaps, PolicyEngine
 from gateway.ledger.accounts import ensure_account, ensure_meter
@@ -116,6 +119,16 @@ class World:
                     )
                 self.engine.evaluate_meter(conn, "m1", self.now)
 
+    def deliver(self) -> None:
+        """The head office confirms the outstanding notice as delivered now (its ``notice`` command)."""
+        with self.store.tx() as conn:
+            row = conn.execute("SELECT notice_served_at, notice_delivered_at FROM accounts WHERE id = 'a1'").fetchone()
+            if row[0] is None or row[1] is not None:
+                return
+            nid = notices.notice_id("a1", parse_iso(row[0]))
+            notices.confirm_delivery(conn, "a1", nid, "sms", self.now, self.now, actor="test:hq")
+            self.engine.evaluate_account(conn, "a1", self.now)
+
     def press(self) -> None:
         if self.permitted:
             self.relay, self.permitted = RelayState.CLOSED, False
@@ -133,6 +146,7 @@ steps = st.lists(
         st.tuples(st.just("review"), st.just(0), st.integers(1, 3 * 24 * 60)),
         st.tuples(st.just("execute"), st.just(0), st.integers(0, 5)),
         st.tuples(st.just("press"), st.just(0), st.integers(0, 30)),
+        st.tuples(st.just("deliver"), st.just(0), st.integers(0, 3 * 24 * 60)),
     ),
     min_size=5,
     max_size=30,
@@ -145,6 +159,7 @@ draining = st.lists(
         st.tuples(st.just("read"), st.sampled_from([2_000, 6_000]), st.sampled_from([5, 60, 240, 600])),
         st.tuples(st.just("review"), st.just(0), st.integers(1, 2 * 24 * 60)),
         st.tuples(st.just("execute"), st.just(0), st.integers(0, 5)),
+        st.tuples(st.just("deliver"), st.just(0), st.integers(0, 24 * 60)),
     ),
     min_size=8,
     max_size=30,
@@ -244,7 +259,11 @@ def check_new_commands(world: World, seen: set[int], w: dict[str, object]) -> No
                 iso(at),
             )
             assert notice is not None, "trip queued without any notice served"
-            assert parse_iso(notice) + rules.notice.period <= at, "trip queued before the notice period ran"
+            delivered = notice_delivered(store, notice, rules)
+            assert delivered is not None, "trip queued on a notice that was never delivered"
+            assert delivered + rules.notice.period <= at, "trip queued before the notice period ran"
+            if rules.notice.valid_for is not None:
+                assert at < delivered + rules.notice.valid_for, "trip queued on a stale notice"
             if rules.notice.reminder_before:
                 reminder = store.scalar(
                     "SELECT MAX(at) FROM events WHERE kind = 'policy_send_reminder' AND account_id = 'a1' "
@@ -254,6 +273,19 @@ def check_new_commands(world: World, seen: set[int], w: dict[str, object]) -> No
                 )
                 assert reminder is not None, "trip queued without the reminder"
                 assert parse_iso(reminder) + rules.notice.reminder_before <= at
+
+
+def notice_delivered(store: Store, issued_at: str, rules: Rules) -> datetime | None:
+    """When the notice issued at ``issued_at`` reached the customer, from the audit log alone."""
+    if rules.notice.delivery == "meter_display":
+        return parse_iso(issued_at)
+    for (detail,) in store.all(
+        "SELECT detail_json FROM events WHERE kind = 'notice_delivered' AND account_id = 'a1' ORDER BY id"
+    ):
+        d = json.loads(detail)
+        if d["issued_at"] == issued_at:
+            return parse_iso(d["delivered_at"])
+    return None
 
 
 def check_after_payment(world: World) -> None:

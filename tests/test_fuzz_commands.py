@@ -29,7 +29,7 @@ from gateway.store.db import Store
 from gateway.sync.commands import CommandProcessor
 from gateway.sync.signing import sign_command
 
-KINDS = ["topup", "tariff", "account", "hold", "relay", "ping"]  # "read" waits on the bus: not fuzzed
+KINDS = ["topup", "tariff", "account", "hold", "relay", "ping", "notice"]  # "read" waits on the bus: not fuzzed
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 
 json_values = st.recursive(
@@ -91,7 +91,8 @@ def command_state(store: Store) -> str:
         "SELECT * FROM tariffs ORDER BY rowid",
         "SELECT * FROM holds ORDER BY rowid",
         "SELECT * FROM overrides ORDER BY rowid",
-        "SELECT id, name, tariff_id, protected, protected_category, emergency_credit_minor FROM accounts",
+        "SELECT id, name, tariff_id, protected, protected_category, emergency_credit_minor, notice_served_at, "
+        "notice_delivered_at, notice_channel FROM accounts",
         "SELECT id, account_id, keep_power FROM meters ORDER BY id",
     ]
     return "\n".join(repr(tuple(row)) for q in queries for row in store.all(q))
@@ -135,7 +136,7 @@ def test_signed_commands_with_mutated_fields_are_applied_or_rejected_cleanly(har
         field=st.sampled_from(
             ["account_id", "amount", "payment_id", "tariff", "op", "hold_id", "kind", "reason", "until",
              "target", "action", "meters", "protected", "emergency_credit", "issued_at", "expires_at", "id",
-             "gateway_id", "extra"]
+             "gateway_id", "extra", "notice_id", "channel", "delivered_at"]
         ),
         value=odd_strings | json_values,
         drop=st.booleans(),
@@ -143,7 +144,8 @@ def test_signed_commands_with_mutated_fields_are_applied_or_rejected_cleanly(har
     )
     def check(kind: str, field: str, value: Any, drop: bool, foreign_key: bool) -> None:
         body = command(kind, now, account_id="acc1", amount="1.00", op="set", hold_id="h1", kind="weather",
-                       reason="fuzz", target="m1", action="connect", tariff={}, meter_id="m1")
+                       reason="fuzz", target="m1", action="connect", tariff={}, meter_id="m1",
+                       notice_id="acc1:20260101T000000Z", channel="sms", delivered_at="2026-01-01T00:00:00Z")
         if drop:
             body.pop(field, None)
         else:

@@ -37,7 +37,7 @@ ANCHORS = (
     datetime(2026, 12, 25, 0, tzinfo=UTC),  # Christmas, Boxing Day observed
 )
 ONE_SHOT = {K.WARN, K.OFFER_EMERGENCY_CREDIT, K.SERVE_NOTICE, K.SEND_REMINDER, K.ESCALATE, K.ALARM,
-            K.SET_KEEP_POWER, K.CLEAR_KEEP_POWER, K.LOAD_LIMIT, K.DISCONNECT}
+            K.SET_KEEP_POWER, K.CLEAR_KEEP_POWER, K.LOAD_LIMIT, K.DISCONNECT, K.NOTICE_UNDELIVERED, K.NOTICE_LAPSED}
 CATEGORIES = (None, "medical_equipment", "important_user", "age_75_plus", "critical_care", "gardener")
 
 instants = st.builds(lambda a, m: a + timedelta(minutes=m), st.sampled_from(ANCHORS),
@@ -53,9 +53,14 @@ def rule_sets(draw: st.DrawFn) -> Rules:
     reminder = draw(st.sampled_from([0, 0, 15, 30, 60]))
     data["windows"] = {"hours": [{"start": a.isoformat(), "end": b.isoformat()} for a, b in hours],
                        "weekends": draw(st.booleans()), "public_holidays": draw(st.booleans())}
+    period = draw(durations)
+    valid_for = draw(st.one_of(st.none(), durations.map(lambda extra: period + extra + timedelta(minutes=1))))
     data["notice"] = {**data["notice"], "required": draw(st.booleans()),
-                      "period": draw(durations).total_seconds(), "reminder_before": reminder * 60,
-                      "reminder_valid_for": (reminder + draw(st.integers(1, 240))) * 60}
+                      "period": period.total_seconds(), "reminder_before": reminder * 60,
+                      "reminder_valid_for": (reminder + draw(st.integers(1, 240))) * 60,
+                      "delivery": draw(st.sampled_from(["head_office", "meter_display"])),
+                      "escalate_after": draw(durations).total_seconds() + 60,
+                      "valid_for": None if valid_for is None else valid_for.total_seconds()}
     data["load_limit"] = {"enabled": draw(st.booleans()), "power_w": 800,
                           "before_cut": draw(durations).total_seconds(), "instead_of_cut": draw(st.booleans())}
     data["protected"] = {**data["protected"], "allow_load_limit": draw(st.booleans())}
@@ -69,6 +74,8 @@ def scenarios(draw: st.DrawFn) -> tuple[AccountView, MeterView, datetime, WorkCa
     rules = draw(rule_sets())
     maybe_past = st.one_of(st.none(), durations.map(lambda d: now - d))
     ec = draw(st.sampled_from([0, 500]))
+    served = draw(maybe_past)
+    delay = draw(st.one_of(st.none(), durations))
     acc = AccountView(
         account_id="A1",
         balance_minor=draw(st.integers(-1500, 6000)),
@@ -79,7 +86,8 @@ def scenarios(draw: st.DrawFn) -> tuple[AccountView, MeterView, datetime, WorkCa
         protected_category=draw(st.sampled_from(CATEGORIES)),
         state=draw(st.sampled_from(list(S))),
         state_since=now - draw(durations),
-        notice_served_at=draw(maybe_past),
+        notice_served_at=served,
+        notice_delivered_at=None if served is None or delay is None else min(now, served + delay),
         reminder_sent_at=draw(maybe_past),
         warnings_sent={lv: now for lv in draw(st.sets(st.sampled_from([1, 2, 3])))},
     )
@@ -156,7 +164,11 @@ def check_lawful(acc: AccountView, m: MeterView, now: datetime, cal: WorkCalenda
         assert not protected_now(now, cal, rules)
         assert not any(h.active(now) for h in holds)
         if rules.notice.required:
-            assert acc.notice_served_at is not None and now >= acc.notice_served_at + rules.notice.period
+            # No cut before a DELIVERED notice has run, nor after it went stale.
+            delivered = acc.notice_delivered_at
+            assert acc.notice_served_at is not None and delivered is not None
+            assert now >= delivered + rules.notice.period
+            assert rules.notice.valid_for is None or now < delivered + rules.notice.valid_for
         if rules.notice.required and rules.notice.reminder_before:
             assert acc.reminder_sent_at is not None and acc.reminder_sent_at + rules.notice.reminder_before <= now
         assert acc.available_minor <= rules.disconnect.at_or_below_minor

@@ -20,7 +20,11 @@ def test_cn_defaults_follow_the_domain_doc() -> None:
     r = load_preset("cn")
     assert r.notice.required and r.notice.period == timedelta(days=3)
     assert r.notice.reminder_before == timedelta(minutes=30)
-    assert r.windows.hours == () and r.windows.public_holidays
+    assert r.notice.delivery == "head_office" and r.notice.valid_for == timedelta(days=7)
+    assert r.notice.escalate_after == timedelta(days=1)
+    # Automatic cuts start in working hours (08:00-17:00) of working days: the rest is protected.
+    assert [(h.start, h.end) for h in r.windows.hours] == [(time(17), time(8))]
+    assert r.windows.weekends and r.windows.public_holidays
     assert "important_user" in r.protected.categories and r.protected.allow_load_limit
 
 
@@ -34,9 +38,35 @@ def test_uk_defaults_follow_the_domain_doc() -> None:
     assert set(r.protected.categories) == {"medical_equipment", "age_75_plus", "child_under_2", "terminal_illness"}
 
 
+@pytest.mark.parametrize(("period", "days"), [("P3D", "3"), ("P7D", "7"), ("PT36H", "1.5")])
+def test_cn_notice_text_states_the_period_enforced(period: str, days: str) -> None:
+    r = load_preset("cn", {"notice": {"period": period, "valid_for": "P10D"}})
+    text = r.notice.notice_text()
+    assert f"送达{days}日后" in text and f"{days} day(s) after delivery" in text
+    assert "三日" not in text
+    assert "30分钟后" in r.notice.reminder_message() and "in 30 minutes" in r.notice.reminder_message()
+    hour = load_preset("cn", {"notice": {"reminder_before": "PT1H"}})
+    assert "60分钟后" in hour.notice.reminder_message()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"notice": {"period": "P7D"}}, "rules override notice: valid_for (7 days, 0:00:00) must exceed period"),
+        ({"notice": {"text": "cut in {weeks} weeks"}}, "rules override notice: text: unknown placeholder(s) ['weeks']"),
+        ({"notice": {"text": "cut in {days"}}, "rules override notice: text: "),
+        ({"notice": {"delivery": "carrier_pigeon"}}, "rules override notice.delivery: "),
+    ],
+)
+def test_notice_rules_are_checked_at_load(overrides: dict, message: str) -> None:
+    with pytest.raises(RulesError) as err:
+        load_preset("cn", overrides)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
 def test_override_merges_one_field_and_keeps_the_rest() -> None:
-    r = load_preset("cn", {"notice": {"period": "P7D"}, "windows": {"hours": [{"start": "22:00", "end": "06:00"}]}})
-    assert r.notice.period == timedelta(days=7)
+    r = load_preset("cn", {"notice": {"period": "P5D"}, "windows": {"hours": [{"start": "22:00", "end": "06:00"}]}})
+    assert r.notice.period == timedelta(days=5)
     assert r.notice.reminder_before == timedelta(minutes=30)  # untouched
     assert r.windows.hours[0].contains(time(23, 0)) and not r.windows.hours[0].contains(time(12, 0))
     assert load_preset("cn").notice.period == timedelta(days=3)  # the preset itself is unchanged

@@ -29,7 +29,9 @@ def utc(*args: int) -> datetime:
 
 
 def account(balance: int = 0, **kw: object) -> AccountView:
+    """An account; a notice given as served was also delivered then, unless said otherwise."""
     base = AccountView("A1", balance, 0, False, None, False, None, S.NORMAL, utc(2026, 1, 1))
+    kw.setdefault("notice_delivered_at", kw.get("notice_served_at"))
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
@@ -48,15 +50,27 @@ def executed(m: MeterView, d: Decision) -> MeterView:
     return m
 
 
+def delivered(acc: AccountView, at: datetime | None = None) -> AccountView:
+    """The head office confirmed delivery of the issued notice (at issue unless ``at`` says otherwise)."""
+    if acc.notice_served_at is None or acc.notice_delivered_at is not None:
+        return acc
+    return replace(acc, notice_delivered_at=at or acc.notice_served_at)
+
+
 def walk(acc: AccountView, m: MeterView, start: datetime, cal: WorkCalendar, rules: Rules,
-         until: datetime, **kw: object) -> list[tuple[datetime, Decision]]:
-    """Decide at ``start`` and at every ``next_review_at`` up to ``until``."""
+         until: datetime, *, deliver: bool = True, **kw: object) -> list[tuple[datetime, Decision]]:
+    """Decide at ``start`` and at every ``next_review_at`` up to ``until``.
+
+    ``deliver``: the head office confirms each notice as soon as it is issued.
+    """
     out: list[tuple[datetime, Decision]] = []
     t = start
     for _ in range(50):
         d = decide(acc, m, t, cal, rules, **kw)  # type: ignore[arg-type]
         out.append((t, d))
         acc, m = apply(acc, d), executed(m, d)
+        if deliver:
+            acc = delivered(acc)
         if d.next_review_at is None or d.next_review_at > until:
             return out
         assert d.next_review_at > t
@@ -110,7 +124,9 @@ def test_cn_notice_reminder_cut_then_payment_reconnects() -> None:
     steps = walk(account(-50), meter(), monday, SHANGHAI, CN, utc(2026, 12, 31))
     d0 = steps[0][1]
     assert d0.kinds() == (K.WARN, K.SERVE_NOTICE) and d0.state is S.NOTICE_SERVED
-    assert d0.blocked[0].not_before == utc(2026, 11, 19, 2, 0)  # 3 days' notice, a Thursday
+    assert d0.blocked[0].not_before is None  # issued, not yet delivered: no cut by time alone
+    d1 = decide(delivered(apply(account(-50), d0)), meter(), monday + timedelta(minutes=5), SHANGHAI, CN)
+    assert d1.blocked[0].not_before == utc(2026, 11, 19, 2, 0)  # 3 days from delivery, a Thursday
     assert first(steps, K.SEND_REMINDER) == utc(2026, 11, 19, 1, 30)  # 30 min before
     assert first(steps, K.DISCONNECT) == utc(2026, 11, 19, 2, 0)
     kinds = [k for _, d in steps for k in d.kinds()]
@@ -132,8 +148,8 @@ def test_cn_national_day_holidays_then_adjusted_working_saturday() -> None:
     steps = walk(account(0), meter(), served, SHANGHAI, CN, utc(2026, 10, 20))
     assert first(steps, K.DISCONNECT) == utc(2026, 10, 10, 2, 0)  # Saturday 10 Oct is a working day
     ordinary = walk(account(0), meter(), utc(2026, 10, 14, 2, 0), SHANGHAI, CN, utc(2026, 10, 25))
-    assert first(ordinary, K.DISCONNECT) == utc(2026, 10, 18, 16, 0)  # Sat 17 Oct blocked: Monday 00:00
-    assert first(ordinary, K.SEND_REMINDER) == utc(2026, 10, 18, 15, 30)
+    assert first(ordinary, K.DISCONNECT) == utc(2026, 10, 19, 0, 0)  # Sat 17 Oct blocked: Monday 08:00 CST
+    assert first(ordinary, K.SEND_REMINDER) == utc(2026, 10, 18, 23, 30)
 
 
 def test_payment_supersedes_a_pending_trip() -> None:
@@ -226,10 +242,10 @@ def test_weather_hold_blocks_until_expiry_or_until_cleared() -> None:
 def test_hold_after_reminder_forces_a_fresh_reminder() -> None:
     acc = account(0, state=S.NOTICE_SERVED, notice_served_at=utc(2026, 11, 16, 2),
                   reminder_sent_at=utc(2026, 11, 19, 1, 30), warnings_sent={3: utc(2026, 11, 16)})
-    hold = Hold("grid", "storm", "ho-ops", utc(2026, 11, 19, 1, 45), utc(2026, 11, 24, 2))  # until Tue 10:00 CST
+    hold = Hold("grid", "storm", "ho-ops", utc(2026, 11, 19, 1, 45), utc(2026, 11, 23, 1))  # until Mon 09:00 CST
     steps = walk(acc, meter(), utc(2026, 11, 19, 2), SHANGHAI, CN, utc(2026, 12, 1), holds=[hold])
-    assert first(steps, K.SEND_REMINDER) == utc(2026, 11, 24, 1, 30)
-    assert first(steps, K.DISCONNECT) == utc(2026, 11, 24, 2)
+    assert first(steps, K.SEND_REMINDER) == utc(2026, 11, 23, 0, 30)
+    assert first(steps, K.DISCONNECT) == utc(2026, 11, 23, 1)
 
 
 def test_warnings_are_graded_and_sent_once() -> None:
@@ -253,6 +269,87 @@ def test_explain_names_the_blocking_rule_and_when_it_ends() -> None:
     assert "Blocked: disconnect (trip) by windows.hours, windows.weekends" in text
     assert "allowed from Mon 2026-11-30 10:00 GMT" in text
     assert "Fri 2026-11-27 18:30 GMT (workday)" in text
-    cn_text = explain(*(lambda a: (decide(a, meter(), utc(2026, 11, 16, 2), SHANGHAI, CN), a))(account(-50)),
+    served = account(-50, state=S.NOTICE_SERVED, notice_served_at=utc(2026, 11, 16, 2),
+                     warnings_sent={3: utc(2026, 11, 16, 2)})
+    cn_text = explain(decide(served, meter(), utc(2026, 11, 16, 2), SHANGHAI, CN), served,
                       meter(), utc(2026, 11, 16, 2), SHANGHAI, CN)
     assert "by notice.period" in cn_text and "allowed from Thu 2026-11-19 10:00 CST" in cn_text
+
+
+# -- notice delivery, stale notices and working hours (cn) -------------------------------------------
+
+def test_undelivered_notice_never_allows_a_cut_and_is_escalated_once() -> None:
+    monday = utc(2026, 11, 16, 2, 0)  # 10:00 CST
+    steps = walk(account(-50), meter(), monday, SHANGHAI, CN, utc(2026, 12, 31), deliver=False)
+    kinds = [k for _, d in steps for k in d.kinds()]
+    assert K.DISCONNECT not in kinds and K.SEND_REMINDER not in kinds
+    assert kinds.count(K.SERVE_NOTICE) == 1 and kinds.count(K.NOTICE_UNDELIVERED) == 1
+    assert first(steps, K.NOTICE_UNDELIVERED) == monday + CN.notice.escalate_after
+    last = steps[-1][1]
+    assert last.state is S.NOTICE_SERVED and last.notice_delivered_at is None
+    (cut,) = [b for b in last.blocked if b.kind is K.DISCONNECT]
+    assert cut.not_before is None and any(c.rule == "notice.delivered" and not c.passed for c in cut.trace)
+
+
+def test_notice_period_runs_from_delivery_not_from_issue() -> None:
+    issued = utc(2026, 11, 16, 2, 0)  # Mon 10:00 CST
+    d0 = decide(account(-50), meter(), issued, SHANGHAI, CN)
+    late = utc(2026, 11, 18, 3, 0)  # confirmed delivered Wed 11:00 CST, two days later
+    acc = delivered(apply(account(-50), d0), late)
+    steps = walk(acc, meter(), late, SHANGHAI, CN, utc(2026, 12, 31))
+    assert first(steps, K.DISCONNECT) == utc(2026, 11, 23, 0, 0)  # Sat 21 + 3 d = weekend: Monday 08:00 CST
+    assert first(steps, K.DISCONNECT) >= late + CN.notice.period
+
+
+def test_meter_display_delivery_counts_where_the_rules_allow_it() -> None:
+    rules = load_preset("cn", {"notice": {"delivery": "meter_display"}})
+    monday = utc(2026, 11, 16, 2, 0)
+    steps = walk(account(-50), meter(), monday, SHANGHAI, rules, utc(2026, 12, 31), deliver=False)
+    assert steps[0][1].notice_delivered_at == monday
+    assert first(steps, K.DISCONNECT) == utc(2026, 11, 19, 2, 0)
+    assert K.NOTICE_UNDELIVERED not in [k for _, d in steps for k in d.kinds()]
+
+
+def test_stale_notice_lapses_and_a_fresh_one_is_needed() -> None:
+    # Delivered Wed 10:00 CST; a storm hold keeps the cut off for 11 days: the notice goes stale.
+    served = utc(2026, 11, 18, 2, 0)
+    acc = account(0, state=S.NOTICE_SERVED, notice_served_at=served, warnings_sent={3: served})
+    storm = Hold("grid", "storm", "ho-ops", served, served + timedelta(days=11, hours=14))
+    steps = walk(acc, meter(), served, SHANGHAI, CN, utc(2026, 12, 31), holds=[storm])
+    lapsed = first(steps, K.NOTICE_LAPSED)
+    assert lapsed == served + CN.notice.valid_for  # Wed 25 Nov 10:00 CST
+    d_lapse = next(d for t, d in steps if t == lapsed)
+    assert d_lapse.kinds() == (K.NOTICE_LAPSED, K.SERVE_NOTICE) and d_lapse.notice_served_at == lapsed
+    cut = first(steps, K.DISCONNECT)
+    assert cut >= storm.expires_at and cut >= lapsed + CN.notice.period
+    assert cut < lapsed + CN.notice.valid_for  # within 3-7 days of the fresh notice's delivery
+    assert all(K.DISCONNECT not in d.kinds() for t, d in steps if t < lapsed)  # none on the stale notice
+
+
+@pytest.mark.parametrize(
+    "delivered_at",
+    [
+        utc(2026, 11, 13, 12, 0),  # Fri 20:00 CST: due Mon 20:00
+        utc(2026, 11, 12, 16, 0),  # Fri 00:00 CST: due Mon 00:00 (was cut at midnight)
+        utc(2026, 11, 16, 9, 30),  # Mon 17:30 CST: due Thu 17:30
+        utc(2026, 9, 30, 2, 0),  # Wed 30 Sep 10:00 CST: due in the National Day holidays
+    ],
+)
+def test_cn_cut_starts_in_working_hours_of_a_working_day(delivered_at: datetime) -> None:
+    acc = account(0, state=S.NOTICE_SERVED, notice_served_at=delivered_at, warnings_sent={3: delivered_at})
+    steps = walk(acc, meter(), delivered_at, SHANGHAI, CN, delivered_at + timedelta(days=30))
+    cuts = [t for t, d in steps if K.DISCONNECT in d.kinds()]
+    assert cuts, "a delivered notice under cn leads to a cut"
+    local = SHANGHAI.local(cuts[0])
+    assert 8 <= local.hour < 17, f"cut at {local}"
+    assert SHANGHAI.day_type(local.date()) == "workday"
+    reminder = first(steps, K.SEND_REMINDER)
+    assert cuts[0] - reminder == timedelta(minutes=30)
+
+
+def test_cn_working_hours_are_configurable() -> None:
+    rules = load_preset("cn", {"windows": {"hours": [{"start": "16:00", "end": "09:00"}]}})
+    fri = utc(2026, 11, 13, 12, 0)
+    acc = account(0, state=S.NOTICE_SERVED, notice_served_at=fri, warnings_sent={3: fri})
+    steps = walk(acc, meter(), fri, SHANGHAI, rules, utc(2026, 12, 31))
+    assert SHANGHAI.local(first(steps, K.DISCONNECT)).hour == 9

@@ -54,12 +54,17 @@ def test_signed_commands_match_the_command_schema_and_floats_do_not() -> None:
         signed("relay", now, op="set", target="m1", action="connect", reason="medical", until=until),
         signed("read", now, meter_id="m1"),
         signed("account", now, account_id="a", tariff_id="flat-cn", meters=[{"meter_id": "m1"}]),
+        signed("notice", now, account_id="a", notice_id="a:20261204T120000Z", channel="letter",
+               delivered_at=iso(now)),
     ]
     for cmd in good:
         validator.validate(cmd)
     bad = dict(good[1], amount=50.0)
     with pytest.raises(jsonschema.ValidationError):
         validator.validate(bad)
+    for wrong in ({"channel": "pigeon"}, {"delivered_at": "tomorrow"}, {"notice_id": None}):
+        with pytest.raises(jsonschema.ValidationError):
+            validator.validate({**good[-1], **wrong})
 
 
 def test_what_the_gateway_publishes_validates_against_the_contract(

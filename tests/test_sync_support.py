@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from gateway_harness import base_config, write_config
+from gateway_harness import FAST_POLICY, base_config, write_config
 
 from gateway.config import load_config
 from gateway.daemon import Gateway
@@ -96,6 +96,7 @@ async def running_gateway(
     extra: str = "",
     poll_s: float = 3600.0,
     speed: float = 1.0,
+    policy: str = FAST_POLICY,
 ) -> AsyncIterator[Running]:
     """A gateway with ``meters`` simulated meters (accounts acc1..accN), command keys and a broker.
 
@@ -108,7 +109,7 @@ async def running_gateway(
     ]
     sim = SimulatedDlt645Bus(models, baud=9600, response_delay_s=0.002)
     port = sim.start_pty()
-    body = base_config(tmp_path / "pmg.db", mqtt_port=mqtt_port) + keys_toml() + extra
+    body = base_config(tmp_path / "pmg.db", mqtt_port=mqtt_port, policy=policy) + keys_toml() + extra
     body += f'\n[[buses]]\nid = "b1"\nprotocol = "dlt645"\nurl = "{port}"\nbaud = 9600\npoll_interval_s = {poll_s}\n'
     for i in range(1, meters + 1):
         body += (

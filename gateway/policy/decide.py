@@ -36,6 +36,7 @@ S = EnforcementState
 K = ActionKind
 
 RELAY_OPEN_ALARM = "alarm.relay_open_in_good_standing"
+NOTICE_UNDELIVERED_KEY = "notice.undelivered"
 
 __all__ = ["AccountView", "Action", "ActionKind", "Decision", "Hold", "MeterView", "Override", "apply", "decide"]
 
@@ -70,7 +71,8 @@ def decide(
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError(f"decide: naive datetime {now.isoformat()} (an aware UTC instant is required)")
     d = Draft(account, meter, now, calendar, rules, tuple(holds), account.state,
-               notice_served_at=account.notice_served_at, reminder_sent_at=account.reminder_sent_at,
+               notice_served_at=account.notice_served_at, notice_delivered_at=account.notice_delivered_at,
+               reminder_sent_at=account.reminder_sent_at,
                warnings_sent=dict(account.warnings_sent), alerts_sent=dict(account.alerts_sent))
     available = account.available_minor
     exhausted = available <= rules.disconnect.at_or_below_minor
@@ -128,6 +130,7 @@ def decide(
         notice_served_at=d.notice_served_at,
         reminder_sent_at=d.reminder_sent_at,
         earliest_cut_at=d.earliest_cut_at,
+        notice_delivered_at=d.notice_delivered_at,
         warnings_sent=d.warnings_sent,
         alerts_sent=d.alerts_sent,
     )
@@ -282,11 +285,8 @@ def _automatic_restriction(d: Draft, protected: bool, prot: RuleCheck, connect: 
     """Credit is exhausted: serve notice, then load-limit and/or cut once every rule allows it."""
     r, m, now = d.rules, d.meter, d.now
     base = [credit]
-    if r.notice.required and d.notice_served_at is None:
-        rc = d.check("notice.required", True, f"serve notice; cut not before {now + r.notice.period:%Y-%m-%d %H:%M}Z")
-        d.act(K.SERVE_NOTICE, [credit, rc], message=f"{r.notice.message_id}: {r.notice.text}")
-        d.notice_served_at = now
-        d.state = S.NOTICE_SERVED
+    if r.notice.required:
+        _notice(d, credit)
     if protected and d.once("escalate.protected"):
         d.act(K.ESCALATE, [credit, prot], message=f"{r.protected.escalate_message_id}: credit exhausted")
     if m.keep_power:
@@ -338,6 +338,44 @@ def _automatic_restriction(d: Draft, protected: bool, prot: RuleCheck, connect: 
         d.state = S.DISCONNECTED
 
 
+def _notice(d: Draft, credit: RuleCheck) -> None:
+    """Issue the notice, watch for its delivery, and let a stale one lapse into a fresh one.
+
+    Only a *delivered* notice counts (the gates run the period from delivery): an issued notice is
+    delivered when the head office confirms it (``notice`` command) or, where the rules say the
+    meter's display is delivery, as it is issued.  An undelivered notice is alarmed once after
+    ``escalate_after``; a delivered one older than ``valid_for`` no longer justifies a cut.
+    """
+    n, now = d.rules.notice, d.now
+    delivered = d.notice_delivered_at
+    if delivered is not None and n.valid_for is not None and now >= delivered + n.valid_for:
+        rc = d.check("notice.valid_for", False, f"notice delivered {delivered:%Y-%m-%d %H:%M}Z lapsed after "
+                                                f"{n.valid_for}: a fresh notice is needed")
+        d.act(K.NOTICE_LAPSED, [credit, rc], message=f"{n.message_id} delivered {delivered:%Y-%m-%d %H:%M}Z lapsed")
+        d.notice_served_at = d.notice_delivered_at = d.reminder_sent_at = None
+        d.alerts_sent.pop(NOTICE_UNDELIVERED_KEY, None)
+    if d.notice_served_at is None:
+        how = "delivered by the meter display" if n.delivery == "meter_display" else "served once delivery is confirmed"
+        rc = d.check("notice.required", True, f"issue notice ({how}); cut not before {n.period} after delivery")
+        d.act(K.SERVE_NOTICE, [credit, rc], message=f"{n.message_id}: {n.notice_text()}")
+        d.notice_served_at = now
+        if n.delivery == "meter_display":
+            d.notice_delivered_at = now
+        if d.state is not S.LOAD_LIMITED:
+            d.state = S.NOTICE_SERVED
+    issued = d.notice_served_at
+    if d.notice_delivered_at is None and issued is not None:
+        due = issued + n.escalate_after
+        if now < due:
+            d.reviews.append(due)
+        elif d.once(NOTICE_UNDELIVERED_KEY):
+            rc = d.check("notice.delivered", False, f"notice issued {issued:%Y-%m-%d %H:%M}Z, "
+                                                    f"no delivery confirmed within {n.escalate_after}")
+            d.act(K.NOTICE_UNDELIVERED, [credit, rc],
+                  message=f"notice_undelivered: {n.message_id} issued {issued:%Y-%m-%d %H:%M}Z "
+                          "not confirmed delivered; no cut until it is")
+
+
 def _manual_cut(d: Draft, order: Override, protected: bool, prot: RuleCheck) -> None:
     """A head-office or technician order: windows and notice do not apply; keep-power and protection do."""
     m = d.meter
@@ -378,6 +416,7 @@ def apply(account: AccountView, decision: Decision) -> AccountView:
         state=decision.state,
         state_since=decision.state_since,
         notice_served_at=decision.notice_served_at,
+        notice_delivered_at=decision.notice_delivered_at,
         reminder_sent_at=decision.reminder_sent_at,
         warnings_sent=dict(decision.warnings_sent),
         alerts_sent=dict(decision.alerts_sent),

@@ -29,6 +29,7 @@ class Draft:
     trace: list[RuleCheck] = field(default_factory=list)
     reviews: list[datetime] = field(default_factory=list)
     notice_served_at: datetime | None = None
+    notice_delivered_at: datetime | None = None
     reminder_sent_at: datetime | None = None
     earliest_cut_at: datetime | None = None
     warnings_sent: dict[int, datetime] = field(default_factory=dict)
@@ -60,4 +61,5 @@ class Draft:
         self.warnings_sent.clear()
         self.alerts_sent.clear()
         self.notice_served_at = None
+        self.notice_delivered_at = None
         self.reminder_sent_at = None

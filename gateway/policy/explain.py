@@ -50,7 +50,10 @@ def explain(decision: Decision, account: AccountView, meter: MeterView, now: dat
         f"reconnect at {_money(rules.reconnect.threshold_minor, rules)}",
     ]
     if decision.notice_served_at is not None:
-        lines.append(f"Notice served: {_when(decision.notice_served_at, calendar)}")
+        lines.append(f"Notice issued: {_when(decision.notice_served_at, calendar)}")
+        delivered = decision.notice_delivered_at
+        lines.append(f"Notice delivered: {_when(delivered, calendar)}" if delivered is not None
+                     else "Notice delivered: not confirmed (no cut until it is)")
     if decision.earliest_cut_at is not None:
         lines.append(f"Earliest cut: {_when(decision.earliest_cut_at, calendar)}")
     lines.append("Actions now:" if decision.actions else "Actions now: none")

@@ -1,4 +1,5 @@
-"""Time gates for an automatic restriction: notice, power-cap duration, windows, holds, reminder.
+"""Time gates for an automatic restriction: notice delivery, period and validity, power-cap duration,
+windows, holds, reminder.
 
 Each gate adds a ``RuleCheck`` to the trace; the result is whether the restriction may happen now
 and, if not, the earliest instant it may (``None``: not by the passage of time alone).
@@ -28,15 +29,23 @@ def gates(d: Draft, base: list[RuleCheck], connect: Override | None,
     if connect:
         trace.append(d.check("override.connect", False, f"manual {connect.label()}"))
         start = max(start, connect.expires_at)
+    lapses_at: datetime | None = None
     if r.notice.required:
-        served = d.notice_served_at or now
-        end = served + r.notice.period
-        if served == now and d.account.notice_served_at is None:
-            # Served in this very decision: the cut waits until the notice has been delivered.
+        delivered = d.notice_delivered_at
+        if delivered is None:
+            issued = d.notice_served_at or now
+            trace.append(d.check("notice.delivered", False, f"notice issued {issued:%Y-%m-%d %H:%M}Z, delivery not "
+                                                            "confirmed: the period has not started"))
+            return False, None, trace
+        end = delivered + r.notice.period
+        if delivered == now and d.account.notice_delivered_at is None:
+            # Delivered in this very decision (meter display): the cut waits until it has been shown.
             end = max(end, now + NOTICE_DELIVERY_MARGIN)
-        trace.append(d.check("notice.period", now >= end, f"notice served {served:%Y-%m-%d %H:%M}Z, "
+        trace.append(d.check("notice.period", now >= end, f"notice delivered {delivered:%Y-%m-%d %H:%M}Z, "
                                                           f"period {r.notice.period} ends {end:%Y-%m-%d %H:%M}Z"))
         start = max(start, end)
+        if r.notice.valid_for is not None:
+            lapses_at = delivered + r.notice.valid_for
     else:
         trace.append(d.check("notice.period", True, "no notice required by the rules"))
     if d.state is S.LOAD_LIMITED and cut:
@@ -52,11 +61,23 @@ def gates(d: Draft, base: list[RuleCheck], connect: Override | None,
         return False, None, trace
     if not blockers:
         trace.append(d.check("windows", True, "outside every protected window and hold"))
+    if _stale(d, at, lapses_at, trace):
+        return False, None, trace
     if cut and r.notice.reminder_before > timedelta(0):
         at = reminder(d, at, trace)
-        if at is None:
+        if at is None or _stale(d, at, lapses_at, trace):
             return False, None, trace
     return at <= now, at, trace
+
+
+def _stale(d: Draft, at: datetime, lapses_at: datetime | None, trace: list[RuleCheck]) -> bool:
+    """A restriction the notice no longer covers by ``at``: none happens on it; it lapses then."""
+    if lapses_at is None or at < lapses_at:
+        return False
+    trace.append(d.check("notice.valid_for", False, f"earliest allowed {at:%Y-%m-%d %H:%M}Z is not before the "
+                                                    f"notice lapses {lapses_at:%Y-%m-%d %H:%M}Z: a fresh notice is needed"))
+    d.reviews.append(lapses_at)
+    return True
 
 
 def reminder(d: Draft, cut_at: datetime, trace: list[RuleCheck]) -> datetime | None:
@@ -75,7 +96,7 @@ def reminder(d: Draft, cut_at: datetime, trace: list[RuleCheck]) -> datetime | N
         return None
     if now >= cut_at - n.reminder_before and at_if_now <= now + n.reminder_valid_for:
         rc = d.check("notice.reminder", False, f"reminder sent now; cut not before {at_if_now:%Y-%m-%d %H:%M}Z")
-        d.act(K.SEND_REMINDER, [*trace, rc], message=f"{n.reminder_message_id}: {n.reminder_text}")
+        d.act(K.SEND_REMINDER, [*trace, rc], message=f"{n.reminder_message_id}: {n.reminder_message()}")
         d.reminder_sent_at = now
         trace.append(rc)
         return at_if_now

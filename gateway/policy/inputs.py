@@ -27,11 +27,14 @@ class AccountView:
     protected_category: str | None
     state: EnforcementState
     state_since: datetime
-    notice_served_at: datetime | None = None
+    notice_served_at: datetime | None = None  # when the notice was issued (by the policy)
     reminder_sent_at: datetime | None = None
     warnings_sent: Mapping[int, datetime] = field(default_factory=dict)
     # One-shot alerts of the current cycle (emergency credit offer, escalation, alarms), by key.
     alerts_sent: Mapping[str, datetime] = field(default_factory=dict)
+    # When the issued notice reached the customer (head office confirmation, or the meter display
+    # where the rules allow it); None while undelivered.  The notice period runs from here.
+    notice_delivered_at: datetime | None = None
 
     @property
     def available_minor(self) -> int:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from datetime import time, timedelta
 from decimal import Decimal
 from pathlib import Path
+from string import Formatter
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -68,24 +69,65 @@ class EmergencyCredit(_Strict):
     text: str = "Your credit has run out. Emergency credit is available."
 
 
+def _placeholders(template: str) -> set[str]:
+    """The ``{name}`` fields of a message template (``{{`` is a literal brace)."""
+    return {name for _, name, _, _ in Formatter().parse(template) if name is not None}
+
+
+def _amount(span: timedelta, unit: timedelta) -> str:
+    """``span`` in whole or decimal ``unit``s, as a customer reads it: 3, 1.5 (never 3.0)."""
+    value = Decimal(span // timedelta(microseconds=1)) / Decimal(unit // timedelta(microseconds=1))
+    return format(value.normalize(), "f")
+
+
 class Notice(_Strict):
-    """Written notice before a cut, and a short reminder just before it (供电营业规则 art. 67)."""
+    """Written notice before a cut, and a short reminder just before it (see the presets' sources).
+
+    The notice is *issued* by the gateway but only *served* once it reached the customer: either the
+    head office confirms delivery (a signed ``notice`` command, ``delivery = "head_office"``), or,
+    where the rules allow it, the meter's display counts as delivery (``delivery = "meter_display"``).
+    The period runs from delivery; ``valid_for`` (from delivery too) is how long the notice may
+    still justify a cut before a fresh one is needed.  ``text`` may say ``{days}`` (the period) and
+    ``reminder_text`` ``{minutes}`` (``reminder_before``), so the text states what is enforced.
+    """
 
     required: bool
     period: timedelta = Field(ge=timedelta(0))
+    delivery: Literal["head_office", "meter_display"] = "head_office"
+    # Issued but not confirmed delivered after this long: an alarm to the head office.
+    escalate_after: timedelta = Field(default=timedelta(days=1), gt=timedelta(0))
+    valid_for: timedelta | None = Field(default=None, gt=timedelta(0))
     reminder_before: timedelta = Field(default=timedelta(0), ge=timedelta(0))
     # A reminder sent long before the cut no longer warns of it: past this age a new one is sent.
     reminder_valid_for: timedelta = Field(default=timedelta(hours=2), gt=timedelta(0))
     message_id: str = "disconnect_notice"
-    text: str = "Supply will be disconnected for non-payment unless credit is added."
+    text: str = "Supply will be disconnected for non-payment {days} day(s) after this notice unless credit is added."
     reminder_message_id: str = "disconnect_reminder"
-    reminder_text: str = "Supply will be disconnected shortly unless credit is added."
+    reminder_text: str = "Supply will be disconnected in {minutes} minutes unless credit is added."
 
     @model_validator(mode="after")
     def _reminder_fits(self) -> Notice:
         if self.reminder_valid_for < self.reminder_before:
             raise ValueError("reminder_valid_for must be at least reminder_before")
+        if self.valid_for is not None and self.valid_for <= self.period:
+            raise ValueError(f"valid_for ({self.valid_for}) must exceed period ({self.period})")
+        for field_name, allowed in (("text", {"days"}), ("reminder_text", {"minutes"})):
+            try:
+                names = _placeholders(getattr(self, field_name))
+            except ValueError as exc:
+                raise ValueError(f"{field_name}: {exc} (write {{{{ for a literal brace)") from None
+            if names - allowed:
+                raise ValueError(f"{field_name}: unknown placeholder(s) {sorted(names - allowed)} "
+                                 f"(allowed: {sorted(allowed)})")
         return self
+
+    def notice_text(self) -> str:
+        """The notice as the customer reads it, with the period actually enforced."""
+        return self.text.format(days=_amount(self.period, timedelta(days=1)))
+
+    def reminder_message(self) -> str:
+        """The reminder as the customer reads it, with the lead time actually enforced."""
+        return self.reminder_text.format(minutes=_amount(self.reminder_before, timedelta(minutes=1)))
 
 
 class Disconnect(_Strict):

@@ -50,7 +50,9 @@ WARNING_STATES = (
 class ActionKind(enum.StrEnum):
     WARN = "warn"
     OFFER_EMERGENCY_CREDIT = "offer_emergency_credit"
-    SERVE_NOTICE = "serve_notice"
+    SERVE_NOTICE = "serve_notice"  # issue the notice; it counts once delivered (``notice_delivered_at``)
+    NOTICE_UNDELIVERED = "notice_undelivered"  # issued, delivery not confirmed in time: alarm the head office
+    NOTICE_LAPSED = "notice_lapsed"  # delivered too long ago to justify a cut: a fresh notice is needed
     SEND_REMINDER = "send_reminder"
     LOAD_LIMIT = "load_limit"  # level = cap in W
     DISCONNECT = "disconnect"
@@ -89,8 +91,9 @@ class Decision:
 
     ``state`` is the state once ``actions`` are carried out.  The bookkeeping fields are what the
     caller persists once the actions are delivered: ``warnings_sent`` and ``alerts_sent`` make
-    repeated decisions idempotent, ``notice_served_at``/``reminder_sent_at`` are ``None`` when the
-    cut track was left.  ``earliest_cut_at`` is when a cut may happen if nothing changes.
+    repeated decisions idempotent, ``notice_served_at`` (when the notice was issued),
+    ``notice_delivered_at`` and ``reminder_sent_at`` are ``None`` when the cut track was left.
+    ``earliest_cut_at`` is when a cut may happen if nothing changes.
     """
 
     state: EnforcementState
@@ -102,6 +105,7 @@ class Decision:
     notice_served_at: datetime | None
     reminder_sent_at: datetime | None
     earliest_cut_at: datetime | None
+    notice_delivered_at: datetime | None = None
     warnings_sent: Mapping[int, datetime] = field(default_factory=dict)
     alerts_sent: Mapping[str, datetime] = field(default_factory=dict)
 

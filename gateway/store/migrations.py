@@ -252,6 +252,13 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (country, year)
     );
     """,
+    # notice delivery: a notice counts from the moment it reached the customer, confirmed by the head
+    # office (``notice`` command: channel and time) or, where the rules say so, the meter display;
+    # ``notice_served_at`` stays the instant the gateway issued it (docs/enforcement.md).
+    """
+    ALTER TABLE accounts ADD COLUMN notice_delivered_at TEXT;
+    ALTER TABLE accounts ADD COLUMN notice_channel TEXT;
+    """,
 )
 
 

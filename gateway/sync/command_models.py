@@ -18,7 +18,7 @@ from gateway.timeutil import parse_iso
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
 _SHORT = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"  # account, meter and tariff ids (as in the config)
 
-COMMAND_TYPES = ("topup", "tariff", "account", "hold", "relay", "read", "ping", "calendar")
+COMMAND_TYPES = ("topup", "tariff", "account", "hold", "relay", "read", "ping", "calendar", "notice")
 
 
 class _Strict(BaseModel):
@@ -39,7 +39,7 @@ class Envelope(_Strict):
     """Fields every command carries; the signature covers all of them except ``sig``."""
 
     id: str = Field(pattern=_ID)
-    type: Literal["topup", "tariff", "account", "hold", "relay", "read", "ping", "calendar"]
+    type: Literal["topup", "tariff", "account", "hold", "relay", "read", "ping", "calendar", "notice"]
     gateway_id: str = Field(pattern=_SHORT)
     issued_at: str
     expires_at: str
@@ -141,6 +141,21 @@ class CalendarCmd(Envelope):
     _d = field_validator("days_off", "workdays")(_dates)
 
 
+class NoticeCmd(Envelope):
+    """The head office confirms that the notice ``notice_id`` reached the customer (docs/enforcement.md)."""
+
+    account_id: str = Field(pattern=_SHORT)
+    notice_id: str = Field(pattern=_ID)
+    channel: Literal["sms", "letter", "in_person", "app", "email", "phone"]
+    delivered_at: str
+
+    _d = field_validator("delivered_at")(_instant)
+
+    @property
+    def delivered(self) -> datetime:
+        return parse_iso(self.delivered_at)
+
+
 MODELS: dict[str, type[Envelope]] = {
     "ping": Ping,
     "topup": Topup,
@@ -150,6 +165,7 @@ MODELS: dict[str, type[Envelope]] = {
     "relay": RelayCmd,
     "read": ReadCmd,
     "calendar": CalendarCmd,
+    "notice": NoticeCmd,
 }
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from drivers.base import DriverError
 from drivers.tomlsource import TomlError
-from gateway import events
+from gateway import events, notices
 from gateway.calendar_sources import CalendarSourceError, official_year, store_year
 from gateway.ledger.accounts import ensure_account
 from gateway.ledger.payments import PaymentError
@@ -30,6 +30,7 @@ from gateway.sync.command_models import (
     CalendarCmd,
     Envelope,
     HoldCmd,
+    NoticeCmd,
     Ping,
     ReadCmd,
     RelayCmd,
@@ -388,6 +389,22 @@ async def calendar(gw: Gateway, cmd: CalendarCmd, now: datetime) -> Applied:
     return Applied(write=write, after=after)
 
 
+async def notice(gw: Gateway, cmd: NoticeCmd, now: datetime) -> Applied:
+    """Delivery confirmed: the notice period runs from ``delivered_at``; the account is re-decided."""
+
+    def write(conn: sqlite3.Connection) -> dict[str, Any]:
+        try:
+            result = notices.confirm_delivery(
+                conn, cmd.account_id, cmd.notice_id, cmd.channel, cmd.delivered, now, actor=_actor(cmd)
+            )
+        except notices.NoticeError as exc:
+            raise CommandRejected("invalid", str(exc)) from None
+        gw.parts.policy.evaluate_account(conn, cmd.account_id, now)
+        return {"account_id": cmd.account_id, **result}
+
+    return Applied(write=write)
+
+
 Handler = Callable[[Any, Any, datetime], Awaitable[Applied]]
 HANDLERS: dict[str, Handler] = {
     "ping": ping,
@@ -398,4 +415,5 @@ HANDLERS: dict[str, Handler] = {
     "relay": relay,
     "read": read,
     "calendar": calendar,
+    "notice": notice,
 }
