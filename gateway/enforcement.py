@@ -20,6 +20,7 @@ from drivers.base import RelayAction, RelayState
 from gateway import enforcer, events
 from gateway.calendar import WorkCalendar
 from gateway.ledger import forecast
+from gateway.policy.credit import emergency_credit_granted
 from gateway.policy.decide import decide
 from gateway.policy.inputs import AccountView, Hold, MeterView, Override
 from gateway.policy.rules import Rules
@@ -29,7 +30,6 @@ from gateway.store.db import dumps
 from gateway.timeutil import iso, parse_iso
 
 FAILED_COMMAND_BACKOFF = timedelta(hours=1)  # before the policy asks a meter that failed again
-EMERGENCY_OFFER_KEY = "emergency_credit.offer"  # gateway.policy: the alert key of the offer
 _NOTHING_BLOCKED = hashlib.sha256(dumps([]).encode()).hexdigest()[:16]  # the usual signature, once
 
 
@@ -127,7 +127,7 @@ class PolicyEngine:
             raise LookupError(f"no meter '{meter_id}'")
         alerts = {k: parse_iso(v) for k, v in json.loads(a["alerts_json"]).items()}
         emergency = int(a["emergency_credit_minor"])
-        emergency_active = emergency > 0 and (EMERGENCY_OFFER_KEY in alerts or a["balance_minor"] < 0)
+        emergency_active = emergency_credit_granted(emergency, self.rules.emergency_credit.enabled, alerts)
         available = int(a["balance_minor"]) + (emergency if emergency_active else 0)
         account = AccountView(
             account_id=a["id"],
