@@ -20,9 +20,11 @@ from drivers.base import RelayAction, RelayState
 from gateway import enforcer, events
 from gateway.calendar import WorkCalendar
 from gateway.ledger import forecast
+from gateway.money import format_money
 from gateway.policy.credit import emergency_credit_granted
 from gateway.policy.decide import decide
 from gateway.policy.inputs import AccountView, Hold, MeterView, Override
+from gateway.policy.outcome import PaymentOutcome, payment_outcome, summarise
 from gateway.policy.rules import Rules
 from gateway.policy.state import Action, ActionKind, Decision, EnforcementState, RuleCheck
 from gateway.pricing import TariffBook
@@ -54,6 +56,16 @@ def _action_json(a: Action) -> dict[str, object]:
         "message": a.message,
         "not_before": iso(a.not_before) if a.not_before else None,
         "trace": _trace_json(a.trace),
+    }
+
+
+def outcome_json(outcome: PaymentOutcome, minor_digits: int) -> dict[str, object]:
+    """The ``supply`` object of a top-up ack and of ``pmg payment add --json`` (docs/mqtt.md)."""
+    return {
+        "on": outcome.on,
+        "reason": outcome.reason,
+        "shortfall": format_money(outcome.shortfall_minor, minor_digits),
+        "meter_id": outcome.meter_id,
     }
 
 
@@ -331,6 +343,15 @@ class PolicyEngine:
                 actor="policy",
                 detail=_action_json(action),
             )
+
+    def payment_outcome(self, conn: sqlite3.Connection, account_id: str, now: datetime) -> PaymentOutcome:
+        """What a payment just posted means for the account's supply (``gateway.policy.outcome``)."""
+        meters = [r[0] for r in conn.execute("SELECT id FROM meters WHERE account_id = ? ORDER BY id", (account_id,))]
+        outcomes = []
+        for meter_id in meters:
+            account, meter, _holds, overrides = self.snapshot(conn, meter_id, now)
+            outcomes.append(payment_outcome(account, meter, now, self.rules, overrides=overrides))
+        return summarise(outcomes)
 
     def evaluate_account(
         self, conn: sqlite3.Connection, account_id: str, now: datetime, *, payment_id: str | None = None

@@ -26,8 +26,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from gateway.policy.inputs import AccountView
+from drivers.base import RelayState
+from gateway.policy.inputs import AccountView, MeterView
 from gateway.policy.rules import Rules
+from gateway.policy.state import EnforcementState
 
 # Alert keys of the current cycle (``AccountView.alerts_sent``): the offer made (= credit granted),
 # and the granted credit used up.
@@ -63,11 +65,18 @@ class Credit:
         return self.by_balance or self.by_emergency
 
 
+def offer_allowed(account: AccountView, meter: MeterView, rules: Rules, *, cut_order: bool) -> bool:
+    """Whether an emergency-credit offer may be made now: never under a manual disconnect order, and
+    while supply is off only where taking emergency credit restores it (``reconnect.on_emergency_credit``)."""
+    supply_off = (account.state in (EnforcementState.DISCONNECTED, EnforcementState.RECONNECTION_PENDING)
+                  and meter.relay is not RelayState.CLOSED)
+    return not cut_order and (not supply_off or rules.reconnect.on_emergency_credit)
+
+
 def credit_position(account: AccountView, rules: Rules, *, may_offer: bool) -> Credit:
     """Credit against the cut and reconnect thresholds, with the emergency-credit offer if one is due.
 
-    ``may_offer``: the caller allows an offer now (not under a manual disconnect order, and supply is
-    on or the rules restore supply on emergency credit).  An offer is made only if it would actually
+    ``may_offer``: the caller allows an offer now (``offer_allowed``).  An offer is made only if it would actually
     lift available credit above the cut threshold — offering credit that cannot keep the lights on
     would only precede a cut.
     """

@@ -23,6 +23,7 @@ from gateway.policy.credit import (
     EMERGENCY_USED_UP_KEY,
     credit_position,
     emergency_credit_granted,
+    offer_allowed,
 )
 from gateway.policy.draft import Draft
 from gateway.policy.gates import gates
@@ -90,9 +91,8 @@ def decide(
 
     # The emergency-credit offer is settled before anything is measured against the cut threshold, so
     # the decision that offers it never cuts (gateway.policy.credit; docs/enforcement.md).
-    supply_off = account.state in (S.DISCONNECTED, S.RECONNECTION_PENDING) and meter.relay is not RelayState.CLOSED
     c = credit_position(account, rules,
-                        may_offer=cut_order is None and (not supply_off or rules.reconnect.on_emergency_credit))
+                        may_offer=offer_allowed(account, meter, rules, cut_order=cut_order is not None))
     available = c.available_minor
     exhausted = c.exhausted
     credit = d.check("credit.exhausted", exhausted,
