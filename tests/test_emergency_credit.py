@@ -63,6 +63,12 @@ def operations(world: World) -> list[str]:
     return [r["action"] for r in rows if r["action"] != RelayAction.ALARM_ON.value]
 
 
+def queued(world: World) -> list[tuple[str, str]]:
+    """Every relay command the policy asked for, whatever became of it."""
+    rows = world.store.all("SELECT action, status FROM relay_commands ORDER BY id")
+    return [(r["action"], r["status"]) for r in rows]
+
+
 def kinds(world: World, kind: str) -> int:
     return int(world.store.scalar("SELECT COUNT(*) FROM events WHERE kind = ?", kind))
 
@@ -76,6 +82,7 @@ def test_emergency_credit_at_zero_balance_never_makes_the_relay_chatter() -> Non
         assert balance(world) == 0
         settle(world)
         assert operations(world) == [], f"relay operated: {operations(world)}"
+        assert queued(world) == [], f"relay commands queued: {queued(world)}"
         assert world.relay is RelayState.CLOSED
         assert kinds(world, "policy_offer_emergency_credit") == 1
         assert kinds(world, "policy_disconnect") == 0
