@@ -20,8 +20,11 @@ from drivers.base import RelayAction, RelayState
 from gateway import enforcer, events, notices
 from gateway.calendar import WorkCalendar
 from gateway.ledger import forecast
+from gateway.money import format_money
+from gateway.policy.credit import emergency_credit_granted
 from gateway.policy.decide import decide
 from gateway.policy.inputs import AccountView, Hold, MeterView, Override
+from gateway.policy.outcome import PaymentOutcome, payment_outcome, summarise
 from gateway.policy.rules import Rules
 from gateway.policy.state import Action, ActionKind, Decision, EnforcementState, RuleCheck
 from gateway.pricing import TariffBook
@@ -29,7 +32,6 @@ from gateway.store.db import dumps
 from gateway.timeutil import iso, parse_iso
 
 FAILED_COMMAND_BACKOFF = timedelta(hours=1)  # before the policy asks a meter that failed again
-EMERGENCY_OFFER_KEY = "emergency_credit.offer"  # gateway.policy: the alert key of the offer
 NOTICE_CHANNEL_DISPLAY = "meter_display"  # how a notice the policy itself delivered reached the customer
 _NOTHING_BLOCKED = hashlib.sha256(dumps([]).encode()).hexdigest()[:16]  # the usual signature, once
 
@@ -55,6 +57,16 @@ def _action_json(a: Action) -> dict[str, object]:
         "message": a.message,
         "not_before": iso(a.not_before) if a.not_before else None,
         "trace": _trace_json(a.trace),
+    }
+
+
+def outcome_json(outcome: PaymentOutcome, minor_digits: int) -> dict[str, object]:
+    """The ``supply`` object of a top-up ack and of ``pmg payment add --json`` (docs/mqtt.md)."""
+    return {
+        "on": outcome.on,
+        "reason": outcome.reason,
+        "shortfall": format_money(outcome.shortfall_minor, minor_digits),
+        "meter_id": outcome.meter_id,
     }
 
 
@@ -128,7 +140,7 @@ class PolicyEngine:
             raise LookupError(f"no meter '{meter_id}'")
         alerts = {k: parse_iso(v) for k, v in json.loads(a["alerts_json"]).items()}
         emergency = int(a["emergency_credit_minor"])
-        emergency_active = emergency > 0 and (EMERGENCY_OFFER_KEY in alerts or a["balance_minor"] < 0)
+        emergency_active = emergency_credit_granted(emergency, self.rules.emergency_credit.enabled, alerts)
         available = int(a["balance_minor"]) + (emergency if emergency_active else 0)
         account = AccountView(
             account_id=a["id"],
@@ -345,6 +357,15 @@ class PolicyEngine:
                 actor="policy",
                 detail=_action_json(action),
             )
+
+    def payment_outcome(self, conn: sqlite3.Connection, account_id: str, now: datetime) -> PaymentOutcome:
+        """What a payment just posted means for the account's supply (``gateway.policy.outcome``)."""
+        meters = [r[0] for r in conn.execute("SELECT id FROM meters WHERE account_id = ? ORDER BY id", (account_id,))]
+        outcomes = []
+        for meter_id in meters:
+            account, meter, _holds, overrides = self.snapshot(conn, meter_id, now)
+            outcomes.append(payment_outcome(account, meter, now, self.rules, overrides=overrides))
+        return summarise(outcomes)
 
     def evaluate_account(
         self, conn: sqlite3.Connection, account_id: str, now: datetime, *, payment_id: str | None = None

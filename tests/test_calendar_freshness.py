@@ -75,9 +75,13 @@ def at_10_local(d: date) -> datetime:
 
 
 def exhausted_decision(cal: WorkCalendar, d: date) -> Decision:
-    """An account past its notice period, credit exhausted, decided at 10:00 local on ``d``."""
-    served = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
-    acc = AccountView("A1", -100, 0, False, None, False, None, S.NOTICE_SERVED, served, notice_served_at=served)
+    """An account past its notice period, credit exhausted, decided at 10:00 local on ``d``.
+
+    The notice was delivered four days before: past the cn period (3 days), not yet stale (7 days).
+    """
+    served = at_10_local(d) - timedelta(days=4)
+    acc = AccountView("A1", -100, 0, False, None, False, None, S.NOTICE_SERVED, served, notice_served_at=served,
+                      notice_delivered_at=served)
     meter = MeterView("M1", RelayState.CLOSED, True, False, False, False)
     return decide(acc, meter, at_10_local(d), cal, CN)
 
@@ -125,8 +129,9 @@ def test_a_cut_held_into_the_unknown_year_has_no_end_set() -> None:
     # A weather hold until 1 January: what follows is 2027, so the cut has no instant to wait for.
     start = at_10_local(date(2026, 12, 31))
     hold = Hold("weather", "storm", "hq:k1", start - timedelta(hours=1), datetime(2027, 1, 1, 4, 0, tzinfo=UTC))
-    served = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
-    acc = AccountView("A1", -100, 0, False, None, False, None, S.NOTICE_SERVED, served, notice_served_at=served)
+    served = start - timedelta(days=4)
+    acc = AccountView("A1", -100, 0, False, None, False, None, S.NOTICE_SERVED, served, notice_served_at=served,
+                      notice_delivered_at=served)
     dec = decide(acc, MeterView("M1", RelayState.CLOSED, True, False, False, False), start, cn(), CN, holds=[hold])
     assert not cuts(dec)
     assert failing_rules(dec)[-2:] == ["hold.weather", "windows.calendar_unknown"]

@@ -47,6 +47,9 @@ def test_topup_applies_once_and_a_replay_returns_the_original_ack(
         ack = await _handle(run, cmd)
         assert ack["status"] == "applied", ack
         assert ack["result"]["balance"] == "50.00" and ack["result"]["payment_id"] == cmd["id"]
+        supply = ack["result"]["supply"]  # the payment outcome (docs/mqtt.md)
+        assert supply["on"] is True and supply["reason"] in ("already_on", "restored"), supply
+        assert supply["shortfall"] == "0.00" and supply["meter_id"] == "m1"
         before = money_digest(run.store)
         again = await _handle(run, cmd)
         assert again["replay"] is True and again["result"] == ack["result"] and again["status"] == "applied"
@@ -173,6 +176,37 @@ def test_hold_and_relay_override_set_and_clear(tmp_path: Path, mosquitto: Mosqui
         assert ack["status"] == "applied"
         nope = await _handle(run, signed("relay", now, op="clear", override_id=oid))
         assert nope["status"] == "rejected" and "no active override" in nope["reason"]
+
+    _run(tmp_path, mosquitto, body)
+
+
+def test_topup_ack_says_why_supply_is_not_restored(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """A top-up under a manual disconnect order, and one too small to reconnect, say so and by how much."""
+
+    async def body(run: Running) -> None:
+        now = run.gateway.clock()
+        until = iso(now + timedelta(hours=2))
+        order = signed("relay", now, op="set", target="m1", action="disconnect", reason="tamper", until=until)
+        assert (await _handle(run, order))["status"] == "applied"
+        ack = await _handle(run, signed("topup", now, account_id="acc1", amount="20.00"))
+        assert ack["status"] == "applied", ack
+        assert ack["result"]["supply"] == {
+            "on": False, "reason": "manual_disconnect_order", "shortfall": "0.00", "meter_id": "m1"
+        }
+        # acc2 with a negative balance, cut: 0.50 leaves it short of the reconnect threshold.
+        with run.store.tx() as conn:
+            from gateway.ledger.credit import post_adjustment
+
+            post_adjustment(conn, "used", "acc2", -300, now, reason="consumption", actor="test")
+            conn.execute("UPDATE accounts SET policy_state = 'disconnected' WHERE id = 'acc2'")
+            conn.execute("UPDATE meters SET relay = 'open' WHERE id = 'm2'")
+        ack = await _handle(run, signed("topup", now, account_id="acc2", amount="0.50"))
+        threshold = run.gateway.parts.rules.reconnect.threshold_minor
+        short = threshold - (-300 + 50)
+        assert ack["result"]["supply"] == {
+            "on": False, "reason": "below_reconnect_threshold",
+            "shortfall": f"{short // 100}.{short % 100:02d}", "meter_id": "m2",
+        }  # fmt: skip
 
     _run(tmp_path, mosquitto, body)
 

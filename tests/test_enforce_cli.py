@@ -162,6 +162,45 @@ def test_relay_open_with_allow_protected_is_queued_and_traced(uk_site: tuple[Pat
         store.close()
 
 
+def _cut_after_emergency_credit(cfg_path: Path) -> None:
+    """acc1 as the policy leaves it once £5 of emergency credit and 12p more were used: cut, relay open."""
+    from gateway.ledger.credit import post_adjustment
+
+    store = open_store(cfg_path.parent / "pmg.db")
+    try:
+        with store.tx() as conn:
+            post_adjustment(conn, "used", "acc1", -512, datetime.now(UTC), reason="consumption", actor="test")
+            conn.execute(
+                "UPDATE accounts SET emergency_credit_minor = 500, policy_state = 'disconnected', alerts_json = ? "
+                "WHERE id = 'acc1'",
+                (json.dumps({"emergency_credit.offer": "2026-12-01T11:00:00Z",
+                             "emergency_credit.used_up": "2026-12-01T12:00:00Z"}),),
+            )
+            conn.execute("UPDATE meters SET relay = 'open' WHERE id = 'm1'")
+    finally:
+        store.close()
+
+
+def test_payment_add_says_whether_supply_returns_and_how_much_more_is_needed(uk_site: tuple[Path, Store]) -> None:
+    cfg_path, _ = uk_site
+    _cut_after_emergency_credit(cfg_path)
+    code, out, err = pmg("payment", "add", "acc1", "3.00", "--id", "p1", "--actor", "clerk", "--json",
+                         "--config", str(cfg_path))
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["balance"] == "-2.12"
+    assert result["supply"] == {"on": False, "reason": "below_reconnect_threshold", "shortfall": "3.12",
+                                "meter_id": "m1"}
+    code, out, err = pmg("payment", "add", "acc1", "3.12", "--id", "p2", "--actor", "clerk", "--config", str(cfg_path))
+    assert code == 0, err
+    assert "supply: will be restored" in out and "(restored)" in out and "more needed" not in out
+    code, out, _ = pmg("relay", "m1", "open", "--reason", "tamper", "--actor", "ann", "--config", str(cfg_path))
+    assert code == 0
+    code, out, err = pmg("payment", "add", "acc1", "1.00", "--id", "p3", "--actor", "clerk", "--config", str(cfg_path))
+    assert code == 0, err
+    assert "supply: stays off: a manual disconnect order is in force (manual_disconnect_order)" in out
+
+
 def test_audit_export_range_formats_and_traces(uk_site: tuple[Path, Store]) -> None:
     cfg_path, _ = uk_site
     store = open_store(cfg_path.parent / "pmg.db")

@@ -181,6 +181,7 @@ def worlds(draw: st.DrawFn, *, drain: bool = False) -> dict[str, object]:
         "keep_power": False if drain else draw(st.sampled_from([False, False, False, True])),
         "caps": MeterCaps(True, draw(st.booleans()), draw(st.booleans())),
         "opening": draw(st.sampled_from([0, 500, 2_000])),
+        "emergency": draw(st.sampled_from([0, 0, 500])),  # lent where the rule set enables it (uk)
         "hold": draw(
             st.one_of(st.none(), st.tuples(st.integers(0, 5 * 24 * 60), st.integers(1, 3 * 24 * 60)))
         ),
@@ -201,6 +202,7 @@ def build(tmp: Path, w: dict[str, object]) -> World:
             now=now,
             protected=bool(w["protected"]),
             protected_category=w["category"],
+            emergency_credit_minor=int(w.get("emergency", 0)),  # type: ignore[call-overload]
         )  # type: ignore[arg-type]
         ensure_meter(
             conn,

@@ -8,6 +8,7 @@ written independently of ``gateway.policy.windows``.
 
 from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -175,6 +176,9 @@ def check_lawful(acc: AccountView, m: MeterView, now: datetime, cal: WorkCalenda
         assert not any(o.action == "connect" and o.expires_at > now for o in overrides)
     if K.LOAD_LIMIT in d.kinds():
         assert not protected_now(now, cal, rules) and not any(h.active(now) for h in holds)
+    if K.OFFER_EMERGENCY_CREDIT in d.kinds():  # only with an amount to lend, and never with a cut
+        assert rules.emergency_credit.enabled and acc.emergency_credit_minor > 0
+        assert not trips and K.LOAD_LIMIT not in d.kinds()
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -212,6 +216,35 @@ def test_enough_credit_always_reconnects_a_disconnected_meter(s: tuple) -> None:
     (rec,) = [a for a in d.actions if a.kind is K.RECONNECT]
     assert rec.relay_action in (RelayAction.CLOSE_PERMITTED, RelayAction.DIRECT_CLOSE)
     assert d.state is S.RECONNECTION_PENDING
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(), st.integers(-700, 200), st.sampled_from([0, 500, 500]), st.booleans())
+def test_emergency_credit_never_makes_the_relay_chatter(s: tuple, balance: int, ec: int, on_emergency: bool) -> None:
+    """Decisions in a row with the relay following the commands, nothing else changing: the relay never
+    goes trip, close, trip (or close, trip, close).  ``apply`` carries the emergency credit forward as
+    the daemon's snapshot does (docs/enforcement.md, "Emergency credit")."""
+    acc, m, now, cal, rules, holds, overrides = s
+    rules = rules.model_copy(update={
+        "emergency_credit": rules.emergency_credit.model_copy(update={"enabled": True, "amount_minor": 500}),
+        "reconnect": rules.reconnect.model_copy(update={"on_emergency_credit": on_emergency}),
+    })
+    acc = replace(acc, balance_minor=balance, emergency_credit_minor=ec, emergency_credit_active=False,
+                  protected=False, protected_category=None)
+    m = replace(m, keep_power=False, controllable=True)
+    ops: list[str] = []
+    for i in range(8):
+        t = now + timedelta(seconds=i)
+        d = decide(acc, m, t, cal, rules, holds=holds, overrides=overrides)
+        check_lawful(acc, m, t, cal, rules, holds, overrides, d)
+        for a in d.actions:
+            if a.relay_action is RelayAction.TRIP:
+                ops.append("trip")
+            elif a.relay_action in (RelayAction.DIRECT_CLOSE, RelayAction.CLOSE_PERMITTED):
+                ops.append("close")
+        acc, m = apply(acc, d), executed(m, d)
+    flips = sum(1 for a, b in pairwise(ops) if a != b)
+    assert flips <= 1, f"relay chatter: {ops}"
 
 
 @pytest.mark.slow

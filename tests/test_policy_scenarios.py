@@ -85,7 +85,7 @@ def first(steps: list[tuple[datetime, Decision]], kind: K) -> datetime:
 def test_uk_credit_out_friday_evening_waits_for_monday_10() -> None:
     friday = utc(2026, 11, 27, 18, 30)  # GMT, friendly-credit hours already running
     d = decide(account(0), meter(), friday, LONDON, UK)
-    assert d.kinds() == (K.WARN, K.OFFER_EMERGENCY_CREDIT)
+    assert d.kinds() == (K.WARN,)  # no emergency credit on this account: nothing to offer
     (cut,) = d.blocked
     assert cut.kind is K.DISCONNECT and cut.not_before == utc(2026, 11, 30, 10, 0)
     for probe in (utc(2026, 11, 28, 12), utc(2026, 11, 29, 23), utc(2026, 11, 30, 9, 59)):

@@ -112,6 +112,26 @@ def test_what_the_gateway_publishes_validates_against_the_contract(
     acks = [body for topic, body in messages if topic.endswith("/acks")]
     assert any("seq" not in a and a["code"] == "malformed" for a in acks)
     assert any(a["type"] == "read" and a["status"] == "applied" for a in acks)
+    (topup,) = [a for a in acks if a["type"] == "topup"]
+    assert topup["result"]["supply"]["reason"] in ("already_on", "restored"), topup  # validated above
+
+
+def test_contract_pins_the_payment_outcome_of_a_topup_ack() -> None:
+    """``result.supply``: a known reason and a decimal-string shortfall, nothing else."""
+    ack = {
+        "schema": "pmg.ack/1", "command_id": "c1", "type": "topup", "status": "applied", "code": "applied",
+        "reason": None, "at": "2026-12-02T11:00:00Z", "replay": False, "gateway_id": "gw",
+        "result": {"payment_id": "c1", "balance": "-2.12",
+                   "supply": {"on": False, "reason": "below_reconnect_threshold", "shortfall": "3.12",
+                              "meter_id": "m1"}},
+    }  # fmt: skip
+    validator = jsonschema.Draft202012Validator(load_schema("ack"))
+    assert not list(validator.iter_errors(ack))
+    for bad in ({"shortfall": 3.12}, {"reason": "because"}, {"on": "no"}, {"extra": 1}):
+        wrong = {**ack, "result": {**ack["result"], "supply": {**ack["result"]["supply"], **bad}}}
+        assert list(validator.iter_errors(wrong)), bad
+    missing = {k: v for k, v in ack["result"]["supply"].items() if k != "shortfall"}
+    assert list(validator.iter_errors({**ack, "result": {**ack["result"], "supply": missing}}))
 
 
 def test_contract_rejects_a_float_amount_in_usage() -> None:

@@ -139,23 +139,28 @@ def payment_add(
     """Apply a payment of AMOUNT (a decimal like 50.00) to ACCOUNT, exactly once per --id.
 
     The running daemon re-decides the account within its review interval and reconnects if the credit
-    now allows it.
+    now allows it; the output says whether it will (``supply``: reason and shortfall, docs/enforcement.md).
     """
+    from gateway.components import build_components
+    from gateway.enforcement import outcome_json
     from gateway.ledger.payments import apply_payment
     from gateway.timeutil import system_clock
 
     with opened_store(config_path) as (cfg, store):
         minor = parse_money(amount, cfg.minor_digits)
+        parts = build_components(cfg, config_path, store)  # before any write: a bad config changes nothing
+        now = system_clock()
         with store.tx() as conn:
             result = apply_payment(
                 conn,
                 payment_id or str(uuid.uuid4()),
                 account,
                 minor,
-                system_clock(),
+                now,
                 source=f"cli:{actor}",
                 minor_digits=cfg.minor_digits,
             )
+            supply = parts.policy.payment_outcome(conn, account, now)
     out = {
         "payment_id": result.payment_id,
         "account": account,
@@ -167,6 +172,7 @@ def payment_add(
         "debt_recovery": format_money(result.debt_recovery_minor, cfg.minor_digits),
         "credit": format_money(result.credit_minor, cfg.minor_digits),
         "debt_outstanding": format_money(result.debt_minor, cfg.minor_digits),
+        "supply": outcome_json(supply, cfg.minor_digits),
     }
     if as_json:
         emit_json(out)
@@ -180,6 +186,23 @@ def payment_add(
             f"{out['arrears_repayment']}, debt recovery {out['debt_recovery']}, credit {out['credit']}; "
             f"debt outstanding {out['debt_outstanding']}"
         )
+        click.echo(f"  supply: {_SUPPLY_TEXT[supply.reason]}" + (
+            f"; {format_money(supply.shortfall_minor, cfg.minor_digits)} more needed"
+            if supply.shortfall_minor > 0 else ""
+        ) + f" ({supply.reason})")
+
+
+# One line per payment-outcome reason (gateway.policy.outcome.Reason), for the cashier's screen.
+_SUPPLY_TEXT = {
+    "restored": "will be restored (the relay is closed at the daemon's next review)",
+    "close_permitted": "may be restored: the customer presses the meter's button once the daemon permits it",
+    "already_on": "on",
+    "cut_still_due": "on for now, but credit is still too low to prevent a cut",
+    "below_reconnect_threshold": "stays off: the balance is below the reconnect threshold",
+    "manual_disconnect_order": "stays off: a manual disconnect order is in force",
+    "meter_not_controllable": "stays off: the meter's relay cannot be closed remotely (a technician must)",
+    "no_meter": "no meter on this account",
+}
 
 
 @ledger.command("debt")

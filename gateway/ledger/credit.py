@@ -3,10 +3,13 @@
 Two pockets per account, both sums of entry columns:
 
 * the **balance** (``entries.amount_minor``) — what the customer spends from.  It may go below zero
-  while the customer runs on emergency credit (the policy treats ``balance + emergency_credit_minor``
-  as available credit) or, for a customer who may not be cut, into arrears.  Emergency credit is a
-  *limit*, not money posted: what is used of it is the negative part of the balance up to the limit,
-  so "repaid first from the next payment" is simply the payment filling the hole first.
+  while the customer runs on emergency credit (once the policy has offered it, it treats
+  ``balance + emergency_credit_minor`` as available credit until that is used up — see
+  ``gateway.policy.credit`` and docs/enforcement.md, "Emergency credit") or, for a customer who may
+  not be cut, into arrears.  Emergency credit is a *limit*, not money posted: what is used of it is
+  the negative part of the balance up to the limit, so "repaid first from the next payment" is simply
+  the payment filling the hole first.  Repaying it does not lend it again within the cycle: supply
+  returns when the balance reaches the reconnect threshold.
 * the **debt** (``entries.debt_minor``) — an amount owed outside the balance (e.g. arrears carried
   over from a former supplier), recovered as a configured share of each top-up.  A ``debt`` entry
   raises it without touching the balance (the customer keeps their supply); a ``debt_recovery`` entry

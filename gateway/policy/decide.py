@@ -18,6 +18,13 @@ from datetime import datetime
 
 from drivers.base import RelayAction, RelayState
 from gateway.calendar import WorkCalendar
+from gateway.policy.credit import (
+    EMERGENCY_OFFER_KEY,
+    EMERGENCY_USED_UP_KEY,
+    credit_position,
+    emergency_credit_granted,
+    offer_allowed,
+)
 from gateway.policy.draft import Draft
 from gateway.policy.gates import gates
 from gateway.policy.inputs import AccountView, Hold, MeterView, Override
@@ -74,21 +81,6 @@ def decide(
                notice_served_at=account.notice_served_at, notice_delivered_at=account.notice_delivered_at,
                reminder_sent_at=account.reminder_sent_at,
                warnings_sent=dict(account.warnings_sent), alerts_sent=dict(account.alerts_sent))
-    available = account.available_minor
-    exhausted = available <= rules.disconnect.at_or_below_minor
-    credit = d.check("credit.exhausted", exhausted,
-                     f"available {available} (balance {account.balance_minor}"
-                     f"{f' + emergency {account.emergency_credit_minor}' if account.emergency_credit_active else ''})"
-                     f" vs cut threshold {rules.disconnect.at_or_below_minor}")
-    by_balance = account.balance_minor >= rules.reconnect.threshold_minor
-    by_emergency = rules.reconnect.on_emergency_credit and account.emergency_credit_active and not exhausted
-    reconnect = d.check("reconnect.threshold", by_balance or by_emergency,
-                        f"balance {account.balance_minor} vs reconnect threshold {rules.reconnect.threshold_minor}"
-                        + (" (emergency credit active)" if by_emergency and not by_balance else ""))
-    protected = account.protected or (account.protected_category in rules.protected.categories)
-    prot = d.check("protected.customer", not protected,
-                   f"protected ({account.protected_category or 'flagged'})" if protected else "not protected")
-
     _mirror_keep_power(d)
     targets = {meter.meter_id, account.account_id}
     live = [o for o in overrides if o.target in targets and o.expires_at > now]
@@ -98,6 +90,29 @@ def decide(
         d.reviews.append(o.expires_at)
     if connect and any(o.action == "disconnect" for o in live):
         d.check("override.conflict", True, "connect and disconnect overrides both active: connect wins")
+
+    # The emergency-credit offer is settled before anything is measured against the cut threshold, so
+    # the decision that offers it never cuts (gateway.policy.credit; docs/enforcement.md).
+    c = credit_position(account, rules,
+                        may_offer=offer_allowed(account, meter, rules, cut_order=cut_order is not None))
+    available = c.available_minor
+    exhausted = c.exhausted
+    credit = d.check("credit.exhausted", exhausted,
+                     f"available {available} (balance {account.balance_minor}"
+                     f"{f' + emergency {account.emergency_credit_minor}' if available != account.balance_minor else ''})"
+                     f" vs cut threshold {rules.disconnect.at_or_below_minor}")
+    if c.newly_used_up:
+        d.check(EMERGENCY_USED_UP_KEY, True, f"emergency credit {account.emergency_credit_minor} used up: only "
+                                             "the balance counts until the reconnect threshold "
+                                             f"{rules.reconnect.threshold_minor} is reached")
+        d.alerts_sent[EMERGENCY_USED_UP_KEY] = now
+    reconnect = d.check("reconnect.threshold", c.reconnects,
+                        f"balance {account.balance_minor} vs reconnect threshold {rules.reconnect.threshold_minor}"
+                        + (" (emergency credit active)" if c.by_emergency and not c.by_balance else "")
+                        + (" (emergency credit used up)" if c.used_up and not c.by_balance else ""))
+    protected = account.protected or (account.protected_category in rules.protected.categories)
+    prot = d.check("protected.customer", not protected,
+                   f"protected ({account.protected_category or 'flagged'})" if protected else "not protected")
 
     state = account.state
     if state is S.RECONNECTION_PENDING and meter.relay is RelayState.CLOSED:
@@ -113,11 +128,14 @@ def decide(
         elif exhausted and not reconnect.passed and connect is None:
             _withdraw_reconnect(d, protected, prot, credit, reconnect)
     elif state is S.DISCONNECTED:
-        _while_disconnected(d, reconnect, connect, cut_order, protected, prot, exhausted, credit)
+        _while_disconnected(d, reconnect, connect, cut_order, protected, prot, exhausted, credit,
+                            fresh=c.by_balance)
     elif cut_order:
         _manual_cut(d, cut_order, protected, prot)
     else:
-        _supply_on(d, exhausted, reconnect, protected, prot, connect, credit)
+        _supply_on(d, exhausted, reconnect, protected, prot, connect, credit, fresh=c.by_balance)
+    if c.offer:
+        _offer_emergency_credit(d, credit)
 
     future = [t for t in d.reviews if t > now]
     return Decision(
@@ -183,7 +201,10 @@ def _reconnect(d: Draft, why: Sequence[RuleCheck], *, new_cycle: bool = False) -
 
 
 def _while_disconnected(d: Draft, reconnect: RuleCheck, connect: Override | None, cut_order: Override | None,
-                        protected: bool, prot: RuleCheck, exhausted: bool, credit: RuleCheck) -> None:
+                        protected: bool, prot: RuleCheck, exhausted: bool, credit: RuleCheck, *,
+                        fresh: bool) -> None:
+    """``fresh``: the balance alone reaches the reconnect threshold, so a reconnect starts a new cycle;
+    a reconnect on emergency credit keeps the cycle (and with it the offer that granted the credit)."""
     if cut_order:
         rc = d.check("override.disconnect", False, f"manual {cut_order.label()}")
         d.block(K.RECONNECT, [reconnect, rc], cut_order.expires_at)
@@ -194,7 +215,7 @@ def _while_disconnected(d: Draft, reconnect: RuleCheck, connect: Override | None
         _reconnect(d, [d.check("override.connect", True, f"manual {connect.label()}")])
         return
     if reconnect.passed:
-        _reconnect(d, [reconnect], new_cycle=True)
+        _reconnect(d, [reconnect], new_cycle=fresh)
         return
     d.block(K.RECONNECT, [reconnect], None, message="reconnects as soon as the balance reaches the threshold")
     if d.meter.relay is RelayState.CLOSED and exhausted:
@@ -227,7 +248,7 @@ def _withdraw_reconnect(d: Draft, protected: bool, prot: RuleCheck, credit: Rule
 
 
 def _supply_on(d: Draft, exhausted: bool, reconnect: RuleCheck, protected: bool, prot: RuleCheck,
-               connect: Override | None, credit: RuleCheck) -> None:
+               connect: Override | None, credit: RuleCheck, *, fresh: bool) -> None:
     a = d.account
     m = d.meter
     if m.relay is RelayState.CLOSED:
@@ -244,11 +265,13 @@ def _supply_on(d: Draft, exhausted: bool, reconnect: RuleCheck, protected: bool,
     if in_track and reconnect.passed:
         d.check("cut_track.left", True, "credit restored: notice withdrawn")
         if d.state is S.LOAD_LIMITED:
-            _reconnect(d, [reconnect], new_cycle=True)
+            _reconnect(d, [reconnect], new_cycle=fresh)
             if d.state is S.LOAD_LIMITED:
                 return  # the cap cannot be lifted from here: the alarm says so
-        else:
+        elif fresh:
             d.reset_cycle()
+        else:  # on emergency credit: off the cut track, but the cycle (and its offer) goes on
+            d.notice_served_at = d.reminder_sent_at = None
         in_track = False
     if connect and d.state is S.LOAD_LIMITED:
         _reconnect(d, [d.check("override.connect", True, f"manual {connect.label()}")])
@@ -274,10 +297,15 @@ def _warn(d: Draft, grade: int) -> None:
                      f"balance {d.account.balance_minor}, days left {d.account.days_of_credit_left}")
         d.act(K.WARN, [rc], level=grade, message=f"{lv.message_id}: {lv.text}")
         d.warnings_sent[grade] = d.now
-    ec = d.rules.emergency_credit
-    if grade == 3 and ec.enabled and not d.account.emergency_credit_active and d.once("emergency_credit.offer"):
-        rc = d.check("emergency_credit", True, f"credit exhausted: offer {ec.amount_minor}")
-        d.act(K.OFFER_EMERGENCY_CREDIT, [rc], level=ec.amount_minor, message=f"{ec.message_id}: {ec.text}")
+
+
+def _offer_emergency_credit(d: Draft, credit: RuleCheck) -> None:
+    """Offer (and so grant) emergency credit: made once a cycle, before any cut (gateway.policy.credit)."""
+    ec, amount = d.rules.emergency_credit, d.account.emergency_credit_minor
+    rc = d.check("emergency_credit", True,
+                 f"balance {d.account.balance_minor} at or below the cut threshold: {amount} offered and granted")
+    d.act(K.OFFER_EMERGENCY_CREDIT, [credit, rc], level=amount, message=f"{ec.message_id}: {ec.text}")
+    d.alerts_sent[EMERGENCY_OFFER_KEY] = d.now
 
 
 def _automatic_restriction(d: Draft, protected: bool, prot: RuleCheck, connect: Override | None,
@@ -410,9 +438,15 @@ def _manual_cut(d: Draft, order: Override, protected: bool, prot: RuleCheck) -> 
 
 
 def apply(account: AccountView, decision: Decision) -> AccountView:
-    """The account as it stands once ``decision``'s actions were delivered (for callers and tests)."""
+    """The account as it stands once ``decision``'s actions were delivered (for callers and tests).
+
+    Emergency credit follows the decision's alerts (offered and not used up), as the daemon's snapshot
+    derives it (``gateway.policy.credit.emergency_credit_granted``).
+    """
     return replace(
         account,
+        emergency_credit_active=emergency_credit_granted(account.emergency_credit_minor, True,
+                                                         decision.alerts_sent),
         state=decision.state,
         state_since=decision.state_since,
         notice_served_at=decision.notice_served_at,

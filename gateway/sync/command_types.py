@@ -21,6 +21,7 @@ from drivers.base import DriverError
 from drivers.tomlsource import TomlError
 from gateway import events, notices
 from gateway.calendar_sources import CalendarSourceError, official_year, store_year
+from gateway.enforcement import outcome_json
 from gateway.ledger.accounts import ensure_account
 from gateway.ledger.payments import PaymentError
 from gateway.money import MoneyError, format_money, parse_money
@@ -92,12 +93,15 @@ async def topup(gw: Gateway, cmd: Topup, now: datetime) -> Applied:
             r = gw.apply_payment(payment_id, cmd.account_id, amount, source=_actor(cmd))
         except PaymentError as exc:
             raise CommandRejected("invalid", str(exc)) from None
+        # Asked after the account was re-decided: whether supply is (being) restored, or why not.
+        supply = gw.parts.policy.payment_outcome(conn, r.account_id, gw.clock())
         return {
             "payment_id": r.payment_id,
             "account_id": r.account_id,
             "amount": format_money(r.amount_minor, digits),
             "balance": format_money(r.balance_minor, digits),
             "payment_replayed": r.replayed,
+            "supply": outcome_json(supply, digits),
         }
 
     return Applied(write=write)
