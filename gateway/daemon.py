@@ -211,7 +211,7 @@ class Gateway:
         a second (docs/enforcement.md, "Payment to power"): the backlog now, the rest as committed."""
         self.payment_watch = PaymentWatch(self.store, self._decide_marked, self._wake)
         try:
-            self.payment_watch.drain()
+            self.payment_watch.drain_all()
         except StoreError as exc:  # the marks stay: the watcher's first tick tries again
             log.error("payments waiting for a decision could not be processed at start: %s", exc)
         self._tasks.append(asyncio.create_task(self.payment_watch.run(), name="payment-watch"))

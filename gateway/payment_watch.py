@@ -47,7 +47,8 @@ def pending(conn: sqlite3.Connection) -> int:
 
 
 class PaymentWatch:
-    """Drains ``policy_inbox``: once at start (``drain``), then whenever a commit may have marked one."""
+    """Drains ``policy_inbox``: all of it at start (``drain_all``), then whenever a commit may have marked
+    an account (``run``)."""
 
     def __init__(self, store: Store, decide: Decide, wake: Callable[[], None], *, poll_s: float = WATCH_POLL_S):
         self.store = store
@@ -93,6 +94,14 @@ class PaymentWatch:
             self.wake()
         self._again = len(rows) == MAX_PER_PASS
         return len(rows)
+
+    def drain_all(self) -> int:
+        """Every mark, slice by slice: at start, before the first poll (a backlog left by payments taken
+        while the daemon was down, or by a configuration that raised emergency credit)."""
+        total = 0
+        while (done := self.drain()) == MAX_PER_PASS:
+            total += done
+        return total + done
 
     async def run(self) -> None:
         while True:

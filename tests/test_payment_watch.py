@@ -147,7 +147,7 @@ def test_a_backlog_is_decided_in_slices_and_one_bad_account_holds_up_nothing(tmp
     decided: list[tuple[str, str | None]] = []
     wakes: list[int] = []
     watch = _watch(store, decided, wakes)
-    assert watch.drain() == MAX_PER_PASS  # at start: one slice, the loop takes the rest
+    assert watch.drain() == MAX_PER_PASS  # one slice per transaction ...
     assert pending(store.conn) == 6
 
     async def scenario() -> None:
@@ -161,4 +161,18 @@ def test_a_backlog_is_decided_in_slices_and_one_bad_account_holds_up_nothing(tmp
     asyncio.run(scenario())
     assert len(decided) == MAX_PER_PASS + 5  # every account but the broken one, whose mark is gone too
     assert ("broken", "p-broken") not in decided
+    store.close()
+
+
+def test_at_start_every_mark_is_processed(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "pmg.db")
+    _accounts(store, 2 * MAX_PER_PASS + 1)
+    with store.tx() as conn:
+        for i in range(2 * MAX_PER_PASS + 1):
+            apply_payment(conn, f"p{i}", f"a{i}", 100, NOW, source="test")
+    decided: list[tuple[str, str | None]] = []
+    wakes: list[int] = []
+    assert _watch(store, decided, wakes).drain_all() == 2 * MAX_PER_PASS + 1
+    assert pending(store.conn) == 0 and len(wakes) == 3
+    assert decided[0] == ("a0", "p0")  # by time, then account: a stable order
     store.close()
