@@ -32,6 +32,8 @@ from gateway.ledger.accounts import seed_from_config
 from gateway.ledger.charging import ChargeOutcome, record_reading
 from gateway.ledger.payments import PaymentResult, apply_payment
 from gateway.metrics import GatewayMetrics, observe_relay_outcome
+from gateway.payment_watch import PaymentWatch
+from gateway.payment_watch import clear as clear_decision_mark
 from gateway.service import InstanceLock, sd_notify, watchdog_interval_s
 from gateway.snapshots import state_snapshot
 from gateway.store.db import Store, StoreError, open_store
@@ -76,6 +78,7 @@ class Gateway:
     links: dict[str, Link] = field(default_factory=dict)
     mqtt: MqttLink | None = None
     enforcer: Enforcer | None = None
+    payment_watch: PaymentWatch | None = None
     on_event: Callable[[str, dict[str, Any]], None] | None = None
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -120,6 +123,7 @@ class Gateway:
             minor_digits=self.cfg.minor_digits,
         )
         self._resume_commands()
+        self._start_payment_watch()
         self._tasks.append(asyncio.create_task(self.enforcer.run(), name="enforcer"))
         if self.cfg.mqtt is not None:
             from gateway.sync.commands import CommandProcessor
@@ -205,6 +209,19 @@ class Gateway:
             # Work submitted to a bus that never opened (or was cancelled) must not leave its submitter
             # waiting forever: the enforcer's relay job would hold up the gateway's stop.
             worker.abandon_queued()
+
+    def _start_payment_watch(self) -> None:
+        """Payments committed by other processes, or while the daemon was down, reach the relay within
+        a second (docs/enforcement.md, "Payment to power"): the backlog now, the rest as committed."""
+        self.payment_watch = PaymentWatch(self.store, self._decide_marked, self._wake)
+        try:
+            self.payment_watch.drain_all()
+        except StoreError as exc:  # the marks stay: the watcher's first tick tries again
+            log.error("payments waiting for a decision could not be processed at start: %s", exc)
+        self._tasks.append(asyncio.create_task(self.payment_watch.run(), name="payment-watch"))
+
+    def _decide_marked(self, conn: Any, account_id: str, payment_id: str | None) -> None:
+        self.parts.policy.evaluate_account(conn, account_id, self.clock(), payment_id=payment_id)
 
     def _start_scheduler(self) -> None:
         scheduler = AsyncIOScheduler(timezone="UTC")
@@ -443,6 +460,7 @@ class Gateway:
             )
             if not result.replayed:
                 self.parts.policy.evaluate_account(conn, account_id, now, payment_id=payment_id)
+                clear_decision_mark(conn, account_id)  # decided here: nothing left for the watcher
         self._wake()
         return result
 

@@ -138,8 +138,8 @@ def payment_add(
 ) -> None:
     """Apply a payment of AMOUNT (a decimal like 50.00) to ACCOUNT, exactly once per --id.
 
-    The running daemon re-decides the account within its review interval and reconnects if the credit
-    now allows it; the output says whether it will (``supply``: reason and shortfall, docs/enforcement.md).
+    The running daemon sees the payment within a fraction of a second (it watches the database) and
+    re-decides the account; a stopped daemon does so at its start.  The output says whether supply returns (``supply``: reason and shortfall, docs/enforcement.md).
     """
     from gateway.components import build_components
     from gateway.enforcement import outcome_json

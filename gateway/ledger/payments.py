@@ -8,6 +8,11 @@ A payment is split (``gateway.ledger.credit.split_payment``): emergency credit i
 then arrears, then the account's debt-recovery share of the rest; the result says so, the ``payment``
 entry keeps the split in its detail, and the recovery is its own ``debt_recovery`` entry so that a
 top-up never "vanishes" into debt without the customer being able to see why.
+
+Whoever applies it, the payment's transaction also marks its account for the running daemon to
+re-decide (``policy_inbox``, ``gateway.payment_watch``): a payment taken by ``pmg payment add`` in
+another process, or while the daemon is down, reaches the relay as fast as one the daemon took itself
+(docs/enforcement.md, "Payment to power").
 """
 
 from __future__ import annotations
@@ -131,6 +136,7 @@ def apply_payment(
         "VALUES (?, ?, ?, ?, ?, ?)",
         (payment_id, account_id, amount_minor, iso(now), source, dumps(asdict(result))),
     )
+    mark_for_decision(conn, account_id, payment_id, now)
     events.record(
         conn,
         "payment_applied",
@@ -149,3 +155,17 @@ def apply_payment(
         },
     )
     return result
+
+
+def mark_for_decision(conn: sqlite3.Connection, account_id: str, payment_id: str, now: datetime) -> None:
+    """Ask the daemon to re-decide the account for this payment, in the payment's own transaction.
+
+    Committed with the payment or not at all, so a payment can never exist without its mark; the
+    daemon clears the mark in the transaction that decides (and queues the close command), so a
+    crash between the two leaves the mark for the next start.  The latest payment's id wins: the
+    close command carries it, for the payment-to-power figures."""
+    conn.execute(
+        "INSERT INTO policy_inbox(account_id, payment_id, marked_at) VALUES (?, ?, ?) "
+        "ON CONFLICT(account_id) DO UPDATE SET payment_id = excluded.payment_id, marked_at = excluded.marked_at",
+        (account_id, payment_id, iso(now)),
+    )

@@ -259,6 +259,24 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE accounts ADD COLUMN notice_delivered_at TEXT;
     ALTER TABLE accounts ADD COLUMN notice_channel TEXT;
     """,
+    # payment to power: accounts whose available credit rose, waiting for the running daemon to re-decide
+    # them (``gateway.payment_watch``; docs/enforcement.md, "Payment to power").  A payment written by
+    # another process (``pmg payment add``) or while the daemon is down marks its account in its own
+    # transaction; the trigger marks every other raise of balance or emergency credit, by any writer, so
+    # no path can forget to.  The daemon clears a mark in the transaction that re-decides the account.
+    """
+    CREATE TABLE IF NOT EXISTS policy_inbox (
+        account_id TEXT PRIMARY KEY REFERENCES accounts(id),
+        payment_id TEXT,                      -- the payment that raised the credit, if one did
+        marked_at  TEXT NOT NULL
+    );
+    CREATE TRIGGER IF NOT EXISTS policy_inbox_credit_raised AFTER UPDATE OF balance_minor, emergency_credit_minor
+        ON accounts
+        WHEN NEW.balance_minor + NEW.emergency_credit_minor > OLD.balance_minor + OLD.emergency_credit_minor
+        BEGIN
+            INSERT OR IGNORE INTO policy_inbox(account_id, marked_at) VALUES (NEW.id, NEW.updated_at);
+        END;
+    """,
 )
 
 
