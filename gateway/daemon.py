@@ -34,6 +34,7 @@ from gateway.metrics import GatewayMetrics, observe_relay_outcome
 from gateway.service import InstanceLock, sd_notify, watchdog_interval_s
 from gateway.snapshots import state_snapshot
 from gateway.store.db import Store, StoreError, open_store
+from gateway.store.pins import check_money_pins
 from gateway.sync.mqtt import MqttLink
 from gateway.timeutil import Clock, iso, system_clock
 
@@ -97,6 +98,7 @@ class Gateway:
         self._lock.acquire()
         try:
             self.store = open_store(db_path, on_migrate=_announce_migration)
+            check_money_pins(self.store, self.cfg.currency, self.cfg.minor_digits)
             self.parts = build_components(self.cfg, self.config_path, self.store)
             seed_from_config(self.store, self.cfg, self.clock())
             if self.cfg.metrics.listen:
@@ -280,6 +282,7 @@ class Gateway:
             cfg = load_config(self.config_path)
             if cfg.database != self.cfg.database or cfg.gateway_id != self.cfg.gateway_id:
                 raise ValueError("gateway_id and database cannot change on reload (restart instead)")
+            check_money_pins(self.store, cfg.currency, cfg.minor_digits)
             parts = build_components(cfg, self.config_path, self.store)
             seed_from_config(self.store, cfg, self.clock())
         except Exception as exc:

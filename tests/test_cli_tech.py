@@ -89,6 +89,19 @@ def test_payment_add_applies_once_per_id(cfg_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("given", ["", "   "])
+def test_payment_add_refuses_an_empty_id_and_changes_nothing(cfg_path: Path, given: str) -> None:
+    """An empty ``--id`` used to become a new UUID each time: the retry applied the money twice."""
+    before = money_rows(cfg_path)
+    for _ in range(2):
+        one_line(
+            run("payment", "add", "-c", str(cfg_path), "a1", "5.00", "--id", given, "--actor", "clerk"),
+            2,
+            "--id",
+        )
+    assert money_rows(cfg_path) == before
+
+
 def test_balance_and_verify_report_missing_things_in_one_line(cfg_path: Path, tmp_path: Path) -> None:
     one_line(run("balance", "-c", str(cfg_path), "ghost"), 2, "no account 'ghost'")
     assert run("ledger", "verify", "-c", str(cfg_path)).exit_code == 0

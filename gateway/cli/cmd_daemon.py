@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from gateway.cli.common import config_option, load
+from gateway.config import GatewayConfig
 
 
 def register(cli: click.Group) -> None:
@@ -30,14 +31,41 @@ def run(config_path: Path, check: bool) -> None:
     from gateway.components import build_components
     from gateway.daemon import run_daemon
 
-    build_components(cfg, config_path, None)
     if check:
-        click.echo(f"{config_path}: OK ({len(cfg.buses)} buses, {len(cfg.meters)} meters)")
+        _check(cfg, config_path)
         return
+    build_components(cfg, config_path, None)
     root = logging.getLogger()
     if root.level > logging.INFO:
         root.setLevel(logging.INFO)
     asyncio.run(run_daemon(config_path, cfg))
+
+
+def _check(cfg: GatewayConfig, config_path: Path) -> None:
+    """What ``run`` validates before it starts — the same code — plus whether every meter's energy
+    can be priced (``gateway.registercheck``); one line per problem, exit status 2 if any."""
+    from gateway.components import build_components
+    from gateway.config import resolve
+    from gateway.registercheck import register_problems
+    from gateway.store.db import open_store
+    from gateway.store.pins import check_money_pins
+    from gateway.timeutil import system_clock
+
+    database = resolve(config_path, cfg.database)
+    store = open_store(database, readonly=True) if database.exists() else None
+    try:
+        if store is not None:
+            check_money_pins(store, cfg.currency, cfg.minor_digits, write=False)
+        parts = build_components(cfg, config_path, store)
+    finally:
+        if store is not None:
+            store.close()
+    problems = register_problems(cfg, parts.book.tariffs, system_clock())
+    for line in problems:
+        click.echo(f"pmg: error: {config_path}: {line}", err=True)
+    if problems:
+        raise SystemExit(2)
+    click.echo(f"{config_path}: OK ({len(cfg.buses)} buses, {len(cfg.meters)} meters)")
 
 
 @click.command()
