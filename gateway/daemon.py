@@ -375,6 +375,8 @@ class Gateway:
             register_modulus_wh=mcfg.register_modulus_wh,
             minor_digits=self.cfg.minor_digits,
         )
+        if outcome.outcome == "quarantined":  # held, with an alarm event; one line, not a traceback per poll
+            log.warning("meter=%s reading quarantined: %s", meter_id, outcome.reason)
         relay_moved = reading.relay is not None and outcome.relay_before != reading.relay.value
         # Re-decide when money or the relay moved; time alone is the due-review task's business.
         if outcome.outcome == "baseline" or (outcome.outcome == "charged" and outcome.charge_minor) or relay_moved:
