@@ -39,7 +39,7 @@ def test_an_unpriceable_meter_is_quarantined_once_and_charged_once_after_the_tar
     sim = SimulatedDlt645Bus(models, baud=115200, response_delay_s=0.002)
     try:
         url = f"socket://127.0.0.1:{sim.start_tcp()}"
-        body = base_config(tmp_path / "pmg.db").replace(f'tariff_dir = "', f'tariff_dir = "{tariffs}"\n#', 1)
+        body = base_config(tmp_path / "pmg.db").replace('tariff_dir = "', f'tariff_dir = "{tariffs}"\n#', 1)
         body += (
             f'\n[[buses]]\nid = "b1"\nprotocol = "dlt645"\nurl = "{url}"\nbaud = 115200\n'
             "timeout_s = 0.2\nretries = 0\npoll_interval_s = 0.1\n"
