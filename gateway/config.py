@@ -217,9 +217,10 @@ _DIGITS = re.compile(r"[0-9]+")
 def normalized_address(protocol: str, address: str) -> str:
     """The one spelling of a meter address, so that two spellings of one device compare equal.
 
-    Modbus: the unit id as a decimal integer 1–247 ("01" and "1" are the same slave, Modbus
-    Application Protocol V1.1b3 §4.1); DL/T 645: exactly 12 ASCII digits (DL/T 645-2007 §7.1, A0..A5
-    as 12 BCD digits).  Raises ``ValueError`` with a one-line reason otherwise.
+    Modbus: the unit id as a decimal integer 1–247 ("01" and "1" are the same slave; MODBUS over
+    Serial Line V1.02 §2.2: individual slave addresses 1–247); DL/T 645: exactly 12 ASCII digits
+    (DL/T 645-2007: the address field A0–A5 is six BCD bytes).  Raises ``ValueError`` with a one-line
+    reason otherwise.
     """
     if not _DIGITS.fullmatch(address):
         what = "DL/T 645 address must be 12 digits" if protocol == "dlt645" else "Modbus unit id must be 1–247"
@@ -280,7 +281,8 @@ def _cross_check(cfg: GatewayConfig, file: Path, text: str) -> None:
         if key in addresses:
             fail(
                 ("meters", i, "address"),
-                f"address {meter.address} (unit {normal}) already used on bus {meter.bus} by meter "
+                f"address {meter.address}{f' (unit {normal})' if normal != meter.address else ''} already "
+                f"used on bus {meter.bus} by meter "
                 f"'{addresses[key]}': one physical meter would be billed to two accounts",
             )
         addresses[key] = meter.id
