@@ -241,7 +241,7 @@ def test_money_settings_are_pinned_in_the_database(tmp_path: Path, setting: str,
     finally:
         store.close()
     path = write(tmp_path, GOOD.replace('database = "pmg.db"', f'database = "pmg.db"\n{text}', 1))
-    for args in (("balance", "a1"), ("run", "--check")):
+    for args in (("balance", "a1"), ("run", "--check"), ("run",)):
         done = _run_cli(tmp_path, *args, "--config", str(path))
         assert done.returncode != 0, args
         lines = done.stderr.strip().splitlines()
