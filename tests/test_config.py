@@ -240,7 +240,8 @@ def test_money_settings_are_pinned_in_the_database(tmp_path: Path, setting: str,
             check_money_pins(store, "EUR" if setting == "currency" else "CNY", 0 if setting == "minor_digits" else 2)
     finally:
         store.close()
-    path = write(tmp_path, GOOD.replace('database = "pmg.db"', f'database = "pmg.db"\n{text}', 1))
+    tariffs = REPO / "config" / "tariffs"
+    path = write(tmp_path, GOOD.replace('database = "pmg.db"', f'database = "pmg.db"\ntariff_dir = "{tariffs}"\n{text}', 1))
     for args in (("balance", "a1"), ("run", "--check"), ("run",)):
         done = _run_cli(tmp_path, *args, "--config", str(path))
         assert done.returncode != 0, args
