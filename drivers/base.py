@@ -72,6 +72,22 @@ class Point(enum.StrEnum):
 
 BILLING_POINTS: frozenset[Point] = frozenset({Point.ENERGY_IMPORT, Point.RELAY})
 
+# The ``Reading`` field each point fills: the key of ``Reading.errors`` when that point's value was bad.
+POINT_FIELDS: dict[Point, tuple[str, ...]] = {
+    Point.ENERGY_IMPORT: ("energy_import_wh",),
+    Point.ENERGY_EXPORT: ("energy_export_wh",),
+    Point.ENERGY_IMPORT_TARIFFS: ("energy_import_tariffs_wh",),
+    Point.VOLTAGE: ("voltage_v",),
+    Point.CURRENT: ("current_a",),
+    Point.POWER: ("power_w",),
+    Point.FREQUENCY: ("frequency_hz",),
+    Point.POWER_FACTOR: ("power_factor",),
+    Point.METER_TIME: ("meter_time",),
+    Point.RELAY: ("relay",),
+    Point.STATUS: ("status",),
+    Point.PREPAID_MONEY: ("prepaid_money",),
+}
+
 
 @dataclass(frozen=True)
 class Reading:
@@ -98,6 +114,9 @@ class Reading:
     status: dict[str, bool | int] = field(default_factory=dict)
     prepaid_money: Decimal | None = None
     error: str | None = None
+    # Fields the meter answered but whose value was bad (field name -> one-line error); the field is
+    # ``None``.  One bad optional field (a clock answered as 00 00 00 00) must not cost the energy.
+    errors: dict[str, str] = field(default_factory=dict)
 
     @property
     def chargeable(self) -> bool:
@@ -128,6 +147,7 @@ class Reading:
             "status": self.status,
             "prepaid_money": dec(self.prepaid_money),
             "error": self.error,
+            "errors": dict(self.errors),
         }
 
 

@@ -38,7 +38,12 @@ def build_components(cfg: GatewayConfig, config_path: Path, store: Store | None)
     install_official(calendar, store.conn if store else None, calendar_file)
     book = TariffBook.load(resolve(config_path, cfg.tariff_dir), store.conn if store else None, calendar)
     for meter in cfg.meters:
-        book.get(meter.tariff)  # a meter on an unknown tariff is a configuration error
+        tariff = book.get(meter.tariff)  # a meter on an unknown tariff is a configuration error
+        if tariff.currency != cfg.currency:  # its prices would be posted as the gateway's money
+            raise ValueError(
+                f"meter '{meter.id}': tariff '{tariff.id}' is in {tariff.currency}, the gateway keeps "
+                f"accounts in {cfg.currency}"
+            )
     caps = {m.id: _caps(cfg, m) for m in cfg.meters}
     policy = PolicyEngine(rules, calendar, caps, book=book, minor_digits=cfg.minor_digits)
     return Components(cfg, book, policy, rules, calendar)

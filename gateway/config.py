@@ -135,9 +135,20 @@ class PolicyConfig(Strict):
 
 
 class MetricsConfig(Strict):
-    listen: str | None = Field(default=None, pattern=r"^[^\s:]*:\d{1,5}$")  # "127.0.0.1:9108"; None disables
+    listen: str | None = Field(default=None, pattern=r"^[^\s:]*:[0-9]{1,5}$")  # "127.0.0.1:9108"; None disables
     status_interval_s: float = Field(default=10.0, ge=1, le=3600)
     """How often the daemon writes its live status snapshot for ``pmg status``."""
+
+    @field_validator("listen")
+    @classmethod
+    def _port(cls, v: str | None) -> str | None:
+        # The daemon binds with ``parse_listen``; checking with it here makes ``run --check`` refuse
+        # exactly what ``run`` would (a port above 65535 used to pass the check).
+        if v is not None:
+            from gateway.metrics import parse_listen
+
+            parse_listen(v)
+        return v
 
 
 class HousekeepingConfig(Strict):
@@ -188,13 +199,42 @@ class GatewayConfig(Strict):
         return [m for m in self.meters if m.bus == bus_id]
 
 
-_MONEY = re.compile(r"^-?\d{1,12}(\.\d{1,4})?$")
+_MONEY = re.compile(r"^[0-9]{1,12}(\.[0-9]{1,4})?$")  # ASCII digits: ``\d`` would take any script's
 
 
 def _check_money(v: str) -> str:
-    if not _MONEY.match(v):
-        raise ValueError(f'money must be a decimal string like "5.00" (got {v!r})')
+    if not _MONEY.fullmatch(v):
+        raise ValueError(f'money must be a non-negative decimal string like "5.00" (got {v!r})')
     return v
+
+
+def _credit_fits(text: str, minor_digits: int) -> bool:
+    """Emergency credit must be whole minor units: "5.001" with 2 digits would be rounded on seeding."""
+    return not text.partition(".")[2][minor_digits:].strip("0")
+
+
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def normalized_address(protocol: str, address: str) -> str:
+    """The one spelling of a meter address, so that two spellings of one device compare equal.
+
+    Modbus: the unit id as a decimal integer 1–247 ("01" and "1" are the same slave; MODBUS over
+    Serial Line V1.02 §2.2: individual slave addresses 1–247); DL/T 645: exactly 12 ASCII digits
+    (DL/T 645-2007: the address field A0–A5 is six BCD bytes).  Raises ``ValueError`` with a one-line
+    reason otherwise.
+    """
+    if not _DIGITS.fullmatch(address):
+        what = "DL/T 645 address must be 12 digits" if protocol == "dlt645" else "Modbus unit id must be 1–247"
+        raise ValueError(f"{what} (got '{address}'; only the digits 0-9 are allowed)")
+    if protocol == "dlt645":
+        if len(address) != 12:
+            raise ValueError(f"DL/T 645 address must be 12 digits (got '{address}')")
+        return address
+    unit = int(address)
+    if not 1 <= unit <= 247:
+        raise ValueError(f"Modbus unit id must be 1–247 (got '{address}')")
+    return str(unit)
 
 
 class ConfigError(TomlError):
@@ -217,7 +257,7 @@ def _cross_check(cfg: GatewayConfig, file: Path, text: str) -> None:
         seen[bus.id] = i
     bus_ids = {b.id: b for b in cfg.buses}
     meter_ids: dict[str, int] = {}
-    addresses: dict[tuple[str, str], str] = {}
+    addresses: dict[tuple[str, str], str] = {}  # (bus, normalised address) -> meter id
     for i, meter in enumerate(cfg.meters):
         if meter.id in meter_ids:
             fail(
@@ -230,21 +270,22 @@ def _cross_check(cfg: GatewayConfig, file: Path, text: str) -> None:
             known = ", ".join(sorted(bus_ids)) or "none defined"
             fail(("meters", i, "bus"), f"no bus '{meter.bus}' (buses: {known})")
             return
+        try:
+            normal = normalized_address(meter_bus.protocol, meter.address)
+        except ValueError as exc:
+            fail(("meters", i, "address"), str(exc))
         if meter_bus.protocol == "dlt645":
-            if not re.fullmatch(r"\d{12}", meter.address):
-                fail(("meters", i, "address"), f"DL/T 645 address must be 12 digits (got '{meter.address}')")
             if meter.profile is not None:
                 fail(("meters", i, "profile"), "profile applies to Modbus meters only")
-        else:
-            if not meter.address.isdigit() or not 1 <= int(meter.address) <= 247:
-                fail(("meters", i, "address"), f"Modbus unit id must be 1–247 (got '{meter.address}')")
-            if meter.profile is None:
-                fail(("meters", i), 'a Modbus meter needs a profile (e.g. profile = "sdm120")')
-        key = (meter.bus, meter.address)
+        elif meter.profile is None:
+            fail(("meters", i), 'a Modbus meter needs a profile (e.g. profile = "sdm120")')
+        key = (meter.bus, normal)
         if key in addresses:
             fail(
                 ("meters", i, "address"),
-                f"address {meter.address} already used on bus {meter.bus} by meter '{addresses[key]}'",
+                f"address {meter.address}{f' (unit {normal})' if normal != meter.address else ''} already "
+                f"used on bus {meter.bus} by meter "
+                f"'{addresses[key]}': one physical meter would be billed to two accounts",
             )
         addresses[key] = meter.id
     acc_ids: set[str] = set()
@@ -252,6 +293,12 @@ def _cross_check(cfg: GatewayConfig, file: Path, text: str) -> None:
         if acc.id in acc_ids:
             fail(("accounts", i, "id"), f"duplicate account id '{acc.id}'")
         acc_ids.add(acc.id)
+        # Checked here, not at seeding, so ``run --check`` refuses what ``run`` would refuse or round.
+        if not _credit_fits(acc.emergency_credit, cfg.minor_digits):
+            fail(
+                ("accounts", i, "emergency_credit"),
+                f"{acc.emergency_credit!r} has more than minor_digits = {cfg.minor_digits} decimal places",
+            )
     if cfg.mqtt and cfg.mqtt.password and cfg.mqtt.password_file:
         fail(("mqtt", "password"), "give password or password_file, not both")
 

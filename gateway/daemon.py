@@ -37,6 +37,7 @@ from gateway.payment_watch import clear as clear_decision_mark
 from gateway.service import InstanceLock, sd_notify, watchdog_interval_s
 from gateway.snapshots import state_snapshot
 from gateway.store.db import Store, StoreError, open_store
+from gateway.store.pins import check_money_pins
 from gateway.sync.mqtt import MqttLink
 from gateway.timeutil import Clock, iso, system_clock
 
@@ -102,6 +103,7 @@ class Gateway:
         self._lock.acquire()
         try:
             self.store = open_store(db_path, on_migrate=_announce_migration)
+            check_money_pins(self.store, self.cfg.currency, self.cfg.minor_digits)
             self.parts = build_components(self.cfg, self.config_path, self.store)
             seed_from_config(self.store, self.cfg, self.clock())
             with self.store.tx() as conn:
@@ -301,6 +303,7 @@ class Gateway:
             cfg = load_config(self.config_path)
             if cfg.database != self.cfg.database or cfg.gateway_id != self.cfg.gateway_id:
                 raise ValueError("gateway_id and database cannot change on reload (restart instead)")
+            check_money_pins(self.store, cfg.currency, cfg.minor_digits)
             parts = build_components(cfg, self.config_path, self.store)
             seed_from_config(self.store, cfg, self.clock())
         except Exception as exc:
@@ -393,6 +396,8 @@ class Gateway:
             register_modulus_wh=mcfg.register_modulus_wh,
             minor_digits=self.cfg.minor_digits,
         )
+        if outcome.outcome == "quarantined":  # held, with an alarm event; one line, not a traceback per poll
+            log.warning("meter=%s reading quarantined: %s", meter_id, outcome.reason)
         relay_moved = reading.relay is not None and outcome.relay_before != reading.relay.value
         # Re-decide when money or the relay moved; time alone is the due-review task's business.
         if outcome.outcome == "baseline" or (outcome.outcome == "charged" and outcome.charge_minor) or relay_moved:

@@ -22,7 +22,10 @@ class InstanceLock:
     """An exclusive ``flock`` on ``<database>.lock``, held for the life of the daemon."""
 
     def __init__(self, database: Path) -> None:
-        self.path = Path(str(database) + ".lock")
+        # The lock file sits beside the *real* database file: the same database reached through a
+        # symlink, a relative path or ``..`` must meet the same lock, or two daemons would charge
+        # every reading twice.
+        self.path = Path(os.path.realpath(database) + ".lock")
         self._fh: IO[str] | None = None
 
     def acquire(self) -> None:

@@ -126,6 +126,13 @@ def collect(store: Store, now: datetime) -> dict[str, Any]:
             "WHERE last_comms_error IS NOT NULL ORDER BY id"
         )
     ]
+    quarantined = [
+        {"meter": r["id"], "reading_id": r["reading_id"], "since": r["taken_at"], "detail": r["detail"]}
+        for r in store.all(
+            "SELECT m.id, q.id AS reading_id, q.taken_at, q.detail FROM meters m "
+            "JOIN readings q ON q.id = m.quarantined_reading_id ORDER BY m.id"
+        )
+    ]
     levels = {
         r[0]: r[1] for r in store.all("SELECT policy_state, COUNT(*) FROM accounts GROUP BY 1 ORDER BY 1")
     }
@@ -141,6 +148,7 @@ def collect(store: Store, now: datetime) -> dict[str, Any]:
         "live": live,
         "meters": store.scalar("SELECT COUNT(*) FROM meters"),
         "meters_unreachable": unreachable,
+        "meters_quarantined": quarantined,
         "outbox": {
             "messages": bl.messages,
             "billing_messages": bl.billing_messages,

@@ -89,6 +89,50 @@ def test_payment_add_applies_once_per_id(cfg_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("given", ["", "   "])
+def test_payment_add_refuses_an_empty_id_and_changes_nothing(cfg_path: Path, given: str) -> None:
+    """An empty ``--id`` used to become a new UUID each time: the retry applied the money twice."""
+    before = money_rows(cfg_path)
+    for _ in range(2):
+        one_line(
+            run("payment", "add", "-c", str(cfg_path), "a1", "5.00", "--id", given, "--actor", "clerk"),
+            2,
+            "--id",
+        )
+    assert money_rows(cfg_path) == before
+
+
+def test_read_succeeds_with_the_good_fields_and_names_each_bad_one() -> None:
+    """An independent DL/T 645 implementation (the ``dlt645`` package) answers the date DI with
+    ``00 00 00 00``: ``pmg read`` used to fail whole; now the energy and good fields arrive."""
+    import json
+
+    from dlt645 import MeterServerService
+
+    from drivers.dlt645.frame import address_to_bytes
+
+    svc = MeterServerService.new_tcp_server("127.0.0.1", 0, timeout=0.3)
+    svc.set_address(address_to_bytes("000000000161"))
+    assert svc.set_00(0x00010000, 112280.26)
+    assert svc.server.start()
+    try:
+        args = ["read", "--protocol", "dlt645", "--port", f"socket://127.0.0.1:{svc.server.port}"]
+        args += ["--address", "000000000161"]
+        as_json = run(*args, "--json")
+        text = run(*args)
+    finally:
+        svc.server.stop()
+    assert as_json.exit_code == 0, as_json.output + as_json.stderr
+    data = json.loads(as_json.stdout)
+    assert data["quality"] == "ok" and data["energy_import_wh"] == 112_280_260
+    assert data["meter_time"] is None and data["relay"] == "closed"
+    assert list(data["errors"]) == ["meter_time"] and "invalid date/time 00 00 00 00" in data["errors"]["meter_time"]
+    assert text.exit_code == 0, text.output + text.stderr
+    bad_lines = [line for line in text.stdout.splitlines() if ": error: " in line]
+    assert len(bad_lines) == 1 and bad_lines[0].startswith("meter_time: error: DI 04000101: invalid date/time")
+    assert "112280260" in text.stdout
+
+
 def test_balance_and_verify_report_missing_things_in_one_line(cfg_path: Path, tmp_path: Path) -> None:
     one_line(run("balance", "-c", str(cfg_path), "ghost"), 2, "no account 'ghost'")
     assert run("ledger", "verify", "-c", str(cfg_path)).exit_code == 0

@@ -42,6 +42,22 @@ def test_second_lock_on_a_database_names_the_holder(tmp_path: Path) -> None:
     again.release()
 
 
+def test_the_lock_holds_for_the_same_database_through_a_symlink_or_another_path(tmp_path: Path) -> None:
+    """Two daemons on one database through two paths would charge every reading twice."""
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "pmg.db").touch()
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "pmg.db").symlink_to(tmp_path / "var" / "pmg.db")  # the file itself linked
+    first = InstanceLock(tmp_path / "var" / "pmg.db")
+    first.acquire()
+    try:
+        for other in (tmp_path / "etc" / "pmg.db", tmp_path / "etc" / ".." / "var" / "pmg.db"):
+            with pytest.raises(AlreadyRunning):
+                InstanceLock(other).acquire()
+    finally:
+        first.release()
+
+
 def _record(msg: str, *args: object, **extra: object) -> logging.LogRecord:
     record = logging.LogRecord("pmg.bus", logging.WARNING, __file__, 1, msg, args, None)
     for key, value in extra.items():

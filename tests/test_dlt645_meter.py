@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
-from dlt645_fixtures import ManualClock, count_hand_offs, run_async, sim_bus  # noqa: F401  (fixture)
+from dlt645_fixtures import ManualClock, count_hand_offs, run_async, scripted, sim_bus  # noqa: F401  (fixture)
 
 from drivers.base import (
     Meter,
@@ -19,7 +20,7 @@ from drivers.base import (
     RelayState,
 )
 from drivers.dlt645 import Dlt645Link, Dlt645Meter, broadcast_time, read_address, scan
-from drivers.dlt645.frame import address_to_bytes
+from drivers.dlt645.frame import Frame, address_to_bytes, encode
 from simulators.dlt645 import make_models
 from simulators.model import Fault
 
@@ -317,3 +318,80 @@ async def test_a_silent_meter_is_asked_once_per_poll_not_once_per_point(sim_bus)
         reading = await meter(link).read([Point.ENERGY_IMPORT, Point.ENERGY_IMPORT_TARIFFS, Point.RELAY])
     assert reading.quality is Quality.TIMEOUT and not reading.chargeable
     assert link.stats.requests == 1 and link.stats.timeouts == 1, "the batch stops at the first silence"
+
+
+@run_async
+async def test_a_bad_optional_field_is_reported_and_the_energy_still_read() -> None:
+    """The ``dlt645`` package answers the date DI (04000101) with ``00 00 00 00``: no month 0.
+
+    That used to fail the whole read (bad_frame, no energy); the energy and every good field now
+    arrive, and the clock is ``None`` with its error under ``errors``."""
+    from dlt645 import MeterServerService
+
+    svc = MeterServerService.new_tcp_server("127.0.0.1", 0, timeout=0.3)
+    svc.set_address(address_to_bytes("000000000161"))
+    assert svc.set_00(0x00010000, 112280.26)
+    assert svc.set_02(0x02010100, 231.4)
+    assert svc.server.start()
+    try:
+        async with fast_link(f"socket://127.0.0.1:{svc.server.port}", timeout_s=1.0) as link:
+            r = await Dlt645Meter(link, "000000000161").read([Point.ENERGY_IMPORT, Point.METER_TIME, Point.VOLTAGE])
+            everything = await Dlt645Meter(link, "000000000161").read(list(Point))
+    finally:
+        svc.server.stop()
+    assert r.quality is Quality.OK and r.chargeable
+    assert r.energy_import_wh == 112_280_260 and r.voltage_v == Decimal("231.4")
+    assert r.meter_time is None
+    assert list(r.errors) == ["meter_time"]
+    assert "DI 04000101: invalid date/time 00 00 00 00" in r.errors["meter_time"]
+    assert r.to_json()["errors"] == r.errors and r.to_json()["meter_time"] is None
+    assert everything.quality is Quality.OK and everything.energy_import_wh == 112_280_260
+    assert everything.relay is RelayState.CLOSED and list(everything.errors) == ["meter_time"]
+
+
+@run_async
+async def test_the_billing_point_still_fails_the_whole_read_when_its_value_is_bad(scripted) -> None:  # noqa: F811
+    """Only optional fields degrade to an error entry: undecodable energy is never a number."""
+    meter_ = scripted([lambda r: encode(Frame(r.address, 0x80 | r.function, r.data[:4] + bytes.fromhex("FA FA FA FA")))])
+    async with fast_link(meter_.url) as link:
+        r = await meter(link).read([Point.ENERGY_IMPORT, Point.METER_TIME])
+    assert r.quality is Quality.BAD_FRAME and r.energy_import_wh is None and not r.chargeable
+    assert "not BCD" in (r.error or "")
+
+
+@run_async
+async def test_a_refused_status_word_still_bills_the_energy(scripted, tmp_path) -> None:  # noqa: F811
+    """A meter that refuses status word 3 (unauthorised) but answers its register: the daemon's poll
+    is chargeable, relay unknown, and the ledger charges the energy (it used to be a refused read)."""
+    from test_ledger_support import T0, make_book, new_ledger
+
+    from drivers.dlt645 import di as dis
+    from gateway.ledger.charging import record_reading
+
+    energy = {0: bytes.fromhex("00 00 00 00"), 1: bytes.fromhex("00 20 00 00")}  # 0.00 then 20.00 kWh
+    polls = [0]
+
+    def answer(request: Frame) -> bytes:
+        di = int.from_bytes(request.data[:4], "little")
+        if di == dis.status_word(3):
+            return encode(Frame(request.address, 0xD1, b"\x04"))  # abnormal reply: unauthorised
+        if di == dis.ENERGY_IMPORT:
+            value = energy[min(polls[0], 1)]
+            polls[0] += 1
+            return encode(Frame(request.address, 0x80 | request.function, request.data[:4] + value))
+        return encode(Frame(request.address, 0xD1, b"\x02"))  # no such data
+
+    meter_ = scripted([answer])
+    async with fast_link(meter_.url) as link:
+        first = await meter(link).read([Point.ENERGY_IMPORT, Point.RELAY])
+        second = await meter(link).read([Point.ENERGY_IMPORT, Point.RELAY])
+    assert first.chargeable and second.chargeable and second.relay is None
+    assert list(second.errors) == ["relay"] and "unauthorised" in second.errors["relay"]
+    book = make_book(tmp_path)
+    store = new_ledger(tmp_path / "l.db")
+    outcomes = []
+    for r, at in ((first, T0), (second, T0 + timedelta(hours=1))):
+        with store.tx() as conn:
+            outcomes.append(record_reading(conn, "m1", replace(r, taken_at=at), book.pricer(conn), max_power_w=30_000))
+    store.close()
+    assert [(o.outcome, o.delta_wh) for o in outcomes] == [("baseline", 0), ("charged", 20_000)]

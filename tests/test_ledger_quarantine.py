@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from dataclasses import replace
+from datetime import UTC, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -209,4 +210,172 @@ def test_cli_replace_and_debt_and_adjust(tmp_path: Path) -> None:
         cli, ["ledger", "adjust", "-c", str(cfg_path), "acc1", "1.5x", "--reason", "r", "--actor", "a"]
     )
     assert adj.exit_code == 2 and adj.output.count("\n") == 1
+    assert runner.invoke(cli, ["ledger", "verify", "-c", str(cfg_path)]).exit_code == 0
+
+
+# --- readings that cannot be priced ---------------------------------------------------------------
+
+UNPRICEABLE_TARIFFS = {
+    # tou-cn with 费率 4 mapped too: the fix a technician makes when the meters count T4
+    "tou-cn-t4": (TARIFFS / "tou-cn.toml").read_text().replace(
+        'registers = { T1 = "peak", T2 = "flat", T3 = "valley" }',
+        'registers = { T1 = "peak", T2 = "flat", T3 = "valley", T4 = "peak" }',
+    ),
+    "later": 'id = "later"\ncurrency = "CNY"\nminor_digits = 2\n[[versions]]\nversion = 1\n'
+    'effective_from = 2026-06-01T00:00:00+08:00\ntimezone = "Asia/Shanghai"\nprice = "0.5283"\n',
+    "earlier": 'id = "later"\ncurrency = "CNY"\nminor_digits = 2\n[[versions]]\nversion = 1\n'
+    'effective_from = 2026-01-01T00:00:00+08:00\ntimezone = "Asia/Shanghai"\nprice = "0.5283"\n',
+    "huge": 'id = "huge"\ncurrency = "CNY"\nminor_digits = 2\n[[versions]]\nversion = 1\n'
+    'effective_from = 2026-01-01T00:00:00+08:00\ntimezone = "Asia/Shanghai"\nprice = "1E+20"\n',
+}
+
+
+def _tariff(tmp_path: Path, name: str, as_id: str | None = None) -> Any:
+    from gateway.tariffs.model import load_tariff
+
+    path = tmp_path / f"{name}.toml"
+    path.write_text(UNPRICEABLE_TARIFFS[name])
+    tariff = load_tariff(path)
+    return tariff if as_id is None else replace(tariff, id=as_id)
+
+
+def _tou_read(store: Any, book: Any, registers: tuple[int, int, int, int], at: Any) -> Any:
+    from drivers.base import Quality, Reading
+
+    r = Reading(
+        "000000000001", at.astimezone(UTC), Quality.OK,
+        energy_import_wh=sum(registers), energy_import_tariffs_wh=registers,
+    )
+    with store.tx() as conn:
+        return record_reading(conn, "m1", r, book.pricer(conn), max_power_w=10_000)
+
+
+def _held(store: Any) -> Any:
+    return store.scalar("SELECT quarantined_reading_id FROM meters WHERE id = 'm1'")
+
+
+def test_energy_in_an_unmapped_register_is_quarantined_then_charged_once_when_the_tariff_maps_it(
+    tmp_path: Path,
+) -> None:
+    """It used to raise on every poll: no row, no event, the meter "100 % ok", the energy unbilled."""
+    book = make_book(tmp_path)
+    store = new_ledger(tmp_path / "l.db", accounts=(("acc1", "tou-cn"),))
+    start = T0 + 9 * H  # a workday peak hour
+    assert _tou_read(store, book, (1_000, 0, 0, 0), start).outcome == "baseline"
+    first = _tou_read(store, book, (1_500, 0, 0, 300), start + H)
+    assert (first.outcome, first.delta_wh, first.charge_minor) == ("quarantined", 0, 0)
+    assert "register T4 measured" in (first.reason or "")
+    assert _held(store) == first.reading_id
+    event = store.one("SELECT severity, detail_json FROM events WHERE kind = 'reading_quarantined'")
+    detail = json.loads(event["detail_json"])
+    assert event["severity"] == "alarm" and detail["kind"] == "unpriceable" and detail["delta_wh"] == 800
+    row = store.one("SELECT outcome, delta_wh, detail FROM readings WHERE id = ?", first.reading_id)
+    assert (row["outcome"], row["delta_wh"]) == ("quarantined", 800) and row["detail"].startswith("unpriceable: ")
+    assert store.scalar("SELECT comms_ok FROM meters WHERE id = 'm1'") == 2  # it answered: comms are fine
+
+    again = _tou_read(store, book, (1_700, 0, 0, 500), start + 2 * H)
+    assert again.outcome == "ignored" and _held(store) == first.reading_id
+    assert store.scalar("SELECT COUNT(*) FROM events WHERE kind = 'reading_quarantined'") == 1  # one alarm
+    assert _charged(store) == (0, 0)
+
+    fixed = make_book(tmp_path)
+    fixed.tariffs["tou-cn"] = _tariff(tmp_path, "tou-cn-t4", "tou-cn")  # the tariff now maps T4
+    done = _tou_read(store, fixed, (1_800, 0, 0, 600), start + 3 * H)
+    assert (done.outcome, done.delta_wh) == ("charged", 1_400)  # the whole interval since the baseline
+    assert _held(store) is None
+    peak = Decimal("0.7000")  # tou-cn peak price (config/tariffs/tou-cn.toml)
+    assert _charged(store) == (1_400, to_minor(1_400 * peak / 1000))
+    assert store.scalar("SELECT COUNT(*) FROM events WHERE kind = 'reading_quarantine_cleared'") == 1
+    assert store.scalar("SELECT outcome FROM readings WHERE id = ?", first.reading_id) == "ignored"
+    assert _tou_read(store, fixed, (1_900, 0, 0, 600), start + 4 * H).delta_wh == 100
+    assert _charged(store)[0] == 1_500  # every Wh since the baseline, once
+    assert verify(store) == []
+    store.close()
+
+
+def test_no_tariff_version_in_force_is_quarantined_and_accepting_charges_it_once(tmp_path: Path) -> None:
+    book = make_book(tmp_path)
+    book.tariffs["later"] = _tariff(tmp_path, "later")
+    store = new_ledger(tmp_path / "l.db", accounts=(("acc1", "later"),))
+    assert _read(store, book, 1_000, T0) == "baseline"
+    assert _read(store, book, 2_000, T0 + H) == "quarantined"
+    assert "no version in force" in json.loads(
+        store.scalar("SELECT detail_json FROM events WHERE kind = 'reading_quarantined'")
+    )["reason"]
+    with pytest.raises(QuarantineError, match="still cannot be priced: tariff later has no version"), store.tx() as conn:
+        accept_reading(conn, "m1", "charge", book.pricer(conn), T0 + 2 * H, reason="checked", actor="t")
+    assert _held(store) is not None and _charged(store) == (0, 0)  # nothing changed
+
+    book.tariffs["later"] = _tariff(tmp_path, "earlier")  # the head office sends the missing version
+    with store.tx() as conn:
+        res = accept_reading(conn, "m1", "charge", book.pricer(conn), T0 + 2 * H, reason="tariff fixed", actor="t")
+    assert res.delta_wh == 1_000
+    assert _read(store, book, 2_500, T0 + 3 * H) == "charged"
+    assert _charged(store) == (1_500, to_minor(1_500 * PRICE / 1000))
+    assert verify(store) == []
+    store.close()
+
+
+def test_a_charge_too_large_for_the_ledger_is_quarantined_not_a_traceback(tmp_path: Path) -> None:
+    book = make_book(tmp_path)
+    book.tariffs["huge"] = _tariff(tmp_path, "huge")
+    store = new_ledger(tmp_path / "l.db", accounts=(("acc1", "huge"),))
+    assert _read(store, book, 1_000, T0) == "baseline"
+    assert _read(store, book, 2_000, T0 + H) == "quarantined"
+    reason = json.loads(store.scalar("SELECT detail_json FROM events WHERE kind = 'reading_quarantined'"))["reason"]
+    assert "beyond what the ledger can hold" in reason
+    assert _charged(store) == (0, 0) and store.scalar("SELECT balance_minor FROM accounts") == 0
+    assert verify(store) == []
+    store.close()
+
+
+def test_an_unpriceable_meter_is_shown_unhealthy_and_run_check_names_the_register(tmp_path: Path) -> None:
+    """``pmg meters`` said "100 % ok" and ``pmg run --check`` said OK while no reading was billed."""
+    tariffs = tmp_path / "tariffs"
+    tariffs.mkdir()
+    (tariffs / "tou-cn.toml").write_text((TARIFFS / "tou-cn.toml").read_text())
+    cfg_path = tmp_path / "gw.toml"
+    cfg_path.write_text(
+        f'gateway_id = "gw"\ntimezone = "Asia/Shanghai"\ndatabase = "{tmp_path / "pmg.db"}"\n'
+        f'tariff_dir = "{tariffs}"\n'
+        '[[buses]]\nid = "b1"\nprotocol = "dlt645"\nurl = "/dev/null"\n'
+        '[[meters]]\nid = "m1"\nbus = "b1"\naddress = "000000000001"\naccount = "acc1"\ntariff = "tou-cn"\n'
+    )
+    runner = CliRunner()
+    check = runner.invoke(cli, ["run", "--check", "-c", str(cfg_path)])
+    # A register the meter may never use is a warning (the map must match the meter's programming);
+    # energy that does land there is quarantined and alarmed below.
+    assert check.exit_code == 0, check.stderr
+    assert check.stderr.strip().splitlines() == [
+        f"pmg: warning: {cfg_path}: meter 'm1': tariff 'tou-cn' v1 maps registers T1, T2, T3 but the meter "
+        "can count T1, T2, T3, T4; energy in T4 would be quarantined"
+    ]
+    store = open_store(tmp_path / "pmg.db")
+    seed_from_config(store, load_config(cfg_path), T0)
+    from gateway.pricing import TariffBook
+
+    book = TariffBook.load(tariffs, None, make_book(tmp_path).calendar)
+    _tou_read(store, book, (1_000, 0, 0, 0), T0 + 9 * H)
+    held = _tou_read(store, book, (1_200, 0, 0, 300), T0 + 10 * H)
+    store.close()
+    assert held.outcome == "quarantined"
+
+    meters = json.loads(runner.invoke(cli, ["meters", "-c", str(cfg_path), "--json"]).output)
+    assert meters[0]["healthy"] is False and meters[0]["reachable"] is True
+    assert meters[0]["quarantine_detail"].startswith("unpriceable: register T4 measured 300 Wh")
+    table = runner.invoke(cli, ["meters", "-c", str(cfg_path)]).output
+    assert "QUARANTINED: unpriceable" in table
+    status = runner.invoke(cli, ["status", "-c", str(cfg_path), "--json"])
+    assert status.exit_code == 1
+    assert [m["meter"] for m in json.loads(status.output)["meters_quarantined"]] == ["m1"]
+
+    (tariffs / "tou-cn.toml").write_text(UNPRICEABLE_TARIFFS["tou-cn-t4"])
+    fixed = runner.invoke(cli, ["run", "--check", "-c", str(cfg_path)])
+    assert fixed.exit_code == 0 and "OK" in fixed.output, fixed.stderr
+    ok = runner.invoke(
+        cli, ["meter", "accept-reading", "-c", str(cfg_path), "m1", "--charge", "--reason", "T4 mapped", "--actor", "t", "--json"]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.output)["charged_wh"] == 500
+    assert json.loads(runner.invoke(cli, ["meters", "-c", str(cfg_path), "--json"]).output)[0]["healthy"] is True
     assert runner.invoke(cli, ["ledger", "verify", "-c", str(cfg_path)]).exit_code == 0

@@ -320,3 +320,16 @@ def test_link_reconnects_after_the_tcp_peer_restarts(sim_bus) -> None:
 
     before, after = run(with_link(f"tcp://127.0.0.1:{port}", body))
     assert (before.energy_import_wh, after.quality, after.energy_import_wh) == (100, Quality.OK, 200)
+
+
+def test_a_bad_optional_register_is_named_in_errors_and_the_energy_still_read(sim_bus) -> None:
+    """A voltage register holding +inf (float32 overflow) is no number: the field is None and
+    ``errors`` says why, while the energy stands (``pmg read --json`` shows both)."""
+    m = model(ManualClock())
+    m.voltage_dv = 10**45  # beyond float32: the register holds infinity
+    port = sim_bus({3: (m, profile("sdm120"))}).start_tcp()
+    r = run(with_link(f"tcp://127.0.0.1:{port}", lambda link: ModbusMeter(link, 3, profile("sdm120")).read(ALL)))
+    assert r.quality is Quality.OK and r.chargeable and r.energy_import_wh == 123_456
+    assert r.voltage_v is None
+    assert list(r.errors) == ["voltage_v"], r.errors
+    assert r.to_json()["errors"] == r.errors

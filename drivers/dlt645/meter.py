@@ -2,19 +2,23 @@
 
 Each ``Point`` maps to data identifiers in ``di.TABLE``.  A read of several points is several
 request/reply exchanges; the billing point (import energy) failing fails the whole reading, while
-an optional point the meter does not have ("no such data") just stays ``None``.  Relay commands are
+an optional point the meter does not have ("no such data") just stays ``None``, and one it answers
+badly (refused, or value bytes that do not decode) stays ``None`` with its error in
+``Reading.errors``.  Relay commands are
 confirmed by reading status word 3 back: the meter's acknowledgement alone decides nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 
 from drivers.base import (
     BILLING_POINTS,
+    POINT_FIELDS,
     BadFrame,
     DriverError,
     MeterRefused,
@@ -29,7 +33,7 @@ from drivers.base import (
 )
 from drivers.dlt645 import commands
 from drivers.dlt645 import di as dis
-from drivers.dlt645.frame import Dlt645Refused, Frame, check_address
+from drivers.dlt645.frame import Dlt645Refused, Frame, FrameError, check_address
 from drivers.dlt645.link import Dlt645Link
 
 MAX_FOLLOW_UPS = 16
@@ -143,6 +147,7 @@ class Dlt645Meter:
         table = _V1997 if self._v1997 else _V2007
         taken_at = self._clock()
         values: dict[int, Any] = {}
+        bad: dict[int, str] = {}  # DI -> why its value is unusable (optional points only)
         block = not self._v1997 and Point.ENERGY_IMPORT in wanted and Point.ENERGY_IMPORT_TARIFFS in wanted
         try:
             await self._prefetch(wanted, table, block)
@@ -152,12 +157,7 @@ class Dlt645Meter:
                 for di in table.get(point, ()):
                     if di in values:
                         continue
-                    try:
-                        values[di] = await self.read_value(di)
-                    except Dlt645Refused as exc:
-                        if not exc.no_such_data or point in _REQUIRED:
-                            raise
-                        values[di] = None
+                    values[di] = await self._read_field(di, point in _REQUIRED, bad)
         except MeterTimeout as exc:
             return Reading(self.address, taken_at, Quality.TIMEOUT, error=str(exc))
         except BadFrame as exc:
@@ -168,7 +168,38 @@ class Dlt645Meter:
             return Reading(self.address, taken_at, Quality.TIMEOUT, error=str(exc))
         finally:
             self._prefetched.clear()
-        return self._assemble(taken_at, wanted, values)
+        reading = self._assemble(taken_at, wanted, values)
+        if not bad:
+            return reading
+        errors = {
+            name: bad[di]
+            for point in wanted
+            for di in table.get(point, ())
+            if di in bad
+            for name in POINT_FIELDS[point]
+        }
+        return replace(reading, errors=errors)
+
+    async def _read_field(self, di: int, required: bool, bad: dict[int, str]) -> Any:
+        """One DI's value; for an optional point, a refusal or an undecodable value is noted in ``bad``
+        and gives ``None``, so the energy and the other fields still arrive (a meter that answers its
+        date DI with ``00 00 00 00`` is still billed).  A timeout or a broken frame still fails the
+        whole read: that is the line, not the field."""
+        try:
+            raw = await self.read_raw(di)
+        except Dlt645Refused as exc:
+            if required:
+                raise
+            if not exc.no_such_data:  # "no such data" is a meter without the point, not a fault
+                bad[di] = str(exc)
+            return None
+        try:
+            return dis.lookup(di, v1997=self._v1997).decode(raw)
+        except FrameError as exc:  # the reply was a valid frame; its value bytes were not
+            if required:
+                raise
+            bad[di] = str(exc)
+            return None
 
     async def _prefetch(self, wanted: list[Point], table: dict[Point, tuple[int, ...]], block: bool) -> None:
         """Send a poll's read requests as one batch (``Dlt645Link.request_many``); ``read_raw`` takes

@@ -20,6 +20,7 @@ from typing import Any
 
 from drivers.base import (
     BILLING_POINTS,
+    POINT_FIELDS,
     BadFrame,
     DriverError,
     MeterRefused,
@@ -124,7 +125,11 @@ class ModbusMeter:
                 quality = problems[p][0]
                 break
         error = "; ".join(f"{p.value}: {msg}" for p, (_, msg) in sorted(problems.items())) or None
-        return Reading(self.address, taken_at, quality, error=error, **values)
+        if quality is not Quality.OK:
+            return Reading(self.address, taken_at, quality, error=error, **values)
+        # Only optional points were bad: the reading stands, each bad field named with its error.
+        errors = {name: msg for p, (_, msg) in sorted(problems.items()) for name in POINT_FIELDS[p]}
+        return Reading(self.address, taken_at, quality, error=error, errors=errors, **values)
 
     async def _read_block(
         self, block: Block[Point], values: dict[str, Any], problems: dict[Point, tuple[Quality, str]]

@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from gateway.cli.common import config_option, load
+from gateway.config import GatewayConfig
+
+if TYPE_CHECKING:  # the CLI imports the daemon's parts only when a command needs them
+    from gateway.components import Components
 
 
 def register(cli: click.Group) -> None:
@@ -27,17 +32,50 @@ def run(config_path: Path, check: bool) -> None:
     invalid.
     """
     cfg = load(config_path)
-    from gateway.components import build_components
     from gateway.daemon import run_daemon
 
-    build_components(cfg, config_path, None)
+    parts = _validate(cfg, config_path)
     if check:
-        click.echo(f"{config_path}: OK ({len(cfg.buses)} buses, {len(cfg.meters)} meters)")
+        _report_registers(cfg, config_path, parts)
         return
     root = logging.getLogger()
     if root.level > logging.INFO:
         root.setLevel(logging.INFO)
     asyncio.run(run_daemon(config_path, cfg))
+
+
+def _validate(cfg: GatewayConfig, config_path: Path) -> Components:
+    """What ``run`` and ``run --check`` both refuse before anything starts — one function, so the
+    check cannot pass what the daemon then rejects: the money unit pinned in an existing database,
+    then rules, calendar and tariffs (with the database's own tariffs)."""
+    from gateway.components import build_components
+    from gateway.config import resolve
+    from gateway.store.db import open_store
+    from gateway.store.pins import check_money_pins
+
+    database = resolve(config_path, cfg.database)
+    store = open_store(database, readonly=True) if database.exists() else None
+    try:
+        if store is not None:
+            check_money_pins(store, cfg.currency, cfg.minor_digits, write=False)
+        return build_components(cfg, config_path, store)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _report_registers(cfg: GatewayConfig, config_path: Path, parts: Components) -> None:
+    """``--check`` also asks whether every meter's energy can be priced (``gateway.registercheck``):
+    one line per problem; exit status 2 if any is an error (a warning alone still passes)."""
+    from gateway.registercheck import register_problems
+    from gateway.timeutil import system_clock
+
+    problems = register_problems(cfg, parts.book.tariffs, system_clock())
+    for p in problems:
+        click.echo(f"pmg: {p.severity}: {config_path}: {p.line}", err=True)
+    if any(p.severity == "error" for p in problems):
+        raise SystemExit(2)
+    click.echo(f"{config_path}: OK ({len(cfg.buses)} buses, {len(cfg.meters)} meters)")
 
 
 @click.command()

@@ -126,11 +126,24 @@ def payment() -> None:
     """Record payments taken locally (cash at a mini-grid office)."""
 
 
+def _given_payment_id(value: str | None) -> str | None:
+    """An explicit ``--id`` must be a usable key: an empty one used to fall back to a fresh UUID on
+    every retry, so the retry the id exists to make harmless applied the money twice."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("must not be empty (omit --id for a new payment id)", param_hint="'--id'")
+    return value
+
+
 @payment.command("add")
 @config_option
 @click.argument("account")
 @click.argument("amount")
-@click.option("--id", "payment_id", help="Payment id (idempotence key; default: a new UUID).")
+@click.option(
+    "--id",
+    "payment_id",
+    callback=lambda _ctx, _param, value: _given_payment_id(value),
+    help="Payment id (idempotence key; default: a new UUID).",
+)
 @click.option("--actor", required=True, help="Who took the payment (recorded in the audit log).")
 @json_option
 def payment_add(

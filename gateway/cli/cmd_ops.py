@@ -48,14 +48,19 @@ def meters(config_path: Path, as_json: bool) -> None:
     with opened_store(config_path, readonly=True) as (cfg, store):
         rows = store.all(
             "SELECT m.id, m.bus_id, m.account_id, a.balance_minor, a.policy_state, m.relay, m.last_register_wh, "
-            "m.last_reading_at, m.comms_ok, m.comms_failed, m.last_comms_error, m.quarantined_reading_id "
-            "FROM meters m JOIN accounts a ON a.id = m.account_id ORDER BY m.id"
+            "m.last_reading_at, m.comms_ok, m.comms_failed, m.last_comms_error, m.quarantined_reading_id, "
+            "q.detail AS quarantine_detail "
+            "FROM meters m JOIN accounts a ON a.id = m.account_id "
+            "LEFT JOIN readings q ON q.id = m.quarantined_reading_id ORDER BY m.id"
         )
     data = [
         {
             **dict(r),
             "balance": format_money(r["balance_minor"], cfg.minor_digits),
             "reachable": r["last_comms_error"] is None,
+            # A meter that answers but whose readings are held (doubtful or unpriceable) bills nothing:
+            # it is not healthy, whatever its comms say.
+            "healthy": r["last_comms_error"] is None and r["quarantined_reading_id"] is None,
             "comms": _comms(r["comms_ok"], r["comms_failed"], r["last_comms_error"]),
         }
         for r in rows
@@ -88,7 +93,7 @@ def meters(config_path: Path, as_json: bool) -> None:
                 d["last_register_wh"],
                 d["last_reading_at"],
                 d["comms"],
-                "QUARANTINED" if d["quarantined_reading_id"] else d["last_comms_error"],
+                f"QUARANTINED: {d['quarantine_detail']}" if d["quarantined_reading_id"] else d["last_comms_error"],
             )
             for d in data
         ],
@@ -238,13 +243,14 @@ def events_cmd(
 def status_cmd(config_path: Path, as_json: bool) -> None:
     """Gateway health at a glance: daemon, buses, unreachable meters, outbox, broker, settlement.
 
-    Exit status 1 when the daemon is not running or a meter is unreachable (for monitoring scripts).
+    Exit status 1 when the daemon is not running or a meter is unreachable or quarantined (its readings
+    are not billed until it is resolved) — for monitoring scripts.
     """
     from gateway.status import collect
 
     with opened_store(config_path, readonly=True) as (_cfg, store):
         data = collect(store, system_clock())
-    bad = data["daemon"] != "running" or bool(data["meters_unreachable"])
+    bad = data["daemon"] != "running" or bool(data["meters_unreachable"]) or bool(data["meters_quarantined"])
     if as_json:
         emit_json(data)
     else:
@@ -293,6 +299,12 @@ def _print_status(d: dict[str, Any]) -> None:
             f"unreachable meters ({len(d['meters_unreachable'])} of {d['meters']})",
             ["meter", "bus", "error", "last ok"],
             [tuple(m.values()) for m in d["meters_unreachable"]],
+        )
+    if d["meters_quarantined"]:
+        emit_table(
+            f"quarantined meters ({len(d['meters_quarantined'])} of {d['meters']}): not billed until resolved",
+            ["meter", "reading", "since", "why"],
+            [tuple(m.values()) for m in d["meters_quarantined"]],
         )
     if d["relay_commands_pending"]:
         emit_table(

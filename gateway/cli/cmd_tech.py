@@ -70,7 +70,11 @@ def read(
     profile: str | None,
     as_json: bool,
 ) -> None:
-    """Read a meter live: energy (total, import, export, per tariff), V, I, P, clock, relay, status."""
+    """Read a meter live: energy (total, import, export, per tariff), V, I, P, clock, relay, status.
+
+    An optional field the meter answers badly is shown as null (``--json``: with its error under
+    ``errors``; text: one line per bad field); the read still succeeds when the energy is good.
+    """
     if protocol == "dlt645":
         if not address:
             raise click.UsageError("--address is required for DL/T 645")
@@ -98,8 +102,11 @@ def read(
         emit_table(
             f"meter {meter_address}",
             ["field", "value"],
-            [(k, v) for k, v in data.items() if v not in (None, {}, [])],
+            [(k, v) for k, v in data.items() if k != "errors" and v not in (None, {}, [])],
         )
+        # A read with energy stands even when optional fields were bad: each is named, one line each.
+        for name, error in reading.errors.items():
+            click.echo(f"{name}: error: {error}")
     if reading.quality is not Quality.OK:
         raise CliFailure(
             f"meter {meter_address}: {reading.quality.value}: {reading.error or 'no valid answer'}"

@@ -12,6 +12,7 @@ import click
 
 from gateway.config import GatewayConfig, load_config, resolve
 from gateway.store.db import Store, open_store
+from gateway.store.pins import check_money_pins
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,6 +53,7 @@ def opened_store(config_path: Path, *, readonly: bool = False) -> Iterator[tuple
     cfg = load_config(config_path)
     store = open_store(resolve(config_path, cfg.database), readonly=readonly)
     try:
+        check_money_pins(store, cfg.currency, cfg.minor_digits, write=not readonly)
         yield cfg, store
     finally:
         store.close()

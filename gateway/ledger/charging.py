@@ -8,6 +8,13 @@ delta either wholly charged or not at all, and the next reading charges exactly 
 Doubtful readings are quarantined, not charged: a register that went backwards (other than a
 recognised rollover), or that jumped more than the meter's maximum power could deliver in the time
 elapsed.  A technician resolves them (``pmg meter accept-reading``, ``pmg meter replace``).
+
+A reading whose energy cannot be priced (energy in a TOU register its tariff does not map, no tariff
+version in force, a charge too large for the ledger) is recorded and quarantined the same way
+(kind ``unpriceable``) instead of failing on every poll.  Unlike a doubtful register, its cause can
+be fixed without a technician touching the meter (a tariff change): every later reading tries again
+to price the whole interval since the last charged reading, and the first that can be priced
+charges it and releases the meter.  Until then they are stored ``ignored``.
 """
 
 from __future__ import annotations
@@ -42,6 +49,16 @@ from gateway.timeutil import iso, parse_iso
 MIN_PLAUSIBILITY_WINDOW_S = 60.0
 # Register resolution slack: a DL/T 645 register moves in 10 Wh steps.
 PLAUSIBILITY_SLACK_WH = 20
+# Every amount is a SQLite INTEGER (64-bit); a charge or cumulative position this large is refused
+# before anything is written, rather than failing inside the posting transaction.
+LEDGER_LIMIT_MINOR = 2**62
+# The detail of a reading quarantined because it could not be priced starts with this (the kind of a
+# quarantine lives in the reading's detail and its event; nothing else distinguishes the causes).
+UNPRICEABLE = "unpriceable: "
+
+
+class Unpriceable(ValueError):
+    """The energy of an interval cannot be priced; nothing was written.  ``str()`` is one line."""
 
 
 class PricedLine(Protocol):
@@ -206,12 +223,14 @@ def record_reading(
         relay_params += (int(bool(reading.status["keep_power"])),)
     comms_sql = f"comms_ok = comms_ok + 1, last_comms_error = NULL{relay_sql}"
 
-    if meter.quarantined_reading_id is not None:
+    held = meter.quarantined_reading_id
+    if held is not None and not is_unpriceable(conn, held):
         conn.execute(f"UPDATE meters SET {comms_sql} WHERE id = ?", (*relay_params, meter_id))
-        rid = insert("ignored", detail=f"awaiting technician for reading {meter.quarantined_reading_id}")
+        rid = insert("ignored", detail=f"awaiting technician for reading {held}")
         return ChargeOutcome(
             meter_id, meter.account_id, "ignored", rid, reason="meter quarantined", relay_before=meter.relay
         )
+    # Held for a price only: this reading tries again, from the last charged reading.
 
     if meter.last_register_wh is None or meter.last_reading_at is None:
         rid = insert("baseline", 0)
@@ -240,6 +259,8 @@ def record_reading(
             else f"{delta} Wh in {elapsed_s:.0f} s exceeds max power {max_power_w} W"
         )
         rid = insert("quarantined", delta if not wrapped else register - meter.last_register_wh, reason)
+        if held is not None:
+            _release(conn, held, f"superseded by quarantined reading {rid}")
         conn.execute(
             f"UPDATE meters SET {comms_sql}, quarantined_reading_id = ?, updated_at = ? WHERE id = ?",
             (*relay_params, rid, iso(now), meter_id),
@@ -263,26 +284,43 @@ def record_reading(
             meter_id, meter.account_id, "quarantined", rid, reason=reason, relay_before=meter.relay
         )
 
+    priced: PricedCharge | None = None
+    if delta > 0:
+        try:
+            priced = price_charge(
+                account,
+                last_at,
+                now,
+                delta,
+                _register_split(meter.last_tariffs_json, reading),
+                pricer,
+                (Decimal(meter.charged_exact), meter.charged_minor),
+                minor_digits=minor_digits,
+            )
+        except Unpriceable as exc:
+            return _hold_unpriceable(
+                conn, meter, meter_id, str(exc), (register, delta), now, insert, comms_sql, relay_params
+            )
     rid = insert("charged", delta, "rollover" if wrapped else None)
     charge_minor = 0
     extra_sql, extra_params = comms_sql, relay_params
     balance: int | None = None
-    if delta > 0:
-        charge_minor, exact_text, posted, balance = _price_and_post(
-            conn,
-            meter_id,
-            account,
-            last_at,
-            now,
-            delta,
-            _register_split(meter.last_tariffs_json, reading),
-            pricer,
-            (Decimal(meter.charged_exact), meter.charged_minor),
-            reading_id=rid,
-            minor_digits=minor_digits,
-        )
+    if priced is not None:
+        balance = _post(conn, meter_id, account.id, last_at, now, delta, priced, reading_id=rid)
+        charge_minor = priced.charge_minor
         extra_sql += ", charged_exact = ?, charged_minor = ?"
-        extra_params += (exact_text, posted)
+        extra_params += (str(priced.cumulative_exact), priced.cumulative_minor)
+    if held is not None:  # the interval the held reading could not price is in this charge
+        _release(conn, held, f"priced now: its energy is charged with reading {rid}")
+        extra_sql += ", quarantined_reading_id = NULL"
+        events.record(
+            conn,
+            "reading_quarantine_cleared",
+            now,
+            account_id=meter.account_id,
+            meter_id=meter_id,
+            detail={"reading_id": held, "charged_by_reading_id": rid, "charged_wh": delta},
+        )
     _advance(conn, meter_id, register, tariffs_json, now, rid, extra_sql, extra_params)
     if balance is None:
         balance = cached_balance_minor(conn, meter.account_id)
@@ -306,30 +344,43 @@ def charge_delta(
     reading_id: int | None,
     minor_digits: int,
 ) -> int:
-    """Price ``delta_wh`` and post it with cumulative rounding; returns the minor units charged."""
+    """Price ``delta_wh`` and post it with cumulative rounding; returns the minor units charged.
+
+    Raises ``Unpriceable`` (a ``ValueError``) before writing anything when it cannot be priced."""
     row = conn.execute("SELECT charged_exact, charged_minor FROM meters WHERE id = ?", (meter_id,)).fetchone()
-    charge_minor, exact_text, posted, _balance_after = _price_and_post(
-        conn,
-        meter_id,
-        account_position(conn, account_id),
+    account = account_position(conn, account_id)
+    priced = price_charge(
+        account,
         start,
         end,
         delta_wh,
         register_split,
         pricer,
         (Decimal(row[0]), int(row[1])),
-        reading_id=reading_id,
         minor_digits=minor_digits,
     )
+    _post(conn, meter_id, account_id, start, end, delta_wh, priced, reading_id=reading_id)
     conn.execute(
-        "UPDATE meters SET charged_exact = ?, charged_minor = ? WHERE id = ?", (exact_text, posted, meter_id)
+        "UPDATE meters SET charged_exact = ?, charged_minor = ? WHERE id = ?",
+        (str(priced.cumulative_exact), priced.cumulative_minor, meter_id),
     )
-    return charge_minor
+    return priced.charge_minor
 
 
-def _price_and_post(
-    conn: sqlite3.Connection,
-    meter_id: str,
+@dataclass(frozen=True)
+class PricedCharge:
+    """A priced interval, before anything is written: the lines, and the meter's new cumulative
+    position (exact and posted) from which the charge is the difference (rounding once, on totals)."""
+
+    lines: Sequence[PricedLine]
+    exact: Decimal
+    cumulative_exact: Decimal
+    cumulative_minor: int
+    charge_minor: int
+    cycle: tuple[str, int] | None
+
+
+def price_charge(
     account: AccountPosition,
     start: datetime,
     end: datetime,
@@ -338,38 +389,120 @@ def _price_and_post(
     pricer: Pricer,
     position: tuple[Decimal, int],
     *,
-    reading_id: int | None,
     minor_digits: int,
-) -> tuple[int, str, int, int]:
-    """Post the charge entry; return (charge, new cumulative exact, new cumulative posted) for the meter
-    row, and the account's balance after it.
+) -> PricedCharge:
+    """Price an interval for the meter at ``position`` (cumulative exact, cumulative posted).
+
+    Writes nothing.  Every way the tariff can fail to price the energy — a register it does not map,
+    no version in force, an unknown tariff, an amount that cannot be held exactly — becomes one
+    ``Unpriceable``, so the caller can quarantine the reading instead of losing it."""
+    try:
+        priced = pricer(account, start, end, delta_wh, register_split)
+        lines = priced.lines
+        if sum(line.energy_wh for line in lines) != delta_wh:
+            raise ArithmeticError(f"tariff split {delta_wh} Wh into lines that do not add up")
+        exact = sum((line.amount for line in lines), Decimal(0))
+        cumulative_exact = position[0] + exact
+        cumulative_minor = to_minor(cumulative_exact, minor_digits)
+    except (ValueError, LookupError, ArithmeticError) as exc:
+        raise Unpriceable(str(exc) or type(exc).__name__) from None
+    charge_minor = cumulative_minor - position[1]
+    if max(abs(cumulative_minor), abs(charge_minor)) >= LEDGER_LIMIT_MINOR:
+        raise Unpriceable(
+            f"{delta_wh} Wh would cost {format_money(charge_minor, minor_digits)}, beyond what the ledger can hold"
+        )
+    return PricedCharge(lines, exact, cumulative_exact, cumulative_minor, charge_minor, priced.cycle)
+
+
+def _post(
+    conn: sqlite3.Connection,
+    meter_id: str,
+    account_id: str,
+    start: datetime,
+    end: datetime,
+    delta_wh: int,
+    priced: PricedCharge,
+    *,
+    reading_id: int | None,
+) -> int:
+    """Post the charge entry; returns the account's balance after it.
 
     The caller writes the meter's new cumulative position in the same transaction (``record_reading``
     folds it into its one meter update).
     """
-    priced = pricer(account, start, end, delta_wh, register_split)
-    lines = priced.lines
-    if sum(line.energy_wh for line in lines) != delta_wh:
-        raise ArithmeticError(f"tariff split {delta_wh} Wh into lines that do not add up")
-    exact = sum((line.amount for line in lines), Decimal(0))
-    cumulative_exact = position[0] + exact
-    cumulative_minor = to_minor(cumulative_exact, minor_digits)
-    charge_minor = cumulative_minor - position[1]
-    balance = post_entry(
+    return post_entry(
         conn,
-        account.id,
+        account_id,
         "charge",
-        -charge_minor,
+        -priced.charge_minor,
         end,
         energy_wh=delta_wh,
         meter_id=meter_id,
         reading_id=reading_id,
         period_start=start,
         period_end=end,
-        detail_json=charge_detail_json(exact, lines),
+        detail_json=charge_detail_json(priced.exact, priced.lines),
         cycle=priced.cycle,
     ).balance_minor
-    return charge_minor, str(cumulative_exact), cumulative_minor, balance
+
+
+def is_unpriceable(conn: sqlite3.Connection, reading_id: int) -> bool:
+    """Whether a quarantined reading is held for a price (not for a doubtful register)."""
+    row = conn.execute("SELECT detail FROM readings WHERE id = ?", (reading_id,)).fetchone()
+    return row is not None and str(row[0] or "").startswith(UNPRICEABLE)
+
+
+def _release(conn: sqlite3.Connection, reading_id: int, note: str) -> None:
+    """A held reading whose energy a later reading charges (or supersedes): ``ignored``, with why."""
+    conn.execute(
+        "UPDATE readings SET outcome = 'ignored', detail = detail || '; ' || ? WHERE id = ?", (note, reading_id)
+    )
+
+
+def _hold_unpriceable(
+    conn: sqlite3.Connection,
+    meter: MeterRow,
+    meter_id: str,
+    reason: str,
+    register_and_delta: tuple[int, int],
+    now: datetime,
+    insert: Callable[[str, int | None, str | None], int],
+    comms_sql: str,
+    relay_params: tuple[object, ...],
+) -> ChargeOutcome:
+    """Record a reading that cannot be priced; the meter's position stays at the last charged reading.
+
+    The first is quarantined with an alarm; while it is held, later ones that still cannot be priced
+    are ``ignored`` (one alarm per cause, not one per poll).  The meter keeps its comms health: it
+    answered."""
+    register, delta = register_and_delta
+    held = meter.quarantined_reading_id
+    if held is not None:
+        rid = insert("ignored", delta, f"still unpriceable ({reason}); held with reading {held}")
+        conn.execute(f"UPDATE meters SET {comms_sql} WHERE id = ?", (*relay_params, meter_id))
+        return ChargeOutcome(meter_id, meter.account_id, "ignored", rid, reason=reason, relay_before=meter.relay)
+    rid = insert("quarantined", delta, UNPRICEABLE + reason)
+    conn.execute(
+        f"UPDATE meters SET {comms_sql}, quarantined_reading_id = ?, updated_at = ? WHERE id = ?",
+        (*relay_params, rid, iso(now), meter_id),
+    )
+    events.record(
+        conn,
+        "reading_quarantined",
+        now,
+        severity="alarm",
+        account_id=meter.account_id,
+        meter_id=meter_id,
+        detail={
+            "reading_id": rid,
+            "kind": "unpriceable",
+            "reason": reason,
+            "last_register_wh": meter.last_register_wh,
+            "register_wh": register,
+            "delta_wh": delta,
+        },
+    )
+    return ChargeOutcome(meter_id, meter.account_id, "quarantined", rid, reason=reason, relay_before=meter.relay)
 
 
 _METER_AND_ACCOUNT = (

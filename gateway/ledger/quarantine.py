@@ -14,6 +14,13 @@ transaction that also writes an audit event naming the actor and the reason:
 
 Readings that arrived while the meter was quarantined stay ``ignored``; the next reading after the
 resolution is charged from the new position, so no energy after it is lost.
+
+A reading quarantined because it could not be priced (kind ``unpriceable``, see
+``gateway.ledger.charging``) resolves the same way, and also by itself once the cause is fixed (the
+next reading that can be priced charges the whole interval).  Accepting it with ``charge`` prices the
+interval by time, without the meter's per-register split: that is how energy in a register the tariff
+does not map gets a price.  If it still cannot be priced (no tariff version in force), nothing changes
+and the error says why.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from typing import Literal
 
 from gateway import events
 from gateway.ledger.accounts import get_meter
-from gateway.ledger.charging import Pricer, charge_delta, register_delta
+from gateway.ledger.charging import Pricer, Unpriceable, charge_delta, register_delta
 from gateway.timeutil import iso, parse_iso
 
 
@@ -81,18 +88,21 @@ def accept_reading(
             (delta, f"accepted by {actor}{' (rollover)' if wrapped else ''}: {reason}", rid),
         )
         if delta:
-            charge = charge_delta(
-                conn,
-                meter_id,
-                meter.account_id,
-                parse_iso(meter.last_reading_at),
-                taken_at,
-                delta,
-                None,
-                pricer,
-                reading_id=rid,
-                minor_digits=minor_digits,
-            )
+            try:
+                charge = charge_delta(
+                    conn,
+                    meter_id,
+                    meter.account_id,
+                    parse_iso(meter.last_reading_at),
+                    taken_at,
+                    delta,
+                    None,  # by time: a register the tariff does not map must not block the charge
+                    pricer,
+                    reading_id=rid,
+                    minor_digits=minor_digits,
+                )
+            except Unpriceable as exc:
+                raise QuarantineError(f"reading {rid} of meter '{meter_id}' still cannot be priced: {exc}") from None
     elif mode == "rebaseline":
         conn.execute(
             "UPDATE readings SET outcome = 'baseline', delta_wh = 0, detail = ? WHERE id = ?",

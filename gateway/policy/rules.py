@@ -13,14 +13,25 @@ from datetime import time, timedelta
 from decimal import Decimal
 from pathlib import Path
 from string import Formatter
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from drivers.tomlsource import TomlError, read_toml, validation_to_toml_error
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 PRESETS: tuple[str, ...] = ("cn", "uk", "us-tx", "generic")
+
+
+def _no_bare_number(value: object) -> object:
+    """A duration must say its unit: pydantic would read ``period = 7`` as 7 *seconds*, so a notice
+    meant as 7 days would let a cut follow a 7-second notice.  Only ISO 8601 texts ("P7D")."""
+    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+        raise ValueError(f'a duration needs a unit: write an ISO 8601 duration like "P7D" or "PT30M" (got {value!r})')
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_no_bare_number)]
 
 
 class _Strict(BaseModel):
@@ -92,14 +103,14 @@ class Notice(_Strict):
     """
 
     required: bool
-    period: timedelta = Field(ge=timedelta(0))
+    period: Duration = Field(ge=timedelta(0))
     delivery: Literal["head_office", "meter_display"] = "head_office"
     # Issued but not confirmed delivered after this long: an alarm to the head office.
-    escalate_after: timedelta = Field(default=timedelta(days=1), gt=timedelta(0))
-    valid_for: timedelta | None = Field(default=None, gt=timedelta(0))
-    reminder_before: timedelta = Field(default=timedelta(0), ge=timedelta(0))
+    escalate_after: Duration = Field(default=timedelta(days=1), gt=timedelta(0))
+    valid_for: Duration | None = Field(default=None, gt=timedelta(0))
+    reminder_before: Duration = Field(default=timedelta(0), ge=timedelta(0))
     # A reminder sent long before the cut no longer warns of it: past this age a new one is sent.
-    reminder_valid_for: timedelta = Field(default=timedelta(hours=2), gt=timedelta(0))
+    reminder_valid_for: Duration = Field(default=timedelta(hours=2), gt=timedelta(0))
     message_id: str = "disconnect_notice"
     text: str = "Supply will be disconnected for non-payment {days} day(s) after this notice unless credit is added."
     reminder_message_id: str = "disconnect_reminder"
@@ -182,7 +193,7 @@ class LoadLimit(_Strict):
 
     enabled: bool = False
     power_w: int = Field(default=0, ge=0)
-    before_cut: timedelta = Field(default=timedelta(days=1), ge=timedelta(0))
+    before_cut: Duration = Field(default=timedelta(days=1), ge=timedelta(0))
     instead_of_cut: bool = False
 
     @model_validator(mode="after")
