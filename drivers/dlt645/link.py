@@ -159,9 +159,12 @@ class Dlt645Link:
         try:
             self._serial = await self._run(self._open_blocking)
             self._fd = _nonblocking_fd(self._serial)
-        except BaseException:
+        except BaseException as exc:
             self._executor.shutdown(wait=True)
             self._executor = None
+            if isinstance(exc, LinkError):
+                self.stats.link_errors += 1
+                self.stats.last_link_error = str(exc)
             raise
         self._wanted = True
         self._exchanged_since_open = False

@@ -142,7 +142,12 @@ class ModbusLink:
         """Connect; raises ``LinkError`` when the port or host cannot be reached."""
         if self._client is not None and self._client.connected:
             return
-        await self._connect()
+        try:
+            await self._connect()
+        except LinkError as exc:
+            self.stats.link_errors += 1
+            self.stats.last_link_error = str(exc)
+            raise
         self._wanted = True
         self.backoff.reset()
 
