@@ -8,13 +8,18 @@ back.  The backoff's clock is a manual one, so the schedule is exact and nothing
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import socket
 import termios
+import threading
 from pathlib import Path
 
 import pytest
+import serial
 from dlt645_fixtures import ManualClock, run_async, sim_bus  # noqa: F401  (fixture)
+from serial.rfc2217 import PortManager
 
 from drivers.backoff import Backoff
 from drivers.base import BILLING_POINTS, Quality
@@ -118,6 +123,102 @@ async def test_socket_link_backs_off_while_the_server_stays_away(sim_bus) -> Non
         for wait, step in zip(attempts[1:], steps, strict=True):
             assert step / 2 <= wait <= step
         assert link.stats.link_errors == 9
+
+
+# -- rfc2217:// -------------------------------------------------------------------------------------
+class Rfc2217Server:
+    """A minimal RFC 2217 access server (pyserial's ``PortManager``, as in its rfc2217_server example)
+    in front of a simulated bus's TCP port: what a networked serial server with COM-port control is."""
+
+    def __init__(self, target: str, port: int = 0) -> None:
+        self.target = target
+        self._srv = socket.socket()
+        self._srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._srv.bind(("127.0.0.1", port))
+        self._srv.listen()
+        self._srv.settimeout(0.1)
+        self.port = int(self._srv.getsockname()[1])
+        self._stop = threading.Event()
+        self._closers: list[object] = []
+        self._threads = [threading.Thread(target=self._accept, name="rfc2217-server", daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._srv.accept()
+            except OSError:
+                continue
+            t = threading.Thread(target=self._serve, args=(conn,), name="rfc2217-conn", daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        port = serial.serial_for_url(self.target, timeout=0.05)
+        self._closers += [conn, port]
+
+        class Wire:
+            def write(self, data: bytes) -> None:
+                with contextlib.suppress(OSError):
+                    conn.sendall(data)
+
+        manager = PortManager(port, Wire())
+
+        def line_to_network() -> None:
+            while not self._stop.is_set():
+                try:
+                    data = port.read(4096)
+                except (serial.SerialException, OSError, AttributeError):  # closed under the thread
+                    return
+                if data:
+                    Wire().write(b"".join(manager.escape(data)))
+
+        threading.Thread(target=line_to_network, name="rfc2217-line", daemon=True).start()
+        conn.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                data = conn.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            port.write(b"".join(manager.filter(data)))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._srv.close()
+        for thing in self._closers:
+            with contextlib.suppress(Exception):
+                thing.close()  # type: ignore[attr-defined]
+        for t in self._threads:
+            t.join(timeout=5)
+
+
+@run_async
+async def test_rfc2217_link_reopens_after_the_access_server_restarts(sim_bus) -> None:  # noqa: F811
+    models = make_models(1, clock=ManualClock(), power_w=1000)
+    sim_port = sim_bus(models).start_tcp()
+    server = Rfc2217Server(f"socket://127.0.0.1:{sim_port}")
+    port = server.port
+    mono = Mono()
+    try:
+        async with fast_link(f"rfc2217://127.0.0.1:{port}?timeout=1", mono, timeout_s=0.5) as link:
+            meter = Dlt645Meter(link, models[0].address)
+            assert (await meter.read(BILLING_POINTS)).quality is Quality.OK
+            server.close()  # the access server reboots
+            for _ in range(3):  # noticed on this request or the next, then one refused reopen
+                assert (await meter.read(BILLING_POINTS)).quality is not Quality.OK
+                if link.backoff.failures:
+                    break
+            assert link.down and link.backoff.failures == 1 and link.stats.link_errors >= 2
+            server = Rfc2217Server(f"socket://127.0.0.1:{sim_port}", port=port)  # ... and is back
+            mono.t += link.backoff.wait_s()
+            assert (await meter.read(BILLING_POINTS)).quality is Quality.OK
+            assert link.stats.reopens == 1 and not link.down
+    finally:
+        server.close()
 
 
 # -- serial ----------------------------------------------------------------------------------------

@@ -244,7 +244,9 @@ class Dlt645Link:
                 bytesize=serial.EIGHTBITS,
                 stopbits=serial.STOPBITS_ONE,
                 timeout=POLL_S,
-                write_timeout=5.0,
+                # pyserial's rfc2217 client refuses any write timeout (NotImplementedError): its writes
+                # go to a socket that has its own.
+                write_timeout=None if self.url.startswith("rfc2217://") else 5.0,
             )
         except PORT_ERRORS as exc:
             raise LinkError(f"cannot open DL/T 645 link {self.url}: {exc}") from None
