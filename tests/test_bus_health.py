@@ -15,6 +15,7 @@ and restarts on the same port (a serial device server rebooting), ``b2`` on a pt
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -22,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from dlt645_fixtures import ManualClock
 from gateway_harness import base_config, write_config
 from waiting import async_wait_for
 
 from gateway import doctor, status
+from gateway.cli.main import cli
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.store.db import open_store
@@ -132,6 +135,12 @@ def test_a_dead_socket_bus_is_unhealthy_everywhere_and_comes_back_by_itself(tmp_
         assert by_name["bus b1"].status == doctor.FAIL and "UNHEALTHY" in by_name["bus b1"].detail
         assert by_name["bus b2"].status == doctor.OK
         assert doctor.exit_status(checks) == 1
+        # What a technician or a monitoring check runs: ``pmg status`` and ``pmg doctor`` exit 1.
+        result = CliRunner().invoke(cli, ["status", "-c", str(cfg_path)], prog_name="pmg")
+        assert result.exit_code == 1 and "UNHEALTHY buses" in result.stdout and "b1" in result.stdout
+        result = CliRunner().invoke(cli, ["doctor", "-c", str(cfg_path), "--json"], prog_name="pmg")
+        found = {c["name"]: c["status"] for c in json.loads(result.stdout)}
+        assert result.exit_code == 1 and found["bus b1"] == "fail" and found["bus b2"] == "ok"
         text = gw.metrics.render().decode()
         assert 'pmg_bus_healthy{bus="b1"} 0.0' in text and 'pmg_bus_healthy{bus="b2"} 1.0' in text
         assert 'pmg_bus_link_errors{bus="b1"}' in text
