@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.base import BILLING_POINTS, DriverError, Meter, Point, Quality, Reading
+from drivers.base import BILLING_POINTS, DriverError, Meter, Point, Quality, Reading, RelayState
 from drivers.factory import Link
 from gateway.idle import Idle
 from gateway.timeutil import Clock
@@ -159,8 +159,8 @@ class BusWorker:
                 self.busy_since = self.monotonic()
                 try:
                     result = await work()
-                    if not isinstance(result, Reading):  # a relay command went through (reads count in _read)
-                        self.last_answer = self.monotonic()
+                    if isinstance(result, RelayState):  # a relay read back (reads count in _read; a
+                        self.last_answer = self.monotonic()  # broadcast proves nothing: no one answers it)
                     fut.set_result(result)
                 except Exception as exc:  # delivered to whoever submitted it
                     if not fut.cancelled():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import termios
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -179,7 +180,7 @@ class ModbusLink:
         self._client.set_max_no_responses(1 << 30)
         try:
             connected = await self._client.connect()
-        except (OSError, ValueError, ModbusException) as exc:  # a serial port pymodbus could not set up
+        except (OSError, ValueError, termios.error, ModbusException) as exc:  # a port that cannot be set up
             connected, why = False, f" ({exc})"
         else:
             why = ""
