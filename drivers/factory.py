@@ -17,11 +17,19 @@ PROTOCOLS = ("dlt645", "modbus")
 
 
 class Link(Protocol):
-    """One physical bus (or one TCP connection): opened once, owned by one bus worker."""
+    """One physical bus (or one TCP connection): opened once, owned by one bus worker.
+
+    Once open, a link that fails reopens itself with backoff (``drivers.backoff``); its owner may ask
+    for a reopen now (SIGHUP) and reads its counters for status and metrics."""
 
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    def request_reopen(self) -> None: ...
+
+    @property
+    def down(self) -> bool: ...
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,10 @@
 An RS-485 bus is half-duplex, so exactly one conversation is in flight.  Relay commands outrank
 on-demand reads, which outrank routine polls; polls rotate by due time so a flaky meter cannot starve
 the rest, and a meter that keeps failing backs off (its timeout is the most it can cost a cycle).
-The worker's heartbeat advances every iteration — the systemd watchdog is fed from it, so a stuck bus
-stops the heartbeat.
+The worker's heartbeat advances every iteration (a hung loop stops it); ``last_answer`` advances only
+when a meter answered.  Loop ticks prove nothing about the line — a bus whose link is dead ticks on —
+so a bus is *unhealthy* when none of its meters has answered for ``unhealthy_after_s``, and the
+watchdog counts answers, not ticks (docs/operations.md, "Links that drop").
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.base import BILLING_POINTS, DriverError, Meter, Point, Quality, Reading
+from drivers.base import BILLING_POINTS, DriverError, Meter, Point, Quality, Reading, RelayState
 from drivers.factory import Link
 from gateway.idle import Idle
 from gateway.timeutil import Clock
@@ -31,6 +33,9 @@ PRIORITY_READ_NOW = 1
 
 POLL_POINTS = frozenset({*BILLING_POINTS, Point.ENERGY_IMPORT_TARIFFS})
 MAX_BACKOFF_FACTOR = 8
+UNHEALTHY_AFTER_S = 300.0
+# Qualities that prove the meter heard us and answered (a refusal or an odd value is still an answer).
+ANSWERED = frozenset({Quality.OK, Quality.REFUSED, Quality.IMPLAUSIBLE})
 
 
 @dataclass
@@ -71,6 +76,7 @@ class BusWorker:
         clock: Clock,
         monotonic: Callable[[], float] = time.monotonic,
         observe: ReadObserver | None = None,
+        unhealthy_after_s: float = UNHEALTHY_AFTER_S,
     ) -> None:
         self.bus_id = bus_id
         self.observe = observe
@@ -81,6 +87,10 @@ class BusWorker:
         self.monotonic = monotonic
         self.stats = BusStats()
         self.heartbeat = monotonic()
+        self.started_at = self.heartbeat
+        self.last_answer: float | None = None  # monotonic time a meter last answered (None: not yet)
+        self.unhealthy_after_s = unhealthy_after_s
+        self.running = False  # the loop runs (the link opened); False while the first open is retried
         self.busy_since: float | None = None
         self._jobs: list[tuple[int, int, Callable[[], Awaitable[Any]], asyncio.Future[Any]]] = []
         self._counter = itertools.count()
@@ -115,8 +125,26 @@ class BusWorker:
         return self.submit(PRIORITY_READ_NOW, work)
 
     # -- the loop ----------------------------------------------------------------------------------
+    def silent_for(self, now_mono: float) -> float:
+        """Seconds since a meter on this bus last answered (since the worker started if none has)."""
+        since = self.started_at if self.last_answer is None else self.last_answer
+        return max(0.0, now_mono - since)
+
+    def healthy(self, now_mono: float) -> bool:
+        """False when the bus has meters and none of them answered for ``unhealthy_after_s``."""
+        return not self.meters or self.silent_for(now_mono) <= self.unhealthy_after_s
+
     async def run(self) -> None:
         await self._open()
+        self.running = True
+        try:
+            await self._loop()
+        finally:
+            self.running = False
+        self.abandon_queued()
+        await self._close()
+
+    async def _loop(self) -> None:
         now = self.monotonic()
         for i, pm in enumerate(self.meters.values()):
             pm.next_due = now + 0.001 * i  # first cycle straight away, in configured order
@@ -130,7 +158,10 @@ class BusWorker:
                     continue
                 self.busy_since = self.monotonic()
                 try:
-                    fut.set_result(await work())
+                    result = await work()
+                    if isinstance(result, RelayState):  # a relay read back (reads count in _read; a
+                        self.last_answer = self.monotonic()  # broadcast proves nothing: no one answers it)
+                    fut.set_result(result)
                 except Exception as exc:  # delivered to whoever submitted it
                     if not fut.cancelled():
                         fut.set_exception(exc)
@@ -146,8 +177,6 @@ class BusWorker:
                 continue
             delay = 1.0 if nxt is None else max(0.0, min(1.0, nxt.next_due - self.monotonic()))
             await self._idle.sleep(delay)  # until the next poll is due or work is submitted
-        self.abandon_queued()
-        await self._close()
 
     def abandon_queued(self) -> None:
         """Work still queued when the bus stops never ran: cancel its futures so no submitter waits
@@ -207,6 +236,8 @@ class BusWorker:
         latency = self.monotonic() - started
         reading = dataclasses.replace(reading, taken_at=self.clock())
         self.stats.last_latency_s = latency
+        if reading.quality in ANSWERED:
+            self.last_answer = self.monotonic()
         if reading.quality is Quality.OK:
             self.stats.polls_ok += 1
         else:

@@ -81,6 +81,9 @@ class BusConfig(Strict):
     inter_frame_gap_s: float | None = Field(None, ge=0, le=5)
     """Quiet time between frames; default 3.5 character times at the bus's baud (as Modbus RTU requires)."""
     poll_interval_s: float = Field(60.0, gt=0, le=86400)
+    unhealthy_after_s: float = Field(300.0, gt=0, le=86400)
+    """The bus is unhealthy (``pmg status``, ``pmg doctor``, metrics) once none of its meters answered
+    for this long: a dead link or cable, not one dead meter."""
 
     @property
     def line_baud(self) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from drivers.backoff import Backoff
 from drivers.base import Quality, Reading
 from drivers.factory import Link, LinkSettings, make_link, make_meter
 from gateway import __version__, events
@@ -49,6 +50,7 @@ REVIEW_POLL_S = 1.0  # how often accounts whose next_review_at has come are look
 UNREACHABLE_AFTER = 3  # failed polls in a row before a meter is reported unreachable
 STATE_EVERY = timedelta(minutes=15)  # at least this often a meter's retained state is refreshed
 STOP_FLUSH_DEADLINE_S = 5.0
+DEFAULT_WATCHDOG_PERIOD_S = 60.0  # systemd/pmg.service's WatchdogSec, for health when no watchdog runs
 READING_BATCH_S = 0.25  # readings of all buses are charged together, at most this long after they arrive
 
 
@@ -186,14 +188,17 @@ class Gateway:
                 clock=self.clock,
                 monotonic=self.monotonic,
                 observe=self.metrics.observe_read,
+                unhealthy_after_s=bus.unhealthy_after_s,
             )
             self.links[bus.id] = link
             self.workers[bus.id] = worker
             self._worker_tasks[bus.id] = asyncio.create_task(self._run_worker(worker), name=f"bus-{bus.id}")
 
     async def _run_worker(self, worker: BusWorker) -> None:
-        """Keep a bus worker alive: a link that cannot open is retried, never fatal to other buses."""
-        delay = 1.0
+        """Keep a bus worker alive: a link that cannot open is retried (on the links' own backoff
+        schedule, ``drivers.backoff``), never fatal to other buses.  Once open, the link reopens
+        itself after a failure; this loop only covers the first open."""
+        backoff = Backoff(monotonic=self.monotonic)
         try:
             while True:
                 try:
@@ -202,9 +207,9 @@ class Gateway:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    log.error("bus=%s stopped: %s; retrying in %.0f s", worker.bus_id, exc, delay)
+                    delay = backoff.failed()
+                    log.error("bus=%s stopped: %s; retrying in %.1f s", worker.bus_id, exc, delay)
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, 60.0)
                     if worker.stopping:
                         return
         finally:
@@ -320,6 +325,8 @@ class Gateway:
             if self.enforcer is not None:
                 self.enforcer.workers = self.workers
                 self.enforcer.meter_bus = {m.id: m.bus for m in cfg.meters}
+        else:
+            self.reopen_links()
         log.info("reloaded configuration buses=%d meters=%d", len(cfg.buses), len(cfg.meters))
         self._emit("reloaded", {})
         return True
@@ -577,10 +584,27 @@ class Gateway:
             except Exception:
                 log.exception("event listener failed")
 
-    # -- watchdog ------------------------------------------------------------------------------------
+    # -- links and watchdog ---------------------------------------------------------------------------
+    def reopen_links(self) -> None:
+        """SIGHUP: every link closes and reopens before its next request, whatever its backoff says
+        (an operator who fixed a cable or a device server should not wait out a 60 s step)."""
+        for link in self.links.values():
+            link.request_reopen()
+
     def healthy(self, now_mono: float | None = None) -> bool:
-        """Every bus worker made progress recently (a frame in flight may take its timeout budget)."""
+        """What the systemd watchdog is fed on: no frame stuck past its budget, no bus loop hung, and
+        meters still answering somewhere (docs/operations.md, "Links that drop").
+
+        Progress is counted in meter answers, not loop ticks: a bus whose link died ticks on.  When
+        no bus has had an answer for ``watchdog_period_s`` the watchdog is starved and systemd
+        restarts the daemon — but only if some bus had answered since this process started.  A site
+        whose meters are all legitimately unreachable (a feeder outage, a site not yet
+        commissioned) therefore gets one restart per outage, not a restart loop: after the restart
+        nothing has answered, the daemon stays up (payments, head-office sync and ``pmg status``
+        keep working), reports the buses unhealthy, and the links keep reopening on their backoff."""
         now_mono = self.monotonic() if now_mono is None else now_mono
+        period = self.watchdog_period_s()
+        polled = [w for w in self.workers.values() if w.meters]
         for bus in self.cfg.buses:
             worker = self.workers.get(bus.id)
             if worker is None:
@@ -588,9 +612,15 @@ class Gateway:
             budget = (bus.timeout_s * (bus.retries + 1) + bus.frame_gap_s) * 3 + 5
             if worker.busy_since is not None and now_mono - worker.busy_since > budget:
                 return False
-            if worker.busy_since is None and now_mono - worker.heartbeat > max(budget, 2.0):
+            if worker.running and worker.busy_since is None and now_mono - worker.heartbeat > max(budget, 2.0):
                 return False
-        return True
+        answered = [w.last_answer for w in polled if w.last_answer is not None]
+        return not answered or now_mono - max(answered) <= period
+
+    def watchdog_period_s(self) -> float:
+        """systemd's WatchdogSec (twice the interval it asks us to ping at), 60 s without one."""
+        interval = watchdog_interval_s()
+        return 2 * interval if interval else DEFAULT_WATCHDOG_PERIOD_S
 
     async def _watchdog(self) -> None:
         interval = watchdog_interval_s()

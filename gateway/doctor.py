@@ -106,6 +106,16 @@ def buses(cfg: GatewayConfig, live: dict[str, Any] | None) -> list[Check]:
             b = live.get("buses", {}).get(bus.id)
             if b is None:
                 out.append(Check(f"bus {bus.id}", WARN, "the running daemon reports nothing for this bus"))
+            elif b.get("healthy") is False:
+                why = f"; link: {b['last_link_error']}" if b.get("last_link_error") else ""
+                out.append(
+                    Check(
+                        f"bus {bus.id}",
+                        FAIL,
+                        f"daemon: UNHEALTHY, no meter answered for {b.get('silent_s')} s "
+                        f"(limit {b.get('unhealthy_after_s')} s){why}",
+                    )
+                )
             elif b["polls_ok"] == 0 and b["polls_failed"] > 0:
                 out.append(Check(f"bus {bus.id}", FAIL, f"daemon: every poll failed ({b['failed_by_kind']})"))
             else:

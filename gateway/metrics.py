@@ -89,6 +89,27 @@ class GatewayMetrics:
             ["bus"],
             registry=r,
         )
+        self.bus_healthy = Gauge(
+            "pmg_bus_healthy",
+            "1 while some meter on the bus answered within its unhealthy_after_s, 0 when none did.",
+            ["bus"],
+            registry=r,
+        )
+        self.bus_silent = Gauge(
+            "pmg_bus_silent_seconds",
+            "Seconds since a meter on the bus last answered (since start if none has).",
+            ["bus"],
+            registry=r,
+        )
+        self.link_errors = Gauge(
+            "pmg_bus_link_errors",
+            "Link failures since start (I/O errors, reopens that failed); a count kept by the link.",
+            ["bus"],
+            registry=r,
+        )
+        self.link_reopens = Gauge(
+            "pmg_bus_link_reopens", "Times the bus link was opened again since start.", ["bus"], registry=r
+        )
         self._server: _Server | None = None
         self._read_children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
@@ -119,6 +140,12 @@ class GatewayMetrics:
 
     def set_heartbeat_age(self, bus: str, age_s: float) -> None:
         self.bus_heartbeat_age.labels(bus).set(age_s)
+
+    def set_bus_health(self, bus: str, healthy: bool, silent_s: float, link_errors: int, reopens: int) -> None:
+        self.bus_healthy.labels(bus).set(1 if healthy else 0)
+        self.bus_silent.labels(bus).set(silent_s)
+        self.link_errors.labels(bus).set(link_errors)
+        self.link_reopens.labels(bus).set(reopens)
 
     def render(self) -> bytes:
         """The exposition text (what the HTTP endpoint serves)."""

@@ -34,6 +34,7 @@ def live_snapshot(gateway: Gateway, now: datetime, now_mono: float) -> dict[str,
     for bus_id, worker in gateway.workers.items():
         s = worker.stats
         polls = s.polls_ok + s.polls_failed
+        link = getattr(worker.link, "stats", None)
         buses[bus_id] = {
             "meters": len(worker.meters),
             "polls_ok": s.polls_ok,
@@ -45,6 +46,14 @@ def live_snapshot(gateway: Gateway, now: datetime, now_mono: float) -> dict[str,
             "last_latency_ms": round(s.last_latency_s * 1000, 1),
             "heartbeat_age_s": round(max(0.0, now_mono - worker.heartbeat), 1),
             "busy_s": None if worker.busy_since is None else round(now_mono - worker.busy_since, 1),
+            # A bus none of whose meters answered for unhealthy_after_s (a dead link, not a dead meter).
+            "healthy": worker.healthy(now_mono),
+            "silent_s": round(worker.silent_for(now_mono), 1),
+            "unhealthy_after_s": worker.unhealthy_after_s,
+            "link_down": bool(getattr(worker.link, "down", False)) or not worker.running,
+            "link_errors": int(getattr(link, "link_errors", 0)),
+            "link_reopens": int(getattr(link, "reopens", 0)),
+            "last_link_error": getattr(link, "last_link_error", None),
         }
     broker: dict[str, Any] | None = None
     if gateway.mqtt is not None:
@@ -89,11 +98,20 @@ def status_line(snapshot: dict[str, Any]) -> str:
     failing = sorted(b for b, v in buses.items() if (v.get("error_rate") or 0) >= 0.5)
     broker = snapshot.get("broker")
     parts = [f"{len(buses)} buses"]
+    dead = unhealthy_buses(snapshot)
+    if dead:
+        parts.append("UNHEALTHY: " + ",".join(dead))
     if failing:
         parts.append("failing: " + ",".join(failing))
     if broker is not None:
         parts.append("broker up" if broker.get("connected") else "broker DOWN")
     return "polling; " + "; ".join(parts)
+
+
+def unhealthy_buses(snapshot: dict[str, Any] | None) -> list[str]:
+    """Buses the daemon's snapshot reports unhealthy (no meter answered for ``unhealthy_after_s``)."""
+    buses = (snapshot or {}).get("buses", {})
+    return sorted(b for b, v in buses.items() if v.get("healthy") is False)
 
 
 def collect(store: Store, now: datetime) -> dict[str, Any]:
@@ -146,6 +164,7 @@ def collect(store: Store, now: datetime) -> dict[str, Any]:
     return {
         "daemon": daemon,
         "live": live,
+        "buses_unhealthy": unhealthy_buses(live) if daemon == "running" else [],
         "meters": store.scalar("SELECT COUNT(*) FROM meters"),
         "meters_unreachable": unreachable,
         "meters_quarantined": quarantined,
@@ -191,6 +210,7 @@ def publish(gateway: Gateway) -> dict[str, Any]:
             metrics.set_broker(bool(snap["broker"]["connected"]))
         for bus_id, b in snap["buses"].items():
             metrics.set_heartbeat_age(bus_id, b["heartbeat_age_s"])
+            metrics.set_bus_health(bus_id, b["healthy"], b["silent_s"], b["link_errors"], b["link_reopens"])
     sd_notify(f"STATUS={status_line(snap)}")
     return snap
 

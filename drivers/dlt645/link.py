@@ -6,6 +6,11 @@ guards the whole exchange including retries).  Replies are picked out of the byt
 ``frame.scan``: noise, echoes of our own request, replies from other meters and broken frames are
 skipped until a reply that matches the request (same function, same address) arrives or the
 response timeout runs out.
+
+A port that fails (a ``socket://`` peer that closes the connection, an adapter unplugged, a tty
+that will not take its settings again) is dropped and reopened by the link itself on a later
+request, on the schedule of ``drivers.backoff`` (docs/operations.md, "Links that drop"): until then
+every request fails at once with ``LinkError`` instead of writing into a dead descriptor forever.
 """
 
 from __future__ import annotations
@@ -13,8 +18,11 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import io
+import logging
 import os
+import random
 import select
+import termios
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +32,7 @@ from typing import Any
 
 import serial
 
+from drivers.backoff import Backoff
 from drivers.base import BadFrame, DriverError, MeterTimeout
 from drivers.dlt645.frame import BROADCAST, WILDCARD, Frame, Function, encode, scan
 
@@ -35,6 +44,11 @@ _ECHOED_DI: dict[int, int] = {
     Function.V97_READ: 2,
 }  # replies repeat the DI
 _PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
+# What a port can raise when it fails: pyserial wraps most errors, but not termios.error from a
+# tcsetattr on reopen (seen: (22, 'Invalid argument') on an 8E1 pty) nor every OSError.
+PORT_ERRORS: tuple[type[BaseException], ...] = (serial.SerialException, OSError, ValueError, termios.error)
+
+log = logging.getLogger("pmg.link")
 
 
 class LinkError(DriverError):
@@ -52,6 +66,9 @@ class LinkStats:
     frames_skipped: int = 0
     bytes_out: int = 0
     bytes_in: int = 0
+    link_errors: int = 0  # port failures: I/O errors and reopens that did not work
+    reopens: int = 0  # the port was opened again after a failure (or on request)
+    last_link_error: str | None = None
 
 
 def bits_per_byte(parity: str) -> int:
@@ -82,6 +99,8 @@ class Dlt645Link:
         backoff_s: float = 0.05,
         inter_frame_gap_s: float = 0.02,
         wakeup: int = 4,
+        monotonic: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         if parity not in _PARITIES:
             raise ValueError(f"parity must be one of N, E, O, got {parity!r}")
@@ -112,6 +131,12 @@ class Dlt645Link:
         # The port's descriptor when reads on it never block (pyserial's ttys and socket://): the reply
         # is then taken with one os.read of what has arrived; other ports go through pyserial's read.
         self._fd: int | None = None
+        # Reopening after a failure: wanted while the owner holds the link open (open() .. close());
+        # the backoff says when the next attempt may be made.
+        self.backoff = Backoff(monotonic=monotonic, rng=rng or random.Random())
+        self._wanted = False
+        self._reopen_requested = False
+        self._exchanged_since_open = False
 
     @property
     def byte_time_s(self) -> float:
@@ -121,17 +146,94 @@ class Dlt645Link:
     def is_open(self) -> bool:
         return self._serial is not None
 
+    @property
+    def down(self) -> bool:
+        """Held open by its owner but without a working port (waiting to reopen)."""
+        return self._wanted and self._serial is None
+
     async def open(self) -> None:
+        """Open the port; raises ``LinkError`` (and leaves the link closed) when it cannot be opened."""
         if self._serial is not None:
             return
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlt645-link")
         try:
             self._serial = await self._run(self._open_blocking)
             self._fd = _nonblocking_fd(self._serial)
-        except BaseException:
+        except BaseException as exc:
             self._executor.shutdown(wait=True)
             self._executor = None
+            if isinstance(exc, LinkError):
+                self.stats.link_errors += 1
+                self.stats.last_link_error = str(exc)
             raise
+        self._wanted = True
+        self._exchanged_since_open = False
+        self.backoff.reset()
+
+    def request_reopen(self) -> None:
+        """Close and reopen the port before the next request, whatever the backoff says (SIGHUP)."""
+        self._reopen_requested = True
+        self.backoff.reset()
+
+    async def _ensure_port(self) -> None:
+        """Under the lock, before an exchange: reopen a dropped port when the backoff allows."""
+        if not self._wanted or self._executor is None:
+            raise LinkError(f"DL/T 645 link {self.url} is not open")
+        if self._reopen_requested:
+            self._reopen_requested = False
+            if self._serial is not None:
+                await self._drop_port()
+        if self._serial is not None:
+            return
+        if not self.backoff.due():
+            raise LinkError(
+                f"DL/T 645 link {self.url} is down ({self.stats.last_link_error}); "
+                f"next reopen in {self.backoff.wait_s():.1f} s"
+            )
+        try:
+            ser = await self._run(self._open_blocking)
+        except LinkError as exc:
+            delay = self._count_error(exc)
+            log.warning("link=%s reopen failed: %s; next try in %.1f s", self.url, exc, delay)
+            raise
+        self._serial, self._fd = ser, _nonblocking_fd(ser)
+        self._exchanged_since_open = False
+        self.stats.reopens += 1
+        log.warning("link=%s reopened", self.url)
+
+    def _count_error(self, exc: BaseException) -> float:
+        """Count a port failure and schedule the next reopen; returns the wait."""
+        self.stats.link_errors += 1
+        self.stats.last_link_error = str(exc)
+        return self.backoff.failed()
+
+    async def _drop_port(self) -> None:
+        ser, self._serial, self._fd = self._serial, None, None
+        if ser is not None and self._executor is not None:
+
+            def close_quietly() -> None:
+                try:
+                    ser.close()
+                except Exception:  # a dead port may fail to close; it is forgotten either way
+                    pass
+
+            await asyncio.get_running_loop().run_in_executor(self._executor, close_quietly)
+
+    async def _port_failed(self, exc: LinkError) -> None:
+        """An exchange hit a port error: drop the port so a later request opens it again.
+
+        A port that had carried an exchange since it was opened may be reopened by the very next
+        request (a peer restarted once); one that fails before any exchange went through is backed
+        off, so a peer that accepts and drops at once is not hammered."""
+        await self._drop_port()
+        if self._exchanged_since_open:
+            self.stats.link_errors += 1
+            self.stats.last_link_error = str(exc)
+            self.backoff.succeeded()
+            log.warning("link=%s dropped: %s; reopening on the next request", self.url, exc)
+        else:
+            delay = self._count_error(exc)
+            log.warning("link=%s dropped: %s; next try in %.1f s", self.url, exc, delay)
 
     def _open_blocking(self) -> Any:
         try:
@@ -142,13 +244,16 @@ class Dlt645Link:
                 bytesize=serial.EIGHTBITS,
                 stopbits=serial.STOPBITS_ONE,
                 timeout=POLL_S,
-                write_timeout=5.0,
+                # pyserial's rfc2217 client refuses any write timeout (NotImplementedError): its writes
+                # go to a socket that has its own.
+                write_timeout=None if self.url.startswith("rfc2217://") else 5.0,
             )
-        except (serial.SerialException, OSError, ValueError) as exc:
+        except PORT_ERRORS as exc:
             raise LinkError(f"cannot open DL/T 645 link {self.url}: {exc}") from None
 
     async def close(self) -> None:
         async with self._lock:
+            self._wanted = False
             ser, self._serial, self._fd = self._serial, None, None
             executor, self._executor = self._executor, None
             if executor is None:
@@ -174,7 +279,13 @@ class Dlt645Link:
         """Send a frame that gets no reply (broadcast time sync)."""
         wire = encode(frame, wakeup=self.wakeup)
         async with self._lock:
-            await self._run(lambda: self._exchange(frame, wire, expect_reply=False))
+            await self._ensure_port()
+            try:
+                await self._run(lambda: self._exchange(frame, wire, expect_reply=False))
+            except LinkError as exc:
+                await self._port_failed(exc)
+                raise
+            self._exchange_went_through()
 
     async def request(self, frame: Frame, *, retries: int | None = None) -> Frame:
         """Send ``frame`` and return the meter's matching reply (normal or abnormal).
@@ -218,12 +329,23 @@ class Dlt645Link:
             return out
 
         async with self._lock:
+            await self._ensure_port()
             try:
                 result: list[Frame | DriverError] = await self._run(batch)
             except asyncio.CancelledError:
                 abandoned.set()  # the thread cannot be interrupted mid-exchange, but asks no more
                 raise
+            except LinkError as exc:
+                await self._port_failed(exc)
+                raise
+            self._exchange_went_through()
             return result
+
+    def _exchange_went_through(self) -> None:
+        """The port carried an exchange (a meter's silence is not the port's fault)."""
+        self._exchanged_since_open = True
+        if self.backoff.failures:
+            self.backoff.succeeded()
 
     def _request_blocking(
         self, frame: Frame, wire: bytes, attempts: int, abandoned: threading.Event
@@ -269,7 +391,7 @@ class Dlt645Link:
             if not expect_reply:
                 return None
             return self._receive(ser, request)
-        except (serial.SerialException, OSError) as exc:
+        except (serial.SerialException, OSError, termios.error) as exc:
             raise LinkError(f"DL/T 645 link {self.url} failed: {exc}") from None
         finally:
             self._last_io = time.monotonic()

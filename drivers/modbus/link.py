@@ -5,11 +5,18 @@ request to the end of the post-request gap.  RS-485 converters and slow meters n
 between frames and after the unit id changes; both are configurable and applied under the lock,
 so no caller can squeeze a request into the gap.  pymodbus errors become the driver's typed errors
 (``MeterTimeout``, ``MeterRefused``, ``BadFrame``) with one-line messages naming the unit.
+
+A connection or port that fails is closed and opened again by the link itself, on the schedule of
+``drivers.backoff`` (docs/operations.md, "Links that drop"); pymodbus's own background reconnect is
+off, so there is one schedule, one count of link errors and no socket reopened behind our back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
+import termios
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +28,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
+from drivers.backoff import Backoff
 from drivers.base import BadFrame, DriverError, MeterRefused, MeterTimeout
 
 READ_REGISTER_FUNCTIONS = (3, 4)
@@ -41,6 +49,11 @@ _EXCEPTION_NAMES = {
 }
 
 
+log = logging.getLogger("pmg.link")
+
+Client = AsyncModbusTcpClient | AsyncModbusSerialClient
+
+
 class LinkError(DriverError):
     """The bus itself is unusable (port cannot be opened, TCP connection refused or closed)."""
 
@@ -54,6 +67,9 @@ class LinkStats:
     refusals: int = 0
     bad_frames: int = 0
     foreign_replies: int = 0  # frames from a unit other than the one asked (cross-talk, duplicate ids)
+    link_errors: int = 0  # connection/port failures: I/O errors and reopens that did not work
+    reopens: int = 0  # the connection was opened again after a failure (or on request)
+    last_link_error: str | None = None
 
 
 def _parse_tcp(url: str) -> tuple[str, int] | None:
@@ -84,6 +100,7 @@ class ModbusLink:
         inter_frame_gap_s: float = 0.0,
         unit_switch_delay_s: float = 0.0,
         monotonic: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         if parity not in ("N", "E", "O"):
             raise ValueError(f"parity must be N, E or O, got {parity!r}")
@@ -108,20 +125,46 @@ class ModbusLink:
         self._quiet_until = 0.0
         self._asked_unit: int | None = None
         self._foreign_unit: int | None = None
+        self.backoff = Backoff(monotonic=monotonic, rng=rng or random.Random())
+        self._wanted = False
+        self._reopen_requested = False
+        self._exchanged_since_open = False
 
     def __repr__(self) -> str:
         return f"ModbusLink({self.url!r})"
 
     # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def down(self) -> bool:
+        """Held open by its owner but without a working connection (waiting to reopen)."""
+        return self._wanted and self._client is None
+
     async def open(self) -> None:
         """Connect; raises ``LinkError`` when the port or host cannot be reached."""
         if self._client is not None and self._client.connected:
             return
+        try:
+            await self._connect()
+        except LinkError as exc:
+            self.stats.link_errors += 1
+            self.stats.last_link_error = str(exc)
+            raise
+        self._wanted = True
+        self.backoff.reset()
+
+    def request_reopen(self) -> None:
+        """Close and reopen the connection before the next request, whatever the backoff says."""
+        self._reopen_requested = True
+        self.backoff.reset()
+
+    async def _connect(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
         common: dict[str, Any] = {
             "timeout": self.timeout_s,
             "retries": self.retries,
-            "reconnect_delay": 0.5,
-            "reconnect_delay_max": 10.0,
+            "reconnect_delay": 0,  # no background reconnect: the link reopens on its own schedule
             "trace_packet": self._trace_packet,
         }
         if self.tcp is not None:
@@ -135,12 +178,74 @@ class ModbusLink:
         # TCP-to-RS-485 gateway that means one dead meter disconnects every meter on the bus, so
         # silence from a unit is never taken as a sign that the connection itself is dead.
         self._client.set_max_no_responses(1 << 30)
-        if not await self._client.connect():
+        try:
+            connected = await self._client.connect()
+        except (OSError, ValueError, termios.error, ModbusException) as exc:  # a port that cannot be set up
+            connected, why = False, f" ({exc})"
+        else:
+            why = ""
+        if not connected:
             self._client.close()
             self._client = None
-            raise LinkError(f"{self.url}: cannot open the bus")
+            raise LinkError(f"{self.url}: cannot open the bus{why}")
+        self._exchanged_since_open = False
+
+    async def _ensure_client(self) -> Client:
+        """Under the lock, before a request: reopen a dropped connection when the backoff allows."""
+        if not self._wanted:
+            raise LinkError(f"{self.url}: link is not open")
+        if self._reopen_requested:
+            self._reopen_requested = False
+            self._drop()
+        if self._client is not None:
+            return self._client
+        if not self.backoff.due():
+            raise LinkError(
+                f"{self.url}: bus down ({self.stats.last_link_error}); next reopen in {self.backoff.wait_s():.1f} s"
+            )
+        try:
+            await self._connect()
+        except LinkError as exc:
+            delay = self._count_error(exc)
+            log.warning("link=%s reopen failed: %s; next try in %.1f s", self.url, exc, delay)
+            raise
+        self.stats.reopens += 1
+        log.warning("link=%s reopened", self.url)
+        assert self._client is not None
+        return self._client
+
+    def _count_error(self, exc: BaseException) -> float:
+        self.stats.link_errors += 1
+        self.stats.last_link_error = str(exc)
+        return self.backoff.failed()
+
+    def _drop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _connection_failed(self, message: str) -> bool:
+        """The connection broke during a request: drop it.  True when it may be reopened at once
+        (it had carried exchanges: a peer restarted once), False when the backoff now applies."""
+        self._drop()
+        self.stats.link_errors += 1
+        self.stats.last_link_error = message
+        if self._exchanged_since_open:
+            self.backoff.succeeded()
+            log.warning("link=%s dropped: %s; reopening", self.url, message)
+            return True
+        delay = self.backoff.failed()
+        log.warning("link=%s dropped: %s; next try in %.1f s", self.url, message, delay)
+        return False
+
+    def _lost_quietly(self, client: Client) -> None:
+        """A request timed out and pymodbus noticed the connection is gone meanwhile: drop it now
+        rather than let the next request find out."""
+        if not client.connected and client is self._client:
+            self._connection_failed("connection lost")
 
     async def close(self) -> None:
+        self._wanted = False
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -157,9 +262,11 @@ class ModbusLink:
         """FC03 (holding) or FC04 (input) registers."""
         if function not in READ_REGISTER_FUNCTIONS:
             raise ValueError(f"function {function} does not read registers")
-        client = self._require()
-        call = client.read_holding_registers if function == 3 else client.read_input_registers
-        pdu = await self._transact(unit, function, address, lambda: call(address, count=count, device_id=unit))
+        def call(c: Client) -> Awaitable[ModbusPDU]:
+            read = c.read_holding_registers if function == 3 else c.read_input_registers
+            return read(address, count=count, device_id=unit)
+
+        pdu = await self._transact(unit, function, address, call)
         regs = list(getattr(pdu, "registers", []))
         if len(regs) != count:
             self.stats.bad_frames += 1
@@ -170,9 +277,11 @@ class ModbusLink:
         """FC01 (coils) or FC02 (discrete inputs)."""
         if function not in READ_BIT_FUNCTIONS:
             raise ValueError(f"function {function} does not read bits")
-        client = self._require()
-        call = client.read_coils if function == 1 else client.read_discrete_inputs
-        pdu = await self._transact(unit, function, address, lambda: call(address, count=count, device_id=unit))
+        def call(c: Client) -> Awaitable[ModbusPDU]:
+            read = c.read_coils if function == 1 else c.read_discrete_inputs
+            return read(address, count=count, device_id=unit)
+
+        pdu = await self._transact(unit, function, address, call)
         bits = list(getattr(pdu, "bits", []))
         if len(bits) < count:
             self.stats.bad_frames += 1
@@ -181,36 +290,27 @@ class ModbusLink:
 
     async def write_registers(self, unit: int, function: int, address: int, values: Sequence[int]) -> None:
         """FC06 (one register) or FC16 (several); the meter's echo is the acknowledgement."""
-        client = self._require()
         if function == 6:
             if len(values) != 1:
                 raise ValueError("FC06 writes exactly one register")
-            await self._transact(
-                unit, 6, address, lambda: client.write_register(address, values[0], device_id=unit)
-            )
+            await self._transact(unit, 6, address, lambda c: c.write_register(address, values[0], device_id=unit))
         elif function == 16:
             await self._transact(
-                unit, 16, address, lambda: client.write_registers(address, list(values), device_id=unit)
+                unit, 16, address, lambda c: c.write_registers(address, list(values), device_id=unit)
             )
         else:
             raise ValueError(f"function {function} does not write registers")
 
     async def write_coil(self, unit: int, function: int, address: int, value: bool) -> None:
         """FC05 (one coil) or FC15 (coils, here one)."""
-        client = self._require()
         if function == 5:
-            await self._transact(unit, 5, address, lambda: client.write_coil(address, value, device_id=unit))
+            await self._transact(unit, 5, address, lambda c: c.write_coil(address, value, device_id=unit))
         elif function == 15:
-            await self._transact(unit, 15, address, lambda: client.write_coils(address, [value], device_id=unit))
+            await self._transact(unit, 15, address, lambda c: c.write_coils(address, [value], device_id=unit))
         else:
             raise ValueError(f"function {function} does not write coils")
 
     # -- internals -----------------------------------------------------------------------------
-    def _require(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
-        if self._client is None:
-            raise LinkError(f"{self.url}: link is not open")
-        return self._client
-
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
         """Notice replies from a unit we did not ask (pymodbus drops them silently as a timeout)."""
         if not sending and data and self._asked_unit is not None:
@@ -219,18 +319,34 @@ class ModbusLink:
                 self._foreign_unit = unit
         return data
 
-    async def _with_reconnect(self, request: Callable[[], Awaitable[ModbusPDU]]) -> ModbusPDU:
-        """Send; if the connection was lost (gateway restart, cable), reconnect once and resend."""
+    async def _with_reconnect(self, request: Callable[[Client], Awaitable[ModbusPDU]]) -> ModbusPDU:
+        """Send; if the connection was lost (gateway restart, cable) after it had worked, reopen once
+        and resend; otherwise the backoff decides when a later request may reopen it."""
+        client = await self._ensure_client()
         try:
-            return await request()
-        except ConnectionException:
-            client = self._require()
-            if client.connected or not await client.connect():
+            pdu = await request(client)
+        except ConnectionException as exc:
+            if not self._connection_failed(str(exc)):
                 raise
-            return await request()
+            client = await self._ensure_client()
+            try:
+                pdu = await request(client)
+            except ConnectionException as again:
+                self._connection_failed(str(again))
+                raise
+            except ModbusException:
+                self._lost_quietly(client)
+                raise
+        except ModbusException:
+            self._lost_quietly(client)
+            raise
+        self._exchanged_since_open = True
+        if self.backoff.failures:
+            self.backoff.succeeded()
+        return pdu
 
     async def _transact(
-        self, unit: int, function: int, address: int, request: Callable[[], Awaitable[ModbusPDU]]
+        self, unit: int, function: int, address: int, request: Callable[[Client], Awaitable[ModbusPDU]]
     ) -> ModbusPDU:
         if not 1 <= unit <= 247:
             raise ValueError(f"unit id {unit} is outside 1..247")

@@ -243,14 +243,19 @@ def events_cmd(
 def status_cmd(config_path: Path, as_json: bool) -> None:
     """Gateway health at a glance: daemon, buses, unreachable meters, outbox, broker, settlement.
 
-    Exit status 1 when the daemon is not running or a meter is unreachable or quarantined (its readings
-    are not billed until it is resolved) — for monitoring scripts.
+    Exit status 1 when the daemon is not running, a meter is unreachable or quarantined (its readings
+    are not billed until it is resolved) or a bus is unhealthy — for monitoring scripts.
     """
     from gateway.status import collect
 
     with opened_store(config_path, readonly=True) as (_cfg, store):
         data = collect(store, system_clock())
-    bad = data["daemon"] != "running" or bool(data["meters_unreachable"]) or bool(data["meters_quarantined"])
+    bad = (
+        data["daemon"] != "running"
+        or bool(data["meters_unreachable"])
+        or bool(data["meters_quarantined"])
+        or bool(data.get("buses_unhealthy"))
+    )
     if as_json:
         emit_json(data)
     else:
@@ -277,6 +282,8 @@ def _print_status(d: dict[str, Any]) -> None:
     )
     click.echo("accounts: " + (", ".join(f"{k} {v}" for k, v in d["accounts_by_state"].items()) or "none"))
     buses = live.get("buses", {})
+    if d.get("buses_unhealthy"):
+        click.echo("UNHEALTHY buses (no meter answered within unhealthy_after_s): " + ", ".join(d["buses_unhealthy"]))
     if buses:
         emit_table(
             "buses",
