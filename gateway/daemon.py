@@ -35,6 +35,7 @@ from gateway.service import InstanceLock, sd_notify, watchdog_interval_s
 from gateway.snapshots import state_snapshot
 from gateway.store.db import Store, StoreError, open_store
 from gateway.sync.mqtt import MqttLink
+from gateway.timetrust import NtpProbe, TimeTrust
 from gateway.timeutil import Clock, iso, system_clock
 
 log = logging.getLogger("pmg.daemon")
@@ -69,6 +70,10 @@ class Gateway:
     cfg: GatewayConfig
     clock: Clock = system_clock
     monotonic: Callable[[], float] = time.monotonic
+    # Untrusted time (gateway.timeguard): a monotonic clock at the wall clock's rate, an NTP probe.
+    time_monotonic: Callable[[], float] | None = None
+    ntp_probe: NtpProbe | None = None
+    timetrust: TimeTrust | None = None
     store: Store = field(init=False)
     parts: Components = field(init=False)
     workers: dict[str, BusWorker] = field(default_factory=dict)
@@ -99,6 +104,9 @@ class Gateway:
             self.store = open_store(db_path, on_migrate=_announce_migration)
             self.parts = build_components(self.cfg, self.config_path, self.store)
             seed_from_config(self.store, self.cfg, self.clock())
+            from gateway import timeguard
+
+            self.timetrust = timeguard.build(self)
             if self.cfg.metrics.listen:
                 self.metrics.serve(self.cfg.metrics.listen)
         except BaseException:
@@ -289,6 +297,10 @@ class Gateway:
         topology_changed = (cfg.buses, cfg.meters) != (self.cfg.buses, self.cfg.meters)
         self._flush_readings()  # charged under the configuration they were read under
         self.cfg, self.parts = cfg, parts
+        if self.timetrust is not None:
+            from gateway.timeguard import settings
+
+            self.timetrust.settings = settings(cfg)
         self._meter_cfg = {m.id: m for m in cfg.meters}
         if topology_changed:
             await self._stop_buses()
@@ -324,6 +336,7 @@ class Gateway:
         batch, self._pending_readings = self._pending_readings, []
         if not batch:
             return
+        self._check_time()
         done: list[tuple[str, Reading, float, ChargeOutcome]] = []
         relay_queued = False
         try:
@@ -444,6 +457,7 @@ class Gateway:
 
     async def review_policy(self) -> None:
         """Re-decide every account: notices mature, windows end, holds expire without new input."""
+        self._check_time()
         now = self.clock()
         try:
             with self.store.tx() as conn:
@@ -469,6 +483,7 @@ class Gateway:
         start = self._sweep_next if self._sweep_next < len(meters) else 0
         chunk = meters[start : start + per_tick]
         self._sweep_next = start + per_tick
+        self._check_time()
         now = self.clock()
         try:
             with self.store.tx() as conn:
@@ -484,6 +499,7 @@ class Gateway:
         review is the safety net; this makes a lawful cut or a reminder happen on time."""
         while True:
             await asyncio.sleep(REVIEW_POLL_S)
+            self._check_time()  # also the once-a-second look for a wall-clock step
             now = self.clock()
             try:
                 with self.store.tx() as conn:
@@ -522,6 +538,15 @@ class Gateway:
             "relay", {"meter_id": cmd.meter_id, "action": cmd.action.value, "status": status, "relay": state}
         )
         self._wake()
+
+    def _check_time(self) -> None:
+        """Before a decision reads the clock: is it still to be believed (gateway.timeguard)?"""
+        from gateway import timeguard
+
+        try:
+            timeguard.observe(self)
+        except StoreError as exc:
+            log.error("time check failed: %s", exc)
 
     def _notify_outbox(self) -> None:
         if self.mqtt is not None:

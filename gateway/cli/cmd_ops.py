@@ -238,13 +238,14 @@ def events_cmd(
 def status_cmd(config_path: Path, as_json: bool) -> None:
     """Gateway health at a glance: daemon, buses, unreachable meters, outbox, broker, settlement.
 
-    Exit status 1 when the daemon is not running or a meter is unreachable (for monitoring scripts).
+    Exit status 1 when the daemon is not running, a meter is unreachable or the gateway's clock is
+    untrusted (for monitoring scripts).
     """
     from gateway.status import collect
 
     with opened_store(config_path, readonly=True) as (_cfg, store):
         data = collect(store, system_clock())
-    bad = data["daemon"] != "running" or bool(data["meters_unreachable"])
+    bad = data["daemon"] != "running" or bool(data["meters_unreachable"]) or not data["time"]["trusted"]
     if as_json:
         emit_json(data)
     else:
@@ -257,6 +258,11 @@ def _print_status(d: dict[str, Any]) -> None:
     live = d["live"] or {}
     age = f" (snapshot {live.get('age_s')} s old)" if live else ""
     click.echo(f"daemon: {d['daemon']}{age}")
+    t = d["time"]
+    if t["trusted"]:
+        click.echo("time: trusted")
+    else:
+        click.echo(f"time: UNTRUSTED since {t['since']}: " + "; ".join(t["reasons"].values()))
     broker = live.get("broker")
     if broker is not None:
         click.echo(
