@@ -68,6 +68,10 @@ class JumpClock:
     def __call__(self) -> datetime:
         return self.base() + self.offset
 
+    def monotonic(self) -> float:
+        """The base clock's elapsed time: the offset's jumps are steps the gateway must notice."""
+        return self.base.monotonic()
+
 
 def register_movement(store: Store, meter: str) -> tuple[int, int]:
     first = store.scalar(

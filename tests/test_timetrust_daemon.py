@@ -1,0 +1,244 @@
+"""A wall clock that lies, through the real daemon and ledger (docs/enforcement.md, "Untrusted time").
+
+Each gateway gets an injected wall clock and monotonic clock the test moves by hand; its bus cannot
+open (``offline_config``), so only the readings and reviews the test hands over reach the ledger
+and the policy.  The defects these reproduce:
+- a wall clock one day fast cut a household long before its notice expired;
+- a clock an hour slow made every reading fail with a traceback (the interval ran backwards);
+- a standing charge was posted for a day that had not ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from gateway_harness import TARIFFS, write_config
+from test_ledger_support import TEST_TARIFFS
+from waiting import async_wait_for
+
+from drivers.base import Quality, Reading, RelayState
+from gateway.config import load_config
+from gateway.daemon import Gateway
+from gateway.ledger import settlement
+from gateway.ledger.verify import verify
+from gateway.status import collect
+from gateway.timeutil import parse_iso
+
+T0 = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)  # Monday 10:00 in Shanghai
+NOTICE_POLICY = """
+[policy]
+preset = "generic"
+[policy.overrides.notice]
+required = true
+period = "PT24H"
+reminder_before = "PT0S"
+[policy.overrides.windows]
+hours = []
+weekends = false
+public_holidays = false
+"""
+
+
+class HandClocks:
+    """The gateway's wall clock and the monotonic clock beside it, moved by the test."""
+
+    def __init__(self, start: datetime) -> None:
+        self.wall_at = start
+        self.mono_s = 1000.0
+
+    def wall(self) -> datetime:
+        return self.wall_at
+
+    def mono(self) -> float:
+        return self.mono_s
+
+    def elapse(self, delta: timedelta) -> None:
+        """Real time passes: both clocks move."""
+        self.wall_at += delta
+        self.mono_s += delta.total_seconds()
+
+    def step(self, delta: timedelta) -> None:
+        """Someone sets the wall clock: only it moves."""
+        self.wall_at += delta
+
+
+def _gateway(tmp_path: Path, clocks: HandClocks, *, tariff: str = "flat-cn") -> Gateway:
+    tariffs = tmp_path / "tariffs"  # the shipped tariffs and the ledger tests' standing-charge one
+    tariffs.mkdir()
+    for f in TARIFFS.glob("*.toml"):
+        shutil.copy(f, tariffs / f.name)
+    for name, text in TEST_TARIFFS.items():
+        (tariffs / f"{name}.toml").write_text(text)
+    body = (
+        f'gateway_id = "gw-test"\ntimezone = "Asia/Shanghai"\ndatabase = "{tmp_path / "pmg.db"}"\n'
+        f'currency = "CNY"\ntariff_dir = "{tariffs}"\n{NOTICE_POLICY}\n'
+        f'\n[[buses]]\nid = "b1"\nprotocol = "dlt645"\nurl = "{tmp_path / "no-such-port"}"\n'
+        f'\n[[meters]]\nid = "m0"\nbus = "b1"\naddress = "000000000001"\naccount = "a0"\ntariff = "{tariff}"\n'
+    )
+    cfg_path = write_config(tmp_path / "gw.toml", body)
+    gateway = Gateway(cfg_path, load_config(cfg_path), clock=clocks.wall)
+    gateway.time_monotonic = clocks.mono
+    return gateway
+
+
+def _read(gateway: Gateway, clocks: HandClocks, register_wh: int) -> None:
+    """One reading of m0 at the gateway's wall time, charged as the daemon charges a batch."""
+    reading = Reading(
+        "000000000001", clocks.wall(), Quality.OK, energy_import_wh=register_wh, relay=RelayState.CLOSED
+    )
+    gateway._on_reading("m0", reading, 0.01)
+    gateway._flush_readings()
+
+
+def _kinds(gateway: Gateway, kind: str) -> int:
+    return int(gateway.store.scalar("SELECT COUNT(*) FROM events WHERE kind = ?", kind))
+
+
+def test_a_clock_a_day_fast_cuts_no_one_before_the_notice_expires(tmp_path: Path) -> None:
+    clocks = HandClocks(T0)
+    gateway = _gateway(tmp_path, clocks)
+
+    async def scenario() -> None:
+        await gateway.start()
+        store = gateway.store
+        try:
+            _read(gateway, clocks, 1000)  # baseline; no credit: notice served now, cut not before T0 + 24 h
+            assert store.scalar("SELECT notice_served_at FROM accounts WHERE id = 'a0'") is not None
+            clocks.elapse(timedelta(hours=5))
+            await gateway.review_policy()
+            clocks.step(timedelta(days=1))  # the wall clock says T0 + 29 h: the notice "expired"
+            await gateway.review_policy()
+            _read(gateway, clocks, 1010)
+            trips = store.all("SELECT status, created_at FROM relay_commands WHERE action = 'trip'")
+            assert [dict(t) for t in trips] == [], "a trip 19 h before the notice lawfully expired"
+            blocked = [
+                json.loads(r[0])
+                for r in store.all("SELECT detail_json FROM events WHERE kind = 'policy_blocked' ORDER BY id")
+            ]
+            failed_rules = {c["rule"] for b in blocked for c in b["trace"] if not c["passed"]}
+            assert "hold.time_untrusted" in failed_rules
+            assert _kinds(gateway, "time_untrusted") == 1
+            ro = collect(store, clocks.wall())
+            assert ro["time"]["trusted"] is False and "step" in ro["time"]["reasons"]
+
+            clocks.elapse(timedelta(minutes=31))
+            clocks.step(-timedelta(days=1))  # corrected after 31 minutes
+            await gateway.review_policy()
+            assert _kinds(gateway, "time_trusted") == 1
+            assert _kinds(gateway, "time_untrusted") == 1, "one alarm per episode"
+            assert store.scalar("SELECT COUNT(*) FROM relay_commands WHERE action = 'trip'") == 0
+            assert collect(store, clocks.wall())["time"]["trusted"] is True
+
+            # The notice runs its true course: at T0 + 24 h the cut is lawful and goes the ordinary way.
+            clocks.elapse(timedelta(hours=19))
+            await gateway.review_policy()
+            trip_at = store.scalar("SELECT created_at FROM relay_commands WHERE action = 'trip'")
+            assert trip_at is not None and trip_at >= "2026-03-03T02:00:00"
+        finally:
+            await gateway.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_trip_queued_on_a_stepped_clock_is_withdrawn_when_the_episode_starts(tmp_path: Path) -> None:
+    clocks = HandClocks(T0)
+    gateway = _gateway(tmp_path, clocks)
+
+    async def scenario() -> None:
+        await gateway.start()
+        assert gateway.enforcer is not None
+        gateway.enforcer.stop()  # the queued frame stays queued: the test watches what becomes of it
+        store = gateway.store
+        try:
+            _read(gateway, clocks, 1000)
+            clocks.step(timedelta(days=1))
+            # A decision made before anything looked at the clocks (a relay outcome, a command):
+            with store.tx() as conn:
+                gateway.parts.policy.evaluate_meter(conn, "m0", clocks.wall())
+            assert store.scalar("SELECT status FROM relay_commands WHERE action = 'trip'") == "pending"
+            await async_wait_for(
+                lambda: store.scalar("SELECT status FROM relay_commands WHERE action = 'trip'") == "cancelled",
+                timeout=10,
+                what="the stepped trip withdrawn",
+            )
+            assert _kinds(gateway, "time_untrusted") == 1
+        finally:
+            await gateway.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_clock_an_hour_slow_charges_every_kwh_once_without_a_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clocks = HandClocks(T0)
+    gateway = _gateway(tmp_path, clocks)
+
+    async def scenario() -> None:
+        await gateway.start()
+        store = gateway.store
+        try:
+            gateway.apply_payment("p1", "a0", 100_000, source="test")
+            _read(gateway, clocks, 1000)
+            clocks.elapse(timedelta(minutes=10))
+            _read(gateway, clocks, 1100)
+            clocks.step(-timedelta(hours=1))
+            for wh in (1200, 1300, 1450):
+                clocks.elapse(timedelta(minutes=1))
+                _read(gateway, clocks, wh)
+            clocks.step(timedelta(hours=1))  # corrected
+            clocks.elapse(timedelta(minutes=1))
+            _read(gateway, clocks, 1500)
+            outcomes = [r[0] for r in store.all("SELECT outcome FROM readings ORDER BY id")]
+            assert outcomes == ["baseline"] + ["charged"] * 5
+            charged = store.scalar("SELECT SUM(energy_wh) FROM entries WHERE kind = 'charge'")
+            assert charged == 500, "every Wh of the register's movement charged once"
+            periods = [
+                (parse_iso(r[0]), parse_iso(r[1]))
+                for r in store.all("SELECT period_start, period_end FROM entries WHERE kind = 'charge' ORDER BY id")
+            ]
+            for prev, cur in zip(periods, periods[1:], strict=False):
+                assert prev[1] <= cur[0], f"intervals overlap: {prev} then {cur}"
+            assert all(p[0] < p[1] for p in periods), "an interval ran backwards"
+            taken = [parse_iso(r[0]) for r in store.all("SELECT taken_at FROM readings ORDER BY id")]
+            assert taken == sorted(taken)
+            assert verify(store) == []
+        finally:
+            await gateway.stop()
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(scenario())
+    assert not [r for r in caplog.records if "could not be recorded" in r.getMessage()]
+
+
+def test_no_standing_charge_for_a_day_the_monotonic_clock_says_has_not_ended(tmp_path: Path) -> None:
+    clocks = HandClocks(T0)
+    gateway = _gateway(tmp_path, clocks, tariff="standing-cn")
+
+    async def scenario() -> None:
+        await gateway.start()
+        store = gateway.store
+
+        def standing() -> list[str]:
+            rows = store.all("SELECT external_id FROM entries WHERE kind = 'standing_charge' ORDER BY id")
+            return [r[0] for r in rows]
+
+        try:
+            await settlement.run(gateway)
+            assert standing() == []
+            clocks.step(timedelta(days=1))  # the wall clock says Tuesday 10:00: Monday "ended"
+            await settlement.run(gateway)
+            assert standing() == [], "a standing charge for Monday, which had not ended"
+            clocks.elapse(timedelta(hours=15))  # true time: Tuesday 01:00 local; Monday has ended
+            await settlement.run(gateway)
+            assert standing() == ["a0/2026-03-02"]
+        finally:
+            await gateway.stop()
+
+    asyncio.run(scenario())
