@@ -91,7 +91,8 @@ async def check_bus(
         drift[meter_id] = round(drift_seconds(reading.meter_time, reading.taken_at, tz), 1)
     drifted = [m for m, d in drift.items() if abs(d) > max_drift_s]
     after: dict[str, float] = {}
-    if drifted and not may_broadcast(drift):
+    trusted = may_broadcast(drift) if drift else True  # every check is a witness, drifted or not
+    if drifted and not trusted:
         return BusClockResult(worker.bus_id, drift, tuple(unreadable), False, after, withheld=True)
     if drifted:
         link = worker.link

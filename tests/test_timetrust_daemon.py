@@ -13,22 +13,30 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from itertools import pairwise
 import shutil
+import socket
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from gateway_harness import TARIFFS, write_config
+from gateway_harness import TARIFFS, base_config, write_config
 from test_ledger_support import TEST_TARIFFS
+from test_sync_support import keys_toml, signed
 from waiting import async_wait_for
 
 from drivers.base import Quality, Reading, RelayState
+from gateway import clocksync
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.ledger import settlement
 from gateway.ledger.verify import verify
 from gateway.status import collect
+from gateway.sync.commands import CommandProcessor
 from gateway.timeutil import parse_iso
+from simulators.dlt645 import SimulatedDlt645Bus
+from simulators.model import LoadProfile, MeterModel
 
 T0 = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)  # Monday 10:00 in Shanghai
 NOTICE_POLICY = """
@@ -203,7 +211,7 @@ def test_a_clock_an_hour_slow_charges_every_kwh_once_without_a_traceback(
                 (parse_iso(r[0]), parse_iso(r[1]))
                 for r in store.all("SELECT period_start, period_end FROM entries WHERE kind = 'charge' ORDER BY id")
             ]
-            for prev, cur in zip(periods, periods[1:], strict=False):
+            for prev, cur in pairwise(periods):
                 assert prev[1] <= cur[0], f"intervals overlap: {prev} then {cur}"
             assert all(p[0] < p[1] for p in periods), "an interval ran backwards"
             taken = [parse_iso(r[0]) for r in store.all("SELECT taken_at FROM readings ORDER BY id")]
@@ -238,6 +246,99 @@ def test_no_standing_charge_for_a_day_the_monotonic_clock_says_has_not_ended(tmp
             clocks.elapse(timedelta(hours=15))  # true time: Tuesday 01:00 local; Monday has ended
             await settlement.run(gateway)
             assert standing() == ["a0/2026-03-02"]
+        finally:
+            await gateway.stop()
+
+    asyncio.run(scenario())
+
+
+class OffsetClock:
+    """The system clock plus an offset the test sets (the meters keep true time)."""
+
+    def __init__(self, offset: timedelta) -> None:
+        self.offset = offset
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+def test_a_gateway_a_day_fast_broadcasts_no_time_to_meters_that_agree_with_each_other(tmp_path: Path) -> None:
+    models = [MeterModel(f"00000000000{i}", profile=LoadProfile((500,))) for i in (1, 2, 3)]
+    sim = SimulatedDlt645Bus(models, baud=9600, response_delay_s=0.002, emulate_timing=False)
+    port = sim.start_pty()
+    clock = OffsetClock(timedelta(days=1))  # wrong from the start: no step to see, only the meters
+    body = base_config(tmp_path / "pmg.db") + (
+        "\n[housekeeping]\nclock_max_drift_s = 30\n"
+        f'\n[[buses]]\nid = "b1"\nprotocol = "dlt645"\nurl = "{port}"\nbaud = 9600\npoll_interval_s = 3600\n'
+        + "".join(
+            f'\n[[meters]]\nid = "m{i}"\nbus = "b1"\naddress = "00000000000{i}"\naccount = "a{i}"\n'
+            'tariff = "flat-cn"\n'
+            for i in (1, 2, 3)
+        )
+    )
+    cfg_path = write_config(tmp_path / "gw.toml", body)
+
+    async def scenario() -> None:
+        gw = Gateway(cfg_path, load_config(cfg_path), clock=clock)
+        gw.time_monotonic = time.monotonic
+        await gw.start()
+        try:
+            store = gw.store
+            results = await clocksync.run(gw)
+            assert len(results) == 1 and not results[0].broadcast, "the gateway's wrong time was broadcast"
+            assert all(abs(d + 86400) < 5 for d in results[0].drift_s.values())
+            assert all(abs(m.clock_drift_s) < 5 for m in models), "the meters' clocks were set wrong"
+            assert _kinds(gw, "time_untrusted") == 1 and _kinds(gw, "time_broadcast") == 0
+            assert _kinds(gw, "time_broadcast_withheld") == 1
+            assert "meters" in collect(store, clock())["time"]["reasons"]
+
+            clock.offset = timedelta()  # corrected: a step the monotonic clock cannot vouch for ...
+            assert not gw.timetrust or not gw.timetrust.trusted
+            again = await clocksync.run(gw)  # ... but the meters, agreeing with the new time, do
+            assert not again[0].broadcast and all(abs(d) < 5 for d in again[0].drift_s.values())
+            assert _kinds(gw, "time_trusted") == 1
+            assert collect(store, clock())["time"]["trusted"] is True
+        finally:
+            await gw.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sim.stop()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_signed_command_issued_in_our_future_makes_time_untrusted(tmp_path: Path) -> None:
+    clocks = HandClocks(T0)
+    body = (
+        base_config(tmp_path / "pmg.db", mqtt_port=_closed_port())
+        + keys_toml()
+        + f'\n[[buses]]\nid = "b1"\nprotocol = "dlt645"\nurl = "{tmp_path / "no-such-port"}"\n'
+        + '\n[[meters]]\nid = "m0"\nbus = "b1"\naddress = "000000000001"\naccount = "a0"\ntariff = "flat-cn"\n'
+    )
+    cfg_path = write_config(tmp_path / "gw.toml", body)
+    gateway = Gateway(cfg_path, load_config(cfg_path), clock=clocks.wall)
+    gateway.time_monotonic = clocks.mono
+
+    async def scenario() -> None:
+        await gateway.start()
+        try:
+            processor = CommandProcessor(gateway)
+            # Head office signs at true time, which is a day after what our (slow) clock says.
+            ack = await processor.handle("ping", json.dumps(signed("ping", T0 + timedelta(days=1))).encode())
+            assert ack["code"] == "not_yet_valid"
+            assert _kinds(gateway, "time_untrusted") == 1
+            reasons = collect(gateway.store, clocks.wall())["time"]["reasons"]
+            assert "commands" in reasons
+            # A command signed a minute ago by our clock's reckoning vouches for it again.
+            ack = await processor.handle("ping", json.dumps(signed("ping", T0 - timedelta(minutes=1))).encode())
+            assert ack["status"] != "rejected"
+            assert _kinds(gateway, "time_trusted") == 1
         finally:
             await gateway.stop()
 
