@@ -117,7 +117,9 @@ def apply_change(gateway: Gateway, change: TrustChange) -> None:
                 events.record(conn, "time_trusted", at, detail={"reasons": change.reasons})
                 meters = [r[0] for r in conn.execute("SELECT id FROM meters ORDER BY id")]
             else:
-                events.record(conn, "time_untrusted", at, severity="alarm", detail={"reasons": change.reasons})
+                events.record(
+                    conn, "time_untrusted", at, severity="alarm", detail={"reasons": change.reasons}
+                )
                 meters = [
                     r[0]
                     for r in conn.execute(
@@ -162,4 +164,8 @@ def status(store_meta: str | None) -> dict[str, Any]:
     if store_meta is None:
         return {"trusted": True, "reasons": {}, "since": None}
     state: dict[str, Any] = json.loads(store_meta)
-    return {"trusted": bool(state.get("trusted", True)), "reasons": state.get("reasons", {}), "since": state.get("since")}
+    return {
+        "trusted": bool(state.get("trusted", True)),
+        "reasons": state.get("reasons", {}),
+        "since": state.get("since"),
+    }

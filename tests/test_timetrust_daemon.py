@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from itertools import pairwise
 import shutil
 import socket
 import time
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -171,7 +171,9 @@ def test_a_trip_queued_on_a_stepped_clock_is_withdrawn_when_the_episode_starts(t
                 gateway.parts.policy.evaluate_meter(conn, "m0", clocks.wall())
             assert store.scalar("SELECT status FROM relay_commands WHERE action = 'trip'") == "pending"
             await async_wait_for(
-                lambda: store.scalar("SELECT status FROM relay_commands WHERE action = 'trip'") == "cancelled",
+                lambda: (
+                    store.scalar("SELECT status FROM relay_commands WHERE action = 'trip'") == "cancelled"
+                ),
                 timeout=10,
                 what="the stepped trip withdrawn",
             )
@@ -209,7 +211,9 @@ def test_a_clock_an_hour_slow_charges_every_kwh_once_without_a_traceback(
             assert charged == 500, "every Wh of the register's movement charged once"
             periods = [
                 (parse_iso(r[0]), parse_iso(r[1]))
-                for r in store.all("SELECT period_start, period_end FROM entries WHERE kind = 'charge' ORDER BY id")
+                for r in store.all(
+                    "SELECT period_start, period_end FROM entries WHERE kind = 'charge' ORDER BY id"
+                )
             ]
             for prev, cur in pairwise(periods):
                 assert prev[1] <= cur[0], f"intervals overlap: {prev} then {cur}"
@@ -336,7 +340,9 @@ def test_a_signed_command_issued_in_our_future_makes_time_untrusted(tmp_path: Pa
             reasons = collect(gateway.store, clocks.wall())["time"]["reasons"]
             assert "commands" in reasons
             # A command signed a minute ago by our clock's reckoning vouches for it again.
-            ack = await processor.handle("ping", json.dumps(signed("ping", T0 - timedelta(minutes=1))).encode())
+            ack = await processor.handle(
+                "ping", json.dumps(signed("ping", T0 - timedelta(minutes=1))).encode()
+            )
             assert ack["status"] != "rejected"
             assert _kinds(gateway, "time_trusted") == 1
         finally:
