@@ -187,7 +187,9 @@ def _trust_witness(gateway: Gateway) -> Callable[[dict[str, float]], bool]:
 
 def _log(result: BusClockResult) -> None:
     if result.withheld:
-        log.warning("time broadcast withheld bus=%s (our clock is untrusted) drift_s=%s", result.bus_id, result.drift_s)
+        log.warning(
+            "time broadcast withheld bus=%s (our clock is untrusted) drift_s=%s", result.bus_id, result.drift_s
+        )
     elif result.broadcast:
         log.warning(
             "time broadcast bus=%s drift_s=%s after_s=%s", result.bus_id, result.drift_s, result.after_s

@@ -174,8 +174,9 @@ def record_reading(
     if meter.last_reading_at is not None:
         last_seen = parse_iso(meter.last_reading_at)
         if now <= last_seen:  # the wall clock stepped back: the interval must not run backwards
-            clock_note = f"clock read {iso(now)}, not after the last reading: placed at {iso(last_seen + CLOCK_BEHIND_STEP)}"
-            now = last_seen + CLOCK_BEHIND_STEP
+            placed = last_seen + CLOCK_BEHIND_STEP
+            clock_note = f"clock read {iso(now)}, not after the last reading: placed at {iso(placed)}"
+            now = placed
     tariffs_json = (
         json.dumps(list(reading.energy_import_tariffs_wh)) if reading.energy_import_tariffs_wh else None
     )
