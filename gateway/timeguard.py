@@ -44,7 +44,8 @@ def build(gateway: Gateway) -> TimeTrust:
     Step detection needs a monotonic clock that runs at the wall clock's rate: ``time.monotonic``
     for the system clock, the clock's own ``monotonic()`` for a scaled (demo or test) clock, or
     ``gateway.time_monotonic`` when a test injects one.  An injected clock with none has no step
-    detection (logged).  NTP is probed only for the system clock (or an injected ``ntp_probe``)."""
+    detection (logged).  NTP is probed only for the system clock (or an injected ``ntp_probe``).
+    Tolerances are real seconds: a clock running ``speed`` times fast has them multiplied."""
     mono = gateway.time_monotonic or getattr(gateway.clock, "monotonic", None)
     if mono is None and gateway.clock is system_clock:
         mono = time.monotonic
@@ -53,7 +54,10 @@ def build(gateway: Gateway) -> TimeTrust:
     ntp = gateway.ntp_probe
     if ntp is None and gateway.clock is system_clock:
         ntp = adjtimex_probe
-    trust = TimeTrust(settings(gateway.cfg), gateway.clock, mono, ntp)
+    # A fast clock (the demo's) turns a real read latency of 50 ms into minutes: tolerances scale.
+    speed = getattr(gateway.clock, "speed", 1.0)
+    rate = float(speed) if isinstance(speed, int | float) and speed > 0 else 1.0
+    trust = TimeTrust(settings(gateway.cfg), gateway.clock, mono, ntp, rate=rate)
     stored = gateway.store.meta_get(META_KEY)
     if stored is not None and not json.loads(stored).get("trusted", True):
         trust._last_trusted = False  # an episode left open by the last run: its end is reported once

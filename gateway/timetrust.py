@@ -74,6 +74,7 @@ class TimeTrust:
     wall: Clock
     monotonic: Callable[[], float] | None
     ntp: NtpProbe | None = None
+    rate: float = 1.0  # wall seconds per real second (a demo's fast clock): tolerances scale with it
     reasons: dict[str, str] = field(default_factory=dict)
     ntp_state: bool | None = None
     _anchor: tuple[datetime, float] | None = None  # (wall, monotonic) of the last believed instant
@@ -88,19 +89,24 @@ class TimeTrust:
     # -- the witnesses -------------------------------------------------------------------------------
     def check(self) -> TrustChange | None:
         """Look at the wall and monotonic clocks (and NTP now and then); the change, if any."""
-        wall = self.wall()
         if self.monotonic is None:
+            wall = self.wall()
             self._probe_ntp(None)
             return self._changed(wall)
-        mono = self.monotonic()
+        # The wall clock is read between two monotonic reads: a pause of the process between the
+        # reads (which a fast clock multiplies) is not a step.
+        before = self.monotonic()
+        wall = self.wall()
+        after = self.monotonic()
         if self._anchor is None:
-            self._anchor = (wall, mono)
-        offset = self._offset(wall, mono)
+            self._anchor = (wall, before)
+        offset, mono = self._offset(wall, before, after)
+        tolerance = self.settings.step_tolerance_s * self.rate
         if "step" in self.reasons:
-            if abs(offset) <= self.settings.step_tolerance_s:
+            if abs(offset) <= tolerance:
                 self.reasons.pop("step")  # the clock came back to where it should be
                 self._forget_references()
-        elif abs(offset) > self.settings.step_tolerance_s:
+        elif abs(offset) > tolerance:
             self.reasons["step"] = (
                 f"wall clock stepped {_signed(offset)} against the monotonic clock "
                 f"(tolerance {self.settings.step_tolerance_s:g} s)"
@@ -117,7 +123,7 @@ class TimeTrust:
         majority with us vouches for our time."""
         if len(drift_s) < self.settings.meter_quorum:
             return None
-        tol = self.settings.reference_tolerance_s
+        tol = self.settings.reference_tolerance_s * self.rate  # a read's latency, in wall seconds
         median = statistics.median(drift_s.values())
         agreeing = [d for d in drift_s.values() if abs(d - median) <= tol]
         if 2 * len(agreeing) <= len(drift_s):
@@ -136,7 +142,7 @@ class TimeTrust:
         """A signed command's ``issued_at``: head office cannot have signed it in our future."""
         now = self.wall()
         ahead = (issued_at - now).total_seconds()
-        tol = self.settings.reference_tolerance_s
+        tol = self.settings.reference_tolerance_s * self.rate
         if ahead > tol:
             self.reasons["commands"] = (
                 f"a signed command was issued {_signed(ahead)} after our clock's time ({iso(issued_at)})"
@@ -165,10 +171,14 @@ class TimeTrust:
         }
 
     # -- internals -----------------------------------------------------------------------------------
-    def _offset(self, wall: datetime, mono: float) -> float:
+    def _offset(self, wall: datetime, before: float, after: float) -> tuple[float, float]:
+        """How far ``wall`` is outside what the monotonic clock allows between ``before`` and
+        ``after`` (0 inside), and the monotonic instant that matches ``wall`` best."""
         assert self._anchor is not None
         wall0, mono0 = self._anchor
-        return (wall - wall0).total_seconds() - (mono - mono0)
+        elapsed = (wall - wall0).total_seconds()
+        matching = min(max(mono0 + elapsed, before), after)
+        return elapsed - (matching - mono0), matching
 
     def _forget_references(self) -> None:
         """Meter and command comparisons were made against the wall clock before it moved: they
