@@ -9,7 +9,8 @@ While time is untrusted (docs/enforcement.md, "Untrusted time"):
 - no standing charge for a day that has not ended by the monotonic-corrected clock (``ended_now``);
 - no time broadcast to meters (``gateway.clocksync``);
 - one ``time_untrusted`` alarm when an episode starts and one ``time_trusted`` when it ends, and the
-  verdict is kept in ``meta`` (``time.trust``) for ``pmg status`` and ``pmg explain``.
+  verdict is kept in ``meta`` (``time.trust``) for ``pmg status`` and ``pmg explain``;
+- when it ends, notices and reminders served during it count from the end (``restart_notices``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from gateway import events
 from gateway.policy.inputs import Hold
 from gateway.store.db import StoreError, dumps
 from gateway.timetrust import TimeTrust, TrustChange, TrustSettings, adjtimex_probe
-from gateway.timeutil import iso, system_clock
+from gateway.timeutil import iso, parse_iso, system_clock
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
@@ -118,7 +119,8 @@ def apply_change(gateway: Gateway, change: TrustChange) -> None:
         with gateway.store.tx() as conn:
             _store(conn, change)
             if change.trusted:
-                events.record(conn, "time_trusted", at, detail={"reasons": change.reasons})
+                restarted = restart_notices(conn, at)
+                events.record(conn, "time_trusted", at, detail={"notices_restarted": restarted})
                 meters = [r[0] for r in conn.execute("SELECT id FROM meters ORDER BY id")]
             else:
                 events.record(
@@ -142,6 +144,41 @@ def apply_change(gateway: Gateway, change: TrustChange) -> None:
     else:
         log.error("time UNTRUSTED: %s", "; ".join(change.reasons.values()))
     gateway._wake()
+
+
+def restart_notices(conn: sqlite3.Connection, now: datetime) -> list[str]:
+    """Notices and reminders served during the episode were stamped by the doubted clock: a clock
+    a day slow would make a notice look a day older than it is once the clock is right.  They are
+    re-stamped ``now`` — the customer has had at least that much notice, never less.  The episode
+    is found by event id, not by time (its times are the ones in doubt)."""
+    start = conn.execute("SELECT MAX(id) FROM events WHERE kind = 'time_untrusted'").fetchone()[0]
+    if start is None:
+        return []
+    accounts = [
+        r[0]
+        for r in conn.execute(
+            "SELECT DISTINCT account_id FROM events WHERE id > ? AND account_id IS NOT NULL "
+            "AND kind IN ('policy_serve_notice', 'policy_send_reminder') ORDER BY account_id",
+            (start,),
+        )
+    ]
+    restarted: list[str] = []
+    for account_id in accounts:
+        served, reminded = conn.execute(
+            "SELECT notice_served_at, reminder_sent_at FROM accounts WHERE id = ?", (account_id,)
+        ).fetchone()
+        if served is None and reminded is None:
+            continue  # credit came back meanwhile: nothing is running
+        conn.execute(
+            "UPDATE accounts SET notice_served_at = ?, reminder_sent_at = ? WHERE id = ?",
+            (
+                None if served is None else iso(max(parse_iso(served), now)),
+                None if reminded is None else iso(max(parse_iso(reminded), now)),
+                account_id,
+            ),
+        )
+        restarted.append(account_id)
+    return restarted
 
 
 def _store(conn: sqlite3.Connection, change: TrustChange) -> None:

@@ -349,3 +349,42 @@ def test_a_signed_command_issued_in_our_future_makes_time_untrusted(tmp_path: Pa
             await gateway.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_notice_served_on_a_slow_clock_counts_from_when_the_clock_is_right(tmp_path: Path) -> None:
+    clocks = HandClocks(T0)
+    gateway = _gateway(tmp_path, clocks)
+
+    async def scenario() -> None:
+        await gateway.start()
+        store = gateway.store
+        try:
+            gateway.apply_payment("p1", "a0", 10, source="test")  # ¥0.10: runs out below
+            _read(gateway, clocks, 1000)
+            clocks.elapse(timedelta(minutes=10))
+            clocks.step(-timedelta(days=1))  # the clock falls a day behind ...
+            await gateway.review_policy()
+            clocks.elapse(timedelta(minutes=10))
+            _read(gateway, clocks, 1300)  # ... and the credit runs out: notice "served" a day early
+            served = store.scalar("SELECT notice_served_at FROM accounts WHERE id = 'a0'")
+            assert served is not None and parse_iso(served) < T0
+            clocks.elapse(timedelta(minutes=10))
+            clocks.step(timedelta(days=1))  # corrected: on main, the notice looked a day old
+            await gateway.review_policy()
+            _read(gateway, clocks, 1310)
+            assert store.scalar("SELECT COUNT(*) FROM relay_commands WHERE action = 'trip'") == 0, (
+                "cut at once: the notice's day was counted on the slow clock"
+            )
+            assert (
+                parse_iso(store.scalar("SELECT notice_served_at FROM accounts WHERE id = 'a0'"))
+                >= clocks.wall()
+            )
+            restarted = json.loads(store.scalar("SELECT detail_json FROM events WHERE kind = 'time_trusted'"))
+            assert restarted["notices_restarted"] == ["a0"]
+            clocks.elapse(timedelta(hours=24))
+            await gateway.review_policy()
+            assert store.scalar("SELECT COUNT(*) FROM relay_commands WHERE action = 'trip'") == 1
+        finally:
+            await gateway.stop()
+
+    asyncio.run(scenario())
