@@ -21,6 +21,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from gateway_harness import TARIFFS, base_config, write_config
 from test_ledger_support import TEST_TARIFFS
 from test_sync_support import keys_toml, signed
@@ -28,6 +29,7 @@ from waiting import async_wait_for
 
 from drivers.base import Quality, Reading, RelayState
 from gateway import clocksync
+from gateway.cli.main import cli
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.ledger import settlement
@@ -134,6 +136,8 @@ def test_a_clock_a_day_fast_cuts_no_one_before_the_notice_expires(tmp_path: Path
             assert _kinds(gateway, "time_untrusted") == 1
             ro = collect(store, clocks.wall())
             assert ro["time"]["trusted"] is False and "step" in ro["time"]["reasons"]
+            shown = CliRunner().invoke(cli, ["status", "-c", str(gateway.config_path)], prog_name="pmg")
+            assert shown.exit_code == 1 and "time: UNTRUSTED since" in shown.output, shown.output
 
             clocks.elapse(timedelta(minutes=31))
             clocks.step(-timedelta(days=1))  # corrected after 31 minutes
