@@ -197,7 +197,7 @@ def ended_now(gateway: Any) -> datetime:
     if trust is None:
         return wall
     observe(gateway)
-    return min(wall, trust.corrected_now())
+    return min(wall, trust.corrected_now())  # observed first: a step is reported, not only used
 
 
 def status(store_meta: str | None) -> dict[str, Any]:

@@ -112,6 +112,7 @@ class TimeTrust:
                 f"(tolerance {self.settings.step_tolerance_s:g} s)"
             )
             self._forget_references()
+            self._ntp_synced_since = None  # NTP must stay synchronised for a while *after* the step
             log.warning("time untrusted: %s", self.reasons["step"])
         if "step" not in self.reasons:
             self._anchor = (wall, mono)  # follows slewing; a step is only what one look cannot explain
@@ -154,8 +155,8 @@ class TimeTrust:
 
     def corrected_now(self) -> datetime:
         """The wall time the monotonic clock vouches for: the wall clock while it is believed, the
-        last believed instant plus monotonic time elapsed while it is not."""
-        self.check()
+        last believed instant plus monotonic time elapsed while it is not.  It does not look for a
+        change itself (``check`` does, so that no change goes unreported)."""
         if self.monotonic is None or self._anchor is None:
             return self.wall()
         wall0, mono0 = self._anchor

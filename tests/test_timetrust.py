@@ -72,9 +72,11 @@ def test_ntp_synchronised_for_a_while_vouches_for_a_stepped_clock() -> None:
     t.check()
     c.wall_at += timedelta(hours=2)
     assert t.check() is not None and not t.trusted
-    c.elapse(300)
+    c.elapse(300)  # the first look at NTP after the step: synchronised since now
     assert t.check() is None and not t.trusted
     c.elapse(400)
+    assert t.check() is None and not t.trusted, "synchronised before the step does not count"
+    c.elapse(300)
     change = t.check()
     assert change is not None and change.trusted
 
