@@ -22,7 +22,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from drivers.base import Quality, Reading
 from drivers.factory import Link, LinkSettings, make_link, make_meter
-from gateway import __version__, events
+from gateway import __version__, events, timeguard
 from gateway.bus import BusWorker, PolledMeter
 from gateway.components import Components, build_components
 from gateway.config import GatewayConfig, load_config, resolve
@@ -104,8 +104,6 @@ class Gateway:
             self.store = open_store(db_path, on_migrate=_announce_migration)
             self.parts = build_components(self.cfg, self.config_path, self.store)
             seed_from_config(self.store, self.cfg, self.clock())
-            from gateway import timeguard
-
             self.timetrust = timeguard.build(self)
             if self.cfg.metrics.listen:
                 self.metrics.serve(self.cfg.metrics.listen)
@@ -298,9 +296,7 @@ class Gateway:
         self._flush_readings()  # charged under the configuration they were read under
         self.cfg, self.parts = cfg, parts
         if self.timetrust is not None:
-            from gateway.timeguard import settings
-
-            self.timetrust.settings = settings(cfg)
+            self.timetrust.settings = timeguard.settings(cfg)
         self._meter_cfg = {m.id: m for m in cfg.meters}
         if topology_changed:
             await self._stop_buses()
@@ -541,8 +537,6 @@ class Gateway:
 
     def _check_time(self) -> None:
         """Before a decision reads the clock: is it still to be believed (gateway.timeguard)?"""
-        from gateway import timeguard
-
         try:
             timeguard.observe(self)
         except StoreError as exc:

@@ -33,6 +33,7 @@ from gateway.money import to_minor
 from gateway.pricing import TariffBook
 from gateway.store.db import dumps
 from gateway.tariffs.pricing import standing_charge
+from gateway.timeguard import ended_now
 from gateway.timeutil import iso, parse_iso
 
 if TYPE_CHECKING:
@@ -214,8 +215,6 @@ async def run(gateway: Gateway) -> SettlementResult:
 
     A day is settled only once it has ended by the monotonic-corrected clock too: a wall clock a
     day fast must not post today's standing charge (``gateway.timeguard.ended_now``)."""
-    from gateway.timeguard import ended_now
-
     now = ended_now(gateway)
     tz = gateway.cfg.tz
     rule = load_risk_rule(gateway.config_path.resolve().parent / "risk.toml")
