@@ -45,6 +45,7 @@ class BusClockResult:
     unreadable: tuple[str, ...]
     broadcast: bool
     after_s: dict[str, float]  # drift re-read after the broadcast (drifted meters only)
+    withheld: bool = False  # drifted meters, but our own clock was untrusted: nothing broadcast
 
 
 def drift_seconds(meter_time: datetime, now: datetime, tz: ZoneInfo) -> float:
@@ -76,8 +77,10 @@ async def check_bus(
     tz: ZoneInfo,
     clock: Callable[[], datetime],
     max_drift_s: float,
+    may_broadcast: Callable[[dict[str, float]], bool] = lambda _drift: True,
 ) -> BusClockResult:
-    """Read each meter's clock; broadcast time on this bus if any is beyond ``max_drift_s``."""
+    """Read each meter's clock; broadcast time on this bus if any is beyond ``max_drift_s`` and
+    ``may_broadcast(drift)`` — told the drifts, it says whether our own clock is to be believed."""
     drift: dict[str, float] = {}
     unreadable: list[str] = []
     for meter_id in meter_ids:
@@ -88,6 +91,9 @@ async def check_bus(
         drift[meter_id] = round(drift_seconds(reading.meter_time, reading.taken_at, tz), 1)
     drifted = [m for m, d in drift.items() if abs(d) > max_drift_s]
     after: dict[str, float] = {}
+    trusted = may_broadcast(drift) if drift else True  # every check is a witness, drifted or not
+    if drifted and not trusted:
+        return BusClockResult(worker.bus_id, drift, tuple(unreadable), False, after, withheld=True)
     if drifted:
         link = worker.link
         if not isinstance(link, Dlt645Link):
@@ -124,6 +130,14 @@ def audit(store: Store, result: BusClockResult, now: datetime, max_drift_s: floa
                     },
                     publish=True,
                 )
+        if result.withheld:
+            events.record(
+                conn,
+                "time_broadcast_withheld",
+                now,
+                severity="warning",
+                detail={"bus": result.bus_id, "reason": "the gateway's own clock is untrusted"},
+            )
         if result.broadcast:
             still = sorted(m for m, d in result.after_s.items() if abs(d) > max_drift_s)
             events.record(
@@ -145,7 +159,9 @@ async def run(gateway: Gateway) -> list[BusClockResult]:
             continue
         meter_ids = [m.id for m in gateway.cfg.meters_on(bus.id) if m.id in worker.meters]
         try:
-            result = await check_bus(worker, meter_ids, gateway.cfg.tz, gateway.clock, threshold)
+            result = await check_bus(
+                worker, meter_ids, gateway.cfg.tz, gateway.clock, threshold, _trust_witness(gateway)
+            )
         except Exception as exc:  # one bad bus must not stop the others' checks
             log.error("clock check failed bus=%s: %s", bus.id, exc)
             continue
@@ -155,8 +171,26 @@ async def run(gateway: Gateway) -> list[BusClockResult]:
     return results
 
 
+def _trust_witness(gateway: Gateway) -> Callable[[dict[str, float]], bool]:
+    """The meters' clocks are a witness on ours (gateway.timetrust); no broadcast of a doubted time."""
+    from gateway import timeguard
+
+    def may_broadcast(drift: dict[str, float]) -> bool:
+        trust = gateway.timetrust
+        if trust is None:
+            return True
+        timeguard.observed(gateway, trust.meters_observed(drift))
+        return timeguard.observe(gateway)
+
+    return may_broadcast
+
+
 def _log(result: BusClockResult) -> None:
-    if result.broadcast:
+    if result.withheld:
+        log.warning(
+            "time broadcast withheld bus=%s (our clock is untrusted) drift_s=%s", result.bus_id, result.drift_s
+        )
+    elif result.broadcast:
         log.warning(
             "time broadcast bus=%s drift_s=%s after_s=%s", result.bus_id, result.drift_s, result.after_s
         )

@@ -167,6 +167,21 @@ class HousekeepingConfig(Strict):
     """A DL/T 645 meter whose clock is further off than this gets a broadcast time sync on its bus."""
 
 
+class TimeConfig(Strict):
+    """When the wall clock is doubted (``gateway.timetrust``; docs/enforcement.md, "Untrusted time")."""
+
+    step_tolerance_s: float = Field(default=5.0, gt=0, le=3600)
+    """A wall-clock move against the monotonic clock larger than this (one look) is a step."""
+    reference_tolerance_s: float = Field(default=300.0, gt=0, le=86400)
+    """How far a majority of meter clocks, or a signed command's issued_at, may be from ours."""
+    require_ntp: bool = False
+    """Doubt the clock while the kernel says NTP has not synchronised it (off: no NTP in containers)."""
+    ntp_settle_s: float = Field(default=900.0, ge=0, le=86400)
+    """NTP synchronised this long vouches for a stepped clock."""
+    meter_quorum: int = Field(default=3, ge=1, le=10000)
+    """Meter clocks needed on a bus before their majority counts as a witness."""
+
+
 class GatewayConfig(Strict):
     gateway_id: str = Field(pattern=_ID)
     timezone: str = "UTC"
@@ -178,6 +193,7 @@ class GatewayConfig(Strict):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     housekeeping: HousekeepingConfig = Field(default_factory=HousekeepingConfig)
+    time: TimeConfig = Field(default_factory=TimeConfig)
     buses: list[BusConfig] = Field(default_factory=list)
     meters: list[MeterConfig] = Field(default_factory=list)
     accounts: list[AccountConfig] = Field(default_factory=list)

@@ -23,7 +23,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from drivers.backoff import Backoff
 from drivers.base import Quality, Reading
 from drivers.factory import Link, LinkSettings, make_link, make_meter
-from gateway import __version__, events
+from gateway import __version__, events, timeguard
 from gateway.bus import BusWorker, PolledMeter
 from gateway.calendar_sources import report_stale
 from gateway.components import Components, build_components
@@ -40,6 +40,7 @@ from gateway.snapshots import state_snapshot
 from gateway.store.db import Store, StoreError, open_store
 from gateway.store.pins import check_money_pins
 from gateway.sync.mqtt import MqttLink
+from gateway.timetrust import NtpProbe, TimeTrust
 from gateway.timeutil import Clock, iso, system_clock
 
 log = logging.getLogger("pmg.daemon")
@@ -75,6 +76,10 @@ class Gateway:
     cfg: GatewayConfig
     clock: Clock = system_clock
     monotonic: Callable[[], float] = time.monotonic
+    # Untrusted time (gateway.timeguard): a monotonic clock at the wall clock's rate, an NTP probe.
+    time_monotonic: Callable[[], float] | None = None
+    ntp_probe: NtpProbe | None = None
+    timetrust: TimeTrust | None = None
     store: Store = field(init=False)
     parts: Components = field(init=False)
     workers: dict[str, BusWorker] = field(default_factory=dict)
@@ -110,6 +115,7 @@ class Gateway:
             seed_from_config(self.store, self.cfg, self.clock())
             with self.store.tx() as conn:
                 self._check_calendar(conn)
+            self.timetrust = timeguard.build(self)
             if self.cfg.metrics.listen:
                 self.metrics.serve(self.cfg.metrics.listen)
         except BaseException:
@@ -318,6 +324,8 @@ class Gateway:
         topology_changed = (cfg.buses, cfg.meters) != (self.cfg.buses, self.cfg.meters)
         self._flush_readings()  # charged under the configuration they were read under
         self.cfg, self.parts = cfg, parts
+        if self.timetrust is not None:
+            self.timetrust.settings = timeguard.settings(cfg)
         self._meter_cfg = {m.id: m for m in cfg.meters}
         if topology_changed:
             await self._stop_buses()
@@ -355,6 +363,7 @@ class Gateway:
         batch, self._pending_readings = self._pending_readings, []
         if not batch:
             return
+        self._check_time()
         done: list[tuple[str, Reading, float, ChargeOutcome]] = []
         relay_queued = False
         try:
@@ -486,6 +495,7 @@ class Gateway:
 
     async def review_policy(self) -> None:
         """Re-decide every account: notices mature, windows end, holds expire without new input."""
+        self._check_time()
         now = self.clock()
         try:
             with self.store.tx() as conn:
@@ -511,6 +521,7 @@ class Gateway:
         start = self._sweep_next if self._sweep_next < len(meters) else 0
         chunk = meters[start : start + per_tick]
         self._sweep_next = start + per_tick
+        self._check_time()
         now = self.clock()
         try:
             with self.store.tx() as conn:
@@ -527,6 +538,7 @@ class Gateway:
         review is the safety net; this makes a lawful cut or a reminder happen on time."""
         while True:
             await asyncio.sleep(REVIEW_POLL_S)
+            self._check_time()  # also the once-a-second look for a wall-clock step
             now = self.clock()
             try:
                 with self.store.tx() as conn:
@@ -565,6 +577,13 @@ class Gateway:
             "relay", {"meter_id": cmd.meter_id, "action": cmd.action.value, "status": status, "relay": state}
         )
         self._wake()
+
+    def _check_time(self) -> None:
+        """Before a decision reads the clock: is it still to be believed (gateway.timeguard)?"""
+        try:
+            timeguard.observe(self)
+        except StoreError as exc:
+            log.error("time check failed: %s", exc)
 
     def _notify_outbox(self) -> None:
         if self.mqtt is not None:

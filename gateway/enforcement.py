@@ -29,6 +29,7 @@ from gateway.policy.rules import Rules
 from gateway.policy.state import Action, ActionKind, Decision, EnforcementState, RuleCheck
 from gateway.pricing import TariffBook
 from gateway.store.db import dumps
+from gateway.timeguard import time_holds
 from gateway.timeutil import iso, parse_iso
 
 FAILED_COMMAND_BACKOFF = timedelta(hours=1)  # before the policy asks a meter that failed again
@@ -75,7 +76,8 @@ def active_holds(conn: sqlite3.Connection, now: datetime) -> list[Hold]:
         "SELECT kind, reason, actor, starts_at, expires_at FROM holds WHERE cleared_at IS NULL AND expires_at > ?",
         (iso(now),),
     ).fetchall()
-    return [Hold(r[0], r[1], r[2], parse_iso(r[3]), parse_iso(r[4])) for r in rows]
+    # While the clock is doubted, a gateway-wide hold: no new automatic cut (docs/enforcement.md).
+    return [Hold(r[0], r[1], r[2], parse_iso(r[3]), parse_iso(r[4])) for r in rows] + time_holds(conn)
 
 
 def active_overrides(conn: sqlite3.Connection, targets: tuple[str, ...], now: datetime) -> list[Override]:

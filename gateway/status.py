@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from gateway import __version__
 from gateway.store.db import Store, dumps
 from gateway.sync.outbox import backlog
+from gateway.timeguard import META_KEY as META_TIME_TRUST
+from gateway.timeguard import status as time_status
 from gateway.timeutil import iso, parse_iso
 
 if TYPE_CHECKING:
@@ -67,6 +69,7 @@ def live_snapshot(gateway: Gateway, now: datetime, now_mono: float) -> dict[str,
             "acknowledged": st.acknowledged,
             "last_ack_at": st.last_ack_at,
         }
+    trust = getattr(gateway, "timetrust", None)
     return {
         "written_at": iso(now),
         "pid": os.getpid(),
@@ -76,6 +79,7 @@ def live_snapshot(gateway: Gateway, now: datetime, now_mono: float) -> dict[str,
         "interval_s": gateway.cfg.metrics.status_interval_s,
         "buses": buses,
         "broker": broker,
+        "time": None if trust is None else trust.snapshot(),
     }
 
 
@@ -101,6 +105,8 @@ def status_line(snapshot: dict[str, Any]) -> str:
     dead = unhealthy_buses(snapshot)
     if dead:
         parts.append("UNHEALTHY: " + ",".join(dead))
+    if (snapshot.get("time") or {}).get("trusted") is False:
+        parts.append("TIME UNTRUSTED")
     if failing:
         parts.append("failing: " + ",".join(failing))
     if broker is not None:
@@ -179,6 +185,7 @@ def collect(store: Store, now: datetime) -> dict[str, Any]:
         "accounts_by_state": levels,
         "relay_commands_pending": pending,
         "last_backup_at": store.meta_get("last_backup_at"),
+        "time": time_status(store.meta_get(META_TIME_TRUST)),
     }
 
 

@@ -35,6 +35,11 @@ class ScaledClock:
         """The same instant as seconds since the epoch (for simulators' clocks)."""
         return self().timestamp()
 
+    def monotonic(self) -> float:
+        """Seconds elapsed at this clock's rate, which nothing can set: what ``gateway.timetrust``
+        measures wall-clock steps against (a fast clock is not a stepping one)."""
+        return (time.monotonic() - self._mono0) * self.speed
+
 
 def iso(dt: datetime) -> str:
     """RFC 3339 UTC with a Z, second precision kept to microseconds when present."""

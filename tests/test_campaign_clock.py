@@ -5,6 +5,8 @@ An in-process gateway gets an injected clock (a fast clock plus an offset the te
 fleet simulator).  After each jump:
 - polling goes on (bus intervals run on the monotonic clock);
 - nothing is charged twice: per meter, charged energy == movement of the accepted register;
+- the jumps make time untrusted (one ``time_untrusted`` alarm per episode, docs/enforcement.md), and the
+  corrected clock is trusted again;
 - once the clock is corrected, a payment still reconnects its meter (the enforcer's schedule recovers);
 and at the end the ledger verifies.
 
@@ -68,6 +70,10 @@ class JumpClock:
     def __call__(self) -> datetime:
         return self.base() + self.offset
 
+    def monotonic(self) -> float:
+        """The base clock's elapsed time: the offset's jumps are steps the gateway must notice."""
+        return self.base.monotonic()
+
 
 def register_movement(store: Store, meter: str) -> tuple[int, int]:
     first = store.scalar(
@@ -119,6 +125,13 @@ def test_wall_clock_jumps_charge_nothing_twice_and_schedules_recover(tmp_path: P
                 # The clock is corrected (as NTP would) before the payment: the Modbus driver checks a relay
                 # command's deadline against the system clock, not the gateway's injected one (see the report).
                 clock.offset = timedelta()
+
+                def episodes(kind: str) -> int:
+                    return int(store.scalar("SELECT COUNT(*) FROM events WHERE kind = ?", kind))
+
+                # The jumps were noticed (one alarm per episode), and the corrected clock is believed again.
+                await async_wait_for(lambda: episodes("time_trusted") >= 1, timeout=10, what="time trusted again")
+                assert 1 <= episodes("time_untrusted") == episodes("time_trusted")
                 gateway.apply_payment("after-the-jumps", "A-mb-0001", 1_000_000, source="campaign")
                 await async_wait_for(lambda: relay_meter.relay_closed, timeout=20, what="reconnected after jumps")
                 assert verify(store) == []

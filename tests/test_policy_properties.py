@@ -57,13 +57,13 @@ def rule_sets(draw: st.DrawFn) -> Rules:
     period = draw(durations)
     valid_for = draw(st.one_of(st.none(), durations.map(lambda extra: period + extra + timedelta(minutes=1))))
     data["notice"] = {**data["notice"], "required": draw(st.booleans()),
-                      "period": period.total_seconds(), "reminder_before": reminder * 60,
-                      "reminder_valid_for": (reminder + draw(st.integers(1, 240))) * 60,
+                      "period": period, "reminder_before": timedelta(minutes=reminder),
+                      "reminder_valid_for": timedelta(minutes=reminder + draw(st.integers(1, 240))),
                       "delivery": draw(st.sampled_from(["head_office", "meter_display"])),
-                      "escalate_after": draw(durations).total_seconds() + 60,
-                      "valid_for": None if valid_for is None else valid_for.total_seconds()}
+                      "escalate_after": draw(durations) + timedelta(minutes=1),
+                      "valid_for": valid_for}
     data["load_limit"] = {"enabled": draw(st.booleans()), "power_w": 800,
-                          "before_cut": draw(durations).total_seconds(), "instead_of_cut": draw(st.booleans())}
+                          "before_cut": draw(durations), "instead_of_cut": draw(st.booleans())}
     data["protected"] = {**data["protected"], "allow_load_limit": draw(st.booleans())}
     return Rules.model_validate(data)
 

@@ -244,7 +244,8 @@ def status_cmd(config_path: Path, as_json: bool) -> None:
     """Gateway health at a glance: daemon, buses, unreachable meters, outbox, broker, settlement.
 
     Exit status 1 when the daemon is not running, a meter is unreachable or quarantined (its readings
-    are not billed until it is resolved) or a bus is unhealthy — for monitoring scripts.
+    are not billed until it is resolved), a bus is unhealthy or the gateway's clock is untrusted — for
+    monitoring scripts.
     """
     from gateway.status import collect
 
@@ -255,6 +256,7 @@ def status_cmd(config_path: Path, as_json: bool) -> None:
         or bool(data["meters_unreachable"])
         or bool(data["meters_quarantined"])
         or bool(data.get("buses_unhealthy"))
+        or not data["time"]["trusted"]
     )
     if as_json:
         emit_json(data)
@@ -268,6 +270,11 @@ def _print_status(d: dict[str, Any]) -> None:
     live = d["live"] or {}
     age = f" (snapshot {live.get('age_s')} s old)" if live else ""
     click.echo(f"daemon: {d['daemon']}{age}")
+    t = d["time"]
+    if t["trusted"]:
+        click.echo("time: trusted")
+    else:
+        click.echo(f"time: UNTRUSTED since {t['since']}: " + "; ".join(t["reasons"].values()))
     broker = live.get("broker")
     if broker is not None:
         click.echo(

@@ -5,6 +5,11 @@ last *accepted* reading, inside one transaction that also advances the meter's p
 entry, moves the cached balance and queues the usage message — so a crash at any instant leaves the
 delta either wholly charged or not at all, and the next reading charges exactly what is left.
 
+Intervals never run backwards or overlap: a reading stamped at or before the meter's last reading (the
+wall clock stepped back) is recorded at an instant just after the last one (``CLOCK_BEHIND_STEP``),
+so its energy is priced at the rate in force at the last reading — charged once, never lost, and
+never a failed reading (docs/ledger.md, "Readings when the clock steps back").
+
 Doubtful readings are quarantined, not charged: a register that went backwards (other than a
 recognised rollover), or that jumped more than the meter's maximum power could deliver in the time
 elapsed.  A technician resolves them (``pmg meter accept-reading``, ``pmg meter replace``).
@@ -23,7 +28,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from json.encoder import encode_basestring
 from typing import Protocol
@@ -47,6 +52,8 @@ from gateway.timeutil import iso, parse_iso
 # A reading counts as "just after" the previous one for the plausibility bound at least this long,
 # so that a wall-clock step backwards cannot make a normal delta look implausible.
 MIN_PLAUSIBILITY_WINDOW_S = 60.0
+# A reading whose clock is at or behind the meter's last reading is placed this long after it.
+CLOCK_BEHIND_STEP = timedelta(microseconds=1)
 # Register resolution slack: a DL/T 645 register moves in 10 Wh steps.
 PLAUSIBILITY_SLACK_WH = 20
 # Every amount is a SQLite INTEGER (64-bit); a charge or cumulative position this large is refused
@@ -180,11 +187,20 @@ def record_reading(
     """Store one reading and charge it if it is good.  Call inside ``store.tx()``."""
     meter, account = _meter_and_account(conn, meter_id)
     now = reading.taken_at
+    clock_note: str | None = None
+    if meter.last_reading_at is not None:
+        last_seen = parse_iso(meter.last_reading_at)
+        if now <= last_seen:  # the wall clock stepped back: the interval must not run backwards
+            placed = last_seen + CLOCK_BEHIND_STEP
+            clock_note = f"clock read {iso(now)}, not after the last reading: placed at {iso(placed)}"
+            now = placed
     tariffs_json = (
         json.dumps(list(reading.energy_import_tariffs_wh)) if reading.energy_import_tariffs_wh else None
     )
 
     def insert(outcome: str, delta: int | None = None, detail: str | None = None) -> int:
+        if clock_note is not None:
+            detail = clock_note if detail is None else f"{detail}; {clock_note}"
         cur = conn.execute(
             "INSERT INTO readings(meter_id, taken_at, quality, register_wh, export_wh, tariffs_json, relay, "
             "outcome, delta_wh, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

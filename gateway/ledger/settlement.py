@@ -33,6 +33,7 @@ from gateway.money import to_minor
 from gateway.pricing import TariffBook
 from gateway.store.db import dumps
 from gateway.tariffs.pricing import standing_charge
+from gateway.timeguard import ended_now
 from gateway.timeutil import iso, parse_iso
 
 if TYPE_CHECKING:
@@ -210,8 +211,11 @@ async def run(gateway: Gateway) -> SettlementResult:
     Grading reads a month of each account's consumption (a few ms an account): for 2,000 accounts that
     is seconds of work, so it goes a few accounts per transaction, yielding to the event loop between
     them — polling and payments carry on.  The day is marked graded after the last account; a stop
-    half-way grades them all again on the next run (a grade that did not change is not audited)."""
-    now = gateway.clock()
+    half-way grades them all again on the next run (a grade that did not change is not audited).
+
+    A day is settled only once it has ended by the monotonic-corrected clock too: a wall clock a
+    day fast must not post today's standing charge (``gateway.timeguard.ended_now``)."""
+    now = ended_now(gateway)
     tz = gateway.cfg.tz
     rule = load_risk_rule(gateway.config_path.resolve().parent / "risk.toml")
     policy: Any = gateway.parts.policy

@@ -140,6 +140,11 @@ class CommandProcessor:
             cmd = MODELS[kind].model_validate(raw)
         except ValidationError as exc:
             return self._record(cmd_id, kind, dig, now, CommandRejected("invalid", first_error(exc)))
+        trust = gw.timetrust
+        if trust is not None:  # a signed issued_at is a witness on our clock (gateway.timetrust)
+            from gateway import timeguard
+
+            timeguard.observed(gw, trust.command_observed(cmd.issued))
         try:
             self._check_time(cmd, now)
             applied = await HANDLERS[kind](gw, cmd, now)
