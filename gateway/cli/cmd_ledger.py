@@ -152,7 +152,8 @@ def payment_add(
     """Apply a payment of AMOUNT (a decimal like 50.00) to ACCOUNT, exactly once per --id.
 
     The running daemon sees the payment within a fraction of a second (it watches the database) and
-    re-decides the account; a stopped daemon does so at its start.  The output says whether supply returns (``supply``: reason and shortfall, docs/enforcement.md).
+    re-decides the account; a stopped daemon does so at its start.  The output says whether supply
+    returns (``supply``: reason and shortfall, docs/enforcement.md).
     """
     from gateway.components import build_components
     from gateway.enforcement import outcome_json
@@ -207,7 +208,7 @@ def payment_add(
 
 # One line per payment-outcome reason (gateway.policy.outcome.Reason), for the cashier's screen.
 _SUPPLY_TEXT = {
-    "restored": "will be restored (the relay is closed at the daemon's next review)",
+    "restored": "will be restored (the running daemon closes the relay within a second)",
     "close_permitted": "may be restored: the customer presses the meter's button once the daemon permits it",
     "already_on": "on",
     "cut_still_due": "on for now, but credit is still too low to prevent a cut",

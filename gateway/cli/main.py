@@ -70,9 +70,9 @@ def cli(verbose: int) -> None:
 
 
 def _register() -> None:
-    from gateway.cli import cmd_daemon, cmd_ledger, cmd_ops, cmd_sim, cmd_tech
+    from gateway.cli import cmd_daemon, cmd_ledger, cmd_notice, cmd_ops, cmd_sim, cmd_tech
 
-    for module in (cmd_daemon, cmd_tech, cmd_sim, cmd_ledger, cmd_ops):
+    for module in (cmd_daemon, cmd_tech, cmd_sim, cmd_ledger, cmd_ops, cmd_notice):
         module.register(cli)
     for optional in ("gateway.cli.cmd_hq", "gateway.cli.cmd_reports", "gateway.cli.cmd_field"):
         try:  # command modules contributed as the product grows
