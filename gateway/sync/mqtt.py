@@ -46,6 +46,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.config import MqttConfig
 from gateway.idle import Idle
+from gateway.store import chain
 from gateway.store.db import Store
 from gateway.sync import outbox
 from gateway.timeutil import Clock, iso
@@ -105,6 +106,7 @@ class MqttLink:
         self.prefix = f"{cfg.topic_prefix.rstrip('/')}/{gateway_id}"
         self.stats = LinkStats()
         self.version = version
+        self.chain_head: chain.Head | None = None  # the ledger's hash-chain head, for status messages
         self._config_dir = config_dir or Path.cwd()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = Idle()  # the pumps' sleep in _wait (run, drain), cut short by _wakeup
@@ -168,14 +170,25 @@ class MqttLink:
         client.on_connect_fail = self._on_connect_fail
         return client
 
+    def refresh_chain_head(self) -> None:
+        """Read the hash chain's head for the next status message (docs/ledger.md, "Tamper evidence").
+
+        Called from the event loop (``run``, and the daemon's status loop every few seconds): the
+        status message is built in paho's thread, which must not touch the store."""
+        self.chain_head = chain.head(self.store.conn)
+
     def _status_payload(self, state: str) -> bytes:
-        body = {
+        body: dict[str, Any] = {
             "schema": "pmg.status/1",
             "gateway_id": self.gateway_id,
             "state": state,
             "at": iso(self.clock()),
             "version": self.version,
         }
+        head = self.chain_head  # one read of an attribute the loop replaces whole: no lock needed
+        if head is not None:
+            body["chain_head"] = head.hash
+            body["chain_length"] = head.length
         return json.dumps(body, separators=(",", ":")).encode()
 
     # -- paho callbacks (paho's thread: hand over only) ----------------------------------------
@@ -306,6 +319,7 @@ class MqttLink:
     async def run(self) -> None:
         """Connect (retrying forever) and drain the outbox until ``stop``."""
         self._loop = asyncio.get_running_loop()
+        self.refresh_chain_head()  # the last will built next carries the head as of this connection
         self._client = self._make_client()
         try:
             self._client.connect_async(
