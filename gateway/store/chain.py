@@ -87,7 +87,7 @@ class _Digest:
 def register(conn: sqlite3.Connection) -> None:
     """Give a connection the functions the chain's triggers and checks call."""
     conn.create_function("pmg_chain_link", 3, link_hash, deterministic=True)
-    conn.create_aggregate("pmg_digest", 2, _Digest)
+    conn.create_aggregate("pmg_digest", 2, _Digest)  # type: ignore[arg-type]  # typeshed: one-argument only
 
 
 @dataclass(frozen=True)
