@@ -183,6 +183,7 @@ def publish(gateway: Gateway) -> dict[str, Any]:
     write_snapshot(gateway.store, snap)
     if gateway.mqtt is not None:
         gateway.mqtt.refresh_chain_head()  # the next MQTT status message carries a fresh head
+        gateway.mqtt.publish_status(now_mono)  # and the head office gets one every few minutes
     metrics = getattr(gateway, "metrics", None)
     if metrics is not None:
         bl = backlog(gateway.store)

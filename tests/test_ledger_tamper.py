@@ -408,3 +408,48 @@ def test_kill_9_mid_write_leaves_a_valid_chain(tmp_path: Path) -> None:
         assert verify(store) == []
     finally:
         store.close()
+
+
+def test_the_head_office_receives_fresh_heads_while_connected(tmp_path: Path, mosquitto: Any) -> None:
+    """The birth message carries the head of its connection; as the ledger grows, the retained status
+    is republished with the new head (at most every ``STATUS_REPUBLISH_S``, only when it moved)."""
+    import asyncio
+
+    from gateway_harness import subscriber
+    from test_sync_support import running_gateway
+    from waiting import async_wait_for, wait_for
+
+    from gateway.store.chain import head
+    from gateway.sync.mqtt import STATUS_REPUBLISH_S
+
+    with subscriber(mosquitto.port, "pmg/#") as hq:
+
+        async def scenario() -> None:
+            async with running_gateway(tmp_path, mosquitto.port) as run:
+                link = run.gateway.mqtt
+                assert link is not None
+                await async_wait_for(lambda: link.stats.subscribed, what="link subscribed")
+                await async_wait_for(lambda: hq.of("/status"), what="birth message")
+                birth = hq.of("/status")[0]
+                assert birth["state"] == "online" and birth["chain_length"] >= 1
+                with run.store.tx() as conn:
+                    apply_payment(conn, "pay-hq", "acc1", 1_000, run.gateway.clock(), source="test")
+                now = head(run.store.conn)
+                assert now is not None and now.length > birth["chain_length"]
+                link.refresh_chain_head()
+                t = run.gateway.monotonic()
+                assert link.publish_status(t)
+                assert not link.publish_status(t + 1)  # the head did not move
+                with run.store.tx() as conn:
+                    apply_payment(conn, "pay-hq-2", "acc1", 1_000, run.gateway.clock(), source="test")
+                link.refresh_chain_head()
+                assert not link.publish_status(t + 1)  # too soon
+                await async_wait_for(
+                    lambda: any(s.get("chain_head") == now.hash for s in hq.of("/status")), what="fresh head"
+                )
+                assert link.publish_status(t + STATUS_REPUBLISH_S + 1)
+
+        asyncio.run(scenario())
+        wait_for(lambda: hq.of("/status")[-1]["state"] == "offline", what="last will / clean stop")
+        heads = [(s["chain_head"], s["chain_length"]) for s in hq.of("/status")]
+        assert len(set(heads)) >= 3 and [n for _, n in heads] == sorted(n for _, n in heads)

@@ -66,6 +66,9 @@ POLL_S = 0.5  # read the outbox at least this often even without notify()
 ACK_FLUSH_S = 0.25  # acknowledged seqs wait at most about this long to be marked delivered
 ACK_BATCH = WINDOW // 2  # ... or until this many wait
 LINGER_S = 0.2  # at a trickle, a freshly committed message waits this long after the last read for company
+# The retained status is republished with a fresh ledger chain head (docs/ledger.md, "Tamper
+# evidence") at most this often while connected, and only when the head moved.
+STATUS_REPUBLISH_S = 300.0
 ACK_WAKE = WINDOW // 4  # paho's thread wakes the loop once this many PUBACKs queue up (window back)
 
 
@@ -107,6 +110,8 @@ class MqttLink:
         self.stats = LinkStats()
         self.version = version
         self.chain_head: chain.Head | None = None  # the ledger's hash-chain head, for status messages
+        self._status_head: chain.Head | None = None  # the head the last status message carried
+        self._status_at = -math.inf  # monotonic time of the last republished status
         self._config_dir = config_dir or Path.cwd()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = Idle()  # the pumps' sleep in _wait (run, drain), cut short by _wakeup
@@ -177,6 +182,20 @@ class MqttLink:
         status message is built in paho's thread, which must not touch the store."""
         self.chain_head = chain.head(self.store.conn)
 
+    def publish_status(self, now_mono: float) -> bool:
+        """Republish the retained ``online`` status when the chain head has moved since the last one
+        and ``STATUS_REPUBLISH_S`` have passed since this last republished it: the head office then
+        holds a head at most that old, not only the one of the last connection.  From the event loop
+        (the daemon's status loop); True when it published."""
+        client, current = self._client, self.chain_head
+        if client is None or not self.stats.connected or current is None or current == self._status_head:
+            return False
+        if now_mono - self._status_at < STATUS_REPUBLISH_S:
+            return False
+        client.publish(f"{self.prefix}/status", self._status_payload("online"), qos=1, retain=True)
+        self._status_head, self._status_at = current, now_mono
+        return True
+
     def _status_payload(self, state: str) -> bytes:
         body: dict[str, Any] = {
             "schema": "pmg.status/1",
@@ -200,6 +219,7 @@ class MqttLink:
         if reason.is_failure:
             self._call(self._refused, f"broker refused connection: {reason}")
             return
+        self._status_head = self.chain_head
         client.publish(f"{self.prefix}/status", self._status_payload("online"), qos=1, retain=True)
         client.subscribe(f"{self.prefix}/commands/+", qos=1)
         self._call(self._set_connected, True)
