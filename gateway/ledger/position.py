@@ -10,7 +10,8 @@ row then cites it by ``last_reading_id`` and its register must match.
 
 The check costs one index seek on ``entries_account`` (newest entry first; the account's charges
 are the newest rows) and a primary-key read of the reading, so it runs before every charge
-(``charging.record_reading``) and for every meter in ``pmg ledger verify``.
+(``charging.record_reading``, which embeds both seeks in its meter query and calls ``disagreement``
+only when they do not settle it) and for every meter in ``pmg ledger verify``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ class LedgerPosition:
     tariffs_json: str | None
 
 
+# The reading the meter's last charge entry cites, as a scalar subquery over a meter row ``m`` (the
+# per-reading meter query in ``charging`` embeds it: one statement for the meter and its check).
+LAST_CHARGED_READING_SQL = (
+    "(SELECT e.reading_id FROM entries e WHERE e.account_id = m.account_id AND e.kind = 'charge' "
+    "AND e.meter_id = m.id ORDER BY e.created_at DESC LIMIT 1)"
+)
 _LAST_CHARGE = (
     "SELECT r.id, r.register_wh, r.taken_at, r.tariffs_json, r.meter_id FROM entries e "
     "JOIN readings r ON r.id = e.reading_id WHERE e.account_id = ? AND e.kind = 'charge' AND e.meter_id = ? "
