@@ -102,6 +102,31 @@ def test_a_rewound_position_after_readings_that_charged_nothing_is_caught_too(tm
     store.close()
 
 
+def test_a_meter_idle_beside_a_busy_sibling_is_checked_by_the_reading_it_cites(tmp_path: Path) -> None:
+    """The search for a meter's last charge is bounded (``CHARGE_WINDOW`` of the account's newest
+    charges: it runs before every reading); beyond it, the row's cited reading is the check."""
+    from gateway.ledger.position import CHARGE_WINDOW
+
+    book = make_book(tmp_path)
+    store = new_ledger(tmp_path / "l.db", meters=(("m1", "acc1"), ("m2", "acc1")))
+
+    def read(meter: str, register: int, at: Any) -> Any:
+        with store.tx() as conn:
+            return record_reading(conn, meter, reading(register, at), book.pricer(conn), max_power_w=10_000)
+
+    read("m1", 1_000, T0)
+    read("m1", 1_400, T0 + H)
+    for i in range(CHARGE_WINDOW + 2):
+        read("m2", 100 * i, T0 + H + i * timedelta(minutes=1))
+    with shell(store.path) as sh:
+        sh.execute("UPDATE meters SET last_register_wh = 1100 WHERE id = 'm1'")
+    assert any("meter m1" in p for p in _lines(verify(store)))
+    assert read("m1", 1_500, T0 + 3 * H).delta_wh == 100
+    assert store.scalar("SELECT SUM(energy_wh) FROM entries WHERE meter_id = 'm1'") == 500
+    assert verify(store) == []
+    store.close()
+
+
 def test_a_meter_replacement_is_not_a_position_mismatch(tmp_path: Path) -> None:
     from gateway.ledger.quarantine import replace_meter
 

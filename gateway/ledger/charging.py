@@ -415,10 +415,9 @@ def _checked_position(conn: sqlite3.Connection, meter: MeterRow, check: _Positio
     position is worked out and wins — charging from a rewound register would charge its energy a
     second time — and an alarm event says what the meter row claimed; the reading's one meter update
     then writes the ledger's position back with the new one."""
-    if (
-        check.reading_id is None
-        or check.last_charged_reading_id is None
-        or (check.reading_id >= check.last_charged_reading_id and check.cited_register_wh == meter.last_register_wh)
+    if check.reading_id is None or (
+        check.cited_register_wh == meter.last_register_wh
+        and (check.last_charged_reading_id is None or check.reading_id >= check.last_charged_reading_id)
     ):
         return meter
     last_reading_id = check.reading_id

@@ -31,16 +31,22 @@ class LedgerPosition:
     tariffs_json: str | None
 
 
+# How many of the account's newest charge entries are searched for the meter's last charge.  An
+# account's meters charge in turn, so the meter's last charge is among the first few; a meter idle
+# for long beside busy siblings may have none in the window, and is then checked against the reading
+# its row cites alone (the scan stays bounded: this runs before every charge).
+CHARGE_WINDOW = 64
+
 # The reading the meter's last charge entry cites, as a scalar subquery over a meter row ``m`` (the
-# per-reading meter query in ``charging`` embeds it: one statement for the meter and its check).
+# per-reading meter query in ``charging`` embeds it: one statement for the meter and its check).  The
+# window is a co-routine read newest first; the outer LIMIT stops at the first of this meter's.
 LAST_CHARGED_READING_SQL = (
-    "(SELECT e.reading_id FROM entries e WHERE e.account_id = m.account_id AND e.kind = 'charge' "
-    "AND e.meter_id = m.id ORDER BY e.created_at DESC LIMIT 1)"
+    "(SELECT w.reading_id FROM (SELECT e.reading_id, e.meter_id FROM entries e WHERE e.account_id = m.account_id "
+    f"AND e.kind = 'charge' ORDER BY e.created_at DESC LIMIT {CHARGE_WINDOW}) w WHERE w.meter_id = m.id LIMIT 1)"
 )
-_LAST_CHARGE = (
-    "SELECT r.id, r.register_wh, r.taken_at, r.tariffs_json, r.meter_id FROM entries e "
-    "JOIN readings r ON r.id = e.reading_id WHERE e.account_id = ? AND e.kind = 'charge' AND e.meter_id = ? "
-    "ORDER BY e.created_at DESC LIMIT 1"
+_CHARGES = (
+    "SELECT e.meter_id, e.reading_id FROM entries e WHERE e.account_id = ? AND e.kind = 'charge' "
+    f"ORDER BY e.created_at DESC LIMIT {CHARGE_WINDOW}"
 )
 _READING = "SELECT id, register_wh, taken_at, tariffs_json, meter_id FROM readings WHERE id = ?"
 
@@ -51,6 +57,21 @@ def _position(row: Any, meter_id: str) -> LedgerPosition | None:
     return LedgerPosition(int(row[0]), int(row[1]), str(row[2]), row[3])
 
 
+def _reading(conn: sqlite3.Connection, reading_id: int | None, meter_id: str) -> LedgerPosition | None:
+    if reading_id is None:
+        return None
+    return _position(conn.execute(_READING, (reading_id,)).fetchone(), meter_id)
+
+
+def last_charged(conn: sqlite3.Connection, meter_id: str, account_id: str) -> LedgerPosition | None:
+    """The reading the meter's last charge entry cites, if it is among the account's newest
+    ``CHARGE_WINDOW`` charges (the cursor stops at the first of this meter's)."""
+    for entry_meter, reading_id in conn.execute(_CHARGES, (account_id,)):
+        if entry_meter == meter_id:
+            return _reading(conn, reading_id, meter_id)
+    return None
+
+
 def disagreement(
     conn: sqlite3.Connection,
     meter_id: str,
@@ -59,20 +80,18 @@ def disagreement(
     reading_id: int | None,
 ) -> LedgerPosition | None:
     """The ledger's position when the meter row's (``register_wh`` at ``reading_id``) disagrees with
-    it; None when they agree or there is nothing to compare (no charge yet, no position yet).
+    it; None when they agree or there is nothing to compare.
 
     A position with no reading (NULL after a meter replacement) re-baselines: it can charge nothing
     twice, so it is not a disagreement."""
     if register_wh is None or reading_id is None:
         return None
-    last_charge = _position(conn.execute(_LAST_CHARGE, (account_id, meter_id)).fetchone(), meter_id)
-    if last_charge is None:
-        return None
+    cited = _reading(conn, reading_id, meter_id)
+    last_charge = last_charged(conn, meter_id, account_id)
+    if last_charge is None:  # no charge in the window: the reading the row cites is the check
+        return None if cited is None or cited.register_wh == register_wh else cited
     if reading_id == last_charge.reading_id:
         return None if register_wh == last_charge.register_wh else last_charge
-    if reading_id < last_charge.reading_id:  # the row went back to a reading before the last charge
-        return last_charge
-    cited = _position(conn.execute(_READING, (reading_id,)).fetchone(), meter_id)
-    if cited is None:  # the row cites a reading that is not this meter's (or none): the charge stands
-        return last_charge
+    if reading_id < last_charge.reading_id or cited is None:
+        return last_charge  # the row went back before the last charge, or cites no reading of this meter
     return None if register_wh == cited.register_wh else cited
