@@ -46,6 +46,20 @@ def shell(db: Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
+@contextmanager
+def without(sh: sqlite3.Connection, *triggers: str) -> Iterator[None]:
+    """Drop triggers for a tamper and put them back after it (covering one's tracks)."""
+    saved = [
+        sh.execute("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?", (name,)).fetchone()[0]
+        for name in triggers
+    ]
+    for name in triggers:
+        sh.execute(f"DROP TRIGGER {name}")
+    yield
+    for sql in saved:
+        sh.execute(sql)
+
+
 def _read(store: Store, book: Any, register: int, at: Any) -> Any:
     with store.tx() as conn:
         return record_reading(conn, "m1", reading(register, at), book.pricer(conn), max_power_w=10_000)
@@ -143,8 +157,7 @@ def test_a_meter_replacement_is_not_a_position_mismatch(tmp_path: Path) -> None:
 def test_a_changed_entry_timestamp_is_detected(tmp_path: Path) -> None:
     store, _ = _history(tmp_path)
     entry = store.scalar("SELECT id FROM entries WHERE kind = 'charge' ORDER BY id LIMIT 1")
-    with shell(store.path) as sh:
-        sh.execute("DROP TRIGGER entries_append_only_u")
+    with shell(store.path) as sh, without(sh, "entries_append_only_u"):
         sh.execute("UPDATE entries SET created_at = '2026-01-01T00:00:00Z' WHERE id = ?", (entry,))
     problems = _lines(verify(store))
     assert problems == [f"chain: entries row {entry} changed after it was chained (link {_link(store, 'entries', entry)})"]
@@ -158,8 +171,7 @@ def test_deleted_events_are_detected(tmp_path: Path) -> None:
 
         first = events.record(conn, "note", T0, detail={"n": 1})
         second = events.record(conn, "note", T0, detail={"n": 2})
-    with shell(store.path) as sh:
-        sh.execute("DROP TRIGGER events_append_only_d")
+    with shell(store.path) as sh, without(sh, "events_append_only_d"):
         sh.execute("DELETE FROM events WHERE id IN (?, ?)", (first, second))
     problems = _lines(verify(store))
     assert len(problems) == 2 and all(p.startswith("chain: events row ") and "is missing" in p for p in problems)
@@ -189,12 +201,14 @@ def test_a_consistent_forged_payment_is_detected(tmp_path: Path) -> None:
         with pytest.raises(sqlite3.OperationalError):  # the chain's triggers need pmg's functions
             _forge_payment(sh)
         sh.execute("ROLLBACK")
-        for (name,) in sh.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'chain_%'").fetchall():
-            sh.execute(f"DROP TRIGGER {name}")
-        _forge_payment(sh)
+        names = ("chain_entries", "chain_payments")
+        with without(sh, *names):
+            _forge_payment(sh)
+            dropped = _lines(verify(store))
     payment = store.scalar("SELECT rowid FROM payments WHERE payment_id = 'forged'")
     entry = store.scalar("SELECT id FROM entries WHERE external_id = 'forged'")
-    assert _lines(verify(store)) == [
+    assert dropped[:2] == [f"chain: trigger {name} is missing (dropped)" for name in names]
+    assert _lines(verify(store)) == dropped[2:] == [
         f"chain: entries row {entry} is not in the chain (written with its triggers dropped)",
         f"chain: payments row {payment} is not in the chain (written with its triggers dropped)",
     ]
@@ -209,7 +223,6 @@ def _rehash(sh: sqlite3.Connection) -> None:
     """What a forger who knows the scheme does after changing rows: recompute every link's hash."""
     from gateway.store.chain import CANONICAL, SNAPSHOT_TABLES, link_hash
 
-    sh.execute("DROP TRIGGER chain_append_only_u")
     prev = None
     for seq, table, row_id, content in sh.execute("SELECT seq, tbl, row_id, content FROM chain ORDER BY seq").fetchall():
         if table in CANONICAL and table not in SNAPSHOT_TABLES:
@@ -229,8 +242,7 @@ def test_a_rewritten_chain_is_caught_by_a_head_seen_earlier(tmp_path: Path) -> N
     assert verify(store, expect_head=parse_head(str(seen))) == []
     assert verify(store, expect_head=parse_head(seen.hash)) == []  # some link has it
     entry = store.scalar("SELECT id FROM entries WHERE kind = 'charge' ORDER BY id LIMIT 1")
-    with shell(store.path) as sh:
-        sh.execute("DROP TRIGGER entries_append_only_u")
+    with shell(store.path) as sh, without(sh, "entries_append_only_u", "chain_append_only_u"):
         sh.execute("UPDATE entries SET amount_minor = amount_minor + 1 WHERE id = ?", (entry,))
         sh.execute("UPDATE accounts SET balance_minor = balance_minor + 1")
         sh.execute("UPDATE meters SET charged_minor = charged_minor - 1, charged_exact = charged_exact - 0.01")
@@ -256,8 +268,8 @@ def test_a_silent_change_of_a_relay_command_is_detected(tmp_path: Path) -> None:
     with shell(store.path) as sh:
         with pytest.raises(sqlite3.OperationalError, match="pmg_chain_link"):  # the shell cannot change it
             sh.execute("UPDATE relay_commands SET actor = 'technician' WHERE id = ?", (cid,))
-        sh.execute("DROP TRIGGER chain_relay_commands_u")
-        sh.execute("UPDATE relay_commands SET actor = 'technician' WHERE id = ?", (cid,))
+        with without(sh, "chain_relay_commands_u"):
+            sh.execute("UPDATE relay_commands SET actor = 'technician' WHERE id = ?", (cid,))
     problems = _lines(verify(store))
     assert problems and all(f"relay_commands row {cid}" in p for p in problems), problems
     store.close()
@@ -298,8 +310,7 @@ def test_a_database_with_history_is_migrated_in_place(tmp_path: Path) -> None:
     assert store.scalar("SELECT COUNT(*) FROM chain") == 1 + 4
     assert verify(store) == []
     first = store.scalar("SELECT id FROM entries ORDER BY id LIMIT 1")
-    with shell(db) as sh:  # history from before the chain is covered by the genesis digest
-        sh.execute("DROP TRIGGER entries_append_only_u")
+    with shell(db) as sh, without(sh, "entries_append_only_u"):  # covered by the genesis digest
         sh.execute("UPDATE entries SET created_at = '2026-01-01T00:00:00Z' WHERE id = ?", (first,))
     assert _lines(verify(store)) == [
         "chain: entries rows up to 3 changed since the chain began (genesis: 3 rows, now 3)"
@@ -340,8 +351,8 @@ def test_cli_verify_names_each_tamper_in_one_line_and_checks_a_head(tmp_path: Pa
     ]
     with shell(tmp_path / "pmg.db") as sh:
         sh.execute("UPDATE meters SET last_register_wh = last_register_wh - 300")
-        sh.execute("DROP TRIGGER entries_append_only_u")
-        sh.execute("UPDATE entries SET created_at = '2026-01-01T00:00:00Z' WHERE id = 1")
+        with without(sh, "entries_append_only_u"):
+            sh.execute("UPDATE entries SET created_at = '2026-01-01T00:00:00Z' WHERE id = 1")
     res = runner.invoke(cli, [*base, "--expect-head", head])
     assert res.exit_code == 1
     mismatches = [line for line in res.output.splitlines() if line.startswith("MISMATCH")]
