@@ -19,6 +19,23 @@ from gateway.store.chain import CANONICAL, GENESIS_CANONICAL, SNAPSHOT_TABLES, l
 from gateway.store.db import Store
 
 MAX_REPORTED_UNCHAINED = 20  # rows outside the chain listed per table (then a count)
+# The triggers that keep the chained tables append-only and write the chain: a missing one was dropped
+# (rows written since then are outside the chain, and are listed too).
+GUARD_TRIGGERS = (
+    "entries_append_only_u",
+    "entries_append_only_d",
+    "payments_append_only_u",
+    "payments_append_only_d",
+    "events_append_only_u",
+    "events_append_only_d",
+    "chain_append_only_u",
+    "chain_append_only_d",
+    "chain_entries",
+    "chain_payments",
+    "chain_events",
+    "chain_relay_commands_i",
+    "chain_relay_commands_u",
+)
 
 
 @dataclass(frozen=True)
@@ -64,7 +81,8 @@ def check_chain(store: Store, expect: tuple[str, int | None] | None = None) -> l
     conn = store.conn
     if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'chain'").fetchone() is None:
         return [ChainProblem("table", "is missing: no tamper evidence (has the daemon migrated this database?)")]
-    out: list[ChainProblem] = []
+    present = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    out = [ChainProblem(f"trigger {name}", "is missing (dropped)") for name in GUARD_TRIGGERS if name not in present]
     prev: str | None = None  # the stored hash of the previous link: each link is checked on its own
     true_prev: str | None = None  # the hash recomputed from the rows alone, from genesis on
     expected_seq = 1
@@ -77,7 +95,7 @@ def check_chain(store: Store, expect: tuple[str, int | None] | None = None) -> l
         if seq != expected_seq:
             out.append(ChainProblem(f"links {expected_seq}..{seq - 1}", "are missing (deleted from the chain)"))
         expected_seq = seq + 1
-        subject = f"{table} row {row_id}" if row_id is not None else f"link {seq}"
+        subject = f"{table} row {row_id}" if row_id is not None else f"{table} link"
         if seq == 1:
             if table != "genesis":
                 out.append(ChainProblem("link 1", f"is {table}, not the genesis link"))
@@ -96,7 +114,7 @@ def check_chain(store: Store, expect: tuple[str, int | None] | None = None) -> l
             prev = true_prev = stored
         else:
             if link_hash(prev, table, current) != stored:
-                what = "link was altered" if table in SNAPSHOT_TABLES | {"genesis"} else "changed after it was chained"
+                what = "was altered in the chain" if content is not None else "changed after it was chained"
                 out.append(ChainProblem(subject, f"{what} (link {seq})"))
             prev, true_prev = stored, link_hash(true_prev, table, current)
         if expect is not None and not head_found:
@@ -130,7 +148,7 @@ def _check_genesis(conn: sqlite3.Connection, genesis: dict[str, dict[str, object
         if rows != recorded.get("rows") or (rows and digest != recorded.get("sha256")):
             out.append(
                 ChainProblem(
-                    f"{table} rows up to {last}",
+                    f"{table} rows up to {last}" if last is not None else f"{table} rows before the chain",
                     f"changed since the chain began (genesis: {recorded.get('rows')} rows, now {rows})",
                 )
             )
