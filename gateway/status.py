@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
+from gateway.store.chain import head
 from gateway.store.db import Store, dumps
 from gateway.sync.outbox import backlog
 from gateway.timeguard import META_KEY as META_TIME_TRUST
@@ -186,7 +187,15 @@ def collect(store: Store, now: datetime) -> dict[str, Any]:
         "relay_commands_pending": pending,
         "last_backup_at": store.meta_get("last_backup_at"),
         "time": time_status(store.meta_get(META_TIME_TRUST)),
+        "chain": _chain(store),
     }
+
+
+def _chain(store: Store) -> dict[str, Any] | None:
+    """The ledger's hash-chain head and length (docs/ledger.md, "Tamper evidence"): what the head
+    office keeps to check ``pmg ledger verify --expect-head HASH:LENGTH`` against later."""
+    current = head(store.conn)
+    return None if current is None else {"head": current.hash, "length": current.length}
 
 
 def last_settlement(store: Store) -> str | None:
@@ -206,6 +215,9 @@ def publish(gateway: Gateway) -> dict[str, Any]:
     now, now_mono = gateway.clock(), gateway.monotonic()
     snap = live_snapshot(gateway, now, now_mono)
     write_snapshot(gateway.store, snap)
+    if gateway.mqtt is not None:
+        gateway.mqtt.refresh_chain_head()  # the next MQTT status message carries a fresh head
+        gateway.mqtt.publish_status(now_mono)  # and the head office gets one every few minutes
     metrics = getattr(gateway, "metrics", None)
     if metrics is not None:
         bl = backlog(gateway.store)

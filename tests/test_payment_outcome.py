@@ -14,7 +14,7 @@ from test_policy_scenarios import LONDON, UK, account, meter, utc
 
 from drivers.base import RelayAction, RelayState
 from gateway.policy.credit import EMERGENCY_OFFER_KEY, EMERGENCY_USED_UP_KEY
-from gateway.policy.decide import decide
+from gateway.policy.decide import apply, decide
 from gateway.policy.inputs import Override
 from gateway.policy.outcome import REASONS, PaymentOutcome, payment_outcome, summarise
 from gateway.policy.state import ActionKind as K
@@ -74,6 +74,9 @@ def test_outcome_agrees_with_the_decision_on_a_cut_account(s: tuple) -> None:
     assert o.shortfall_minor >= 0
     if o.reason == "below_reconnect_threshold":
         assert o.shortfall_minor > 0
+        # The next payment meets the account as this decision left it (the daemon persists every
+        # decision with the charge or payment that caused it): e.g. emergency credit found used up.
+        acc = apply(acc, d)
         paid = replace(acc, balance_minor=acc.balance_minor + o.shortfall_minor)
         after = payment_outcome(paid, m, now, rules, overrides=overrides)
         assert after.reason in ("restored", "close_permitted", "meter_not_controllable"), after

@@ -11,8 +11,10 @@ import click
 
 from gateway.cli.common import CliFailure, config_option, emit_json, emit_table, json_option, opened_store
 from gateway.ledger.accounts import balance_minor
+from gateway.ledger.chain_check import BadHead, parse_head
 from gateway.ledger.verify import verify
 from gateway.money import format_money, parse_money
+from gateway.store.chain import head
 
 
 def register(cli: click.Group) -> None:
@@ -44,24 +46,46 @@ def ledger() -> None:
 
 @ledger.command("verify")
 @config_option
+@click.option(
+    "--expect-head",
+    "expect_head",
+    metavar="HASH[:LENGTH]",
+    help="A chain head the head office holds (from a status message): the chain's first LENGTH links "
+    "must still hash to HASH.",
+)
 @json_option
-def ledger_verify(config_path: Path, as_json: bool) -> None:
-    """Recompute balances and charges from the append-only entries; exit 1 on any mismatch."""
+def ledger_verify(config_path: Path, expect_head: str | None, as_json: bool) -> None:
+    """Recompute balances and charges from the append-only entries and check the hash chain
+    (docs/ledger.md, "Tamper evidence"); exit 1 on any mismatch."""
+    try:
+        expected = parse_head(expect_head) if expect_head is not None else None
+    except BadHead as exc:
+        raise CliFailure(str(exc), 2) from None
     with opened_store(config_path, readonly=True) as (cfg, store):
-        problems = verify(store, cfg.minor_digits)
+        problems = verify(store, cfg.minor_digits, expected)
         counts = {
             "accounts": store.scalar("SELECT COUNT(*) FROM accounts"),
             "entries": store.scalar("SELECT COUNT(*) FROM entries"),
             "payments": store.scalar("SELECT COUNT(*) FROM payments"),
         }
+        chain_head = head(store.conn)
     if as_json:
-        emit_json({"ok": not problems, **counts, "mismatches": [str(p) for p in problems]})
+        emit_json(
+            {
+                "ok": not problems,
+                **counts,
+                "chain_head": None if chain_head is None else chain_head.hash,
+                "chain_length": None if chain_head is None else chain_head.length,
+                "mismatches": [str(p) for p in problems],
+            }
+        )
     else:
         for p in problems:
             click.echo(f"MISMATCH {p}")
         click.echo(
             f"{'OK' if not problems else 'FAILED'}: {counts['accounts']} accounts, "
-            f"{counts['entries']} entries, {counts['payments']} payments checked"
+            f"{counts['entries']} entries, {counts['payments']} payments checked; "
+            f"chain head {chain_head if chain_head is not None else 'none'}"
         )
     if problems:
         raise CliFailure(f"{len(problems)} ledger mismatch(es)")

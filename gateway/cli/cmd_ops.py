@@ -288,6 +288,9 @@ def _print_status(d: dict[str, Any]) -> None:
         f"last settlement: {d['last_settlement'] or 'never'}; last backup: {d['last_backup_at'] or 'never'}"
     )
     click.echo("accounts: " + (", ".join(f"{k} {v}" for k, v in d["accounts_by_state"].items()) or "none"))
+    chain = d.get("chain")
+    if chain is not None:
+        click.echo(f"ledger chain: head {chain['head']}, {chain['length']} links")
     buses = live.get("buses", {})
     if d.get("buses_unhealthy"):
         click.echo("UNHEALTHY buses (no meter answered within unhealthy_after_s): " + ", ".join(d["buses_unhealthy"]))

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from json.encoder import encode_basestring
@@ -43,6 +43,7 @@ from gateway.ledger.accounts import (
     meter_row,
     post_entry,
 )
+from gateway.ledger.position import LAST_CHARGED_READING_SQL, disagreement
 from gateway.money import format_money, to_minor
 from gateway.store.db import dumps
 from gateway.sync import outbox
@@ -185,7 +186,7 @@ def record_reading(
     minor_digits: int = 2,
 ) -> ChargeOutcome:
     """Store one reading and charge it if it is good.  Call inside ``store.tx()``."""
-    meter, account = _meter_and_account(conn, meter_id)
+    meter, account, position_check = _meter_and_account(conn, meter_id)
     now = reading.taken_at
     clock_note: str | None = None
     if meter.last_reading_at is not None:
@@ -263,6 +264,8 @@ def record_reading(
             relay_before=meter.relay,
         )
 
+    meter = _checked_position(conn, meter, position_check, now)
+    assert meter.last_register_wh is not None and meter.last_reading_at is not None
     last_at = parse_iso(meter.last_reading_at)
     delta, wrapped = register_delta(meter.last_register_wh, register, register_modulus_wh)
     elapsed_s = max((now - last_at).total_seconds(), MIN_PLAUSIBILITY_WINDOW_S)
@@ -523,19 +526,73 @@ def _hold_unpriceable(
 
 _METER_AND_ACCOUNT = (
     "SELECT " + ", ".join(f"m.{column.strip()}" for column in METER_COLUMNS.split(","))
-    + ", a.tariff_id, a.cycle_start, a.cycle_used_wh FROM meters m JOIN accounts a ON a.id = m.account_id "
-    "WHERE m.id = ?"
+    + ", a.tariff_id, a.cycle_start, a.cycle_used_wh, m.last_reading_id, "
+    # the billing-position check's two seeks (``gateway.ledger.position``), in the same statement
+    + LAST_CHARGED_READING_SQL
+    + ", (SELECT r.register_wh FROM readings r WHERE r.id = m.last_reading_id AND r.meter_id = m.id) "
+    "FROM meters m JOIN accounts a ON a.id = m.account_id WHERE m.id = ?"
 )
 
 
-def _meter_and_account(conn: sqlite3.Connection, meter_id: str) -> tuple[MeterRow, AccountPosition]:
-    """The meter and its account's pricing position in one read (the per-reading hot path)."""
+@dataclass(frozen=True)
+class _PositionCheck:
+    """What the meter query says about the meter's billing position (``_checked_position``)."""
+
+    reading_id: int | None  # the reading the meter row's position cites
+    last_charged_reading_id: int | None  # the reading the meter's last charge entry cites
+    cited_register_wh: int | None  # that cited reading's register, if it is this meter's
+
+
+def _meter_and_account(
+    conn: sqlite3.Connection, meter_id: str
+) -> tuple[MeterRow, AccountPosition, _PositionCheck]:
+    """The meter, its account's pricing position and what its billing position is checked with, in
+    one read (the per-reading hot path)."""
     r = conn.execute(_METER_AND_ACCOUNT, (meter_id,)).fetchone()
     if r is None:
         raise LookupError(f"no meter '{meter_id}'")
     meter = meter_row(r)
-    tariff_id, cycle_start, cycle_used_wh = r[METER_COLUMN_COUNT:]
-    return meter, AccountPosition(meter.account_id, tariff_id, cycle_start, int(cycle_used_wh))
+    tariff_id, cycle_start, cycle_used_wh, *check = r[METER_COLUMN_COUNT:]
+    return meter, AccountPosition(meter.account_id, tariff_id, cycle_start, int(cycle_used_wh)), _PositionCheck(*check)
+
+
+def _checked_position(conn: sqlite3.Connection, meter: MeterRow, check: _PositionCheck, now: datetime) -> MeterRow:
+    """The meter with its billing position checked against the ledger (``gateway.ledger.position``).
+
+    The usual case is settled by the meter query's own columns: the row cites the last charged
+    reading or a later one of this meter, with that reading's register.  Otherwise the ledger's
+    position is worked out and wins — charging from a rewound register would charge its energy a
+    second time — and an alarm event says what the meter row claimed; the reading's one meter update
+    then writes the ledger's position back with the new one."""
+    if check.reading_id is None or (
+        check.cited_register_wh == meter.last_register_wh
+        and (check.last_charged_reading_id is None or check.reading_id >= check.last_charged_reading_id)
+    ):
+        return meter
+    last_reading_id = check.reading_id
+    ledger = disagreement(conn, meter.id, meter.account_id, meter.last_register_wh, last_reading_id)
+    if ledger is None:
+        return meter
+    events.record(
+        conn,
+        "billing_position_mismatch",
+        now,
+        severity="alarm",
+        account_id=meter.account_id,
+        meter_id=meter.id,
+        detail={
+            "meter_register_wh": meter.last_register_wh,
+            "meter_reading_id": last_reading_id,
+            "ledger_register_wh": ledger.register_wh,
+            "ledger_reading_id": ledger.reading_id,
+        },
+    )
+    return replace(
+        meter,
+        last_register_wh=ledger.register_wh,
+        last_reading_at=ledger.taken_at,
+        last_tariffs_json=ledger.tariffs_json if ledger.tariffs_json is not None else meter.last_tariffs_json,
+    )
 
 
 def account_position(conn: sqlite3.Connection, account_id: str) -> AccountPosition:

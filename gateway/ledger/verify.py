@@ -4,7 +4,10 @@ Checked: each account's balance and debt against the sums of its entries; each m
 charges and energy against its charge entries and charged readings; the cumulative rounding rule
 (posted = round_half_even(exact)) for meters and standing charges; each payment's entry, its split
 (parts summing to the payment, the recovery entry matching it); the sign each entry kind must have;
-that no debt is negative; and each account's block-cycle counter against its charge lines.
+that no debt is negative; each account's block-cycle counter against its charge lines; each meter's
+billing position against its last charged reading (``gateway.ledger.position``); and the hash chain
+over entries, payments, events and relay commands (``gateway.ledger.chain_check``), optionally against
+a head the head office saw earlier.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import json
 from dataclasses import dataclass
 from decimal import Decimal
 
+from gateway.ledger.chain_check import ChainProblem, check_chain
+from gateway.ledger.position import disagreement
 from gateway.money import to_minor
 from gateway.store.db import Store
 from gateway.timeutil import parse_iso
@@ -41,9 +46,13 @@ class Mismatch:
         return f"{self.what} {self.subject}: cached {self.cached}, derived from entries {self.derived}"
 
 
-def verify(store: Store, minor_digits: int = 2) -> list[Mismatch]:
-    """Every disagreement between caches and the append-only entries (empty list = consistent)."""
-    out: list[Mismatch] = []
+def verify(
+    store: Store, minor_digits: int = 2, expect_head: tuple[str, int | None] | None = None
+) -> list[Mismatch | ChainProblem]:
+    """Every disagreement between caches and the append-only entries, and every break in the hash
+    chain (empty list = consistent).  ``expect_head`` is a (hash, length or None) the head office holds
+    (``chain_check.parse_head``)."""
+    out: list[Mismatch | ChainProblem] = []
     for row in store.all(
         "SELECT a.id, a.balance_minor, COALESCE(SUM(e.amount_minor), 0) AS derived "
         "FROM accounts a LEFT JOIN entries e ON e.account_id = a.id GROUP BY a.id"
@@ -71,6 +80,18 @@ def verify(store: Store, minor_digits: int = 2) -> list[Mismatch]:
         if row["amount_minor"] != row["posted"]:
             out.append(Mismatch("payment", row["payment_id"], row["amount_minor"], row["posted"]))
     out.extend(_credit_checks(store, minor_digits))
+    out.extend(_position_checks(store))
+    out.extend(check_chain(store, expect_head))
+    return out
+
+
+def _position_checks(store: Store) -> list[Mismatch]:
+    """Each meter's billing position against the ledger's (what the next reading is charged from)."""
+    out: list[Mismatch] = []
+    for row in store.all("SELECT id, account_id, last_register_wh, last_reading_id FROM meters ORDER BY id"):
+        ledger = disagreement(store.conn, row[0], row[1], row[2], row[3])
+        if ledger is not None:
+            out.append(Mismatch("billing position (register Wh) of meter", row[0], row[2], ledger.register_wh))
     return out
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import sqlite_utils
 
+from gateway.store import chain
 from gateway.store.migrations import migrate
 
 
@@ -140,6 +141,7 @@ def open_store(
         except sqlite3.OperationalError as exc:
             raise StoreError(f"cannot open {p}: {exc}") from None
     conn.row_factory = sqlite3.Row
+    chain.register(conn)  # the hash chain's triggers call it (gateway/store/chain.py)
     conn.execute("PRAGMA busy_timeout = 10000")
     conn.execute("PRAGMA foreign_keys = ON")
     if not readonly:

@@ -277,6 +277,83 @@ MIGRATIONS: tuple[str, ...] = (
             INSERT OR IGNORE INTO policy_inbox(account_id, marked_at) VALUES (NEW.id, NEW.updated_at);
         END;
     """,
+    # tamper evidence (docs/ledger.md "Tamper evidence"): one SHA-256 hash chain, in insertion order,
+    # over ledger entries, payments, audit events and relay commands (each insert, and each change of
+    # a relay command).  A link's hash covers the previous link's hash, the table and the row's
+    # canonical JSON (SQLite's json_object over its columns in name order); the triggers call
+    # pmg_chain_link, which ``gateway.store.chain.register`` gives every connection pmg opens (a
+    # connection without it cannot write these tables: a forger must first drop the triggers, and
+    # ``pmg ledger verify`` then finds the row outside the chain).  Rows older than this migration are
+    # covered by one "genesis" link: per table, the row count, the last rowid and a digest of the rows'
+    # canonical JSON in rowid order (relay commands by the columns that never change).
+    """
+    CREATE TABLE chain (
+        seq      INTEGER PRIMARY KEY,      -- 1..length, the order rows were written (commit order)
+        tbl      TEXT NOT NULL,            -- genesis | entries | payments | events | relay_commands
+        row_id   INTEGER,                  -- the row's rowid in tbl (NULL for genesis)
+        content  TEXT,                     -- kept for genesis and relay commands (which change); else NULL
+        hash     TEXT NOT NULL             -- sha256(previous hash, tbl, canonical row JSON), hex
+    );
+    CREATE TRIGGER chain_append_only_u BEFORE UPDATE ON chain
+        BEGIN SELECT RAISE(ABORT, 'the hash chain is append-only'); END;
+    CREATE TRIGGER chain_append_only_d BEFORE DELETE ON chain
+        BEGIN SELECT RAISE(ABORT, 'the hash chain is append-only'); END;
+    INSERT INTO chain(tbl, row_id, content, hash)
+        SELECT 'genesis', NULL, c, pmg_chain_link(NULL, 'genesis', c) FROM (SELECT json_object(
+            'entries', (SELECT json_object('rows', COUNT(*), 'last_rowid', MAX(rowid), 'sha256', pmg_digest(rowid,
+                json_object('account_id', account_id, 'amount_minor', amount_minor, 'created_at', created_at,
+                'debt_minor', debt_minor, 'detail_json', detail_json, 'energy_wh', energy_wh,
+                'external_id', external_id, 'id', id, 'kind', kind, 'meter_id', meter_id,
+                'period_end', period_end, 'period_start', period_start, 'reading_id', reading_id))) FROM entries),
+            'events', (SELECT json_object('rows', COUNT(*), 'last_rowid', MAX(rowid), 'sha256', pmg_digest(rowid,
+                json_object('account_id', account_id, 'actor', actor, 'at', at, 'detail_json', detail_json,
+                'id', id, 'kind', kind, 'meter_id', meter_id, 'severity', severity))) FROM events),
+            'payments', (SELECT json_object('rows', COUNT(*), 'last_rowid', MAX(rowid), 'sha256', pmg_digest(rowid,
+                json_object('account_id', account_id, 'amount_minor', amount_minor, 'payment_id', payment_id,
+                'received_at', received_at, 'result_json', result_json, 'source', source))) FROM payments),
+            'relay_commands', (SELECT json_object('rows', COUNT(*), 'last_rowid', MAX(rowid), 'sha256', pmg_digest(rowid,
+                json_object('action', action, 'actor', actor, 'created_at', created_at, 'id', id, 'meter_id', meter_id,
+                'payment_id', payment_id, 'reason', reason))) FROM relay_commands)
+        ) AS c);
+    CREATE TRIGGER chain_entries AFTER INSERT ON entries BEGIN
+        INSERT INTO chain(tbl, row_id, hash) VALUES ('entries', NEW.rowid, pmg_chain_link(
+            (SELECT hash FROM chain ORDER BY seq DESC LIMIT 1), 'entries', json_object(
+                'account_id', NEW.account_id, 'amount_minor', NEW.amount_minor, 'created_at', NEW.created_at,
+                'debt_minor', NEW.debt_minor, 'detail_json', NEW.detail_json, 'energy_wh', NEW.energy_wh,
+                'external_id', NEW.external_id, 'id', NEW.id, 'kind', NEW.kind, 'meter_id', NEW.meter_id,
+                'period_end', NEW.period_end, 'period_start', NEW.period_start, 'reading_id', NEW.reading_id)));
+    END;
+    CREATE TRIGGER chain_payments AFTER INSERT ON payments BEGIN
+        INSERT INTO chain(tbl, row_id, hash) VALUES ('payments', NEW.rowid, pmg_chain_link(
+            (SELECT hash FROM chain ORDER BY seq DESC LIMIT 1), 'payments', json_object(
+                'account_id', NEW.account_id, 'amount_minor', NEW.amount_minor, 'payment_id', NEW.payment_id,
+                'received_at', NEW.received_at, 'result_json', NEW.result_json, 'source', NEW.source)));
+    END;
+    CREATE TRIGGER chain_events AFTER INSERT ON events BEGIN
+        INSERT INTO chain(tbl, row_id, hash) VALUES ('events', NEW.rowid, pmg_chain_link(
+            (SELECT hash FROM chain ORDER BY seq DESC LIMIT 1), 'events', json_object(
+                'account_id', NEW.account_id, 'actor', NEW.actor, 'at', NEW.at, 'detail_json', NEW.detail_json,
+                'id', NEW.id, 'kind', NEW.kind, 'meter_id', NEW.meter_id, 'severity', NEW.severity)));
+    END;
+    CREATE TRIGGER chain_relay_commands_i AFTER INSERT ON relay_commands BEGIN
+        INSERT INTO chain(tbl, row_id, content, hash)
+            SELECT 'relay_commands', NEW.rowid, c, pmg_chain_link((SELECT hash FROM chain ORDER BY seq DESC LIMIT 1), 'relay_commands', c)
+            FROM (SELECT json_object(
+                'action', NEW.action, 'actor', NEW.actor, 'attempts', NEW.attempts, 'created_at', NEW.created_at,
+                'id', NEW.id, 'meter_id', NEW.meter_id, 'not_before', NEW.not_before, 'outcome', NEW.outcome,
+                'payment_id', NEW.payment_id, 'reason', NEW.reason, 'status', NEW.status,
+                'trace_json', NEW.trace_json, 'updated_at', NEW.updated_at) AS c);
+    END;
+    CREATE TRIGGER chain_relay_commands_u AFTER UPDATE ON relay_commands BEGIN
+        INSERT INTO chain(tbl, row_id, content, hash)
+            SELECT 'relay_commands', NEW.rowid, c, pmg_chain_link((SELECT hash FROM chain ORDER BY seq DESC LIMIT 1), 'relay_commands', c)
+            FROM (SELECT json_object(
+                'action', NEW.action, 'actor', NEW.actor, 'attempts', NEW.attempts, 'created_at', NEW.created_at,
+                'id', NEW.id, 'meter_id', NEW.meter_id, 'not_before', NEW.not_before, 'outcome', NEW.outcome,
+                'payment_id', NEW.payment_id, 'reason', NEW.reason, 'status', NEW.status,
+                'trace_json', NEW.trace_json, 'updated_at', NEW.updated_at) AS c);
+    END;
+    """,
 )
 
 

@@ -46,6 +46,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.config import MqttConfig
 from gateway.idle import Idle
+from gateway.store import chain
 from gateway.store.db import Store
 from gateway.sync import outbox
 from gateway.timeutil import Clock, iso
@@ -65,6 +66,9 @@ POLL_S = 0.5  # read the outbox at least this often even without notify()
 ACK_FLUSH_S = 0.25  # acknowledged seqs wait at most about this long to be marked delivered
 ACK_BATCH = WINDOW // 2  # ... or until this many wait
 LINGER_S = 0.2  # at a trickle, a freshly committed message waits this long after the last read for company
+# The retained status is republished with a fresh ledger chain head (docs/ledger.md, "Tamper
+# evidence") at most this often while connected, and only when the head moved.
+STATUS_REPUBLISH_S = 300.0
 ACK_WAKE = WINDOW // 4  # paho's thread wakes the loop once this many PUBACKs queue up (window back)
 
 
@@ -105,6 +109,9 @@ class MqttLink:
         self.prefix = f"{cfg.topic_prefix.rstrip('/')}/{gateway_id}"
         self.stats = LinkStats()
         self.version = version
+        self.chain_head: chain.Head | None = None  # the ledger's hash-chain head, for status messages
+        self._status_head: chain.Head | None = None  # the head the last status message carried
+        self._status_at = -math.inf  # monotonic time of the last republished status
         self._config_dir = config_dir or Path.cwd()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = Idle()  # the pumps' sleep in _wait (run, drain), cut short by _wakeup
@@ -168,14 +175,39 @@ class MqttLink:
         client.on_connect_fail = self._on_connect_fail
         return client
 
+    def refresh_chain_head(self) -> None:
+        """Read the hash chain's head for the next status message (docs/ledger.md, "Tamper evidence").
+
+        Called from the event loop (``run``, and the daemon's status loop every few seconds): the
+        status message is built in paho's thread, which must not touch the store."""
+        self.chain_head = chain.head(self.store.conn)
+
+    def publish_status(self, now_mono: float) -> bool:
+        """Republish the retained ``online`` status when the chain head has moved since the last one
+        and ``STATUS_REPUBLISH_S`` have passed since this last republished it: the head office then
+        holds a head at most that old, not only the one of the last connection.  From the event loop
+        (the daemon's status loop); True when it published."""
+        client, current = self._client, self.chain_head
+        if client is None or not self.stats.connected or current is None or current == self._status_head:
+            return False
+        if now_mono - self._status_at < STATUS_REPUBLISH_S:
+            return False
+        client.publish(f"{self.prefix}/status", self._status_payload("online"), qos=1, retain=True)
+        self._status_head, self._status_at = current, now_mono
+        return True
+
     def _status_payload(self, state: str) -> bytes:
-        body = {
+        body: dict[str, Any] = {
             "schema": "pmg.status/1",
             "gateway_id": self.gateway_id,
             "state": state,
             "at": iso(self.clock()),
             "version": self.version,
         }
+        head = self.chain_head  # one read of an attribute the loop replaces whole: no lock needed
+        if head is not None:
+            body["chain_head"] = head.hash
+            body["chain_length"] = head.length
         return json.dumps(body, separators=(",", ":")).encode()
 
     # -- paho callbacks (paho's thread: hand over only) ----------------------------------------
@@ -187,6 +219,7 @@ class MqttLink:
         if reason.is_failure:
             self._call(self._refused, f"broker refused connection: {reason}")
             return
+        self._status_head = self.chain_head
         client.publish(f"{self.prefix}/status", self._status_payload("online"), qos=1, retain=True)
         client.subscribe(f"{self.prefix}/commands/+", qos=1)
         self._call(self._set_connected, True)
@@ -306,6 +339,7 @@ class MqttLink:
     async def run(self) -> None:
         """Connect (retrying forever) and drain the outbox until ``stop``."""
         self._loop = asyncio.get_running_loop()
+        self.refresh_chain_head()  # the last will built next carries the head as of this connection
         self._client = self._make_client()
         try:
             self._client.connect_async(
