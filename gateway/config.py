@@ -269,10 +269,14 @@ def load_config(file: str | Path) -> GatewayConfig:
         data, text = read_toml(path)
     except TomlError as exc:
         raise ConfigError(exc.file, exc.line, exc.where, exc.reason) from None
+    except RecursionError:  # thousands of nested arrays: the parser's recursion, not a traceback
+        raise ConfigError(path, None, "", "nested too deeply") from None
     try:
         cfg = GatewayConfig.model_validate(data)
     except ValidationError as exc:
         err = validation_to_toml_error(path, text, exc)
         raise ConfigError(err.file, err.line, err.where, err.reason) from None
+    except RecursionError:
+        raise ConfigError(path, None, "", "nested too deeply") from None
     _cross_check(cfg, path, text)
     return cfg

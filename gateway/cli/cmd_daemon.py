@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from gateway.cli.common import config_option, load
+from gateway.cli.common import FiniteFloat, config_option, load
 
 
 def register(cli: click.Group) -> None:
@@ -43,14 +43,14 @@ def run(config_path: Path, check: bool) -> None:
 @click.command()
 @click.option(
     "--speed",
-    type=float,
+    type=FiniteFloat(min=0, min_open=True, max=1e6),
     default=2700.0,
     show_default=True,
     help="How many times faster than real time the simulated clock runs.",
 )
 @click.option(
     "--minutes",
-    type=float,
+    type=FiniteFloat(min=0, max=1e6),
     default=4.0,
     show_default=True,
     help="Stop after this many real minutes (0: run until Ctrl-C).",

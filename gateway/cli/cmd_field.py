@@ -22,11 +22,14 @@ import click
 
 from drivers.base import RelayAction
 from gateway import enforcer, events
-from gateway.cli.common import CliFailure, config_option, emit_json, json_option, opened_store
+from gateway.cli.common import CliFailure, FiniteFloat, config_option, emit_json, json_option, opened_store
 from gateway.timeutil import iso, parse_iso
 
 AUDIT_COLUMNS = ("id", "at", "kind", "severity", "account_id", "meter_id", "actor", "rules", "detail")
 MAX_ORDER_HOURS = 24 * 92  # the head office's override limit (gateway.sync.command_types.MAX_OVERRIDE)
+# Years a technician may name: far enough for any question, near enough that the policy's arithmetic
+# around an instant (it looks days ahead) never leaves ``datetime``'s range (year 9999).
+FIRST_YEAR, LAST_YEAR = 1970, 2199
 
 
 def register(cli: click.Group) -> None:
@@ -41,6 +44,8 @@ def parse_instant(text: str, tz: str, option: str) -> datetime:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise click.BadParameter(f"'{text}' is not an ISO 8601 date or time", param_hint=option) from None
+    if not FIRST_YEAR <= value.year <= LAST_YEAR:
+        raise click.BadParameter(f"'{text}' is outside the years {FIRST_YEAR}-{LAST_YEAR}", param_hint=option)
     if value.tzinfo is None:
         value = value.replace(tzinfo=ZoneInfo(tz))
     return value.astimezone(UTC)
@@ -119,7 +124,7 @@ def explain_cmd(account: str, at_text: str | None, config_path: Path, as_json: b
 )
 @click.option(
     "--hours",
-    type=click.FloatRange(0.1, MAX_ORDER_HOURS),
+    type=FiniteFloat(0.1, MAX_ORDER_HOURS),
     default=24.0,
     show_default=True,
     help="How long the order overrides the automatic policy.",

@@ -9,7 +9,15 @@ from typing import Any
 
 import click
 
-from gateway.cli.common import CliFailure, config_option, emit_json, emit_table, json_option, opened_store
+from gateway.cli.common import (
+    CliFailure,
+    MoneyText,
+    config_option,
+    emit_json,
+    emit_table,
+    json_option,
+    opened_store,
+)
 from gateway.ledger.accounts import balance_minor
 from gateway.ledger.verify import verify
 from gateway.money import format_money, parse_money
@@ -129,7 +137,7 @@ def payment() -> None:
 @payment.command("add")
 @config_option
 @click.argument("account")
-@click.argument("amount")
+@click.argument("amount", type=MoneyText())
 @click.option("--id", "payment_id", help="Payment id (idempotence key; default: a new UUID).")
 @click.option("--actor", required=True, help="Who took the payment (recorded in the audit log).")
 @json_option
@@ -208,7 +216,7 @@ _SUPPLY_TEXT = {
 @ledger.command("debt")
 @config_option
 @click.argument("account")
-@click.argument("amount")
+@click.argument("amount", type=MoneyText())
 @click.option("--id", "debt_id", help="Debt id (idempotence key; default: a new UUID).")
 @click.option("--share", help="Share of each later top-up recovered towards the debt, e.g. 0.25.")
 @click.option("--reason", required=True, help="Why the customer owes this (audited).")
@@ -247,17 +255,21 @@ def ledger_debt(
     )
 
 
-@ledger.command("adjust")
+# A correction is negative ("-3.50"): click must take it as the AMOUNT, not as an unknown option.
+@ledger.command("adjust", context_settings={"ignore_unknown_options": True})
 @config_option
 @click.argument("account")
-@click.argument("amount")
+@click.argument("amount", type=MoneyText())
 @click.option("--id", "adjustment_id", help="Adjustment id (idempotence key; default: a new UUID).")
 @click.option("--reason", required=True, help="Why (audited).")
 @click.option("--actor", required=True, help="Who (audited).")
 def ledger_adjust(
     config_path: Path, account: str, amount: str, adjustment_id: str | None, reason: str, actor: str
 ) -> None:
-    """Correct ACCOUNT's balance by a signed AMOUNT (refund "12.00", correction "-3.50")."""
+    """Correct ACCOUNT's balance by a signed AMOUNT (refund "12.00", correction "-3.50").
+
+    A negative AMOUNT is written as is: ``pmg ledger adjust A1 -3.50 --reason … --actor …``.
+    """
     from gateway.ledger.credit import post_adjustment
     from gateway.timeutil import system_clock
 
@@ -348,7 +360,7 @@ def meter_accept(
 @click.option(
     "--final-register",
     "final_wh",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=2**63 - 1),  # SQLite's INTEGER; the meter's modulus is checked below
     required=True,
     help="The old meter's final import register in Wh (read off its display).",
 )
@@ -368,7 +380,13 @@ def meter_replace(
     from gateway.timeutil import system_clock
 
     with opened_store(config_path) as (cfg, store):
-        book, _ = _pricer_for(cfg, config_path, store, meter_id)
+        book, modulus = _pricer_for(cfg, config_path, store, meter_id)
+        if final_wh >= modulus:  # a register counts modulo its modulus: no display shows more
+            raise CliFailure(
+                f"--final-register {final_wh} Wh is not below the register modulus of meter "
+                f"'{meter_id}' ({modulus} Wh)",
+                2,
+            )
         with store.tx() as conn:
             res = replace_meter(
                 conn,
