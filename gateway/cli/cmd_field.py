@@ -70,7 +70,7 @@ def explain_cmd(account: str, at_text: str | None, config_path: Path, as_json: b
     from gateway.policy.explain import explain
 
     with opened_store(config_path, readonly=True) as (cfg, store):
-        at = parse_instant(at_text, cfg.timezone, "--at") if at_text else datetime.now(UTC)
+        at = parse_instant(at_text, cfg.timezone, "--at") if at_text is not None else datetime.now(UTC)
         parts = build_components(cfg, config_path, store)
         meters = [r[0] for r in store.all("SELECT id FROM meters WHERE account_id = ? ORDER BY id", account)]
         if not meters and store.one("SELECT 1 FROM meters WHERE id = ?", account):
@@ -340,8 +340,8 @@ def audit_export(
 ) -> None:
     """Export audit events in [--from, --to) with actor, timestamps and each action's rule trace."""
     with opened_store(config_path, readonly=True) as (cfg, store):
-        start = parse_instant(from_text, cfg.timezone, "--from") if from_text else None
-        end = parse_instant(to_text, cfg.timezone, "--to") if to_text else None
+        start = parse_instant(from_text, cfg.timezone, "--from") if from_text is not None else None
+        end = parse_instant(to_text, cfg.timezone, "--to") if to_text is not None else None
         if start and end and end <= start:
             raise click.BadParameter(f"--to {to_text} is not after --from {from_text}", param_hint="--to")
         # Stored instants vary in precision ('…:00Z' sorts after '…:00.5Z'), so SQL narrows coarsely

@@ -8,6 +8,7 @@ consumer that checks sequence continuity and deduplicates.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 import threading
@@ -26,6 +27,8 @@ from gateway.sync.signing import (
     sign_command,
     write_private_key,
 )
+
+KEY_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
 
 @click.group()
@@ -76,6 +79,8 @@ def command_sign(key_file: Path, key_id: str | None, source: Any) -> None:
         raise CliFailure(f"{getattr(source, 'name', 'input')}: JSON nested too deeply", 2) from None
     if not isinstance(body, dict):
         raise CliFailure("a command is a JSON object", 2)
+    if key_id is not None and not KEY_ID.match(key_id):
+        raise CliFailure(f"--key-id {key_id!r} is not a key id (letters, digits, '_', '.', ':', '-')", 2)
     key = load_private_key(key_file)
     click.echo(
         json.dumps(sign_command(body, key, key_id or key_id_for(key.public_key())), ensure_ascii=False)

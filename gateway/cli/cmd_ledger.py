@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from gateway.cli.common import (
+    AuditText,
     CliFailure,
     MoneyText,
     config_option,
@@ -138,8 +139,8 @@ def payment() -> None:
 @config_option
 @click.argument("account")
 @click.argument("amount", type=MoneyText())
-@click.option("--id", "payment_id", help="Payment id (idempotence key; default: a new UUID).")
-@click.option("--actor", required=True, help="Who took the payment (recorded in the audit log).")
+@click.option("--id", "payment_id", type=AuditText(128), help="Payment id (idempotence key; default: a new UUID).")
+@click.option("--actor", required=True, type=AuditText(), help="Who took the payment (recorded in the audit log).")
 @json_option
 def payment_add(
     config_path: Path, account: str, amount: str, payment_id: str | None, actor: str, as_json: bool
@@ -217,10 +218,10 @@ _SUPPLY_TEXT = {
 @config_option
 @click.argument("account")
 @click.argument("amount", type=MoneyText())
-@click.option("--id", "debt_id", help="Debt id (idempotence key; default: a new UUID).")
+@click.option("--id", "debt_id", type=AuditText(128), help="Debt id (idempotence key; default: a new UUID).")
 @click.option("--share", help="Share of each later top-up recovered towards the debt, e.g. 0.25.")
-@click.option("--reason", required=True, help="Why the customer owes this (audited).")
-@click.option("--actor", required=True, help="Who records it (audited).")
+@click.option("--reason", required=True, type=AuditText(), help="Why the customer owes this (audited).")
+@click.option("--actor", required=True, type=AuditText(), help="Who records it (audited).")
 def ledger_debt(
     config_path: Path,
     account: str,
@@ -260,9 +261,9 @@ def ledger_debt(
 @config_option
 @click.argument("account")
 @click.argument("amount", type=MoneyText())
-@click.option("--id", "adjustment_id", help="Adjustment id (idempotence key; default: a new UUID).")
-@click.option("--reason", required=True, help="Why (audited).")
-@click.option("--actor", required=True, help="Who (audited).")
+@click.option("--id", "adjustment_id", type=AuditText(128), help="Adjustment id (idempotence key; default: a new UUID).")
+@click.option("--reason", required=True, type=AuditText(), help="Why (audited).")
+@click.option("--actor", required=True, type=AuditText(), help="Who (audited).")
 def ledger_adjust(
     config_path: Path, account: str, amount: str, adjustment_id: str | None, reason: str, actor: str
 ) -> None:
@@ -312,8 +313,8 @@ def _pricer_for(cfg: Any, config_path: Path, store: Any, meter_id: str) -> tuple
 @click.option(
     "--rebaseline", "mode", flag_value="rebaseline", help="The register was reset: restart from it."
 )
-@click.option("--reason", required=True, help="What the technician found (audited).")
-@click.option("--actor", required=True, help="Who decides (audited).")
+@click.option("--reason", required=True, type=AuditText(), help="What the technician found (audited).")
+@click.option("--actor", required=True, type=AuditText(), help="Who decides (audited).")
 @json_option
 def meter_accept(
     config_path: Path, meter_id: str, mode: str | None, reason: str, actor: str, as_json: bool
@@ -365,8 +366,8 @@ def meter_accept(
     help="The old meter's final import register in Wh (read off its display).",
 )
 @click.option("--new-address", required=True, help="The new meter's address.")
-@click.option("--reason", required=True, help="Why it was replaced (audited).")
-@click.option("--actor", required=True, help="Who replaced it (audited).")
+@click.option("--reason", required=True, type=AuditText(), help="Why it was replaced (audited).")
+@click.option("--actor", required=True, type=AuditText(), help="Who replaced it (audited).")
 @json_option
 def meter_replace(
     config_path: Path, meter_id: str, final_wh: int, new_address: str, reason: str, actor: str, as_json: bool

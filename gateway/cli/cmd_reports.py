@@ -99,7 +99,7 @@ def report(
         return
     with opened_store(config_path, readonly=True) as (cfg, store):
         frm, to = _dates(cfg.tz, period, first, last)
-        if account and store.one("SELECT 1 FROM accounts WHERE id = ?", account) is None:
+        if account is not None and store.one("SELECT 1 FROM accounts WHERE id = ?", account) is None:
             raise CliFailure(f"no account '{account}'", 2)
         rows = usage_report(store.conn, cfg.tz, period, frm, to, account)
     d = cfg.minor_digits

@@ -147,7 +147,7 @@ def scan(
     from rich.progress import Progress
 
     # Arguments are checked before the bus is touched.
-    dlt_todo = _dlt_addresses(addresses) if protocol == "dlt645" and addresses else None
+    dlt_todo = _dlt_addresses(addresses) if protocol == "dlt645" and addresses is not None else None
     unit_list = _parse_units(units) if protocol == "modbus" else []
 
     async def go(progress: Progress) -> list[str]:

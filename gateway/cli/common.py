@@ -44,7 +44,7 @@ class FiniteFloat(click.FloatRange):
         return number
 
 
-_MONEY_ARG = re.compile(r"^-?\d{1,15}(\.\d{1,12})?$")
+_MONEY_ARG = re.compile(r"^-?[0-9]{1,15}(\.[0-9]{1,12})?$")
 
 
 class MoneyText(click.ParamType):
@@ -57,6 +57,33 @@ class MoneyText(click.ParamType):
         text = str(value).strip()
         if not _MONEY_ARG.match(text):
             self.fail(f"{value!r} is not a decimal amount like 12.00 or -3.50", param, ctx)
+        return text
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+class AuditText(click.ParamType):
+    """Text recorded in the audit log (an actor, a reason, an idempotence id): not blank, no control
+    characters (an ANSI escape or a newline would forge or repaint a line when it is shown), bounded.
+
+    An empty ``--id ""`` is a script's unset variable: taking a fresh UUID instead would silently
+    lose the idempotence the id was given for, so it is refused like any other bad input.
+    """
+
+    name = "text"
+
+    def __init__(self, max_length: int = 500) -> None:
+        self.max_length = max_length
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = str(value)
+        if not text.strip():
+            self.fail("must not be empty", param, ctx)
+        if _CONTROL.search(text):
+            self.fail("must not contain control characters", param, ctx)
+        if len(text) > self.max_length:
+            self.fail(f"is longer than {self.max_length} characters", param, ctx)
         return text
 
 
