@@ -435,7 +435,7 @@ BAD_CONFIG: dict[str, list[str]] = {
     "mqtt.topic_prefix": ['"a b"', '"#"', '"+"', '""'],
     "mqtt.max_backlog_messages": ["0", "-1", "999"],
     "mqtt.max_packet_bytes": ["0", "-1", "100", "999999999999", "nan", '"256k"'],
-    "mqtt.rejection_log_per_minute": ["0", "-1", "nan", "100001"],
+    "mqtt.rejected_commands_per_minute": ["0", "-1", "nan", "100001"],
     "housekeeping.backup_every_hours": ["nan", "inf", "0", "8761"],
     "housekeeping.backups_kept": ["0", "1001"],
     "metrics.status_interval_s": ["nan", "inf", "0.5", "3601"],
