@@ -258,6 +258,9 @@ class CommandProcessor:
     def _allow(self, code: str) -> bool:
         """Whether this rejection may be logged (and, unauthenticated, acknowledged); if not, a
         summary line is due within ``summary_s``."""
+        mqtt = self.gateway.cfg.mqtt  # a SIGHUP reload may change the rate
+        if mqtt is not None:
+            self.limiter.rate_per_minute = mqtt.rejected_commands_per_minute
         if self.limiter.allow(code):
             return True
         if not self._summary_pending:
