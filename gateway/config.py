@@ -59,6 +59,12 @@ class MqttConfig(Strict):
     command_keys: dict[str, Annotated[str, AfterValidator(_check_public_key)]] = Field(default_factory=dict)
     """Head-office Ed25519 public keys (key_id -> base64 raw key) that may sign commands."""
     max_backlog_messages: int = Field(5_000_000, ge=1000)
+    max_packet_bytes: int = Field(256 * 1024, ge=128 * 1024, le=268_435_455)
+    """MQTT 5 Maximum Packet Size asked of the broker: it drops larger commands instead of sending them
+    (a command is at most 64 KiB; the MQTT 5 limit is 268,435,455 bytes).  docs/mqtt.md."""
+    rejected_commands_per_minute: int = Field(60, ge=1, le=100_000)
+    """Rejected commands logged (and, unauthenticated, acknowledged) per rejection code; the rest
+    are summed up in one line a minute.  docs/mqtt.md."""
 
     @model_validator(mode="after")
     def _plaintext_is_explicit(self) -> MqttConfig:
@@ -335,10 +341,14 @@ def load_config(file: str | Path) -> GatewayConfig:
         data, text = read_toml(path)
     except TomlError as exc:
         raise ConfigError(exc.file, exc.line, exc.where, exc.reason) from None
+    except RecursionError:  # thousands of nested arrays: the parser's recursion, not a traceback
+        raise ConfigError(path, None, "", "nested too deeply") from None
     try:
         cfg = GatewayConfig.model_validate(data)
     except ValidationError as exc:
         err = validation_to_toml_error(path, text, exc)
         raise ConfigError(err.file, err.line, err.where, err.reason) from None
+    except RecursionError:
+        raise ConfigError(path, None, "", "nested too deeply") from None
     _cross_check(cfg, path, text)
     return cfg

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from gateway.cli.common import config_option, load
+from gateway.cli.common import FiniteFloat, config_option, load
 from gateway.config import GatewayConfig
 
 if TYPE_CHECKING:  # the CLI imports the daemon's parts only when a command needs them
@@ -81,14 +81,14 @@ def _report_registers(cfg: GatewayConfig, config_path: Path, parts: Components) 
 @click.command()
 @click.option(
     "--speed",
-    type=float,
+    type=FiniteFloat(min=0, min_open=True, max=1e6),
     default=2700.0,
     show_default=True,
     help="How many times faster than real time the simulated clock runs.",
 )
 @click.option(
     "--minutes",
-    type=float,
+    type=FiniteFloat(min=0, max=1e6),
     default=4.0,
     show_default=True,
     help="Stop after this many real minutes (0: run until Ctrl-C).",

@@ -22,11 +22,14 @@ import click
 
 from drivers.base import RelayAction
 from gateway import enforcer, events
-from gateway.cli.common import CliFailure, config_option, emit_json, json_option, opened_store
+from gateway.cli.common import CliFailure, FiniteFloat, config_option, emit_json, json_option, opened_store
 from gateway.timeutil import iso, parse_iso
 
 AUDIT_COLUMNS = ("id", "at", "kind", "severity", "account_id", "meter_id", "actor", "rules", "detail")
 MAX_ORDER_HOURS = 24 * 92  # the head office's override limit (gateway.sync.command_types.MAX_OVERRIDE)
+# Years a technician may name: far enough for any question, near enough that the policy's arithmetic
+# around an instant (it looks days ahead) never leaves ``datetime``'s range (year 9999).
+FIRST_YEAR, LAST_YEAR = 1970, 2199
 
 
 def register(cli: click.Group) -> None:
@@ -41,6 +44,8 @@ def parse_instant(text: str, tz: str, option: str) -> datetime:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise click.BadParameter(f"'{text}' is not an ISO 8601 date or time", param_hint=option) from None
+    if not FIRST_YEAR <= value.year <= LAST_YEAR:
+        raise click.BadParameter(f"'{text}' is outside the years {FIRST_YEAR}-{LAST_YEAR}", param_hint=option)
     if value.tzinfo is None:
         value = value.replace(tzinfo=ZoneInfo(tz))
     return value.astimezone(UTC)
@@ -65,7 +70,7 @@ def explain_cmd(account: str, at_text: str | None, config_path: Path, as_json: b
     from gateway.policy.explain import explain
 
     with opened_store(config_path, readonly=True) as (cfg, store):
-        at = parse_instant(at_text, cfg.timezone, "--at") if at_text else datetime.now(UTC)
+        at = parse_instant(at_text, cfg.timezone, "--at") if at_text is not None else datetime.now(UTC)
         parts = build_components(cfg, config_path, store)
         meters = [r[0] for r in store.all("SELECT id FROM meters WHERE account_id = ? ORDER BY id", account)]
         if not meters and store.one("SELECT 1 FROM meters WHERE id = ?", account):
@@ -119,7 +124,7 @@ def explain_cmd(account: str, at_text: str | None, config_path: Path, as_json: b
 )
 @click.option(
     "--hours",
-    type=click.FloatRange(0.1, MAX_ORDER_HOURS),
+    type=FiniteFloat(0.1, MAX_ORDER_HOURS),
     default=24.0,
     show_default=True,
     help="How long the order overrides the automatic policy.",
@@ -335,8 +340,8 @@ def audit_export(
 ) -> None:
     """Export audit events in [--from, --to) with actor, timestamps and each action's rule trace."""
     with opened_store(config_path, readonly=True) as (cfg, store):
-        start = parse_instant(from_text, cfg.timezone, "--from") if from_text else None
-        end = parse_instant(to_text, cfg.timezone, "--to") if to_text else None
+        start = parse_instant(from_text, cfg.timezone, "--from") if from_text is not None else None
+        end = parse_instant(to_text, cfg.timezone, "--to") if to_text is not None else None
         if start and end and end <= start:
             raise click.BadParameter(f"--to {to_text} is not after --from {from_text}", param_hint="--to")
         # Stored instants vary in precision ('…:00Z' sorts after '…:00.5Z'), so SQL narrows coarsely

@@ -8,6 +8,7 @@ consumer that checks sequence continuity and deduplicates.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 import threading
@@ -17,7 +18,7 @@ from typing import Any
 
 import click
 
-from gateway.cli.common import CliFailure
+from gateway.cli.common import CliFailure, FiniteFloat
 from gateway.sync.signing import (
     generate_key,
     key_id_for,
@@ -26,6 +27,8 @@ from gateway.sync.signing import (
     sign_command,
     write_private_key,
 )
+
+KEY_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
 
 @click.group()
@@ -72,8 +75,12 @@ def command_sign(key_file: Path, key_id: str | None, source: Any) -> None:
         body = json.loads(source.read())
     except ValueError as exc:
         raise CliFailure(f"{getattr(source, 'name', 'input')}: not JSON ({exc})", 2) from None
+    except RecursionError:  # json.loads of 100,000 nested brackets
+        raise CliFailure(f"{getattr(source, 'name', 'input')}: JSON nested too deeply", 2) from None
     if not isinstance(body, dict):
         raise CliFailure("a command is a JSON object", 2)
+    if key_id is not None and not KEY_ID.match(key_id):
+        raise CliFailure(f"--key-id {key_id!r} is not a key id (letters, digits, '_', '.', ':', '-')", 2)
     key = load_private_key(key_file)
     click.echo(
         json.dumps(sign_command(body, key, key_id or key_id_for(key.public_key())), ensure_ascii=False)
@@ -87,7 +94,7 @@ def hq() -> None:
 
 @hq.command("tail")
 @click.option("--host", required=True)
-@click.option("--port", type=int, default=8883, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8883, show_default=True)
 @click.option("--plaintext", is_flag=True, help="Connect without TLS (must be asked for explicitly).")
 @click.option("--ca-file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--cert", "cert_file", type=click.Path(exists=True, dir_okay=False))
@@ -102,8 +109,8 @@ def hq() -> None:
 @click.option(
     "--client-id", default="pmg-hq", show_default=True, help="Stable id: the broker keeps the session."
 )
-@click.option("--count", type=int, help="Exit after this many new messages.")
-@click.option("--idle-exit", type=float, help="Exit after this many seconds without a message.")
+@click.option("--count", type=click.IntRange(1, 10**9), help="Exit after this many new messages.")
+@click.option("--idle-exit", type=FiniteFloat(min=0, max=10**7), help="Exit after this many seconds without a message.")
 @click.option("--quiet", is_flag=True, help="Do not print messages, only the summary.")
 def hq_tail(
     host: str,

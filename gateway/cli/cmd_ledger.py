@@ -9,7 +9,16 @@ from typing import Any
 
 import click
 
-from gateway.cli.common import CliFailure, config_option, emit_json, emit_table, json_option, opened_store
+from gateway.cli.common import (
+    AuditText,
+    CliFailure,
+    MoneyText,
+    config_option,
+    emit_json,
+    emit_table,
+    json_option,
+    opened_store,
+)
 from gateway.ledger.accounts import balance_minor
 from gateway.ledger.chain_check import BadHead, parse_head
 from gateway.ledger.verify import verify
@@ -150,25 +159,12 @@ def payment() -> None:
     """Record payments taken locally (cash at a mini-grid office)."""
 
 
-def _given_payment_id(value: str | None) -> str | None:
-    """An explicit ``--id`` must be a usable key: an empty one used to fall back to a fresh UUID on
-    every retry, so the retry the id exists to make harmless applied the money twice."""
-    if value is not None and not value.strip():
-        raise click.BadParameter("must not be empty (omit --id for a new payment id)", param_hint="'--id'")
-    return value
-
-
 @payment.command("add")
 @config_option
 @click.argument("account")
-@click.argument("amount")
-@click.option(
-    "--id",
-    "payment_id",
-    callback=lambda _ctx, _param, value: _given_payment_id(value),
-    help="Payment id (idempotence key; default: a new UUID).",
-)
-@click.option("--actor", required=True, help="Who took the payment (recorded in the audit log).")
+@click.argument("amount", type=MoneyText())
+@click.option("--id", "payment_id", type=AuditText(128), help="Payment id (idempotence key; default: a new UUID).")
+@click.option("--actor", required=True, type=AuditText(), help="Who took the payment (recorded in the audit log).")
 @json_option
 def payment_add(
     config_path: Path, account: str, amount: str, payment_id: str | None, actor: str, as_json: bool
@@ -246,11 +242,11 @@ _SUPPLY_TEXT = {
 @ledger.command("debt")
 @config_option
 @click.argument("account")
-@click.argument("amount")
-@click.option("--id", "debt_id", help="Debt id (idempotence key; default: a new UUID).")
+@click.argument("amount", type=MoneyText())
+@click.option("--id", "debt_id", type=AuditText(128), help="Debt id (idempotence key; default: a new UUID).")
 @click.option("--share", help="Share of each later top-up recovered towards the debt, e.g. 0.25.")
-@click.option("--reason", required=True, help="Why the customer owes this (audited).")
-@click.option("--actor", required=True, help="Who records it (audited).")
+@click.option("--reason", required=True, type=AuditText(), help="Why the customer owes this (audited).")
+@click.option("--actor", required=True, type=AuditText(), help="Who records it (audited).")
 def ledger_debt(
     config_path: Path,
     account: str,
@@ -285,17 +281,21 @@ def ledger_debt(
     )
 
 
-@ledger.command("adjust")
+# A correction is negative ("-3.50"): click must take it as the AMOUNT, not as an unknown option.
+@ledger.command("adjust", context_settings={"ignore_unknown_options": True})
 @config_option
 @click.argument("account")
-@click.argument("amount")
-@click.option("--id", "adjustment_id", help="Adjustment id (idempotence key; default: a new UUID).")
-@click.option("--reason", required=True, help="Why (audited).")
-@click.option("--actor", required=True, help="Who (audited).")
+@click.argument("amount", type=MoneyText())
+@click.option("--id", "adjustment_id", type=AuditText(128), help="Adjustment id (idempotence key; default: a new UUID).")
+@click.option("--reason", required=True, type=AuditText(), help="Why (audited).")
+@click.option("--actor", required=True, type=AuditText(), help="Who (audited).")
 def ledger_adjust(
     config_path: Path, account: str, amount: str, adjustment_id: str | None, reason: str, actor: str
 ) -> None:
-    """Correct ACCOUNT's balance by a signed AMOUNT (refund "12.00", correction "-3.50")."""
+    """Correct ACCOUNT's balance by a signed AMOUNT (refund "12.00", correction "-3.50").
+
+    A negative AMOUNT is written as is: ``pmg ledger adjust A1 -3.50 --reason … --actor …``.
+    """
     from gateway.ledger.credit import post_adjustment
     from gateway.timeutil import system_clock
 
@@ -338,8 +338,8 @@ def _pricer_for(cfg: Any, config_path: Path, store: Any, meter_id: str) -> tuple
 @click.option(
     "--rebaseline", "mode", flag_value="rebaseline", help="The register was reset: restart from it."
 )
-@click.option("--reason", required=True, help="What the technician found (audited).")
-@click.option("--actor", required=True, help="Who decides (audited).")
+@click.option("--reason", required=True, type=AuditText(), help="What the technician found (audited).")
+@click.option("--actor", required=True, type=AuditText(), help="Who decides (audited).")
 @json_option
 def meter_accept(
     config_path: Path, meter_id: str, mode: str | None, reason: str, actor: str, as_json: bool
@@ -386,13 +386,13 @@ def meter_accept(
 @click.option(
     "--final-register",
     "final_wh",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=2**63 - 1),  # SQLite's INTEGER; the meter's modulus is checked below
     required=True,
     help="The old meter's final import register in Wh (read off its display).",
 )
 @click.option("--new-address", required=True, help="The new meter's address.")
-@click.option("--reason", required=True, help="Why it was replaced (audited).")
-@click.option("--actor", required=True, help="Who replaced it (audited).")
+@click.option("--reason", required=True, type=AuditText(), help="Why it was replaced (audited).")
+@click.option("--actor", required=True, type=AuditText(), help="Who replaced it (audited).")
 @json_option
 def meter_replace(
     config_path: Path, meter_id: str, final_wh: int, new_address: str, reason: str, actor: str, as_json: bool
@@ -406,7 +406,13 @@ def meter_replace(
     from gateway.timeutil import system_clock
 
     with opened_store(config_path) as (cfg, store):
-        book, _ = _pricer_for(cfg, config_path, store, meter_id)
+        book, modulus = _pricer_for(cfg, config_path, store, meter_id)
+        if final_wh >= modulus:  # a register counts modulo its modulus: no display shows more
+            raise CliFailure(
+                f"--final-register {final_wh} Wh is not below the register modulus of meter "
+                f"'{meter_id}' ({modulus} Wh)",
+                2,
+            )
         with store.tx() as conn:
             res = replace_meter(
                 conn,

@@ -46,11 +46,27 @@ def _emit(fmt: str, title: str, columns: list[str], rows: list[list[Any]], as_js
         emit_table(title, columns, rows)
 
 
+# Report days: the ledger's era, bounded so period arithmetic stays inside ``date``'s range, and a
+# span a report can list (a day report of centuries would print millions of rows).
+FIRST_YEAR, LAST_YEAR = 1970, 2199
+MAX_SPAN_DAYS = {"day": 3_660, "week": 36_600, "dekad": 36_600, "month": 36_600}
+
+
+def _check_day(day: datetime | None, option: str) -> None:
+    if day is not None and not FIRST_YEAR <= day.year <= LAST_YEAR:
+        raise CliFailure(f"{option} {day.date().isoformat()} is outside the years {FIRST_YEAR}-{LAST_YEAR}", 2)
+
+
 def _dates(tz: Any, period: Period, first: datetime | None, last: datetime | None) -> tuple[date, date]:
+    _check_day(first, "--from")
+    _check_day(last, "--to")
     to = last.date() if last else system_clock().astimezone(tz).date()
     frm = first.date() if first else (to.replace(month=1, day=1) if period == "month" else to.replace(day=1))
     if frm > to:
         raise CliFailure(f"--from {frm.isoformat()} is after --to {to.isoformat()}", 2)
+    span = MAX_SPAN_DAYS.get(period, 3_660)
+    if (to - frm).days >= span:
+        raise CliFailure(f"a {period} report spans at most {span} days (ask for a longer --period)", 2)
     return frm, to
 
 
@@ -83,7 +99,7 @@ def report(
         return
     with opened_store(config_path, readonly=True) as (cfg, store):
         frm, to = _dates(cfg.tz, period, first, last)
-        if account and store.one("SELECT 1 FROM accounts WHERE id = ?", account) is None:
+        if account is not None and store.one("SELECT 1 FROM accounts WHERE id = ?", account) is None:
             raise CliFailure(f"no account '{account}'", 2)
         rows = usage_report(store.conn, cfg.tz, period, frm, to, account)
     d = cfg.minor_digits
@@ -146,6 +162,8 @@ def collection(config_path: Path, first: datetime | None, last: datetime | None,
     """Accounts per warning level and risk grade, arrears, cuts, reconnections, payments, time to power."""
     from datetime import timedelta
 
+    _check_day(first, "--from")
+    _check_day(last, "--to")
     with opened_store(config_path, readonly=True) as (cfg, store):
         tz = cfg.tz
         since = first.replace(tzinfo=tz) if first else None

@@ -9,7 +9,7 @@ import click
 
 from drivers.base import Point, Quality
 from drivers.factory import LinkSettings, make_link, make_meter
-from gateway.cli.common import CliFailure, emit_json, emit_table, json_option
+from gateway.cli.common import CliFailure, FiniteFloat, emit_json, emit_table, json_option
 
 ALL_POINTS = frozenset(Point)
 
@@ -45,7 +45,7 @@ def _link_options(f: Any) -> Any:
     f = click.option(
         "--timeout",
         "timeout_s",
-        type=click.FloatRange(0.05, 30),
+        type=FiniteFloat(0.05, 30),
         default=1.0,
         show_default=True,
         help="Response timeout in seconds.",
@@ -154,7 +154,7 @@ def scan(
     from rich.progress import Progress
 
     # Arguments are checked before the bus is touched.
-    dlt_todo = _dlt_addresses(addresses) if protocol == "dlt645" and addresses else None
+    dlt_todo = _dlt_addresses(addresses) if protocol == "dlt645" and addresses is not None else None
     unit_list = _parse_units(units) if protocol == "modbus" else []
 
     async def go(progress: Progress) -> list[str]:

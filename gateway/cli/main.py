@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sqlite3
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -20,6 +20,7 @@ from gateway import __version__
 from gateway.cli.common import CliFailure
 from gateway.service import AlreadyRunning
 from gateway.store.db import StoreError
+from gateway.textsafe import one_line
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -29,10 +30,24 @@ EXIT_LOCKED = 3
 class PmgGroup(click.Group):
     """Turns the product's errors into one line on stderr and an exit status."""
 
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        try:  # ``pmg``'s own options (``pmg --nope``) are parsed here, before ``invoke``
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            _fail(exc.format_message(), EXIT_USAGE)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # ``pmg ledger`` alone: click prints the group's help
         except click.UsageError as exc:  # a malformed argument: one line, not click's usage block
+            _fail(exc.format_message(), EXIT_USAGE)
+        except click.ClickException as exc:  # an unreadable file argument (click.File)
             _fail(exc.format_message(), EXIT_USAGE)
         except TomlError as exc:
             _fail(str(exc), EXIT_USAGE)
@@ -46,12 +61,17 @@ class PmgGroup(click.Group):
             _fail(str(exc), EXIT_FAILED)
         except (ValueError, LookupError) as exc:
             _fail(str(exc), EXIT_USAGE)
+        except RecursionError:  # 100,000 nested brackets in a JSON or TOML input
+            _fail("input is nested too deeply", EXIT_USAGE)
+        except ArithmeticError as exc:  # OverflowError, decimal.InvalidOperation: a value out of range
+            _fail(f"a value is out of range ({exc or type(exc).__name__})", EXIT_USAGE)
         except OSError as exc:
             _fail(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", EXIT_FAILED)
 
 
-def _fail(message: str, status: int) -> None:
-    click.echo(f"pmg: error: {message}", err=True)
+def _fail(message: str, status: int) -> NoReturn:
+    # One line whatever the message carries (an id with a newline, a file's content): escaped.
+    click.echo(f"pmg: error: {one_line(message, 1000)}", err=True)
     sys.exit(status)
 
 

@@ -12,6 +12,14 @@ Order of checks, and why:
 5. freshness (``expires_at`` passed, ``issued_at`` in the future beyond clock skew, lifetime);
 6. the type's own validation, then one transaction: the change, the ``commands`` row and the ack in
    the outbox (topic ``acks``) commit together or not at all.
+
+A flood of rejected commands (anyone who can publish to the broker can send garbage) is rate-limited
+per rejection code (``ratelimit.RejectionLimiter``, ``[mqtt] rejected_commands_per_minute``): the
+unstored acks and the warning lines beyond the rate are dropped and summed up in one line, "N
+rejected commands suppressed", at most every ``SUMMARY_S``.  Every id and reason an attacker chose
+is escaped before it is logged (``textsafe.one_line``): a newline or an ANSI escape in a command id
+cannot forge a log line.  Oversized commands never get here: the link asks the broker for a maximum
+packet size (docs/mqtt.md).
 """
 
 from __future__ import annotations
@@ -29,7 +37,9 @@ from gateway.store.db import dumps
 from gateway.sync import outbox
 from gateway.sync.command_models import MODELS, Envelope, first_error
 from gateway.sync.command_types import HANDLERS, Applied, CommandRejected
+from gateway.sync.ratelimit import RejectionLimiter
 from gateway.sync.signing import SigningError, Verifier, digest
+from gateway.textsafe import one_line
 from gateway.timeutil import iso
 
 if TYPE_CHECKING:
@@ -41,6 +51,8 @@ MAX_COMMAND_BYTES = 64 * 1024
 CLOCK_SKEW = timedelta(minutes=5)
 MAX_LIFETIME = timedelta(days=7)
 ACK_SCHEMA = "pmg.ack/1"
+SUMMARY_S = 60.0  # at most one "N rejected commands suppressed" line this often
+DEFAULT_REJECTIONS_PER_MINUTE = 60
 
 __all__ = ["MAX_COMMAND_BYTES", "CommandProcessor", "CommandRejected"]
 
@@ -54,6 +66,11 @@ class CommandProcessor:
         self._verifier = Verifier({})
         self.verifier  # noqa: B018 - a bad key in the configuration fails here, at start
         self._busy: dict[str, asyncio.Lock] = {}
+        mqtt = gateway.cfg.mqtt
+        rate = mqtt.rejected_commands_per_minute if mqtt is not None else DEFAULT_REJECTIONS_PER_MINUTE
+        self.limiter = RejectionLimiter(rate)
+        self.summary_s = SUMMARY_S
+        self._summary_pending = False
 
     @property
     def verifier(self) -> Verifier:
@@ -71,11 +88,10 @@ class CommandProcessor:
             raw = self._authenticate(kind, payload)
         except CommandRejected as exc:
             cmd_id = _peek_id(payload)
-            log.warning(
-                "command rejected type=%.32s id=%.64s code=%s reason=%s", kind, cmd_id, exc.code, exc.reason
-            )
             ack = self._ack(cmd_id, kind, "rejected", now, code=exc.code, reason=exc.reason)
-            self._publish_unstored(ack)
+            if self._allow(exc.code):  # unauthenticated: a flood costs neither log lines nor acks
+                _log_rejected(kind, cmd_id, exc.code, exc.reason)
+                self._publish_unstored(ack)
             return ack
         cmd_id = str(raw["id"])
         lock = self._busy.setdefault(cmd_id, asyncio.Lock())
@@ -83,7 +99,7 @@ class CommandProcessor:
             async with lock:  # the same id twice at once: the second sees the first's result as a replay
                 return await self._authenticated(kind, raw, now)
         except Exception as exc:  # a fault of ours (database full, a bug): say so, remember nothing
-            log.exception("command failed type=%s id=%s", kind, cmd_id)
+            log.exception("command failed type=%s id=%s", _inert(kind, 32), _inert(cmd_id, 128))
             ack = self._ack(cmd_id, kind, "failed", now, code="error", reason=f"gateway error: {exc}"[:300])
             self._publish_unstored(ack)
             return ack
@@ -182,7 +198,7 @@ class CommandProcessor:
             if pending is not None:
                 await pending
         gw._notify_outbox()
-        log.info("command applied type=%s id=%s status=%s", kind, cmd_id, applied.status)
+        log.info("command applied type=%s id=%s status=%s", kind, _inert(cmd_id, 128), applied.status)
         return ack
 
     # -- acks ---------------------------------------------------------------------------------------
@@ -225,7 +241,8 @@ class CommandProcessor:
         self, cmd_id: str, kind: str, dig: str, now: datetime, exc: CommandRejected
     ) -> dict[str, Any]:
         """An authenticated command refused on its merits: remember the refusal so a replay gets it again."""
-        log.warning("command rejected type=%s id=%s code=%s reason=%s", kind, cmd_id, exc.code, exc.reason)
+        if self._allow(exc.code):
+            _log_rejected(kind, cmd_id, exc.code, exc.reason)
         ack = self._ack(cmd_id, kind, "rejected", now, code=exc.code, reason=exc.reason)
         with self.gateway.store.tx() as conn:
             self._store(conn, cmd_id, kind, dig, now, ack)
@@ -234,17 +251,55 @@ class CommandProcessor:
 
     def _reject(self, cmd_id: str, kind: str, now: datetime, code: str, reason: str) -> dict[str, Any]:
         """Refused without remembering (the id may still arrive legitimately): ack via the outbox."""
-        log.warning("command rejected type=%s id=%s code=%s reason=%s", kind, cmd_id, code, reason)
+        if self._allow(code):
+            _log_rejected(kind, cmd_id, code, reason)
         ack = self._ack(cmd_id, kind, "rejected", now, code=code, reason=reason)
         with self.gateway.store.tx() as conn:
             self._queue_ack(conn, ack, now)
         self.gateway._notify_outbox()
         return ack
 
+    # -- flood control ------------------------------------------------------------------------------
+    def _allow(self, code: str) -> bool:
+        """Whether this rejection may be logged (and, unauthenticated, acknowledged); if not, a
+        summary line is due within ``summary_s``."""
+        mqtt = self.gateway.cfg.mqtt  # a SIGHUP reload may change the rate
+        if mqtt is not None:
+            self.limiter.rate_per_minute = mqtt.rejected_commands_per_minute
+        if self.limiter.allow(code):
+            return True
+        if not self._summary_pending:
+            self._summary_pending = True
+            asyncio.get_running_loop().call_later(self.summary_s, self.log_summary)
+        return False
+
+    def log_summary(self) -> None:
+        """Log "N rejected commands suppressed (code=n, …)" for what the limiter held back."""
+        self._summary_pending = False
+        line = self.limiter.take_summary()
+        if line is not None:
+            log.warning("%s in the last %g s", line, self.summary_s)
+
     def _publish_unstored(self, ack: dict[str, Any]) -> None:
         link = self.gateway.mqtt
         if link is not None:
             link.publish_raw("acks", {**ack, "gateway_id": self.gateway.cfg.gateway_id})
+
+
+def _inert(text: object, limit: int) -> str:
+    """Attacker-chosen text for a log line: control characters escaped, and ``=`` too, so an id like
+    ``x meter=m1`` cannot pose as one of the line's logfmt fields (``gateway.logfmt``)."""
+    return one_line(text, limit).replace("=", "\\x3d")
+
+
+def _log_rejected(kind: str, cmd_id: str | None, code: str, reason: str | None) -> None:
+    log.warning(
+        "command rejected type=%s id=%s code=%s reason=%s",
+        _inert(kind, 32),
+        _inert(cmd_id, 128),
+        code,
+        _inert(reason, 300),
+    )
 
 
 def _no_constant(name: str) -> Any:

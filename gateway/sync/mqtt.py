@@ -361,6 +361,9 @@ class MqttLink:
     def _connect_properties(self) -> Properties:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_S
+        # MQTT 5 §3.1.2.11.4: the broker must not send a larger packet; it drops it instead, so an
+        # oversized command (64 MB from anyone who may publish) is never read into our memory.
+        props.MaximumPacketSize = self.cfg.max_packet_bytes
         return props
 
     def _wakeup(self) -> None:
