@@ -1,6 +1,6 @@
 """The daemon: wires buses, ledger, policy, enforcer and head-office sync into one asyncio process.
 
-Data flows one way (DESIGN.md): a bus worker's reading is charged, the account re-decided and any
+Data flows one way (README, "How it is built"): a bus worker's reading is charged, the account re-decided and any
 relay command queued — all in one transaction — then the enforcer and the MQTT link are woken.
 Timed work (policy reviews for notices and windows, daily settlement, housekeeping) runs on
 apscheduler; the systemd watchdog is fed from the bus workers' heartbeats.

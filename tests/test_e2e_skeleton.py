@@ -1,4 +1,4 @@
-"""Issue 2 acceptance: one simulated meter on a pty, end to end through the real daemon.
+"""Acceptance: one simulated meter on a pty, end to end through the real daemon.
 
 simulated DL/T 645 meter on a pty → daemon → ledger balance falls by exactly energy × price → trip
 command reaches the simulator, whose relay opens and whose energy stops growing → usage messages

@@ -1,7 +1,7 @@
 """A year of the Zhejiang residential block + peak/valley tariff against a figure worked by hand.
 
-Tariff numbers: /work/shared/domain/prepaid-rules.md (Zhejiang residential), see
-config/tariffs/zhejiang-residential.toml.
+Tariff numbers: docs/sources/tariffs.md (Zhejiang residential), see
+gateway/tariffs/examples/zhejiang-residential.toml.
 """
 
 from __future__ import annotations

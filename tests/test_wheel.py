@@ -1,7 +1,7 @@
 """The wheel carries its own data: meter profiles and example tariffs, used from outside the checkout.
 
 Profiles used to be found through an environment variable or by walking up from the source tree to
-``config/profiles``, which an installed wheel does not have: ``pmg read --profile sdm120`` worked only
+``config/profiles`` (now ``drivers/modbus/profiles``, package data), which an installed wheel does not have: ``pmg read --profile sdm120`` worked only
 from a checkout.  This builds the wheel from a copy of the sources, installs it (``--no-deps
 --no-index``) into a fresh venv whose dependencies come from the current environment's site-packages
 (a ``.pth`` line: the nested ``.pth`` files there, such as an editable install of this project, are not

@@ -10,7 +10,7 @@ transaction rather than doubling a charge.
 
 Standing charges are rounded cumulatively per account, as energy charges are per meter: each entry is
 ``round_half_even(cumulative exact) − cumulative posted``.  They are charged whatever the account's
-state — also during emergency credit and while disconnected (prepaid-rules.md, UK practice).
+state — also during emergency credit and while disconnected (UK practice: docs/sources/rules.md, `uk`).
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ class FleetBus(_Strict):
     meters: int = Field(ge=1, le=999)
     start_address: int = Field(1, ge=1)
     profile: str | None = None
-    """Modbus meter profile (``config/profiles/NAME.toml``); required for Modbus, refused for DL/T 645."""
+    """Modbus meter profile (a shipped one, ``drivers/modbus/profiles/NAME.toml``, or a path); required for Modbus, refused for DL/T 645."""
     load_w: list[int] = Field(default_factory=lambda: [500], min_length=1, max_length=24)
     """Power drawn while the relay is closed: one value, or 24 values by local hour."""
     vary_load: bool = True
