@@ -108,3 +108,30 @@ def test_a_missing_profile_or_directory_stops_the_load(
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert str(err.value).startswith(f"{path}:{line}: {fragment}"), str(err.value)
+
+
+def test_sighup_applies_a_good_risk_section_and_keeps_the_running_one_on_a_bad_value(tmp_path: Path) -> None:
+    import asyncio
+
+    from gateway_harness import offline_config
+
+    from gateway.daemon import Gateway
+
+    cfg_path = offline_config(tmp_path, 1)
+    body = cfg_path.read_text()
+
+    async def main() -> None:
+        gw = Gateway(cfg_path, load_config(cfg_path))
+        await gw.start()
+        try:
+            assert gw.cfg.risk.no_payment_days == 30
+            cfg_path.write_text(body + "\n[risk]\nno_payment_days = 10\n")
+            assert await gw.reload() is True
+            assert gw.cfg.risk.no_payment_days == 10
+            cfg_path.write_text(body + "\n[risk]\nno_payment_days = 0\n")  # below the minimum of 1
+            assert await gw.reload() is False
+            assert gw.cfg.risk.no_payment_days == 10  # the running configuration is kept
+        finally:
+            await gw.stop()
+
+    asyncio.run(main())
