@@ -10,6 +10,7 @@ processed), and reads a simulated SDM120 over Modbus TCP from a temporary direct
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import selectors
@@ -20,6 +21,7 @@ import sysconfig
 import time
 import venv
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,18 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
+def _can_build_here() -> bool:
+    """setuptools ≥ 68 (pyproject's build requirement) with a ``bdist_wheel`` command: built in since
+    setuptools 70.1, else from the ``wheel`` package."""
+    try:
+        version = tuple(int(p) for p in metadata.version("setuptools").split(".")[:2])
+    except (metadata.PackageNotFoundError, ValueError):
+        return False
+    if version < (68, 0):
+        return False
+    return version >= (70, 1) or importlib.util.find_spec("wheel") is not None
+
+
 def _build_wheel(tmp_path: Path) -> Path:
     src = tmp_path / "src"  # a copy, so the build leaves nothing (build/, *.egg-info) in the checkout
     src.mkdir()
@@ -50,8 +64,10 @@ def _build_wheel(tmp_path: Path) -> Path:
     for package in ("gateway", "drivers", "simulators"):
         shutil.copytree(REPO / package, src / package, ignore=ignore)
     dist = tmp_path / "dist"
+    # Offline when this environment can build wheels itself; otherwise pip fetches the build backend.
+    isolation = ["--no-build-isolation"] if _can_build_here() else []
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(src), "-w", str(dist), "--no-deps", "-q"],
+        [sys.executable, "-m", "pip", "wheel", str(src), "-w", str(dist), "--no-deps", "-q", *isolation],
         capture_output=True,
         text=True,
         timeout=180,

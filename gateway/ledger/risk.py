@@ -1,4 +1,5 @@
-"""Risk grade per account: the founding paper's three warning levels, from data the ledger holds.
+"""Risk grade per account: three warning levels (why three: docs/sources/rules.md, "Why three warning
+levels"), from data the ledger holds.
 
 The rule (defaults below; every number configurable in the ``[risk]`` section of the gateway
 configuration, validated with the rest of it — ``gateway.config.RiskConfig``):
