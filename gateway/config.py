@@ -361,9 +361,11 @@ def _cross_check(cfg: GatewayConfig, file: Path, text: str) -> None:
             fail(("meters", i), 'a Modbus meter needs a profile (e.g. profile = "sdm120")')
         else:
             try:
-                find_profile(meter.profile, cfg.profile_dirs)
+                found = find_profile(meter.profile, cfg.profile_dirs)
             except ValueError as exc:
                 fail(("meters", i, "profile"), str(exc))
+            if not found.is_file():
+                fail(("meters", i, "profile"), f"no such profile file: {found}")
         key = (meter.bus, normal)
         if key in addresses:
             fail(
@@ -410,7 +412,18 @@ def load_config(file: str | Path) -> GatewayConfig:
         raise ConfigError(err.file, err.line, err.where, err.reason) from None
     except RecursionError:
         raise ConfigError(path, None, "", "nested too deeply") from None
-    # Relative profile directories are relative to the file, like every other path in it.
-    cfg = cfg.model_copy(update={"profile_dirs": [str(resolve(path, d)) for d in cfg.profile_dirs]})
+    # Relative profile directories (and a profile given as a path) are relative to the file, like every
+    # other path in it, not to the working directory.
+    from drivers.modbus.profile import looks_like_path
+
+    meters = [
+        m.model_copy(update={"profile": str(resolve(path, m.profile))})
+        if m.profile is not None and looks_like_path(m.profile)
+        else m
+        for m in cfg.meters
+    ]
+    cfg = cfg.model_copy(
+        update={"profile_dirs": [str(resolve(path, d)) for d in cfg.profile_dirs], "meters": meters}
+    )
     _cross_check(cfg, path, text)
     return cfg

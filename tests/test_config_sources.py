@@ -98,6 +98,7 @@ def test_profile_dirs_add_a_sites_own_profiles_relative_to_the_file(tmp_path: Pa
     [
         ('profile_dirs = ["nowhere"]\n', None, 1, "profile_dirs[0]: no such directory"),
         ("", ('profile = "sdm120"', 'profile = "sdm121"'), 26, "meters[1].profile: unknown meter profile 'sdm121'"),
+        ("", ('profile = "sdm120"', 'profile = "nowhere/x.toml"'), 26, "meters[1].profile: no such profile file: "),
     ],
 )
 def test_a_missing_profile_or_directory_stops_the_load(
@@ -135,3 +136,15 @@ def test_sighup_applies_a_good_risk_section_and_keeps_the_running_one_on_a_bad_v
             await gw.stop()
 
     asyncio.run(main())
+
+
+def test_a_profile_given_as_a_path_is_relative_to_the_file_not_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "mine.toml").write_text(SITE_PROFILE)
+    path = write(tmp_path, GOOD.replace('profile = "sdm120"', 'profile = "site/mine.toml"'))
+    monkeypatch.chdir(tmp_path / "site")  # a working directory where "site/mine.toml" does not exist
+    cfg = load_config(path)
+    m2 = next(m for m in cfg.meters if m.id == "m2")
+    assert cfg.profile_file(m2) == str(tmp_path / "site" / "mine.toml")

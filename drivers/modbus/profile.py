@@ -204,14 +204,15 @@ def list_profiles(extra: Sequence[str | Path] = ()) -> list[str]:
     return sorted({p.stem for d in search_dirs(extra) if d.is_dir() for p in d.glob("*.toml")})
 
 
-def _looks_like_path(name_or_path: str) -> bool:
+def looks_like_path(name_or_path: str) -> bool:
+    """A path (``site/x.toml``) rather than a profile name (``sdm120``)."""
     return os.sep in name_or_path or "/" in name_or_path or name_or_path.endswith(".toml")
 
 
 def find_profile(name_or_path: str, extra: Sequence[str | Path] = ()) -> Path:
     """The file a profile name (``sdm120``) or path stands for; a one-line ``ValueError`` for an
     unknown name (the message lists the known names and where it looked)."""
-    if _looks_like_path(name_or_path):
+    if looks_like_path(name_or_path):
         return Path(name_or_path)
     dirs = search_dirs(extra)
     for folder in dirs:
