@@ -163,7 +163,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=20, help="Rounds over every account per measurement.")
     ap.add_argument("--dir", type=Path, default=None, help="Where the databases go (default: the temp dir).")
     args = ap.parse_args()
-    book = TariffBook(load_tariff_dir(REPO / "config" / "tariffs"), WorkCalendar("Asia/Shanghai", "CN"))
+    book = TariffBook(load_tariff_dir(REPO / "gateway" / "tariffs" / "examples"), WorkCalendar("Asia/Shanghai", "CN"))
     figures = {}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         for days in (args.short_days, args.days):

@@ -182,7 +182,7 @@ def main() -> None:
         help="Also measure N readings per commit (a bus's poll round), for comparison.",
     )
     args = ap.parse_args()
-    book = TariffBook(load_tariff_dir(REPO / "config" / "tariffs"), WorkCalendar("Asia/Shanghai", "CN"))
+    book = TariffBook(load_tariff_dir(REPO / "gateway" / "tariffs" / "examples"), WorkCalendar("Asia/Shanghai", "CN"))
     best = {"ledger": 0.0, "replay": 0.0, "pages": 0.0, "one_row": 0.0}
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory(dir=args.dir) as tmp:

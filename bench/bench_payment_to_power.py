@@ -67,7 +67,7 @@ POLICY = IMMEDIATE_POLICY_TOML.replace('mode = "direct_close"\n', 'mode = "direc
 def config(tmp: Path, url: str, meters: int, poll_s: float, mqtt_port: int) -> Path:
     body = (
         f'gateway_id = "bench"\ntimezone = "Asia/Shanghai"\ndatabase = "{tmp / "pmg.db"}"\ncurrency = "CNY"\n'
-        f'tariff_dir = "{REPO / "config" / "tariffs"}"\n'
+        f'tariff_dir = "{REPO / "gateway" / "tariffs" / "examples"}"\n'
         f'\n[mqtt]\nhost = "127.0.0.1"\nport = {mqtt_port}\ntls = false\nallow_plaintext = true\n'
         f'\n[mqtt.command_keys]\n"{HQ_KEY_ID}" = "{public_key_b64(HQ_KEY.public_key())}"\n'
         f"{POLICY}\n"

@@ -55,5 +55,5 @@ def _caps(cfg: GatewayConfig, meter: MeterConfig) -> MeterCaps:
         return MeterCaps(controllable=True, supports_load_limit=False, supports_keep_power=True)
     from drivers.modbus.profile import load_profile
 
-    profile = load_profile(meter.profile or "")
+    profile = load_profile(cfg.profile_file(meter) or "")
     return MeterCaps(controllable=profile.relay is not None)

@@ -9,6 +9,7 @@ refuses to start on any of these; on SIGHUP the old configuration is kept.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -188,6 +189,38 @@ class TimeConfig(Strict):
     """Meter clocks needed on a bus before their majority counts as a witness."""
 
 
+class RiskConfig(Strict):
+    """``[risk]``: the three warning levels of the risk grade (gateway/ledger/risk.py; docs/ledger.md,
+    "Risk grade").  Validated with the rest of the file, so a typo stops ``run --check`` and start
+    with one line and is refused on SIGHUP, instead of being found by every settlement run."""
+
+    days_left: tuple[Decimal, Decimal, Decimal] = (Decimal(14), Decimal(7), Decimal(3))
+    """Base grade 1, 2, 3 at or below these days of credit left (must not increase)."""
+    no_payment_days: int = Field(default=30, ge=1, le=3660)
+    recent_days: int = Field(default=7, ge=1, le=366)
+    baseline_days: int = Field(default=28, ge=1, le=3660)
+    consumption_rise: Decimal = Field(default=Decimal("0.5"), ge=0)
+    negative_balance_grade: int = Field(default=3, ge=0, le=3)
+
+    @field_validator("days_left", "consumption_rise", mode="before")
+    @classmethod
+    def _exact(cls, v: Any) -> Any:
+        for item in v if isinstance(v, list | tuple) else [v]:
+            if isinstance(item, float):
+                raise ValueError(f'write {item!r} as a string such as "{item}" (a TOML float is inexact)')
+        return v
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RiskConfig:
+        if any(d < 0 for d in self.days_left):
+            raise ValueError(f"days_left must not be negative (got {[str(d) for d in self.days_left]})")
+        if list(self.days_left) != sorted(self.days_left, reverse=True):
+            raise ValueError(
+                f"days_left must not increase from grade 1 to grade 3 (got {[str(d) for d in self.days_left]})"
+            )
+        return self
+
+
 class GatewayConfig(Strict):
     gateway_id: str = Field(pattern=_ID)
     timezone: str = "UTC"
@@ -195,6 +228,9 @@ class GatewayConfig(Strict):
     currency: str = Field("CNY", pattern=r"^[A-Z]{3}$")
     minor_digits: int = Field(2, ge=0, le=4)
     tariff_dir: str = "config/tariffs"
+    profile_dirs: list[str] = Field(default_factory=list)
+    """Directories of a site's own Modbus meter profiles, searched before the shipped ones."""
+    risk: RiskConfig = Field(default_factory=RiskConfig)
     mqtt: MqttConfig | None = None
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
@@ -222,6 +258,15 @@ class GatewayConfig(Strict):
 
     def meters_on(self, bus_id: str) -> list[MeterConfig]:
         return [m for m in self.meters if m.bus == bus_id]
+
+    def profile_file(self, meter: MeterConfig) -> str | None:
+        """The file of a Modbus meter's profile (``profile_dirs``, then the shipped ones); None for
+        DL/T 645.  ``load_config`` has checked that it exists."""
+        if meter.profile is None:
+            return None
+        from drivers.modbus.profile import find_profile
+
+        return str(find_profile(meter.profile, self.profile_dirs))
 
 
 _MONEY = re.compile(r"^[0-9]{1,12}(\.[0-9]{1,4})?$")  # ASCII digits: ``\d`` would take any script's
@@ -275,6 +320,16 @@ def _cross_check(cfg: GatewayConfig, file: Path, text: str) -> None:
         )
         raise ConfigError(file, locate(text, path), where, reason)
 
+    from drivers.modbus.profile import find_profile
+
+    for i, folder in enumerate(cfg.profile_dirs):
+        if not Path(folder).is_dir():
+            fail(("profile_dirs", i), f"no such directory: {folder}")
+    if (file.resolve().parent / "risk.toml").is_file():
+        fail(
+            ("risk",),
+            "risk.toml beside this file is no longer read: move its keys into the [risk] section and delete it",
+        )
     seen: dict[str, int] = {}
     for i, bus in enumerate(cfg.buses):
         if bus.id in seen:
@@ -304,6 +359,13 @@ def _cross_check(cfg: GatewayConfig, file: Path, text: str) -> None:
                 fail(("meters", i, "profile"), "profile applies to Modbus meters only")
         elif meter.profile is None:
             fail(("meters", i), 'a Modbus meter needs a profile (e.g. profile = "sdm120")')
+        else:
+            try:
+                found = find_profile(meter.profile, cfg.profile_dirs)
+            except ValueError as exc:
+                fail(("meters", i, "profile"), str(exc))
+            if not found.is_file():
+                fail(("meters", i, "profile"), f"no such profile file: {found}")
         key = (meter.bus, normal)
         if key in addresses:
             fail(
@@ -350,5 +412,18 @@ def load_config(file: str | Path) -> GatewayConfig:
         raise ConfigError(err.file, err.line, err.where, err.reason) from None
     except RecursionError:
         raise ConfigError(path, None, "", "nested too deeply") from None
+    # Relative profile directories (and a profile given as a path) are relative to the file, like every
+    # other path in it, not to the working directory.
+    from drivers.modbus.profile import looks_like_path
+
+    meters = [
+        m.model_copy(update={"profile": str(resolve(path, m.profile))})
+        if m.profile is not None and looks_like_path(m.profile)
+        else m
+        for m in cfg.meters
+    ]
+    cfg = cfg.model_copy(
+        update={"profile_dirs": [str(resolve(path, d)) for d in cfg.profile_dirs], "meters": meters}
+    )
     _cross_check(cfg, path, text)
     return cfg

@@ -1,6 +1,6 @@
 """The daemon: wires buses, ledger, policy, enforcer and head-office sync into one asyncio process.
 
-Data flows one way (DESIGN.md): a bus worker's reading is charged, the account re-decided and any
+Data flows one way (README, "How it is built"): a bus worker's reading is charged, the account re-decided and any
 relay command queued — all in one transaction — then the enforcer and the MQTT link are woken.
 Timed work (policy reviews for notices and windows, daily settlement, housekeeping) runs on
 apscheduler; the systemd watchdog is fed from the bus workers' heartbeats.
@@ -181,7 +181,7 @@ class Gateway:
             polled = [
                 PolledMeter(
                     m.id,
-                    make_meter(bus.protocol, link, m.address, m.profile, tz=self.cfg.tz, clock=self.clock),
+                    make_meter(bus.protocol, link, m.address, self.cfg.profile_file(m), tz=self.cfg.tz, clock=self.clock),
                     m.poll_interval_s or bus.poll_interval_s,
                 )
                 for m in self.cfg.meters_on(bus.id)

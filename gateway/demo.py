@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.demo_view import DemoView
+from gateway.tariffs.model import example_dir
 from gateway.timeutil import ScaledClock, iso, parse_iso
 from simulators.model import FastClock, LoadProfile, MeterModel
 
@@ -34,7 +35,6 @@ log = logging.getLogger("pmg.demo")
 
 TZ = ZoneInfo("Asia/Shanghai")
 START = datetime(2026, 12, 4, 8, 0, tzinfo=TZ)  # a Friday morning
-REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def _config(workdir: Path, dlt_port: str, modbus_port: str, mqtt_port: int | Non
         'timezone = "Asia/Shanghai"',
         f'database = "{workdir / "pmg.db"}"',
         'currency = "CNY"',
-        f'tariff_dir = "{REPO_CONFIG / "tariffs"}"',
+        f'tariff_dir = "{example_dir()}"',  # shipped in the wheel
         "",
         mqtt,
         '[policy]\npreset = "cn"\n[policy.overrides.notice]\nperiod = "P1D"\n'

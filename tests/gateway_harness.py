@@ -21,7 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from simulators.lab import IMMEDIATE_POLICY_TOML
 
 REPO = Path(__file__).resolve().parent.parent
-TARIFFS = REPO / "config" / "tariffs"
+TARIFFS = REPO / "gateway" / "tariffs" / "examples"
 
 FAST_POLICY = IMMEDIATE_POLICY_TOML  # no notice, no protected hours, a payment closes the relay
 

@@ -494,7 +494,7 @@ def _config_body(db: Path, tmp: Path, *, key: str | None = None, value: str | No
     base = base_config(db, gateway_id="gw-corpus").split("\n[policy]", 1)
     policy_tail = "[policy]" + base[1] if len(base) == 2 else ""
     lines = [f"{k} = {v}" for k, v in top.items()]
-    lines.append(f'tariff_dir = "{REPO / "config" / "tariffs"}"')
+    lines.append(f'tariff_dir = "{REPO / "gateway" / "tariffs" / "examples"}"')
     for section in ("mqtt", "housekeeping", "metrics"):
         lines.append(f"\n[{section}]")
         lines += [f"{k} = {v}" for k, v in tables[section].items()]

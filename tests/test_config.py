@@ -240,7 +240,7 @@ def test_money_settings_are_pinned_in_the_database(tmp_path: Path, setting: str,
             check_money_pins(store, "EUR" if setting == "currency" else "CNY", 0 if setting == "minor_digits" else 2)
     finally:
         store.close()
-    tariffs = REPO / "config" / "tariffs"
+    tariffs = REPO / "gateway" / "tariffs" / "examples"
     path = write(tmp_path, GOOD.replace('database = "pmg.db"', f'database = "pmg.db"\ntariff_dir = "{tariffs}"\n{text}', 1))
     for args in (("balance", "a1"), ("run", "--check"), ("run",)):
         done = _run_cli(tmp_path, *args, "--config", str(path))
@@ -255,7 +255,7 @@ def test_a_tariff_in_another_currency_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace('database = "pmg.db"', 'database = "pmg.db"\ncurrency = "GBP"', 1))
     (tmp_path / "config").mkdir()
     cfg = load_config(path)
-    cfg = cfg.model_copy(update={"tariff_dir": str(REPO / "config" / "tariffs")})
+    cfg = cfg.model_copy(update={"tariff_dir": str(REPO / "gateway" / "tariffs" / "examples")})
     with pytest.raises(ValueError, match="meter 'm1': tariff 'flat-cn' is in CNY, the gateway keeps accounts in GBP"):
         build_components(cfg, path, None)
 

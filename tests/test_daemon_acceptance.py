@@ -1,4 +1,4 @@
-"""Issue 8 acceptance: the daemon as systemd runs it — a real ``pmg run`` subprocess polling simulated
+"""Acceptance: the daemon as systemd runs it — a real ``pmg run`` subprocess polling simulated
 DL/T 645 meters served by a ``pmg sim dlt645 --tcp`` subprocess, with a real Mosquitto.
 
 - readiness, STATUS lines and watchdog feeding over a real ``$NOTIFY_SOCKET`` datagram socket;

@@ -1,7 +1,7 @@
 """DL/T 645 frame codec, DI formats and request builders (pure functions).
 
-Vectors: /work/shared/domain/protocols.md, "Test vectors (checksums recomputed)", which collects
-them from public DL/T 645-2007 implementations; each is checked in both directions.
+Vectors: docs/sources/protocols.md, "Test vectors" (built by the DL/T 645-2007 frame rules, checksums
+recomputed); each is checked in both directions.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 4 acceptance: a DL/T 645 bus, a Modbus RTU bus and a Modbus TCP meter, polled by one daemon and billed
+"""Acceptance: a DL/T 645 bus, a Modbus RTU bus and a Modbus TCP meter, polled by one daemon and billed
 the same way (each meter's charges equal its register delta × price, to the minor unit)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 2 acceptance: one simulated meter on a pty, end to end through the real daemon.
+"""Acceptance: one simulated meter on a pty, end to end through the real daemon.
 
 simulated DL/T 645 meter on a pty → daemon → ledger balance falls by exactly energy × price → trip
 command reaches the simulator, whose relay opens and whose energy stops growing → usage messages
@@ -27,7 +27,7 @@ from simulators.dlt645 import SimulatedDlt645Bus
 from simulators.model import FastClock, LoadProfile, MeterModel
 
 SPEED = 3600.0  # one real second is one simulated hour
-PRICE = Decimal("0.5283")  # config/tariffs/flat-cn.toml
+PRICE = Decimal("0.5283")  # gateway/tariffs/examples/flat-cn.toml
 
 
 def test_credit_runs_out_trip_reaches_meter_and_usage_reaches_broker(

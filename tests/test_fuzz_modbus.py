@@ -4,7 +4,7 @@ Whatever bytes a meter (or the noise on a line) produces, the master either gets
 use or a typed refusal: ``convert`` returns an int (energy, Wh) or a Decimal, or raises ``CodecError``;
 never a float, never a negative energy, never another exception.  The framers must turn any byte string
 into "need more" / "skip" / a decoded PDU, or ``ModbusIOException`` — nothing that would escape the link.
-Vectors: the shipped profiles' own register maps (config/profiles/*.toml) and frames built by pymodbus.
+Vectors: the shipped profiles' own register maps (drivers/modbus/profiles/*.toml) and frames built by pymodbus.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def test_kill_9_during_a_burst_loses_nothing_and_doubles_nothing(tmp_path: Path)
     for _ in range(kills):
         before = len(_lines(side))
         proc = subprocess.Popen(
-            [sys.executable, str(script), str(db), str(side), str(REPO / "config" / "tariffs")],
+            [sys.executable, str(script), str(db), str(side), str(REPO / "gateway" / "tariffs" / "examples")],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -283,7 +283,7 @@ def test_energy_in_an_unmapped_register_is_quarantined_then_charged_once_when_th
     done = _tou_read(store, fixed, (1_800, 0, 0, 600), start + 3 * H)
     assert (done.outcome, done.delta_wh) == ("charged", 1_400)  # the whole interval since the baseline
     assert _held(store) is None
-    peak = Decimal("0.7000")  # tou-cn peak price (config/tariffs/tou-cn.toml)
+    peak = Decimal("0.7000")  # tou-cn peak price (gateway/tariffs/examples/tou-cn.toml)
     assert _charged(store) == (1_400, to_minor(1_400 * peak / 1000))
     assert store.scalar("SELECT COUNT(*) FROM events WHERE kind = 'reading_quarantine_cleared'") == 1
     assert store.scalar("SELECT outcome FROM readings WHERE id = ?", first.reading_id) == "ignored"

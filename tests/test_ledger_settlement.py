@@ -19,7 +19,7 @@ from gateway.ledger.accounts import post_entry
 from gateway.ledger.charging import record_reading
 from gateway.ledger.credit import post_adjustment
 from gateway.ledger.forecast import days_of_credit_left
-from gateway.ledger.risk import RiskInputs, RiskRule, grade, load_risk_rule
+from gateway.ledger.risk import RiskInputs, RiskRule, grade
 from gateway.ledger.verify import verify
 from gateway.money import to_minor
 from gateway.store.db import open_store
@@ -132,7 +132,7 @@ def _fake_gateway(store: Any, book: Any, tz: str, now: datetime, config_dir: Pat
             evaluated.append(account_id)
             return []
 
-    cfg = SimpleNamespace(tz=ZoneInfo(tz), minor_digits=2)
+    cfg = SimpleNamespace(tz=ZoneInfo(tz), minor_digits=2, risk=RiskRule())
     gw = SimpleNamespace(
         clock=lambda: now,
         cfg=cfg,
@@ -159,12 +159,18 @@ def test_the_job_entry_point_settles_grades_and_re_decides_charged_accounts(tmp_
     store.close()
 
 
-def test_a_bad_risk_file_is_a_one_line_error(tmp_path: Path) -> None:
+def test_the_settlement_run_reads_no_side_file_only_the_validated_configuration(tmp_path: Path) -> None:
+    """A broken ``risk.toml`` beside the configuration used to stop every settlement run (and with it the
+    standing charges); the rule now comes from the configuration's ``[risk]`` section, checked at load."""
     (tmp_path / "risk.toml").write_text('days_left = ["3", "7", "14"]\nno_payment_dayz = 3\n')
-    with pytest.raises(ValueError) as err:
-        load_risk_rule(tmp_path / "risk.toml")
-    assert "risk.toml" in str(err.value) and "\n" not in str(err.value)
-    assert load_risk_rule(tmp_path / "missing.toml") == RiskRule()
+    book = make_book(tmp_path)
+    store = new_ledger(tmp_path / "l.db", accounts=[("acc1", "standing-cn"), ("acc2", "flat-cn")], meters=[])
+    gw = _fake_gateway(store, book, "Asia/Shanghai", T0 + timedelta(days=2, hours=1), tmp_path)
+    gw.cfg.risk = RiskRule(no_payment_days=1)  # the default (30) leaves a 2-day-old account at grade 0
+    result = asyncio.run(settlement.run(gw))
+    assert {account for account, _ in result.charges} == {"acc1"}
+    assert result.grades == {"acc1": 3, "acc2": 1}
+    store.close()
 
 
 def _inputs(**kw: Any) -> RiskInputs:

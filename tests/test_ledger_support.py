@@ -1,6 +1,6 @@
 """Helpers shared by the ledger tests: a real store, real tariffs, readings.  (No tests here.)
 
-Tariffs: the repository's config/tariffs plus small test tariffs written here, with prices chosen so
+Tariffs: the shipped examples (gateway/tariffs/examples) plus small test tariffs written here, with prices chosen so
 that rounding to the minor unit is exercised (a standing charge of ¥0.3333 a day, a flat ¥0.6117).
 """
 
@@ -18,7 +18,7 @@ from gateway.store.db import Store, open_store
 from gateway.tariffs.model import load_tariff_dir
 
 REPO = Path(__file__).resolve().parent.parent
-TARIFFS = REPO / "config" / "tariffs"
+TARIFFS = REPO / "gateway" / "tariffs" / "examples"
 CST = timezone(timedelta(hours=8))
 T0 = datetime(2026, 3, 2, 0, 0, tzinfo=CST)  # a Monday
 

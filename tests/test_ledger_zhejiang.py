@@ -1,7 +1,7 @@
 """A year of the Zhejiang block + peak/valley tariff charged through the ledger matches the hand figure.
 
 The profile and the hand-computed total (¥4,170.58) are those of tests/test_tariffs_zhejiang.py
-(tariff numbers: /work/shared/domain/prepaid-rules.md, config/tariffs/zhejiang-residential.toml):
+(tariff numbers: docs/sources/tariffs.md, gateway/tariffs/examples/zhejiang-residential.toml):
 1 kWh every hour 08:00–22:00 and 0.5 kWh every other hour, 365 days of 2026, read every two hours
 (period edges 08:00 and 22:00 fall on readings, so each interval is wholly peak or valley) and, in the
 slow variant, every hour.  Here the

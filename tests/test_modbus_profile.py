@@ -8,7 +8,7 @@ import pytest
 
 from drivers.base import Point
 from drivers.modbus.codec import DataType
-from drivers.modbus.profile import PROFILE_DIR_ENV, list_profiles, load_profile, profile_dir
+from drivers.modbus.profile import builtin_dir, find_profile, list_profiles, load_profile
 from drivers.tomlsource import TomlError
 
 GOOD = """\
@@ -98,15 +98,26 @@ def test_relay_values_must_differ(tmp_path: Path) -> None:
         load_profile(write(tmp_path, text))
 
 
-def test_profile_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_extra_directories_add_profiles_and_come_first(tmp_path: Path) -> None:
     write(tmp_path, GOOD, "mine.toml")
-    monkeypatch.setenv(PROFILE_DIR_ENV, str(tmp_path))
-    assert profile_dir() == tmp_path
-    assert list_profiles() == ["mine"]
-    assert load_profile("mine").meter.name == "test meter"
+    write(tmp_path, GOOD, "sdm120.toml")  # a site's corrected map of a shipped model
+    assert {"mine", "sdm120", "dds238"} <= set(list_profiles([tmp_path]))
+    assert load_profile("mine", [tmp_path]).meter.name == "test meter"
+    assert find_profile("sdm120", [tmp_path]) == tmp_path / "sdm120.toml"
+    assert find_profile("sdm120") == builtin_dir() / "sdm120.toml"
+    assert "mine" not in list_profiles()
 
 
-def test_default_dir_is_found_from_any_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(PROFILE_DIR_ENV, raising=False)
+def test_an_unknown_name_is_one_line_naming_where_it_looked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown meter profile 'nope'") as err:
+        load_profile("nope", [tmp_path])
+    assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_shipped_profiles_are_package_data_found_from_any_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
-    assert (profile_dir() / "sdm120.toml").is_file()
+    assert builtin_dir().parts[-3:] == ("drivers", "modbus", "profiles")
+    assert (builtin_dir() / "sdm120.toml").is_file()
+    assert load_profile("sdm120").name == "sdm120"

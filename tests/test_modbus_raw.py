@@ -15,7 +15,7 @@ from modbus_fixtures import device, profile, raw_server, regs, run, with_link
 
 from drivers.base import MeterRefused, Point, Quality, RelayAction, RelayNotConfirmed, RelayState
 from drivers.modbus import ModbusLink, ModbusMeter
-from drivers.modbus.profile import load_profile, profile_dir
+from drivers.modbus.profile import builtin_dir, load_profile
 
 __all__ = ["raw_server"]  # fixture re-export (imported explicitly, no conftest)
 
@@ -159,7 +159,7 @@ def test_refused_energy_spoils_the_reading(raw_server, tmp_path: Path) -> None:
 
 
 def test_relay_mismatch_is_not_confirmed(raw_server, tmp_path: Path) -> None:
-    text = (profile_dir() / "dds238.toml").read_text()
+    text = (builtin_dir() / "dds238.toml").read_text()
     (tmp_path / "split.toml").write_text(text.replace("[relay.state]\nfunction = 3\nregister = 0x001A",
                                                       "[relay.state]\nfunction = 3\nregister = 0x001B"))
     prof = load_profile(str(tmp_path / "split.toml"))

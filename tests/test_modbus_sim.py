@@ -30,7 +30,7 @@ from drivers.base import (
     RelayState,
 )
 from drivers.modbus import ModbusLink, ModbusMeter, scan
-from drivers.modbus.profile import load_profile, profile_dir
+from drivers.modbus.profile import builtin_dir, load_profile
 from simulators.model import Fault, LoadProfile, MeterModel
 
 __all__ = ["sim_bus"]
@@ -93,7 +93,7 @@ def test_relay_trip_stops_consumption_and_close_restores_it(sim_bus) -> None:
 
 def test_meter_refuses_relay_write_with_fc06(sim_bus, tmp_path: Path) -> None:
     path = tmp_path / "dds238_fc06.toml"
-    path.write_text((profile_dir() / "dds238.toml").read_text().replace("function = 16", "function = 6"))
+    path.write_text((builtin_dir() / "dds238.toml").read_text().replace("function = 16", "function = 6"))
     wrong = load_profile(str(path))
     m = model(ManualClock())
     port = sim_bus({1: (m, profile("dds238"))}).start_tcp()  # the simulated meter takes FC16 only

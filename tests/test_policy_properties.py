@@ -1,4 +1,4 @@
-"""Property tests of the lawful-enforcement invariants (DESIGN.md invariant 4 and 5).
+"""Property tests of lawful enforcement and prompt reconnection (docs/enforcement.md, "Lawfulness guarantees").
 
 Random accounts, meters, holds, overrides and rule sets, at instants chosen around the 2026 DST
 changes in Europe/London (29 Mar, 25 Oct) and America/Chicago (8 Mar, 1 Nov), and around China's

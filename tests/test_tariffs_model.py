@@ -12,7 +12,7 @@ import pytest
 from drivers.tomlsource import TomlError
 from gateway.tariffs.model import Tariff, load_tariff, load_tariff_dir, tariff_from_dict, tariff_to_dict
 
-CONFIG = Path(__file__).resolve().parent.parent / "config" / "tariffs"
+CONFIG = Path(__file__).resolve().parent.parent / "gateway" / "tariffs" / "examples"
 CST = timezone(timedelta(hours=8))
 
 GOOD = """\

@@ -13,7 +13,7 @@ import pytest
 from gateway.tariffs.model import Tariff, load_tariff, tariff_from_dict
 from gateway.tariffs.pricing import ChargeLine, cycle_start, price_interval, standing_charge
 
-CONFIG = Path(__file__).resolve().parent.parent / "config" / "tariffs"
+CONFIG = Path(__file__).resolve().parent.parent / "gateway" / "tariffs" / "examples"
 CST = timezone(timedelta(hours=8))
 
 

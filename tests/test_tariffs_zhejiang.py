@@ -1,7 +1,7 @@
 """A year of the Zhejiang residential block + peak/valley tariff against a figure worked by hand.
 
-Tariff numbers: /work/shared/domain/prepaid-rules.md (Zhejiang residential), see
-config/tariffs/zhejiang-residential.toml.
+Tariff numbers: docs/sources/tariffs.md (Zhejiang residential), see
+gateway/tariffs/examples/zhejiang-residential.toml.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from gateway.tariffs.model import load_tariff
 from gateway.tariffs.pricing import ChargeLine, cycle_start, price_interval
 
-CONFIG = Path(__file__).resolve().parent.parent / "config" / "tariffs"
+CONFIG = Path(__file__).resolve().parent.parent / "gateway" / "tariffs" / "examples"
 CST = timezone(timedelta(hours=8))
 
 # Synthetic load: 1 kWh in every hour 08:00–22:00 (peak, 14 h = 14 kWh), 0.5 kWh in every other hour

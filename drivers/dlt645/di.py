@@ -3,7 +3,7 @@
 Values on the wire are BCD, least significant byte first (DL/T 645-2007 Appendix A).  Signed
 quantities (current, power, power factor) carry the sign in the top bit of the most significant
 byte; the standard's tables imply this and public implementations agree, but no primary text was
-available (see /work/shared/domain/protocols.md, "inferred").  Decoding is exact: energy becomes
+available (see docs/sources/protocols.md, "inferred").  Decoding is exact: energy becomes
 integer Wh, everything else a Decimal at the meter's resolution, never a float.
 """
 

@@ -1,14 +1,18 @@
 """Meter profiles: a Modbus meter model's register map as a TOML data file.
 
 Nothing above the driver knows a register address.  Adding a meter model means adding a file under
-``config/profiles/`` (and a test), not editing the poller.  Files are validated strictly
+``drivers/modbus/profiles/`` (shipped in the wheel as package data; and a test), not editing the poller;
+a site adds its own models in the directories named by the configuration's ``profile_dirs``.  Every
+shipped register map and its datasheet is listed in docs/sources/protocols.md.  Files are validated strictly
 (``extra="forbid"``): a misspelt key is an error naming file, line and key, never a silent default.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from decimal import Decimal
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,8 +29,6 @@ from pydantic import (
 from drivers.base import Point
 from drivers.modbus.codec import DataType, WordOrder
 from drivers.tomlsource import load_model
-
-PROFILE_DIR_ENV = "PMG_PROFILE_DIR"
 
 _UNITS: dict[str, dict[str, Decimal]] = {
     # point -> unit -> factor to the Reading's unit (Wh, V, A, W, Hz, ratio)
@@ -183,32 +185,49 @@ class Profile(_Strict):
         return _UNITS[point.value][unit]
 
 
-def profile_dir() -> Path:
-    """``$PMG_PROFILE_DIR``, else the nearest ``config/profiles`` above this module, else ./config/profiles."""
-    env = os.environ.get(PROFILE_DIR_ENV)
-    if env:
-        return Path(env)
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / "config" / "profiles"
-        if candidate.is_dir():
-            return candidate
-    return Path.cwd() / "config" / "profiles"
+def builtin_dir() -> Path:
+    """The profiles shipped inside the package (``drivers/modbus/profiles/``, package data of the wheel).
+
+    Found through ``importlib.resources`` rather than by walking up from this file, so an installed
+    wheel finds them wherever it lives and whatever the working directory is."""
+    return Path(str(resources.files("drivers.modbus") / "profiles"))
 
 
-def list_profiles() -> list[str]:
-    """Names of the shipped profiles (file stems), sorted."""
-    folder = profile_dir()
-    return sorted(p.stem for p in folder.glob("*.toml")) if folder.is_dir() else []
+def search_dirs(extra: Sequence[str | Path] = ()) -> list[Path]:
+    """Where a bare profile name is looked up: the configured ``extra`` directories in order (a site's
+    own or corrected register maps), then the shipped ones."""
+    return [*(Path(d) for d in extra), builtin_dir()]
 
 
-def load_profile(name_or_path: str) -> Profile:
-    """Load a profile by bare name (``sdm120``) or by path; raises ``TomlError`` for a bad file and a
-    one-line ``ValueError`` for an unknown name."""
-    looks_like_path = os.sep in name_or_path or "/" in name_or_path or name_or_path.endswith(".toml")
-    path = Path(name_or_path) if looks_like_path else profile_dir() / f"{name_or_path}.toml"
-    if not looks_like_path and not path.is_file():
-        known = ", ".join(list_profiles()) or "none"
-        raise ValueError(f"unknown meter profile {name_or_path!r} (known: {known}; looked in {path.parent})")
+def list_profiles(extra: Sequence[str | Path] = ()) -> list[str]:
+    """Names of the profiles that can be named (file stems), sorted."""
+    return sorted({p.stem for d in search_dirs(extra) if d.is_dir() for p in d.glob("*.toml")})
+
+
+def looks_like_path(name_or_path: str) -> bool:
+    """A path (``site/x.toml``) rather than a profile name (``sdm120``)."""
+    return os.sep in name_or_path or "/" in name_or_path or name_or_path.endswith(".toml")
+
+
+def find_profile(name_or_path: str, extra: Sequence[str | Path] = ()) -> Path:
+    """The file a profile name (``sdm120``) or path stands for; a one-line ``ValueError`` for an
+    unknown name (the message lists the known names and where it looked)."""
+    if looks_like_path(name_or_path):
+        return Path(name_or_path)
+    dirs = search_dirs(extra)
+    for folder in dirs:
+        path = folder / f"{name_or_path}.toml"
+        if path.is_file():
+            return path
+    known = ", ".join(list_profiles(extra)) or "none"
+    looked = ", ".join(str(d) for d in dirs)
+    raise ValueError(f"unknown meter profile {name_or_path!r} (known: {known}; looked in {looked})")
+
+
+def load_profile(name_or_path: str, extra: Sequence[str | Path] = ()) -> Profile:
+    """Load a profile by bare name (``sdm120``, searched in ``extra`` then the shipped profiles) or by
+    path; raises ``TomlError`` for a bad file and a one-line ``ValueError`` for an unknown name."""
+    path = find_profile(name_or_path, extra)
     profile = load_model(path, Profile)
     profile._name = path.stem
     return profile

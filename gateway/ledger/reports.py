@@ -1,4 +1,5 @@
-"""Monitoring reports (the founding paper's): usage and money per account and period, and collection.
+"""Monitoring reports (by day, week and ten-day period: docs/sources/rules.md, "Why three warning levels"):
+usage and money per account and period, and collection.
 
 Periods are local to the gateway's time zone: ``day``; ``week`` (ISO, Monday first); ``dekad`` (旬:
 days 1–10 上旬, 11–20 中旬, 21–end of month 下旬); ``month``.  An entry belongs to the period

@@ -1,7 +1,8 @@
-"""Risk grade per account: the founding paper's three warning levels, from data the ledger holds.
+"""Risk grade per account: three warning levels (why three: docs/sources/rules.md, "Why three warning
+levels"), from data the ledger holds.
 
-The rule (defaults below; every number configurable through ``RiskRule``, loaded strictly from
-``risk.toml`` beside the gateway configuration when present):
+The rule (defaults below; every number configurable in the ``[risk]`` section of the gateway
+configuration, validated with the rest of it — ``gateway.config.RiskConfig``):
 
 1. **Days of credit left** gives the base grade: at or below 14 days → 1, 7 → 2, 3 → 3 (no forecast
    possible → 0).  A balance below zero (emergency credit or arrears) is grade 3.
@@ -19,36 +20,14 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from drivers.tomlsource import load_model
+from gateway.config import RiskConfig
 from gateway.ledger.consumption import charged_energy_wh, first_read_at
 from gateway.timeutil import parse_iso
 
-
-class RiskRule(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # base grade 1, 2, 3 at or below these days of credit left (must not increase)
-    days_left: tuple[Decimal, Decimal, Decimal] = (Decimal(14), Decimal(7), Decimal(3))
-    no_payment_days: int = Field(default=30, ge=1)
-    recent_days: int = Field(default=7, ge=1)
-    baseline_days: int = Field(default=28, ge=1)
-    consumption_rise: Decimal = Field(default=Decimal("0.5"), ge=0)
-    negative_balance_grade: int = Field(default=3, ge=0, le=3)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> RiskRule:
-        if list(self.days_left) != sorted(self.days_left, reverse=True):
-            raise ValueError(f"days_left must not increase from grade 1 to grade 3 (got {self.days_left})")
-        return self
-
-
-def load_risk_rule(path: Path) -> RiskRule:
-    """The rule from ``path`` when it exists (one-line ``TomlError`` on a mistake), else the defaults."""
-    return load_model(path, RiskRule) if path.is_file() else RiskRule()
+# The rule is part of the validated gateway configuration (``[risk]``): read once at start,
+# ``run --check`` and SIGHUP, never by the settlement run itself.
+RiskRule = RiskConfig
 
 
 @dataclass(frozen=True)

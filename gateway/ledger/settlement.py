@@ -10,7 +10,7 @@ transaction rather than doubling a charge.
 
 Standing charges are rounded cumulatively per account, as energy charges are per meter: each entry is
 ``round_half_even(cumulative exact) − cumulative posted``.  They are charged whatever the account's
-state — also during emergency credit and while disconnected (prepaid-rules.md, UK practice).
+state — also during emergency credit and while disconnected (UK practice: docs/sources/rules.md, `uk`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 from gateway import events
 from gateway.ledger.accounts import post_entry
 from gateway.ledger.forecast import days_of_credit_left
-from gateway.ledger.risk import RiskRule, grade, load_risk_rule, risk_inputs
+from gateway.ledger.risk import RiskRule, grade, risk_inputs
 from gateway.money import to_minor
 from gateway.pricing import TariffBook
 from gateway.store.db import dumps
@@ -217,7 +217,7 @@ async def run(gateway: Gateway) -> SettlementResult:
     day fast must not post today's standing charge (``gateway.timeguard.ended_now``)."""
     now = ended_now(gateway)
     tz = gateway.cfg.tz
-    rule = load_risk_rule(gateway.config_path.resolve().parent / "risk.toml")
+    rule = gateway.cfg.risk  # validated with the configuration (start, run --check, SIGHUP)
     policy: Any = gateway.parts.policy
     with gateway.store.tx() as conn:
         result = settle(conn, gateway.parts.book, tz, now, minor_digits=gateway.cfg.minor_digits)

@@ -1,7 +1,7 @@
 """Enforcement rules as data: the model, the jurisdiction presets and field-by-field overrides.
 
-Every number here is a configurable default taken from /work/shared/domain/prepaid-rules.md; the
-presets in ``gateway/presets/*.toml`` name their sources.  A deployment picks a preset and may
+Every number here is a configurable default; the presets in ``gateway/presets/*.toml`` name their
+sources, and docs/sources/rules.md states each rule with its regulation and article.  A deployment picks a preset and may
 override any field from its configuration; validation is strict (unknown keys are errors) and
 every error is one line naming the file and line, or the override key.
 """

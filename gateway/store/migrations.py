@@ -188,7 +188,7 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (id, version)
     );
     """,
-    # ledger credit features (issue 5): a debt pocket beside the balance, cumulative standing-charge
+    # ledger credit features (docs/ledger.md): a debt pocket beside the balance, cumulative standing-charge
     # rounding per account, and unique constraints that make "once per account and day" and "once per
     # reading" properties of the schema rather than of the code.
     """

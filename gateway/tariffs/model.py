@@ -1,6 +1,6 @@
 """The tariff model as the rest of the gateway uses it: values plus their strict loaders.
 
-Tariffs are data under ``config/tariffs/`` (TOML) or arrive as JSON over MQTT; both go through the
+Tariffs are data under ``tariff_dir`` (TOML; examples in ``gateway/tariffs/examples/``) or arrive as JSON over MQTT; both go through the
 same pydantic models (``spec``) and cross-field rules (``build``), and every problem is a one-line
 ``TomlError`` naming the file (or source), the line when there is one, and the key.
 """
@@ -8,6 +8,7 @@ same pydantic models (``spec``) and cross-field rules (``build``), and every pro
 from __future__ import annotations
 
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,13 @@ def load_tariff(path: str | Path) -> Tariff:
     except SpecError as exc:
         _data, text = read_toml(path)
         raise TomlError(path, locate(text, exc.path), format_path(exc.path), exc.reason) from None
+
+
+def example_dir() -> Path:
+    """The example tariffs shipped inside the package (``gateway/tariffs/examples/``, package data of the
+    wheel), found through ``importlib.resources`` so an installed gateway has them wherever it lives.
+    Their prices and sources: docs/sources/tariffs.md."""
+    return Path(str(resources.files("gateway.tariffs") / "examples"))
 
 
 def load_tariff_dir(directory: str | Path) -> dict[str, Tariff]:
@@ -63,6 +71,7 @@ __all__ = [
     "TariffVersion",
     "TimeOfUse",
     "Window",
+    "example_dir",
     "load_tariff",
     "load_tariff_dir",
     "tariff_from_dict",

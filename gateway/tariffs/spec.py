@@ -1,6 +1,6 @@
 """The file and wire form of a tariff: pydantic models that check types and shapes field by field.
 
-A tariff arrives as TOML from ``config/tariffs/`` or as JSON over MQTT; both pass through these
+A tariff arrives as TOML from ``tariff_dir`` or as JSON over MQTT; both pass through these
 models (``extra="forbid"``) so a misspelt key is refused rather than ignored.  Prices are decimal
 *strings*: a TOML or JSON float has already been rounded to binary by the parser, so it is refused
 with a message saying so.  Rules that relate several fields (periods tiling the day, blocks rising)
