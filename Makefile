@@ -18,6 +18,7 @@ quick: setup
 lint: setup
 	.venv/bin/ruff check gateway drivers simulators tests bench
 	.venv/bin/mypy
+	.venv/bin/lint-imports
 
 bench: setup
 	.venv/bin/python -m bench.run_all

@@ -29,6 +29,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays
 
+from gateway.core.errors import UserError
+
 _SUBSTITUTED = re.compile(r"substituted from (\d{2})/(\d{2})/(\d{4})")
 
 # Countries whose days off and working days are announced year by year rather than following a rule.
@@ -82,7 +84,7 @@ class DayType(enum.StrEnum):
     HOLIDAY = "holiday"
 
 
-class CalendarError(ValueError):
+class CalendarError(UserError, ValueError):
     """The calendar cannot be built (unknown time zone, country or region); one line."""
 
 

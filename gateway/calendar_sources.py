@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from drivers.tomlsource import TomlError, locate, read_toml, validation_to_toml_error
 from gateway import events
 from gateway.calendar import OfficialYear, WorkCalendar, holidays_source
+from gateway.core.errors import UserError
 from gateway.timeutil import iso
 
 # Years a source may name: the span ``holidays`` and the tariffs deal in (a typo such as 20277 or
@@ -33,7 +34,7 @@ MIN_YEAR, MAX_YEAR = 2000, 2099
 NOTICE = "国务院办公厅关于{year}年部分节假日安排的通知"
 
 
-class CalendarSourceError(ValueError):
+class CalendarSourceError(UserError, ValueError):
     """A source's year is refused; ``str()`` is one line saying why, ``field`` the key at fault."""
 
     def __init__(self, reason: str, field: str = "year") -> None:

@@ -30,7 +30,7 @@ from gateway.bus import POLL_POINTS, PRIORITY_READ_NOW, BusWorker
 from gateway.store.db import Store
 
 if TYPE_CHECKING:
-    from gateway.daemon import Gateway
+    from gateway.runtime.ports import JobContext
 
 log = logging.getLogger("pmg.clocksync")
 
@@ -149,7 +149,7 @@ def audit(store: Store, result: BusClockResult, now: datetime, max_drift_s: floa
             )
 
 
-async def run(gateway: Gateway) -> list[BusClockResult]:
+async def run(gateway: JobContext) -> list[BusClockResult]:
     """The scheduler's entry point (``gateway.jobs``): every DL/T 645 bus, one after another."""
     threshold = float(gateway.cfg.housekeeping.clock_max_drift_s)
     results: list[BusClockResult] = []
@@ -171,7 +171,7 @@ async def run(gateway: Gateway) -> list[BusClockResult]:
     return results
 
 
-def _trust_witness(gateway: Gateway) -> Callable[[dict[str, float]], bool]:
+def _trust_witness(gateway: JobContext) -> Callable[[dict[str, float]], bool]:
     """The meters' clocks are a witness on ours (gateway.timetrust); no broadcast of a doubted time."""
     from gateway import timeguard
 

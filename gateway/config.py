@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from drivers.tomlsource import TomlError, locate, read_toml, validation_to_toml_error
+from gateway.core.errors import UserError
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 
@@ -262,7 +263,7 @@ def normalized_address(protocol: str, address: str) -> str:
     return str(unit)
 
 
-class ConfigError(TomlError):
+class ConfigError(UserError, TomlError):
     """Invalid configuration; ``str()`` is ``file:line: key: reason``."""
 
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -129,7 +129,7 @@ class Gateway:
             {m.id: m.bus for m in self.cfg.meters},
             self.clock,
             on_outcome=self._on_relay_outcome,
-            notify_outbox=self._notify_outbox,
+            notify_outbox=self.notify_outbox,
             minor_digits=self.cfg.minor_digits,
         )
         self._resume_commands()
@@ -226,7 +226,7 @@ class Gateway:
     def _start_payment_watch(self) -> None:
         """Payments committed by other processes, or while the daemon was down, reach the relay within
         a second (docs/enforcement.md, "Payment to power"): the backlog now, the rest as committed."""
-        self.payment_watch = PaymentWatch(self.store, self._decide_marked, self._wake)
+        self.payment_watch = PaymentWatch(self.store, self._decide_marked, self.wake)
         try:
             self.payment_watch.drain_all()
         except StoreError as exc:  # the marks stay: the watcher's first tick tries again
@@ -394,7 +394,7 @@ class Gateway:
             )
             self._track_comms(meter_id, reading)
             self._emit("reading", {"meter_id": meter_id, "outcome": outcome.outcome, "reading": reading})
-        self._wake(enforcer=relay_queued)
+        self.wake(enforcer=relay_queued)
 
     def _charge_and_decide(self, conn: Any, meter_id: str, reading: Reading) -> tuple[ChargeOutcome, bool]:
         """Record (and charge) one reading and re-decide its account when money or the relay moved;
@@ -482,7 +482,7 @@ class Gateway:
             if not result.replayed:
                 self.parts.policy.evaluate_account(conn, account_id, now, payment_id=payment_id)
                 clear_decision_mark(conn, account_id)  # decided here: nothing left for the watcher
-        self._wake()
+        self.wake()
         return result
 
     def _check_calendar(self, conn: Any) -> None:
@@ -504,7 +504,26 @@ class Gateway:
                         self.parts.policy.evaluate_meter(conn, meter_id, now)
         except StoreError as exc:
             log.error("policy review failed: %s", exc)
-        self._wake()
+        self.wake()
+
+    async def review_meters(self, meter_ids: Iterable[str]) -> None:
+        """Re-decide these meters only: an input of their account changed (an override), so the
+        other accounts' decisions stand."""
+        self._check_time()
+        now = self.clock()
+        try:
+            with self.store.tx() as conn:
+                for meter_id in sorted(set(meter_ids)):
+                    if meter_id in self._meter_cfg:
+                        self.parts.policy.evaluate_meter(conn, meter_id, now)
+        except StoreError as exc:
+            log.error("policy review failed: %s", exc)
+        self.wake()
+
+    @property
+    def meter_ids(self) -> frozenset[str]:
+        """The meters of the running configuration (a database row may outlive its meter)."""
+        return frozenset(self._meter_cfg)
 
     async def review_slice(self) -> None:
         """The safety net, spread out: re-decide the next slice of the meters, in id order, so every
@@ -530,7 +549,7 @@ class Gateway:
                     self.parts.policy.evaluate_meter(conn, meter_id, now)
         except StoreError as exc:
             log.error("policy review failed: %s", exc)
-        self._wake()
+        self.wake()
 
     async def _review_when_due(self) -> None:
         """Re-decide an account as soon as its decision said it may change (``next_review_at``): the
@@ -554,7 +573,7 @@ class Gateway:
                 log.error("due policy review failed: %s", exc)
                 continue
             if due:
-                self._wake()
+                self.wake()
 
     def _resume_commands(self) -> None:
         """After a restart: re-decide every account so a stale pending command is cancelled."""
@@ -576,7 +595,7 @@ class Gateway:
         self._emit(
             "relay", {"meter_id": cmd.meter_id, "action": cmd.action.value, "status": status, "relay": state}
         )
-        self._wake()
+        self.wake()
 
     def _check_time(self) -> None:
         """Before a decision reads the clock: is it still to be believed (gateway.timeguard)?"""
@@ -585,16 +604,16 @@ class Gateway:
         except StoreError as exc:
             log.error("time check failed: %s", exc)
 
-    def _notify_outbox(self) -> None:
+    def notify_outbox(self) -> None:
         if self.mqtt is not None:
             self.mqtt.notify()
 
-    def _wake(self, *, enforcer: bool = True) -> None:
+    def wake(self, *, enforcer: bool = True) -> None:
         """Tell the outbox pump (and the enforcer, when a relay command may have been queued) that
         something was committed; a routine reading queues no command, so the enforcer is left asleep."""
         if enforcer and self.enforcer is not None:
             self.enforcer.notify()
-        self._notify_outbox()
+        self.notify_outbox()
 
     def _emit(self, kind: str, data: dict[str, Any]) -> None:
         if self.on_event is not None:

@@ -22,6 +22,7 @@ from typing import Any
 from drivers.base import DriverError, NotControllable, RelayAction, RelayState
 from gateway import events
 from gateway.bus import PRIORITY_RELAY, BusWorker
+from gateway.core.errors import OperationFailed
 from gateway.snapshots import state_snapshot
 from gateway.store.db import Store, dumps
 from gateway.timeutil import Clock, iso, parse_iso
@@ -56,7 +57,7 @@ class RelayCommand:
     only_if_open: bool = False
 
 
-class NotSent(Exception):
+class NotSent(OperationFailed):
     """The command's precondition failed on the meter just before sending; nothing was sent."""
 
     def __init__(self, message: str, relay: RelayState | None) -> None:

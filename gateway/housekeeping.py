@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.config import HousekeepingConfig, resolve
+from gateway.core.errors import OperationFailed
 from gateway.store.db import Store, StoreError
 from gateway.sync import outbox
 from gateway.timeutil import iso, parse_iso
 
 if TYPE_CHECKING:
-    from gateway.daemon import Gateway
+    from gateway.runtime.ports import JobContext
 
 log = logging.getLogger("pmg.housekeeping")
 
@@ -61,7 +62,7 @@ DELETE FROM readings WHERE meter_id = :meter AND taken_at >= :lo AND taken_at < 
 """
 
 
-class BackupError(RuntimeError):
+class BackupError(OperationFailed, RuntimeError):
     """A backup could not be written (directory missing or not writable, disk full)."""
 
 
@@ -233,7 +234,7 @@ def housekeep(
     return HousekeepingResult(removed, trimmed, written)
 
 
-async def run(gateway: Gateway) -> None:
+async def run(gateway: JobContext) -> None:
     """The scheduler's entry point (``gateway.jobs``); the backup copy runs off the event loop."""
     cfg = gateway.cfg.housekeeping
     store = gateway.store

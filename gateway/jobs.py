@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 if TYPE_CHECKING:
-    from gateway.daemon import Gateway
+    from gateway.runtime.ports import JobContext
 
 log = logging.getLogger("pmg.jobs")
 
@@ -29,7 +29,7 @@ JOBS: tuple[tuple[str, str, float], ...] = (
 )
 
 
-def _job(gateway: Gateway, run: Callable[[Gateway], Any], name: str) -> Callable[[], Awaitable[None]]:
+def _job(gateway: JobContext, run: Callable[[JobContext], Any], name: str) -> Callable[[], Awaitable[None]]:
     async def job() -> None:
         try:
             result = run(gateway)
@@ -46,7 +46,7 @@ def _job(gateway: Gateway, run: Callable[[Gateway], Any], name: str) -> Callable
     return job
 
 
-def register_jobs(scheduler: AsyncIOScheduler, gateway: Gateway) -> None:
+def register_jobs(scheduler: AsyncIOScheduler, gateway: JobContext) -> None:
     """Add the periodic jobs; each is idempotent and safe to run late or twice."""
     for name, module_name, interval in JOBS:
         try:

@@ -17,6 +17,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
+from gateway.core.errors import UserError
 from gateway.store.db import Store
 from gateway.timeutil import parse_iso
 
@@ -24,7 +25,7 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
 RECONNECT_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
 
 
-class MetricsError(ValueError):
+class MetricsError(UserError, ValueError):
     """The ``[metrics] listen`` address is malformed or cannot be bound."""
 
 

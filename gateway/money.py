@@ -11,10 +11,12 @@ from __future__ import annotations
 import re
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 
+from gateway.core.errors import UserError
+
 _MONEY_TEXT = re.compile(r"^(-)?(\d{1,15})(?:\.(\d+))?$")
 
 
-class MoneyError(ValueError):
+class MoneyError(UserError, ValueError):
     """A money value that cannot be represented exactly in the account's minor units."""
 
 

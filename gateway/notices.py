@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway import events
+from gateway.core.errors import UserError
 from gateway.timeutil import iso, parse_iso
 
 # How a notice can reach a customer, as the head office reports it.
@@ -24,7 +25,7 @@ CHANNELS = ("sms", "letter", "in_person", "app", "email", "phone")
 FUTURE_TOLERANCE = timedelta(minutes=5)
 
 
-class NoticeError(ValueError):
+class NoticeError(UserError, ValueError):
     """A delivery confirmation that does not fit the account; ``str()`` is one line, nothing changed."""
 
 

@@ -13,9 +13,13 @@ import socket
 from pathlib import Path
 from typing import IO
 
+from gateway.core.errors import OperationFailed
 
-class AlreadyRunning(RuntimeError):
+
+class AlreadyRunning(OperationFailed, RuntimeError):
     """Another pmg holds this database."""
+
+    exit_status = 3  # another pmg already runs on the database
 
 
 class InstanceLock:

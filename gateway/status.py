@@ -1,4 +1,4 @@
-"""Gateway health at a glance, for ``pmg status`` and the systemd STATUS line.
+"""StatusView health at a glance, for ``pmg status`` and the systemd STATUS line.
 
 ``pmg status`` must work with nothing but read access to the database (a technician's shell, no
 daemon socket), yet some numbers live only in the daemon's memory (broker connected, bus error rates).
@@ -25,13 +25,13 @@ from gateway.timeguard import status as time_status
 from gateway.timeutil import iso, parse_iso
 
 if TYPE_CHECKING:
-    from gateway.daemon import Gateway
+    from gateway.runtime.ports import StatusView
 
 META_STATUS = "status_json"
 STALE_AFTER_INTERVALS = 3
 
 
-def live_snapshot(gateway: Gateway, now: datetime, now_mono: float) -> dict[str, Any]:
+def live_snapshot(gateway: StatusView, now: datetime, now_mono: float) -> dict[str, Any]:
     """What only the running daemon knows, as plain JSON."""
     buses: dict[str, Any] = {}
     for bus_id, worker in gateway.workers.items():
@@ -208,7 +208,7 @@ def last_settlement(store: Store) -> str | None:
     return None if value is None else str(value)
 
 
-def publish(gateway: Gateway) -> dict[str, Any]:
+def publish(gateway: StatusView) -> dict[str, Any]:
     """Write the live snapshot, refresh the gauges that come from it, tell systemd a STATUS line."""
     from gateway.service import sd_notify
 
@@ -234,7 +234,7 @@ def publish(gateway: Gateway) -> dict[str, Any]:
     return snap
 
 
-async def status_loop(gateway: Gateway) -> None:
+async def status_loop(gateway: StatusView) -> None:
     """Every ``[metrics] status_interval_s``: publish; a failure is logged, never fatal."""
     import asyncio
     import logging

@@ -30,7 +30,7 @@ from gateway.timeutil import iso, parse_iso, system_clock
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
-    from gateway.daemon import Gateway
+    from gateway.runtime.ports import TimeGuardHost
 
 log = logging.getLogger("pmg.timeguard")
 
@@ -39,7 +39,7 @@ HOLD_KIND = "time_untrusted"
 _SINCE_EVER = datetime(1970, 1, 1, tzinfo=UTC)  # the hold is in force whatever the doubted clock says
 
 
-def build(gateway: Gateway) -> TimeTrust:
+def build(gateway: TimeGuardHost) -> TimeTrust:
     """The gateway's verdict keeper, from ``[time]`` and the injected clocks.
 
     Step detection needs a monotonic clock that runs at the wall clock's rate: ``time.monotonic``
@@ -89,7 +89,7 @@ def time_holds(conn: sqlite3.Connection) -> list[Hold]:
     return [Hold(HOLD_KIND, f"gateway clock untrusted: {reasons}", "gateway", _SINCE_EVER, None)]
 
 
-def observe(gateway: Gateway) -> bool:
+def observe(gateway: TimeGuardHost) -> bool:
     """Look at the clocks (cheap: two clock reads); act on a change of verdict.  Returns whether
     time is trusted.  Called before decisions that read the clock (readings, reviews) and every
     few seconds."""
@@ -102,13 +102,13 @@ def observe(gateway: Gateway) -> bool:
     return trust.trusted
 
 
-def observed(gateway: Gateway, change: TrustChange | None) -> None:
+def observed(gateway: TimeGuardHost, change: TrustChange | None) -> None:
     """Act on a verdict a witness other than the clocks returned (meters, a signed command)."""
     if change is not None:
         apply_change(gateway, change)
 
 
-def apply_change(gateway: Gateway, change: TrustChange) -> None:
+def apply_change(gateway: TimeGuardHost, change: TrustChange) -> None:
     """Store the verdict, raise or clear the alarm, and re-decide what the verdict touches.
 
     Starting an episode re-decides every meter with a trip the policy queued and the enforcer has
@@ -134,7 +134,7 @@ def apply_change(gateway: Gateway, change: TrustChange) -> None:
                     )
                 ]
             for meter_id in meters:
-                if meter_id in gateway._meter_cfg:
+                if meter_id in gateway.meter_ids:
                     gateway.parts.policy.evaluate_meter(conn, meter_id, at)
     except StoreError as exc:
         log.error("time trust change could not be recorded: %s", exc)
@@ -143,7 +143,7 @@ def apply_change(gateway: Gateway, change: TrustChange) -> None:
         log.warning("time trusted again")
     else:
         log.error("time UNTRUSTED: %s", "; ".join(change.reasons.values()))
-    gateway._wake()
+    gateway.wake()
 
 
 def restart_notices(conn: sqlite3.Connection, now: datetime) -> list[str]:

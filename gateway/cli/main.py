@@ -17,14 +17,13 @@ import click
 from drivers.base import DriverError
 from drivers.tomlsource import TomlError
 from gateway import __version__
-from gateway.cli.common import CliFailure
-from gateway.service import AlreadyRunning
+from gateway.core.errors import PmgError
 from gateway.store.db import StoreError
 from gateway.textsafe import one_line
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_LOCKED = 3
+EXIT_LOCKED = 3  # gateway.service.AlreadyRunning.exit_status
 
 
 class PmgGroup(click.Group):
@@ -49,16 +48,20 @@ class PmgGroup(click.Group):
             _fail(exc.format_message(), EXIT_USAGE)
         except click.ClickException as exc:  # an unreadable file argument (click.File)
             _fail(exc.format_message(), EXIT_USAGE)
+        except StoreError as exc:
+            _fail(f"database: {exc}", exc.exit_status)
+        except PmgError as exc:  # by class: UserError 2, OperationFailed 1, AlreadyRunning 3
+            _fail(str(exc), exc.exit_status)
+        # ``drivers`` sits below ``gateway`` and has its own roots (docs/architecture.md, "Errors").
         except TomlError as exc:
             _fail(str(exc), EXIT_USAGE)
-        except AlreadyRunning as exc:
-            _fail(str(exc), EXIT_LOCKED)
-        except CliFailure as exc:
-            _fail(str(exc), exc.status)
-        except (StoreError, sqlite3.DatabaseError) as exc:
-            _fail(f"database: {exc}", EXIT_FAILED)
         except DriverError as exc:
             _fail(str(exc), EXIT_FAILED)
+        except sqlite3.DatabaseError as exc:
+            _fail(f"database: {exc}", EXIT_FAILED)
+        # Backstop, not the rule: a ValueError/LookupError from a library (json, tomllib, Decimal,
+        # ipaddress, a dict lookup on input) that no layer wrapped is still bad input — exit 2, one
+        # line.  Our own errors derive from PmgError and are mapped above.
         except (ValueError, LookupError) as exc:
             _fail(str(exc), EXIT_USAGE)
         except RecursionError:  # 100,000 nested brackets in a JSON or TOML input

@@ -35,6 +35,7 @@ from typing import Protocol
 
 from drivers.base import Reading
 from gateway import events
+from gateway.core.errors import UserError
 from gateway.ledger.accounts import (
     METER_COLUMN_COUNT,
     METER_COLUMNS,
@@ -65,7 +66,7 @@ LEDGER_LIMIT_MINOR = 2**62
 UNPRICEABLE = "unpriceable: "
 
 
-class Unpriceable(ValueError):
+class Unpriceable(UserError, ValueError):
     """The energy of an interval cannot be priced; nothing was written.  ``str()`` is one line."""
 
 

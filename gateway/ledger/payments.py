@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 
 from gateway import events
+from gateway.core.errors import UserError
 from gateway.ledger.accounts import post_entry
 from gateway.ledger.credit import parse_share, split_payment
 from gateway.money import format_money
@@ -32,7 +33,7 @@ from gateway.timeutil import iso
 MAX_PAYMENT_MINOR = 10**11  # a sanity ceiling: one billion in major units
 
 
-class PaymentError(ValueError):
+class PaymentError(UserError, ValueError):
     """A payment that cannot be applied; nothing was changed."""
 
 

@@ -31,12 +31,13 @@ from datetime import datetime
 from typing import Literal
 
 from gateway import events
+from gateway.core.errors import UserError
 from gateway.ledger.accounts import get_meter
 from gateway.ledger.charging import Pricer, Unpriceable, charge_delta, register_delta
 from gateway.timeutil import iso, parse_iso
 
 
-class QuarantineError(ValueError):
+class QuarantineError(UserError, ValueError):
     """A resolution that does not fit the meter's state; nothing was changed."""
 
 

@@ -37,7 +37,7 @@ from gateway.timeguard import ended_now
 from gateway.timeutil import iso, parse_iso
 
 if TYPE_CHECKING:
-    from gateway.daemon import Gateway
+    from gateway.runtime.ports import JobContext
 
 log = logging.getLogger("pmg.settlement")
 
@@ -205,7 +205,7 @@ def update_risk_grades(
     return out
 
 
-async def run(gateway: Gateway) -> SettlementResult:
+async def run(gateway: JobContext) -> SettlementResult:
     """The scheduler's entry point: settle, re-decide charged accounts, and grade once per local day.
 
     Grading reads a month of each account's consumption (a few ms an account): for 2,000 accounts that

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
+from gateway.core.errors import OperationFailed
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: the walking skeleton's tables, shaped for the ledger, policy and sync that follow.
     """
@@ -357,7 +359,7 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
-class SchemaTooNew(RuntimeError):
+class SchemaTooNew(OperationFailed, RuntimeError):
     """The database was written by a newer pmg; refusing to touch it."""
 
 

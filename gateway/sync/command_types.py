@@ -21,6 +21,7 @@ from drivers.base import DriverError
 from drivers.tomlsource import TomlError
 from gateway import events, notices
 from gateway.calendar_sources import CalendarSourceError, official_year, store_year
+from gateway.core.errors import UserError
 from gateway.enforcement import outcome_json
 from gateway.ledger.accounts import ensure_account
 from gateway.ledger.payments import PaymentError
@@ -42,14 +43,14 @@ from gateway.tariffs.model import Tariff, tariff_from_dict, tariff_to_dict
 from gateway.timeutil import iso, parse_iso
 
 if TYPE_CHECKING:
-    from gateway.daemon import Gateway
+    from gateway.runtime.ports import CommandContext
 
 MAX_HOLD = timedelta(days=92)
 MAX_OVERRIDE = timedelta(days=92)
 READ_TIMEOUT_S = 30.0
 
 
-class CommandRejected(Exception):
+class CommandRejected(UserError):
     """A command refused with a machine ``code`` and a one-line human ``reason``; nothing changed."""
 
     def __init__(self, code: str, reason: str) -> None:
@@ -77,11 +78,11 @@ def _money(text: str, digits: int, what: str) -> int:
         raise CommandRejected("invalid", f"{what}: {exc}") from None
 
 
-async def ping(gw: Gateway, cmd: Ping, now: datetime) -> Applied:
+async def ping(gw: CommandContext, cmd: Ping, now: datetime) -> Applied:
     return Applied({"pong": True, "gateway_time": iso(now)})
 
 
-async def topup(gw: Gateway, cmd: Topup, now: datetime) -> Applied:
+async def topup(gw: CommandContext, cmd: Topup, now: datetime) -> Applied:
     digits = gw.cfg.minor_digits
     amount = _money(cmd.amount, digits, "amount")
     if amount <= 0:
@@ -107,7 +108,7 @@ async def topup(gw: Gateway, cmd: Topup, now: datetime) -> Applied:
     return Applied(write=write)
 
 
-def _merge_tariff(gw: Gateway, cmd: TariffCmd, now: datetime) -> Tariff:
+def _merge_tariff(gw: CommandContext, cmd: TariffCmd, now: datetime) -> Tariff:
     try:
         new = tariff_from_dict(cmd.tariff, f"command {cmd.id}: tariff")
     except TomlError as exc:
@@ -139,7 +140,7 @@ def _merge_tariff(gw: Gateway, cmd: TariffCmd, now: datetime) -> Tariff:
     return merged
 
 
-async def tariff(gw: Gateway, cmd: TariffCmd, now: datetime) -> Applied:
+async def tariff(gw: CommandContext, cmd: TariffCmd, now: datetime) -> Applied:
     merged = _merge_tariff(gw, cmd, now)
     latest = merged.versions[-1]
 
@@ -178,7 +179,7 @@ async def tariff(gw: Gateway, cmd: TariffCmd, now: datetime) -> Applied:
     return Applied(write=write, after=after)
 
 
-async def account(gw: Gateway, cmd: AccountCmd, now: datetime) -> Applied:
+async def account(gw: CommandContext, cmd: AccountCmd, now: datetime) -> Applied:
     digits = gw.cfg.minor_digits
     credit = (
         None if cmd.emergency_credit is None else _money(cmd.emergency_credit, digits, "emergency_credit")
@@ -250,11 +251,23 @@ def _until(text: str | None, now: datetime, limit: timedelta, what: str) -> date
     return until
 
 
-async def _review(gw: Gateway) -> None:
+async def _review(gw: CommandContext) -> None:
+    """A hold has no account: it is gateway-wide, so every account is re-decided."""
     await gw.review_policy()
 
 
-async def hold(gw: Gateway, cmd: HoldCmd, now: datetime) -> Applied:
+def _meters_of(conn: sqlite3.Connection, target: str) -> list[str]:
+    """The meters whose decision an override of ``target`` (a meter or an account) can change:
+    every meter of the target's account."""
+    rows = conn.execute(
+        "SELECT id FROM meters WHERE account_id = ? "
+        "OR account_id = (SELECT account_id FROM meters WHERE id = ?) OR id = ? ORDER BY id",
+        (target, target, target),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+async def hold(gw: CommandContext, cmd: HoldCmd, now: datetime) -> Applied:
     if cmd.op == "set":
         until = _until(cmd.until, now, MAX_HOLD, "a hold")
         if cmd.kind is None or cmd.reason is None:
@@ -289,7 +302,9 @@ async def hold(gw: Gateway, cmd: HoldCmd, now: datetime) -> Applied:
     return Applied(write=write, after=lambda: _review(gw))
 
 
-async def relay(gw: Gateway, cmd: RelayCmd, now: datetime) -> Applied:
+async def relay(gw: CommandContext, cmd: RelayCmd, now: datetime) -> Applied:
+    affected: list[str] = []  # filled in the transaction: the target's account's meters
+
     if cmd.op == "set":
         until = _until(cmd.until, now, MAX_OVERRIDE, "an override")
         if cmd.target is None or cmd.action is None or cmd.reason is None:
@@ -300,6 +315,7 @@ async def relay(gw: Gateway, cmd: RelayCmd, now: datetime) -> Applied:
             is_meter = conn.execute("SELECT 1 FROM meters WHERE id = ?", (target,)).fetchone()
             if not is_meter and not conn.execute("SELECT 1 FROM accounts WHERE id = ?", (target,)).fetchone():
                 raise CommandRejected("invalid", f"no meter or account '{target}'")
+            affected.extend(_meters_of(conn, target))
             cur = conn.execute(
                 "INSERT INTO overrides(target, action, reason, actor, allow_protected, created_at, expires_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -327,17 +343,18 @@ async def relay(gw: Gateway, cmd: RelayCmd, now: datetime) -> Applied:
         oid = cmd.override_id
 
         def write(conn: sqlite3.Connection) -> dict[str, Any]:
-            row = conn.execute("SELECT cleared_at FROM overrides WHERE id = ?", (oid,)).fetchone()
+            row = conn.execute("SELECT cleared_at, target FROM overrides WHERE id = ?", (oid,)).fetchone()
             if row is None or row[0] is not None:
                 raise CommandRejected("invalid", f"no active override {oid}")
+            affected.extend(_meters_of(conn, row[1]))
             conn.execute("UPDATE overrides SET cleared_at = ? WHERE id = ?", (iso(now), oid))
             events.record(conn, "override_cleared", now, actor=_actor(cmd), detail={"override_id": oid})
             return {"override_id": oid, "cleared_at": iso(now)}
 
-    return Applied(write=write, after=lambda: _review(gw))
+    return Applied(write=write, after=lambda: gw.review_meters(affected))
 
 
-async def read(gw: Gateway, cmd: ReadCmd, now: datetime) -> Applied:
+async def read(gw: CommandContext, cmd: ReadCmd, now: datetime) -> Applied:
     meter = next((m for m in gw.cfg.meters if m.id == cmd.meter_id), None)
     if meter is None:
         raise CommandRejected("invalid", f"no meter '{cmd.meter_id}' on this gateway")
@@ -354,7 +371,7 @@ async def read(gw: Gateway, cmd: ReadCmd, now: datetime) -> Applied:
     return Applied({"meter_id": cmd.meter_id, "reading": body})
 
 
-async def calendar(gw: Gateway, cmd: CalendarCmd, now: datetime) -> Applied:
+async def calendar(gw: CommandContext, cmd: CalendarCmd, now: datetime) -> Applied:
     """Make a year official: its days stop being "unknown" and the policy cuts on working days again."""
     cal = gw.parts.calendar
     this_year = cal.local(now).year
@@ -393,7 +410,7 @@ async def calendar(gw: Gateway, cmd: CalendarCmd, now: datetime) -> Applied:
     return Applied(write=write, after=after)
 
 
-async def notice(gw: Gateway, cmd: NoticeCmd, now: datetime) -> Applied:
+async def notice(gw: CommandContext, cmd: NoticeCmd, now: datetime) -> Applied:
     """Delivery confirmed: the notice period runs from ``delivered_at``; the account is re-decided."""
 
     def write(conn: sqlite3.Connection) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from gateway.textsafe import one_line
 from gateway.timeutil import iso
 
 if TYPE_CHECKING:
-    from gateway.daemon import Gateway
+    from gateway.runtime.ports import CommandContext
 
 log = logging.getLogger("pmg.commands")
 
@@ -60,7 +60,7 @@ __all__ = ["MAX_COMMAND_BYTES", "CommandProcessor", "CommandRejected"]
 class CommandProcessor:
     """Owns the command path of one gateway; ``handle`` is the MQTT link's ``on_command``."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: CommandContext) -> None:
         self.gateway = gateway
         self._keys: dict[str, str] = {}
         self._verifier = Verifier({})
@@ -197,7 +197,7 @@ class CommandProcessor:
             pending = applied.after()
             if pending is not None:
                 await pending
-        gw._notify_outbox()
+        gw.notify_outbox()
         log.info("command applied type=%s id=%s status=%s", kind, _inert(cmd_id, 128), applied.status)
         return ack
 
@@ -246,7 +246,7 @@ class CommandProcessor:
         ack = self._ack(cmd_id, kind, "rejected", now, code=exc.code, reason=exc.reason)
         with self.gateway.store.tx() as conn:
             self._store(conn, cmd_id, kind, dig, now, ack)
-        self.gateway._notify_outbox()
+        self.gateway.notify_outbox()
         return ack
 
     def _reject(self, cmd_id: str, kind: str, now: datetime, code: str, reason: str) -> dict[str, Any]:
@@ -256,7 +256,7 @@ class CommandProcessor:
         ack = self._ack(cmd_id, kind, "rejected", now, code=code, reason=reason)
         with self.gateway.store.tx() as conn:
             self._queue_ack(conn, ack, now)
-        self.gateway._notify_outbox()
+        self.gateway.notify_outbox()
         return ack
 
     # -- flood control ------------------------------------------------------------------------------

@@ -25,8 +25,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from gateway.core.errors import UserError
 
-class SigningError(ValueError):
+
+class SigningError(UserError, ValueError):
     """A key or a signature that cannot be used; ``str()`` says which and why."""
 
 

@@ -15,11 +15,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import ValidationError
 
 from drivers.tomlsource import validation_to_toml_error
+from gateway.core.errors import UserError
 from gateway.tariffs.spec import DAY_TYPES, TariffSpec, TouSpec, VersionSpec
 from gateway.tariffs.values import DAY_MINUTES, Block, BlockCycle, Tariff, TariffVersion, TimeOfUse, Window
 
 
-class SpecError(Exception):
+class SpecError(UserError):
     """A rule spanning several fields is broken at ``path``; turned into a located ``TomlError``."""
 
     def __init__(self, path: Sequence[str | int], reason: str) -> None:
