@@ -8,10 +8,10 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
+from gateway.core.timeutil import iso
 from gateway.store.db import open_store
-from gateway.sync.command_models import HoldCmd, RelayCmd
-from gateway.sync.command_types import hold, relay
-from gateway.timeutil import iso
+from gateway.sync.commands.handlers import hold, relay
+from gateway.sync.commands.schema import HoldCmd, RelayCmd
 
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 

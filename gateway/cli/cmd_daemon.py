@@ -13,7 +13,7 @@ from gateway.cli.common import FiniteFloat, config_option, load
 from gateway.config import GatewayConfig
 
 if TYPE_CHECKING:  # the CLI imports the daemon's parts only when a command needs them
-    from gateway.components import Components
+    from gateway.runtime.components import Components
 
 
 def register(cli: click.Group) -> None:
@@ -32,7 +32,7 @@ def run(config_path: Path, check: bool) -> None:
     invalid.
     """
     cfg = load(config_path)
-    from gateway.daemon import run_daemon
+    from gateway.runtime.daemon import run_daemon
 
     parts = _validate(cfg, config_path)
     if check:
@@ -48,8 +48,8 @@ def _validate(cfg: GatewayConfig, config_path: Path) -> Components:
     """What ``run`` and ``run --check`` both refuse before anything starts — one function, so the
     check cannot pass what the daemon then rejects: the money unit pinned in an existing database,
     then rules, calendar and tariffs (with the database's own tariffs)."""
-    from gateway.components import build_components
     from gateway.config import resolve
+    from gateway.runtime.components import build_components
     from gateway.store.db import open_store
     from gateway.store.pins import check_money_pins
 
@@ -67,8 +67,8 @@ def _validate(cfg: GatewayConfig, config_path: Path) -> Components:
 def _report_registers(cfg: GatewayConfig, config_path: Path, parts: Components) -> None:
     """``--check`` also asks whether every meter's energy can be priced (``gateway.registercheck``):
     one line per problem; exit status 2 if any is an error (a warning alone still passes)."""
+    from gateway.core.timeutil import system_clock
     from gateway.registercheck import register_problems
-    from gateway.timeutil import system_clock
 
     problems = register_problems(cfg, parts.book.tariffs, system_clock())
     for p in problems:
@@ -108,7 +108,7 @@ def demo(speed: float, minutes: float, workdir: Path | None, no_broker: bool, pl
     port when one is installed (otherwise the outbox buffers), and the daemon with a fast clock, and
     shows meters, balances and relays changing live.  Ctrl-C stops everything cleanly.
     """
-    from gateway.demo import run_demo
+    from simulators.demo.app import run_demo
 
     raise SystemExit(
         run_demo(speed=speed, minutes=minutes, workdir=workdir, broker=not no_broker, plain=plain)

@@ -21,12 +21,12 @@ from zoneinfo import ZoneInfo
 import click
 
 from drivers.base import RelayAction
-from gateway import enforcer, events
 from gateway.cli.common import CliFailure, FiniteFloat, config_option, emit_json, json_option, opened_store
-from gateway.timeutil import iso, parse_iso
+from gateway.core.timeutil import iso, parse_iso
+from gateway.store import events, relay_queue
 
 AUDIT_COLUMNS = ("id", "at", "kind", "severity", "account_id", "meter_id", "actor", "rules", "detail")
-MAX_ORDER_HOURS = 24 * 92  # the head office's override limit (gateway.sync.command_types.MAX_OVERRIDE)
+MAX_ORDER_HOURS = 24 * 92  # the head office's override limit (gateway.sync.commands.handlers.MAX_OVERRIDE)
 # Years a technician may name: far enough for any question, near enough that the policy's arithmetic
 # around an instant (it looks days ahead) never leaves ``datetime``'s range (year 9999).
 FIRST_YEAR, LAST_YEAR = 1970, 2199
@@ -65,9 +65,9 @@ def explain_cmd(account: str, at_text: str | None, config_path: Path, as_json: b
     Read-only: decides exactly as the daemon would at --at, and changes nothing.  ACCOUNT may also
     be a meter id.
     """
-    from gateway.daemon import build_components
     from gateway.policy.decide import decide
     from gateway.policy.explain import explain
+    from gateway.runtime.components import build_components
 
     with opened_store(config_path, readonly=True) as (cfg, store):
         at = parse_instant(at_text, cfg.timezone, "--at") if at_text is not None else datetime.now(UTC)
@@ -275,7 +275,7 @@ def _queue_order(
         (meter_id, action, reason, who, int(allow_protected), iso(now), iso(until)),
     )
     override_id = cur.lastrowid
-    command_id = enforcer.request(
+    command_id = relay_queue.request(
         conn, meter_id, relay_action, now, reason=f"manual {operation}: {reason}", actor=who, trace=trace
     )
     detail = {
@@ -302,7 +302,7 @@ def _queue_order(
 
 
 def _daemon_running(db: Path) -> bool:
-    from gateway.service import AlreadyRunning, InstanceLock
+    from gateway.runtime.service import AlreadyRunning, InstanceLock
 
     lock = InstanceLock(db)
     try:

@@ -19,10 +19,10 @@ from gateway.cli.common import (
     json_option,
     opened_store,
 )
+from gateway.core.money import format_money, parse_money
 from gateway.ledger.accounts import balance_minor
 from gateway.ledger.chain_check import BadHead, parse_head
 from gateway.ledger.verify import verify
-from gateway.money import format_money, parse_money
 from gateway.store.chain import head
 
 
@@ -175,10 +175,10 @@ def payment_add(
     re-decides the account; a stopped daemon does so at its start.  The output says whether supply
     returns (``supply``: reason and shortfall, docs/enforcement.md).
     """
-    from gateway.components import build_components
-    from gateway.enforcement import outcome_json
+    from gateway.core.timeutil import system_clock
     from gateway.ledger.payments import apply_payment
-    from gateway.timeutil import system_clock
+    from gateway.policy.engine import outcome_json
+    from gateway.runtime.components import build_components
 
     with opened_store(config_path) as (cfg, store):
         minor = parse_money(amount, cfg.minor_digits)
@@ -257,8 +257,8 @@ def ledger_debt(
     actor: str,
 ) -> None:
     """Record a debt of AMOUNT owed by ACCOUNT outside its balance, recovered from its top-ups."""
+    from gateway.core.timeutil import system_clock
     from gateway.ledger.credit import add_debt, parse_share
-    from gateway.timeutil import system_clock
 
     with opened_store(config_path) as (cfg, store):
         minor = parse_money(amount, cfg.minor_digits)
@@ -296,8 +296,8 @@ def ledger_adjust(
 
     A negative AMOUNT is written as is: ``pmg ledger adjust A1 -3.50 --reason … --actor …``.
     """
+    from gateway.core.timeutil import system_clock
     from gateway.ledger.credit import post_adjustment
-    from gateway.timeutil import system_clock
 
     with opened_store(config_path) as (cfg, store):
         minor = parse_money(amount, cfg.minor_digits)
@@ -325,7 +325,7 @@ def meter() -> None:
 
 
 def _pricer_for(cfg: Any, config_path: Path, store: Any, meter_id: str) -> tuple[Any, int]:
-    from gateway.components import build_components
+    from gateway.runtime.components import build_components
 
     modulus = next((m.register_modulus_wh for m in cfg.meters if m.id == meter_id), 1_000_000_000)
     return build_components(cfg, config_path, store).book, modulus
@@ -345,8 +345,8 @@ def meter_accept(
     config_path: Path, meter_id: str, mode: str | None, reason: str, actor: str, as_json: bool
 ) -> None:
     """Resolve METER's quarantined reading: --charge it or --rebaseline on it."""
+    from gateway.core.timeutil import system_clock
     from gateway.ledger.quarantine import accept_reading
-    from gateway.timeutil import system_clock
 
     if mode is None:
         raise click.UsageError("say --charge or --rebaseline")
@@ -402,8 +402,8 @@ def meter_replace(
     Also change the meter's address in the configuration file (then reload the daemon): the daemon
     polls the address the configuration names.
     """
+    from gateway.core.timeutil import system_clock
     from gateway.ledger.quarantine import replace_meter
-    from gateway.timeutil import system_clock
 
     with opened_store(config_path) as (cfg, store):
         book, modulus = _pricer_for(cfg, config_path, store, meter_id)

@@ -17,7 +17,7 @@ import click
 
 from gateway.cli.cmd_field import parse_instant
 from gateway.cli.common import CliFailure, config_option, emit_json, json_option, opened_store
-from gateway.notices import CHANNELS
+from gateway.policy.notices import CHANNELS
 
 
 @click.group("notice")
@@ -43,8 +43,8 @@ def deliver(
     account: str, channel: str, at_text: str | None, notice_ref: str | None, actor: str, config_path: Path, as_json: bool
 ) -> None:
     """Record that ACCOUNT's outstanding disconnection notice was delivered; its period starts then."""
-    from gateway.notices import NoticeError, confirm_delivery, notice_id
-    from gateway.timeutil import iso, parse_iso
+    from gateway.core.timeutil import iso, parse_iso
+    from gateway.policy.notices import NoticeError, confirm_delivery, notice_id
 
     if not actor.strip():
         raise click.BadParameter("must not be empty", param_hint="--actor")
@@ -63,7 +63,7 @@ def deliver(
                                           actor=f"technician:{actor}")
             except NoticeError as exc:
                 raise CliFailure(str(exc), 2) from None  # a confirmation that does not fit: bad input
-            # The running daemon re-decides marked accounts within a second (gateway.payment_watch).
+            # The running daemon re-decides marked accounts within a second (gateway.runtime.payment_watch).
             conn.execute(
                 "INSERT OR IGNORE INTO policy_inbox(account_id, marked_at) VALUES (?, ?)", (account, iso(now))
             )

@@ -1,7 +1,7 @@
 """Operations: ``pmg meters``, ``pmg meter show``, ``pmg events``, ``pmg status``, ``pmg doctor``.
 
 All of these only read the database (opened read-only, so a technician cannot disturb the running
-daemon); live numbers come from the daemon's status snapshot (``gateway.status``).  Exit statuses:
+daemon); live numbers come from the daemon's status snapshot (``gateway.runtime.status``).  Exit statuses:
 0 fine, 1 something is wrong (``status``: daemon not running or meters unreachable; ``doctor``: a
 check failed), 2 bad input.
 """
@@ -18,9 +18,9 @@ from typing import Any
 import click
 
 from gateway.cli.common import CliFailure, config_option, emit_json, emit_table, json_option, opened_store
-from gateway.money import format_money
+from gateway.core.money import format_money
+from gateway.core.timeutil import system_clock
 from gateway.store.db import Store, StoreError
-from gateway.timeutil import system_clock
 
 METER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 FOLLOW_INTERVAL_S = 0.5
@@ -247,7 +247,7 @@ def status_cmd(config_path: Path, as_json: bool) -> None:
     are not billed until it is resolved), a bus is unhealthy or the gateway's clock is untrusted — for
     monitoring scripts.
     """
-    from gateway.status import collect
+    from gateway.runtime.status import collect
 
     with opened_store(config_path, readonly=True) as (_cfg, store):
         data = collect(store, system_clock())
@@ -342,7 +342,7 @@ def doctor_cmd(config_path: Path, as_json: bool) -> None:
     from gateway.cli.common import load
     from gateway.config import resolve
     from gateway.doctor import exit_status, run_checks
-    from gateway.status import collect
+    from gateway.runtime.status import collect
 
     cfg = load(config_path)
     live = None

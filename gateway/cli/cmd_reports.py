@@ -17,9 +17,9 @@ import click
 
 from gateway.cli.cmd_ledger import attach_meter_commands
 from gateway.cli.common import CliFailure, config_option, emit_json, emit_table, opened_store
+from gateway.core.money import format_money
+from gateway.core.timeutil import system_clock
 from gateway.ledger.reports import PERIODS, Period, collection_report, usage_report
-from gateway.money import format_money
-from gateway.timeutil import system_clock
 
 FORMATS = ("table", "csv", "json")
 

@@ -52,7 +52,7 @@ _MONEY_ARG = re.compile(r"^-?[0-9]{1,15}(\.[0-9]{1,12})?$")
 
 class MoneyText(click.ParamType):
     """A decimal amount ("50.00", "-3.50"), kept as text: the config's minor digits decide its
-    exactness later (``gateway.money.parse_money``); this only refuses what is not a decimal."""
+    exactness later (``gateway.core.money.parse_money``); this only refuses what is not a decimal."""
 
     name = "amount"
 

@@ -18,12 +18,12 @@ from drivers.base import DriverError
 from drivers.tomlsource import TomlError
 from gateway import __version__
 from gateway.core.errors import PmgError
+from gateway.core.textsafe import one_line
 from gateway.store.db import StoreError
-from gateway.textsafe import one_line
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_LOCKED = 3  # gateway.service.AlreadyRunning.exit_status
+EXIT_LOCKED = 3  # gateway.runtime.service.AlreadyRunning.exit_status
 
 
 class PmgGroup(click.Group):
@@ -87,7 +87,7 @@ def cli(verbose: int) -> None:
     Polls DL/T 645 and Modbus meters, keeps an exact prepaid ledger, enforces pay-before-use within
     the law, and syncs with the head office over MQTT.  `pmg demo` shows it all on simulated meters.
     """
-    from gateway.logfmt import setup_logging
+    from gateway.runtime.logfmt import setup_logging
 
     setup_logging(verbose)  # key=value lines; under systemd with journald priorities
 

@@ -24,8 +24,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from drivers.tomlsource import load_model
+from gateway.core.timeutil import parse_iso
 from gateway.ledger.consumption import charged_energy_wh, first_read_at
-from gateway.timeutil import parse_iso
 
 
 class RiskRule(BaseModel):

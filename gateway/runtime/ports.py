@@ -10,22 +10,23 @@ fake (tests/test_command_ports.py).  Type-only imports keep this module free of 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from gateway.bus import BusWorker
-    from gateway.components import Components
     from gateway.config import GatewayConfig
+    from gateway.core.timeutil import Clock
     from gateway.ledger.payments import PaymentResult
+    from gateway.runtime.bus import BusWorker
+    from gateway.runtime.components import Components
+    from gateway.runtime.timetrust import NtpProbe, TimeTrust
     from gateway.store.db import Store
     from gateway.sync.mqtt import MqttLink
-    from gateway.timetrust import NtpProbe, TimeTrust
-    from gateway.timeutil import Clock
 
 
 class TimeGuardHost(Protocol):
-    """What the time guard (``gateway.timeguard``) may use — and so what every caller of it needs:
+    """What the time guard (``gateway.runtime.timeguard``) may use — and so what every caller of it needs:
     the clocks, the store, the policy, and a way to say something was committed."""
 
     @property
@@ -59,8 +60,8 @@ class TimeGuardHost(Protocol):
 
 
 class CommandContext(TimeGuardHost, Protocol):
-    """What a head-office command handler (``gateway.sync.command_types``) and the command
-    processor (``gateway.sync.commands``) may use."""
+    """What a head-office command handler (``gateway.sync.commands.handlers``) and the command
+    processor (``gateway.sync.commands.processor``) may use."""
 
     @property
     def mqtt(self) -> MqttLink | None: ...
@@ -77,18 +78,27 @@ class CommandContext(TimeGuardHost, Protocol):
         """Re-decide these meters only (an input of their account changed, e.g. an override)."""
         ...
 
+    def witness_time(self, issued: datetime) -> None:
+        """A signed command's ``issued_at`` is a witness on the gateway's clock (docs/mqtt.md)."""
+        ...
+
 
 class JobContext(TimeGuardHost, Protocol):
-    """What a scheduled job (``gateway.jobs``: settlement, housekeeping, clock sync) may use."""
+    """What a scheduled job (``gateway.runtime.jobs``: settlement, housekeeping, clock sync) may use."""
 
     @property
     def config_path(self) -> Path: ...
     @property
     def stopping(self) -> bool: ...
 
+    def ended_now(self) -> datetime:
+        """The instant up to which days may be settled: the wall clock, never past what the
+        monotonic clock vouches for (gateway.runtime.timeguard.ended_now)."""
+        ...
+
 
 class StatusView(Protocol):
-    """What the status snapshot (``gateway.status``) reads of the running daemon."""
+    """What the status snapshot (``gateway.runtime.status``) reads of the running daemon."""
 
     @property
     def cfg(self) -> GatewayConfig: ...

@@ -17,12 +17,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
+from gateway.core.timeutil import iso, parse_iso
+from gateway.runtime.timeguard import META_KEY as META_TIME_TRUST
+from gateway.runtime.timeguard import status as time_status
 from gateway.store.chain import head
 from gateway.store.db import Store, dumps
-from gateway.sync.outbox import backlog
-from gateway.timeguard import META_KEY as META_TIME_TRUST
-from gateway.timeguard import status as time_status
-from gateway.timeutil import iso, parse_iso
+from gateway.store.outbox import backlog
 
 if TYPE_CHECKING:
     from gateway.runtime.ports import StatusView
@@ -210,7 +210,7 @@ def last_settlement(store: Store) -> str | None:
 
 def publish(gateway: StatusView) -> dict[str, Any]:
     """Write the live snapshot, refresh the gauges that come from it, tell systemd a STATUS line."""
-    from gateway.service import sd_notify
+    from gateway.runtime.service import sd_notify
 
     now, now_mono = gateway.clock(), gateway.monotonic()
     snap = live_snapshot(gateway, now, now_mono)

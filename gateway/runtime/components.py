@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.calendar import WorkCalendar
-from gateway.calendar_sources import install as install_official
 from gateway.config import GatewayConfig, MeterConfig, resolve
-from gateway.enforcement import MeterCaps, PolicyEngine
+from gateway.core.calendar import WorkCalendar
+from gateway.ledger.tariff_book import TariffBook
+from gateway.policy.calendar_sources import install as install_official
+from gateway.policy.engine import MeterCaps, PolicyEngine
 from gateway.policy.rules import Rules, load_preset
-from gateway.pricing import TariffBook
 from gateway.store.db import Store
 
 

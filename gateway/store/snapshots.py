@@ -5,9 +5,9 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime
 
-from gateway.money import format_money
-from gateway.sync import outbox
-from gateway.timeutil import iso
+from gateway.core.money import format_money
+from gateway.core.timeutil import iso
+from gateway.store import outbox
 
 
 def state_snapshot(conn: sqlite3.Connection, meter_id: str, now: datetime, *, minor_digits: int = 2) -> None:

@@ -65,7 +65,7 @@ class OfficialYear:
     """One year's official arrangement from a source other than ``holidays``.
 
     ``days_off``: public holidays and substituted days off; ``workdays``: weekend days made working
-    days.  Validated by ``gateway.calendar_sources`` before it gets here (in the named year, disjoint).
+    days.  Validated by ``gateway.policy.calendar_sources`` before it gets here (in the named year, disjoint).
     """
 
     country: str

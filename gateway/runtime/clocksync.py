@@ -25,8 +25,8 @@ from zoneinfo import ZoneInfo
 from drivers.base import Point, Quality, Reading
 from drivers.dlt645.link import Dlt645Link
 from drivers.dlt645.meter import broadcast_time
-from gateway import events
-from gateway.bus import POLL_POINTS, PRIORITY_READ_NOW, BusWorker
+from gateway.runtime.bus import POLL_POINTS, PRIORITY_READ_NOW, BusWorker
+from gateway.store import events
 from gateway.store.db import Store
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ def audit(store: Store, result: BusClockResult, now: datetime, max_drift_s: floa
 
 
 async def run(gateway: JobContext) -> list[BusClockResult]:
-    """The scheduler's entry point (``gateway.jobs``): every DL/T 645 bus, one after another."""
+    """The scheduler's entry point (``gateway.runtime.jobs``): every DL/T 645 bus, one after another."""
     threshold = float(gateway.cfg.housekeeping.clock_max_drift_s)
     results: list[BusClockResult] = []
     for bus in gateway.cfg.buses:
@@ -172,8 +172,8 @@ async def run(gateway: JobContext) -> list[BusClockResult]:
 
 
 def _trust_witness(gateway: JobContext) -> Callable[[dict[str, float]], bool]:
-    """The meters' clocks are a witness on ours (gateway.timetrust); no broadcast of a doubted time."""
-    from gateway import timeguard
+    """The meters' clocks are a witness on ours (gateway.runtime.timetrust); no broadcast of a doubted time."""
+    from gateway.runtime import timeguard
 
     def may_broadcast(drift: dict[str, float]) -> bool:
         trust = gateway.timetrust

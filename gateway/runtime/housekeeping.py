@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 
 from gateway.config import HousekeepingConfig, resolve
 from gateway.core.errors import OperationFailed
+from gateway.core.timeutil import iso, parse_iso
+from gateway.store import outbox
 from gateway.store.db import Store, StoreError
-from gateway.sync import outbox
-from gateway.timeutil import iso, parse_iso
 
 if TYPE_CHECKING:
     from gateway.runtime.ports import JobContext
@@ -235,7 +235,7 @@ def housekeep(
 
 
 async def run(gateway: JobContext) -> None:
-    """The scheduler's entry point (``gateway.jobs``); the backup copy runs off the event loop."""
+    """The scheduler's entry point (``gateway.runtime.jobs``); the backup copy runs off the event loop."""
     cfg = gateway.cfg.housekeeping
     store = gateway.store
     now = gateway.clock()

@@ -25,16 +25,16 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from gateway.config import load_config
-from gateway.daemon import Gateway
-from gateway.demo_view import DemoView
-from gateway.timeutil import ScaledClock, iso, parse_iso
+from gateway.core.timeutil import ScaledClock, iso, parse_iso
+from gateway.runtime.daemon import Gateway
+from simulators.demo.view import DemoView
 from simulators.model import FastClock, LoadProfile, MeterModel
 
 log = logging.getLogger("pmg.demo")
 
 TZ = ZoneInfo("Asia/Shanghai")
 START = datetime(2026, 12, 4, 8, 0, tzinfo=TZ)  # a Friday morning
-REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "config"
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,7 @@ def _confirm_notices(gateway: Gateway, story: Story, now: datetime, hq: _HeadOff
             hq.send_notice(account, nid, "sms", now)
             story.log.append(f"{now.astimezone(TZ):%a %H:%M} head office confirms the notice to {account} (SMS, signed)")
         return
-    from gateway import notices
+    from gateway.policy import notices
 
     with gateway.store.tx() as conn:
         waiting = conn.execute(
@@ -245,7 +245,7 @@ def _advance_story(gateway: Gateway, story: Story, clock: ScaledClock, hq: _Head
                 f"{now.astimezone(TZ):%a %H:%M} head office publishes a signed top-up of ¥{amount}"
             )
         else:
-            from gateway.money import parse_money
+            from gateway.core.money import parse_money
 
             gateway.apply_payment(payment_id, account, parse_money(amount), source="demo:counter")
             story.log.append(

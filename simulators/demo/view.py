@@ -15,11 +15,11 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from gateway.money import format_money
+from gateway.core.money import format_money
 
 if TYPE_CHECKING:
-    from gateway.daemon import Gateway
-    from gateway.demo import Story
+    from gateway.runtime.daemon import Gateway
+    from simulators.demo.app import Story
     from simulators.model import MeterModel
 
 TZ = ZoneInfo("Asia/Shanghai")

@@ -23,8 +23,8 @@ from typing import Any
 
 from drivers.base import BILLING_POINTS, DriverError, Meter, Point, Quality, Reading, RelayState
 from drivers.factory import Link
-from gateway.idle import Idle
-from gateway.timeutil import Clock
+from gateway.core.idle import Idle
+from gateway.core.timeutil import Clock
 
 log = logging.getLogger("pmg.bus")
 

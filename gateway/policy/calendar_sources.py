@@ -22,10 +22,10 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from drivers.tomlsource import TomlError, locate, read_toml, validation_to_toml_error
-from gateway import events
-from gateway.calendar import OfficialYear, WorkCalendar, holidays_source
+from gateway.core.calendar import OfficialYear, WorkCalendar, holidays_source
 from gateway.core.errors import UserError
-from gateway.timeutil import iso
+from gateway.core.timeutil import iso
+from gateway.store import events
 
 # Years a source may name: the span ``holidays`` and the tariffs deal in (a typo such as 20277 or
 # 207 is refused rather than stored).

@@ -19,7 +19,7 @@ reason to doubt (docs/enforcement.md, "Untrusted time").  The witnesses:
     than ``reference_tolerance_s`` — signed instants come from head office's clock, not ours.
 
 This module holds no database and no policy: it is fed observations with injected clocks and
-reports changes of verdict; ``gateway.timeguard`` turns them into events, policy holds and
+reports changes of verdict; ``gateway.runtime.timeguard`` turns them into events, policy holds and
 re-decisions.
 """
 
@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from gateway.timeutil import Clock, iso
+from gateway.core.timeutil import Clock, iso
 
 log = logging.getLogger("pmg.timetrust")
 

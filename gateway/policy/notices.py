@@ -14,9 +14,9 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gateway import events
 from gateway.core.errors import UserError
-from gateway.timeutil import iso, parse_iso
+from gateway.core.timeutil import iso, parse_iso
+from gateway.store import events
 
 # How a notice can reach a customer, as the head office reports it.
 CHANNELS = ("sms", "letter", "in_person", "app", "email", "phone")

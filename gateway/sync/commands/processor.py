@@ -33,14 +33,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from gateway.core.textsafe import one_line
+from gateway.core.timeutil import iso
+from gateway.store import outbox
 from gateway.store.db import dumps
-from gateway.sync import outbox
-from gateway.sync.command_models import MODELS, Envelope, first_error
-from gateway.sync.command_types import HANDLERS, Applied, CommandRejected
+from gateway.sync.commands.handlers import HANDLERS, Applied, CommandRejected
+from gateway.sync.commands.schema import MODELS, Envelope, first_error
 from gateway.sync.ratelimit import RejectionLimiter
 from gateway.sync.signing import SigningError, Verifier, digest
-from gateway.textsafe import one_line
-from gateway.timeutil import iso
 
 if TYPE_CHECKING:
     from gateway.runtime.ports import CommandContext
@@ -156,11 +156,7 @@ class CommandProcessor:
             cmd = MODELS[kind].model_validate(raw)
         except ValidationError as exc:
             return self._record(cmd_id, kind, dig, now, CommandRejected("invalid", first_error(exc)))
-        trust = gw.timetrust
-        if trust is not None:  # a signed issued_at is a witness on our clock (gateway.timetrust)
-            from gateway import timeguard
-
-            timeguard.observed(gw, trust.command_observed(cmd.issued))
+        gw.witness_time(cmd.issued)  # a signed issued_at is a witness on our clock
         try:
             self._check_time(cmd, now)
             applied = await HANDLERS[kind](gw, cmd, now)
@@ -288,7 +284,7 @@ class CommandProcessor:
 
 def _inert(text: object, limit: int) -> str:
     """Attacker-chosen text for a log line: control characters escaped, and ``=`` too, so an id like
-    ``x meter=m1`` cannot pose as one of the line's logfmt fields (``gateway.logfmt``)."""
+    ``x meter=m1`` cannot pose as one of the line's logfmt fields (``gateway.runtime.logfmt``)."""
     return one_line(text, limit).replace("=", "\\x3d")
 
 

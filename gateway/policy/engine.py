@@ -2,7 +2,7 @@
 
 ``gateway.policy.decide`` is pure; this module is its only caller in the daemon.  It reads an
 account, its meter, the holds and the overrides inside the caller's transaction, calls ``decide``,
-and in that same transaction stores the new state, queues relay commands (``enforcer.request``) and
+and in that same transaction stores the new state, queues relay commands (``relay_queue.request``) and
 writes every action — and every *change* in what is blocked — to the audit log with its rule trace.
 """
 
@@ -17,20 +17,21 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from drivers.base import RelayAction, RelayState
-from gateway import enforcer, events, notices
-from gateway.calendar import WorkCalendar
+from gateway.core.calendar import WorkCalendar
+from gateway.core.money import format_money
+from gateway.core.timeutil import iso, parse_iso
 from gateway.ledger import forecast
-from gateway.money import format_money
+from gateway.ledger.tariff_book import TariffBook
+from gateway.policy import notices
 from gateway.policy.credit import emergency_credit_granted
 from gateway.policy.decide import decide
 from gateway.policy.inputs import AccountView, Hold, MeterView, Override
 from gateway.policy.outcome import PaymentOutcome, payment_outcome, summarise
 from gateway.policy.rules import Rules
 from gateway.policy.state import Action, ActionKind, Decision, EnforcementState, RuleCheck
-from gateway.pricing import TariffBook
+from gateway.policy.time_hold import time_holds
+from gateway.store import events, relay_queue
 from gateway.store.db import dumps
-from gateway.timeguard import time_holds
-from gateway.timeutil import iso, parse_iso
 
 FAILED_COMMAND_BACKOFF = timedelta(hours=1)  # before the policy asks a meter that failed again
 NOTICE_CHANNEL_DISPLAY = "meter_display"  # how a notice the policy itself delivered reached the customer
@@ -266,7 +267,7 @@ class PolicyEngine:
         if not blocked:
             return
         why = "; ".join(dict.fromkeys(f"{c.rule}: {c.detail}" for c in blocked[0].trace if not c.passed))
-        enforcer.cancel(
+        relay_queue.cancel(
             conn,
             meter_id,
             (RelayAction.TRIP,),
@@ -288,11 +289,11 @@ class PolicyEngine:
     ) -> None:
         detail = _action_json(action)
         if action.kind is ActionKind.RECONNECT:
-            enforcer.cancel(
+            relay_queue.cancel(
                 conn, meter_id, (RelayAction.TRIP,), now, reason="credit restored", actor="policy"
             )
         if action.relay_action is not None:
-            enforcer.request(
+            relay_queue.request(
                 conn,
                 meter_id,
                 action.relay_action,

@@ -19,15 +19,17 @@ from typing import TYPE_CHECKING, Any
 
 from drivers.base import DriverError
 from drivers.tomlsource import TomlError
-from gateway import events, notices
-from gateway.calendar_sources import CalendarSourceError, official_year, store_year
 from gateway.core.errors import UserError
-from gateway.enforcement import outcome_json
+from gateway.core.money import MoneyError, format_money, parse_money
+from gateway.core.timeutil import iso, parse_iso
 from gateway.ledger.accounts import ensure_account
 from gateway.ledger.payments import PaymentError
-from gateway.money import MoneyError, format_money, parse_money
+from gateway.policy import notices
+from gateway.policy.calendar_sources import CalendarSourceError, official_year, store_year
+from gateway.policy.engine import outcome_json
+from gateway.store import events
 from gateway.store.db import dumps
-from gateway.sync.command_models import (
+from gateway.sync.commands.schema import (
     AccountCmd,
     CalendarCmd,
     Envelope,
@@ -40,7 +42,6 @@ from gateway.sync.command_models import (
     Topup,
 )
 from gateway.tariffs.model import Tariff, tariff_from_dict, tariff_to_dict
-from gateway.timeutil import iso, parse_iso
 
 if TYPE_CHECKING:
     from gateway.runtime.ports import CommandContext

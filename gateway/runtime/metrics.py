@@ -17,25 +17,14 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
-from gateway.core.errors import UserError
+from gateway.core.listen import MetricsError, parse_listen
+from gateway.core.timeutil import parse_iso
 from gateway.store.db import Store
-from gateway.timeutil import parse_iso
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
 RECONNECT_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
 
 
-class MetricsError(UserError, ValueError):
-    """The ``[metrics] listen`` address is malformed or cannot be bound."""
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``"host:port"`` (``"[::1]:9108"`` for IPv6) into its parts; a clear error otherwise."""
-    host, sep, port = listen.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise MetricsError(f"metrics.listen: expected host:port like 127.0.0.1:9108 (got {listen!r})")
-    return host or "127.0.0.1", int(port)
 
 
 @dataclass

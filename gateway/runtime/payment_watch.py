@@ -11,7 +11,7 @@ itself, ``gateway.ledger.payments.mark_for_decision``; any other raise, a trigge
   ``account`` command raising emergency credit).  Neither costs a query of a table; only then is the
   inbox read, and only a non-empty inbox opens a transaction;
 * re-decides each marked account and deletes its mark in the same transaction, so the close command
-  is queued (at the head of its bus's queue, ``gateway.enforcer``) exactly when the mark goes: a crash
+  is queued (at the head of its bus's queue, ``gateway.runtime.relay``) exactly when the mark goes: a crash
   in between leaves the mark, and the next start processes every mark before polling.
 
 No socket: nothing new to secure, and it works whether the daemon is up, down or restarting.  The

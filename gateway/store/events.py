@@ -11,9 +11,9 @@ import sqlite3
 from datetime import datetime
 from typing import Any
 
+from gateway.core.timeutil import iso
+from gateway.store import outbox
 from gateway.store.db import dumps
-from gateway.sync import outbox
-from gateway.timeutil import iso
 
 SEVERITIES = ("info", "warning", "alarm")
 

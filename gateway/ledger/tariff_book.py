@@ -19,11 +19,11 @@ from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
 
-from gateway.calendar import WorkCalendar
+from gateway.core.calendar import WorkCalendar
+from gateway.core.timeutil import iso, parse_iso
 from gateway.ledger.charging import AccountPosition, Priced
 from gateway.tariffs.model import Tariff, load_tariff_dir, tariff_from_dict
 from gateway.tariffs.pricing import ChargeLine, cycle_start, price_interval
-from gateway.timeutil import iso, parse_iso
 
 
 class TariffBook:

@@ -36,7 +36,7 @@ class ScaledClock:
         return self().timestamp()
 
     def monotonic(self) -> float:
-        """Seconds elapsed at this clock's rate, which nothing can set: what ``gateway.timetrust``
+        """Seconds elapsed at this clock's rate, which nothing can set: what ``gateway.runtime.timetrust``
         measures wall-clock steps against (a fast clock is not a stepping one)."""
         return (time.monotonic() - self._mono0) * self.speed
 

@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,25 +23,27 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from drivers.backoff import Backoff
 from drivers.base import Quality, Reading
 from drivers.factory import Link, LinkSettings, make_link, make_meter
-from gateway import __version__, events, timeguard
-from gateway.bus import BusWorker, PolledMeter
-from gateway.calendar_sources import report_stale
-from gateway.components import Components, build_components
+from gateway import __version__
 from gateway.config import GatewayConfig, load_config, resolve
-from gateway.enforcer import Enforcer, RelayCommand
+from gateway.core.timeutil import Clock, iso, system_clock
 from gateway.ledger.accounts import seed_from_config
 from gateway.ledger.charging import ChargeOutcome, record_reading
 from gateway.ledger.payments import PaymentResult, apply_payment
-from gateway.metrics import GatewayMetrics, observe_relay_outcome
-from gateway.payment_watch import PaymentWatch
-from gateway.payment_watch import clear as clear_decision_mark
-from gateway.service import InstanceLock, sd_notify, watchdog_interval_s
-from gateway.snapshots import state_snapshot
+from gateway.policy.calendar_sources import report_stale
+from gateway.runtime import timeguard
+from gateway.runtime.bus import BusWorker, PolledMeter
+from gateway.runtime.components import Components, build_components
+from gateway.runtime.metrics import GatewayMetrics, observe_relay_outcome
+from gateway.runtime.payment_watch import PaymentWatch
+from gateway.runtime.payment_watch import clear as clear_decision_mark
+from gateway.runtime.relay import Enforcer, RelayCommand
+from gateway.runtime.service import InstanceLock, sd_notify, watchdog_interval_s
+from gateway.runtime.timetrust import NtpProbe, TimeTrust
+from gateway.store import events
 from gateway.store.db import Store, StoreError, open_store
 from gateway.store.pins import check_money_pins
+from gateway.store.snapshots import state_snapshot
 from gateway.sync.mqtt import MqttLink
-from gateway.timetrust import NtpProbe, TimeTrust
-from gateway.timeutil import Clock, iso, system_clock
 
 log = logging.getLogger("pmg.daemon")
 
@@ -76,7 +78,7 @@ class Gateway:
     cfg: GatewayConfig
     clock: Clock = system_clock
     monotonic: Callable[[], float] = time.monotonic
-    # Untrusted time (gateway.timeguard): a monotonic clock at the wall clock's rate, an NTP probe.
+    # Untrusted time (gateway.runtime.timeguard): a monotonic clock at the wall clock's rate, an NTP probe.
     time_monotonic: Callable[[], float] | None = None
     ntp_probe: NtpProbe | None = None
     timetrust: TimeTrust | None = None
@@ -136,7 +138,7 @@ class Gateway:
         self._start_payment_watch()
         self._tasks.append(asyncio.create_task(self.enforcer.run(), name="enforcer"))
         if self.cfg.mqtt is not None:
-            from gateway.sync.commands import CommandProcessor
+            from gateway.sync.commands.processor import CommandProcessor
 
             processor = CommandProcessor(self)
             self.mqtt = MqttLink(
@@ -152,7 +154,7 @@ class Gateway:
         self._start_scheduler()
         self._tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
         self._tasks.append(asyncio.create_task(self._review_when_due(), name="due-reviews"))
-        from gateway.status import status_loop
+        from gateway.runtime.status import status_loop
 
         self._tasks.append(asyncio.create_task(status_loop(self), name="status"))
         self._install_signals()
@@ -247,7 +249,7 @@ class Gateway:
             coalesce=True,
             max_instances=1,
         )
-        from gateway.jobs import register_jobs
+        from gateway.runtime.jobs import register_jobs
 
         register_jobs(scheduler, self)
         scheduler.start()
@@ -284,7 +286,7 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.metrics.stop()
-        from gateway.status import clear_snapshot
+        from gateway.runtime.status import clear_snapshot
 
         try:
             clear_snapshot(self.store, self.clock())
@@ -520,6 +522,15 @@ class Gateway:
             log.error("policy review failed: %s", exc)
         self.wake()
 
+    def ended_now(self) -> datetime:
+        """Up to when days may be settled (a wall clock a day fast must not end today early)."""
+        return timeguard.ended_now(self)
+
+    def witness_time(self, issued: datetime) -> None:
+        """A signed command's ``issued_at`` is a witness on our clock (gateway.runtime.timetrust)."""
+        if self.timetrust is not None:
+            timeguard.observed(self, self.timetrust.command_observed(issued))
+
     @property
     def meter_ids(self) -> frozenset[str]:
         """The meters of the running configuration (a database row may outlive its meter)."""
@@ -598,7 +609,7 @@ class Gateway:
         self.wake()
 
     def _check_time(self) -> None:
-        """Before a decision reads the clock: is it still to be believed (gateway.timeguard)?"""
+        """Before a decision reads the clock: is it still to be believed (gateway.runtime.timeguard)?"""
         try:
             timeguard.observe(self)
         except StoreError as exc:

@@ -1,13 +1,13 @@
-"""What the gateway does while its clock is doubted (``gateway.timetrust`` gives the verdict).
+"""What the gateway does while its clock is doubted (``gateway.runtime.timetrust`` gives the verdict).
 
 While time is untrusted (docs/enforcement.md, "Untrusted time"):
 - no NEW automatic cut or power cap: the policy sees a gateway-wide hold of kind ``time_untrusted``
-  (``time_holds``, read by ``gateway.enforcement.active_holds``), so the pure ``decide`` blocks
+  (``time_holds``, read by ``gateway.policy.engine.active_holds``), so the pure ``decide`` blocks
   them with a ``hold.time_untrusted`` check in the trace — reconnections are never held;
 - a trip already queued by the policy but not yet on the wire is re-decided, and so withdrawn, when
   an episode starts: its lawful instant may have been read off the clock that stepped;
 - no standing charge for a day that has not ended by the monotonic-corrected clock (``ended_now``);
-- no time broadcast to meters (``gateway.clocksync``);
+- no time broadcast to meters (``gateway.runtime.clocksync``);
 - one ``time_untrusted`` alarm when an episode starts and one ``time_trusted`` when it ends, and the
   verdict is kept in ``meta`` (``time.trust``) for ``pmg status`` and ``pmg explain``;
 - when it ends, notices and reminders served during it count from the end (``restart_notices``).
@@ -19,14 +19,14 @@ import json
 import logging
 import sqlite3
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from gateway import events
-from gateway.policy.inputs import Hold
+from gateway.core.timeutil import iso, parse_iso, system_clock
+from gateway.policy.time_hold import META_KEY
+from gateway.runtime.timetrust import TimeTrust, TrustChange, TrustSettings, adjtimex_probe
+from gateway.store import events
 from gateway.store.db import StoreError, dumps
-from gateway.timetrust import TimeTrust, TrustChange, TrustSettings, adjtimex_probe
-from gateway.timeutil import iso, parse_iso, system_clock
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
@@ -34,9 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pmg.timeguard")
 
-META_KEY = "time.trust"
-HOLD_KIND = "time_untrusted"
-_SINCE_EVER = datetime(1970, 1, 1, tzinfo=UTC)  # the hold is in force whatever the doubted clock says
 
 
 def build(gateway: TimeGuardHost) -> TimeTrust:
@@ -76,17 +73,6 @@ def settings(cfg: GatewayConfig) -> TrustSettings:
         meter_quorum=t.meter_quorum,
     )
 
-
-def time_holds(conn: sqlite3.Connection) -> list[Hold]:
-    """The policy's gateway-wide hold while time is untrusted (none otherwise)."""
-    row = conn.execute("SELECT value FROM meta WHERE key = ?", (META_KEY,)).fetchone()
-    if row is None:
-        return []
-    state = json.loads(row[0])
-    if state.get("trusted", True):
-        return []
-    reasons = "; ".join(state.get("reasons", {}).values()) or "untrusted"
-    return [Hold(HOLD_KIND, f"gateway clock untrusted: {reasons}", "gateway", _SINCE_EVER, None)]
 
 
 def observe(gateway: TimeGuardHost) -> bool:

@@ -24,8 +24,8 @@ log = logging.getLogger("pmg.jobs")
 # (job id, module providing ``run(gateway)``, interval in seconds of real time)
 JOBS: tuple[tuple[str, str, float], ...] = (
     ("settlement", "gateway.ledger.settlement", 60.0),  # standing charges for every local day that ended
-    ("housekeeping", "gateway.housekeeping", 3600.0),  # downsample readings, trim delivered outbox, backup
-    ("clock_sync", "gateway.clocksync", 3600.0),  # read meter clocks, broadcast time to those that drifted
+    ("housekeeping", "gateway.runtime.housekeeping", 3600.0),  # downsample readings, trim delivered outbox, backup
+    ("clock_sync", "gateway.runtime.clocksync", 3600.0),  # read meter clocks, broadcast time to those that drifted
 )
 
 
