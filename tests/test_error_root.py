@@ -5,15 +5,19 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import sqlite3
 
 import click
 import pytest
 from click.testing import CliRunner
+from gateway_harness import base_config, write_config
 
 import drivers
 import gateway
-from gateway.cli.main import PmgGroup
+from gateway.cli.main import PmgGroup, cli
 from gateway.core.errors import OperationFailed, PmgError, UserError
+from gateway.store.db import open_store
+from gateway.store.migrations import MIGRATIONS
 
 
 def _modules(package):
@@ -61,3 +65,19 @@ def test_cli_maps_by_class(error, status):
     result = CliRunner().invoke(root, ["go"])
     assert result.exit_code == status
     assert "Traceback" not in result.output
+
+
+def test_a_database_from_a_newer_pmg_is_one_line_exit_1(tmp_path):
+    """SchemaTooNew was a bare RuntimeError: ``pmg payment add`` printed a traceback.  It is an
+    OperationFailed now (the input is fine; this pmg cannot do it)."""
+    open_store(tmp_path / "pmg.db").close()
+    conn = sqlite3.connect(tmp_path / "pmg.db")
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.close()
+    cfg = write_config(tmp_path / "gw.toml", base_config(tmp_path / "pmg.db"))
+    args = ["payment", "add", "-c", str(cfg), "a1", "10.00", "--id", "cash-1", "--actor", "clerk"]
+    result = CliRunner().invoke(cli, args, prog_name="pmg")
+    assert result.exit_code == 1, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "newer than this pmg" in lines[0], result.stderr
+    assert "Traceback" not in result.output + result.stderr

@@ -7,7 +7,6 @@ problem); 2 bad input (arguments, configuration, a file); 3 another pmg already 
 
 from __future__ import annotations
 
-import importlib
 import sqlite3
 import sys
 from typing import Any, NoReturn
@@ -93,17 +92,9 @@ def cli(verbose: int) -> None:
 
 
 def _register() -> None:
-    from gateway.cli import cmd_daemon, cmd_ledger, cmd_notice, cmd_ops, cmd_sim, cmd_tech
+    from gateway.cli.commands import field, hq, ledger, meter, notice, ops, reports, run, sim, tech
 
-    for module in (cmd_daemon, cmd_tech, cmd_sim, cmd_ledger, cmd_ops, cmd_notice):
-        module.register(cli)
-    for optional in ("gateway.cli.cmd_hq", "gateway.cli.cmd_reports", "gateway.cli.cmd_field"):
-        try:  # command modules contributed as the product grows
-            module = importlib.import_module(optional)
-        except ModuleNotFoundError as exc:
-            if exc.name != optional:
-                raise
-            continue
+    for module in (run, tech, sim, ledger, meter, ops, notice, hq, reports, field):
         module.register(cli)
 
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import click
 
-from gateway.cli.cmd_ledger import attach_meter_commands
 from gateway.cli.common import CliFailure, config_option, emit_json, emit_table, opened_store
 from gateway.core.money import format_money
 from gateway.core.timeutil import system_clock
@@ -26,7 +25,6 @@ FORMATS = ("table", "csv", "json")
 
 def register(cli: click.Group) -> None:
     cli.add_command(report)
-    attach_meter_commands(cli)  # after every core module registered its groups
 
 
 def _kwh(wh: int) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from gateway.cli.cmd_field import parse_instant
+from gateway.cli.commands.field import parse_instant
 from gateway.cli.common import CliFailure, config_option, emit_json, json_option, opened_store
 from gateway.policy.notices import CHANNELS
 

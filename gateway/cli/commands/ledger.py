@@ -30,22 +30,6 @@ def register(cli: click.Group) -> None:
     cli.add_command(ledger)
     cli.add_command(balance)
     cli.add_command(payment)
-    attach_meter_commands(cli)
-
-
-def attach_meter_commands(cli: click.Group) -> None:
-    """Add ``accept-reading`` and ``replace`` to the ``pmg meter`` group, whoever defines the group.
-
-    ``cmd_ops`` defines ``pmg meter show``; registration order must not decide which subcommands
-    exist, so this merges into an existing group and is safe to call twice (``cmd_reports`` calls it
-    again after every core module has registered).
-    """
-    existing = cli.commands.get("meter")
-    if isinstance(existing, click.Group) and existing is not meter:
-        for name, command in meter.commands.items():
-            existing.add_command(command, name)
-    elif existing is None:
-        cli.add_command(meter)
 
 
 @click.group()
@@ -319,11 +303,6 @@ def ledger_adjust(
     )
 
 
-@click.group()
-def meter() -> None:
-    """Resolve a meter whose reading was quarantined (each decision audited)."""
-
-
 def _pricer_for(cfg: Any, config_path: Path, store: Any, meter_id: str) -> tuple[Any, int]:
     from gateway.runtime.components import build_components
 
@@ -331,7 +310,7 @@ def _pricer_for(cfg: Any, config_path: Path, store: Any, meter_id: str) -> tuple
     return build_components(cfg, config_path, store).book, modulus
 
 
-@meter.command("accept-reading")
+@click.command("accept-reading")
 @config_option
 @click.argument("meter_id", metavar="METER")
 @click.option("--charge", "mode", flag_value="charge", help="The reading was real: charge up to it.")
@@ -380,7 +359,7 @@ def meter_accept(
         )
 
 
-@meter.command("replace")
+@click.command("replace")
 @config_option
 @click.argument("meter_id", metavar="METER")
 @click.option(

@@ -28,7 +28,6 @@ FOLLOW_INTERVAL_S = 0.5
 
 def register(cli: click.Group) -> None:
     cli.add_command(meters)
-    cli.add_command(meter)
     cli.add_command(events_cmd)
     cli.add_command(status_cmd)
     cli.add_command(doctor_cmd)
@@ -100,12 +99,7 @@ def meters(config_path: Path, as_json: bool) -> None:
     )
 
 
-@click.group()
-def meter() -> None:
-    """One meter in detail."""
-
-
-@meter.command("show")
+@click.command("show")
 @click.argument("meter_id")
 @config_option
 @click.option(
