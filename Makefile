@@ -24,4 +24,4 @@ bench: setup
 	.venv/bin/python -m bench.run_all
 
 clean:
-	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache var/
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache .grimp_cache .import_linter_cache var/
