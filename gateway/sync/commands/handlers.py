@@ -41,6 +41,7 @@ from gateway.sync.commands.schema import (
     TariffCmd,
     Topup,
 )
+from gateway.tariffs.build import with_version
 from gateway.tariffs.model import Tariff, tariff_from_dict, tariff_to_dict
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ def _merge_tariff(gw: CommandContext, cmd: TariffCmd, now: datetime) -> Tariff:
     merged = existing
     try:
         for v in added:
-            merged = merged.with_version(v, now)
+            merged = with_version(merged, v, now)
     except ValueError as exc:
         raise CommandRejected("invalid", str(exc)) from None
     return merged
