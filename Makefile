@@ -18,9 +18,10 @@ quick: setup
 lint: setup
 	.venv/bin/ruff check gateway drivers simulators tests bench
 	.venv/bin/mypy
+	.venv/bin/lint-imports
 
 bench: setup
 	.venv/bin/python -m bench.run_all
 
 clean:
-	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache var/
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache .grimp_cache .import_linter_cache var/

@@ -31,16 +31,16 @@ from pathlib import Path
 from bench.bench_ledger import seed_meter
 from bench.common import Result, emit
 from drivers.base import Quality, Reading
-from gateway.calendar import WorkCalendar
-from gateway.housekeeping import downsample_readings
+from gateway.core.calendar import WorkCalendar
+from gateway.core.timeutil import iso
 from gateway.ledger.charging import record_reading
 from gateway.ledger.forecast import DailyCostCache
 from gateway.ledger.risk import RiskRule, risk_inputs
-from gateway.pricing import TariffBook, cycle_usage_wh
+from gateway.ledger.tariff_book import TariffBook, cycle_usage_wh
+from gateway.runtime.housekeeping import downsample_readings
 from gateway.store.db import Store, open_store
 from gateway.tariffs.model import load_tariff_dir
 from gateway.tariffs.pricing import cycle_start
-from gateway.timeutil import iso
 
 REPO = Path(__file__).resolve().parent.parent
 TARIFF = "zhejiang-residential"

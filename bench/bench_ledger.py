@@ -32,10 +32,10 @@ from pathlib import Path
 
 from bench.common import Result, emit
 from drivers.base import Quality, Reading
-from gateway.calendar import WorkCalendar
+from gateway.core.calendar import WorkCalendar
 from gateway.ledger.accounts import ensure_account, ensure_meter
 from gateway.ledger.charging import record_reading
-from gateway.pricing import TariffBook
+from gateway.ledger.tariff_book import TariffBook
 from gateway.store.db import open_store
 from gateway.tariffs.model import load_tariff_dir
 

@@ -45,10 +45,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.common import Result, emit
 from gateway.config import MqttConfig
+from gateway.core.timeutil import iso, system_clock
+from gateway.store import outbox
 from gateway.store.db import open_store
-from gateway.sync import outbox
 from gateway.sync.mqtt import WINDOW, MqttLink
-from gateway.timeutil import iso, system_clock
 from simulators.mosquitto import Mosquitto
 
 

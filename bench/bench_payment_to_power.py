@@ -10,7 +10,7 @@ confirmed for that meter is measured on the monotonic clock:
 - ``mqtt``: a signed ``topup`` command published to the broker (from the publish: broker hop,
   signature check, the payment's transaction, the decision, the bus);
 - ``cli``: the code path of ``pmg payment add`` on another SQLite connection, in another thread (from
-  its COMMIT: the daemon learns of it only through the database, ``gateway.payment_watch``);
+  its COMMIT: the daemon learns of it only through the database, ``gateway.runtime.payment_watch``);
 - ``account``: a signed ``account`` command granting emergency credit to an account a little in
   arrears (from the publish), under ``on_emergency_credit``.
 
@@ -44,12 +44,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.common import Result, emit
 from gateway.config import load_config
-from gateway.daemon import Gateway
+from gateway.core.timeutil import iso, system_clock
 from gateway.ledger.credit import post_adjustment
 from gateway.ledger.payments import apply_payment
+from gateway.runtime.daemon import Gateway
 from gateway.store.db import open_store
 from gateway.sync.signing import generate_key, key_id_for, public_key_b64, sign_command
-from gateway.timeutil import iso, system_clock
 from simulators.dlt645 import SimulatedDlt645Bus, make_models
 from simulators.lab import IMMEDIATE_POLICY_TOML
 from simulators.mosquitto import Mosquitto

@@ -179,6 +179,11 @@ class RelayNotConfirmed(DriverError):
     """The meter acknowledged a relay command but the read-back state differs."""
 
 
+class LinkError(DriverError):
+    """The bus itself is unusable (a port cannot be opened, a TCP connection is refused or closed,
+    the link is not open): one class for every protocol, so callers catch one thing."""
+
+
 @runtime_checkable
 class Meter(Protocol):
     """A meter as the gateway sees it: read typed values, command the relay.

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from drivers.tomlsource import TomlError, locate, read_toml, validation_to_toml_error
+from gateway.core.errors import UserError
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 
@@ -35,7 +36,7 @@ class Strict(BaseModel):
 
 def _check_public_key(text: str) -> str:
     """A bad head-office key stops the daemon at load, with its line, not at the first command."""
-    from gateway.sync.signing import parse_public_key
+    from gateway.core.keys import parse_public_key
 
     parse_public_key(text, "")
     return text
@@ -141,7 +142,7 @@ class PolicyConfig(Strict):
     subdiv: str | None = None
     overrides: dict[str, Any] = Field(default_factory=dict)
     calendar_file: str | None = Field(default=None, min_length=1)
-    """TOML file of official years (days off, adjusted working days) ``holidays`` lacks (gateway.calendar_sources)."""
+    """TOML file of official years (days off, adjusted working days) ``holidays`` lacks (gateway.policy.calendar_sources)."""
 
 
 class MetricsConfig(Strict):
@@ -155,14 +156,14 @@ class MetricsConfig(Strict):
         # The daemon binds with ``parse_listen``; checking with it here makes ``run --check`` refuse
         # exactly what ``run`` would (a port above 65535 used to pass the check).
         if v is not None:
-            from gateway.metrics import parse_listen
+            from gateway.core.listen import parse_listen
 
             parse_listen(v)
         return v
 
 
 class HousekeepingConfig(Strict):
-    """Retention, backups and meter clock checks (``gateway.housekeeping``, ``gateway.clocksync``)."""
+    """Retention, backups and meter clock checks (``gateway.runtime.housekeeping``, ``gateway.runtime.clocksync``)."""
 
     readings_full_days: int = Field(default=90, ge=1, le=36500)
     """Readings older than this keep only the last per meter per hour (and every one an entry cites)."""
@@ -175,7 +176,7 @@ class HousekeepingConfig(Strict):
 
 
 class TimeConfig(Strict):
-    """When the wall clock is doubted (``gateway.timetrust``; docs/enforcement.md, "Untrusted time")."""
+    """When the wall clock is doubted (``gateway.runtime.timetrust``; docs/enforcement.md, "Untrusted time")."""
 
     step_tolerance_s: float = Field(default=5.0, gt=0, le=3600)
     """A wall-clock move against the monotonic clock larger than this (one look) is a step."""
@@ -307,7 +308,7 @@ def normalized_address(protocol: str, address: str) -> str:
     return str(unit)
 
 
-class ConfigError(TomlError):
+class ConfigError(UserError, TomlError):
     """Invalid configuration; ``str()`` is ``file:line: key: reason``."""
 
 

@@ -205,7 +205,7 @@ def database_integrity(database: Path) -> list[Check]:
 def run_checks(cfg: GatewayConfig, config_path: Path, live: dict[str, Any] | None) -> Iterator[Check]:
     """Every check in order; a generator so the CLI can show progress as they complete.
 
-    ``live`` is the running daemon's status snapshot (``gateway.status``), or None when none runs.
+    ``live`` is the running daemon's status snapshot (``gateway.runtime.status``), or None when none runs.
     """
     database = resolve(config_path, cfg.database)
     yield from database_integrity(database)

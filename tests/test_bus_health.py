@@ -28,10 +28,11 @@ from dlt645_fixtures import ManualClock
 from gateway_harness import base_config, write_config
 from waiting import async_wait_for
 
-from gateway import doctor, status
+from gateway import doctor
 from gateway.cli.main import cli
 from gateway.config import load_config
-from gateway.daemon import Gateway
+from gateway.runtime import status
+from gateway.runtime.daemon import Gateway
 from gateway.store.db import open_store
 from simulators.dlt645 import SimulatedDlt645Bus, make_models
 

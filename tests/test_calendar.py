@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from gateway.calendar import CalendarError, DayType, WorkCalendar
+from gateway.core.calendar import CalendarError, DayType, WorkCalendar
 
 
 @pytest.fixture(scope="module")

@@ -30,10 +30,10 @@ from test_calendar_freshness import (
 from test_sync_support import command, keys_toml, signed
 
 from gateway.config import load_config
-from gateway.daemon import Gateway
-from gateway.sync.commands import CommandProcessor
+from gateway.core.timeutil import ScaledClock
+from gateway.runtime.daemon import Gateway
+from gateway.sync.commands.processor import CommandProcessor
 from gateway.sync.contract import load_schema
-from gateway.timeutil import ScaledClock
 
 START = datetime(2026, 12, 28, 2, 0, tzinfo=UTC)
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from drivers.base import RelayAction, RelayState
-from gateway.calendar import DayType, OfficialYear, WorkCalendar
-from gateway.calendar_sources import (
+from gateway.core.calendar import DayType, OfficialYear, WorkCalendar
+from gateway.policy.calendar_sources import (
     CalendarSourceError,
     TomlError,
     install,

@@ -25,8 +25,8 @@ from gateway_harness import base_config, write_config
 from waiting import async_wait_for
 
 from gateway.config import load_config
-from gateway.daemon import Gateway
 from gateway.ledger.verify import verify
+from gateway.runtime.daemon import Gateway
 from gateway.sync.hq import HqConsumer
 from simulators.dlt645 import SimulatedDlt645Bus
 from simulators.model import LoadProfile, MeterModel

@@ -21,10 +21,10 @@ from gateway_harness import base_config, write_config
 from waiting import async_wait_for
 
 from gateway.config import load_config
-from gateway.daemon import Gateway
+from gateway.core.timeutil import ScaledClock
 from gateway.ledger.verify import verify
+from gateway.runtime.daemon import Gateway
 from gateway.store.db import Store, open_store
-from gateway.timeutil import ScaledClock
 from simulators.fleet import Fleet, gateway_toml, load_fleet
 from simulators.model import FastClock
 

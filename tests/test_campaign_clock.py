@@ -25,10 +25,10 @@ from gateway_harness import FAST_POLICY, base_config, write_config
 from waiting import async_wait_for
 
 from gateway.config import load_config
-from gateway.daemon import Gateway
+from gateway.core.timeutil import ScaledClock
 from gateway.ledger.verify import verify
+from gateway.runtime.daemon import Gateway
 from gateway.store.db import Store
-from gateway.timeutil import ScaledClock
 from simulators.fleet import Fleet, gateway_toml, load_fleet
 from simulators.model import FastClock
 

@@ -27,8 +27,8 @@ from gateway_harness import base_config, write_config
 from waiting import async_wait_for
 
 from gateway.config import load_config
-from gateway.daemon import Gateway
 from gateway.ledger.verify import verify
+from gateway.runtime.daemon import Gateway
 from gateway.store.db import Store
 from simulators.dlt645 import SimulatedDlt645Bus
 from simulators.model import LoadProfile, MeterModel

@@ -18,13 +18,13 @@ import pytest
 from click.testing import CliRunner, Result
 from gateway_harness import base_config, write_config
 
-from gateway import events
 from gateway.cli.main import cli
 from gateway.config import load_config
+from gateway.core.timeutil import iso
 from gateway.ledger.accounts import seed_from_config
-from gateway.status import META_STATUS
+from gateway.runtime.status import META_STATUS
+from gateway.store import events
 from gateway.store.db import Store, dumps, open_store
-from gateway.timeutil import iso
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = datetime.now(UTC)

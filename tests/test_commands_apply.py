@@ -11,8 +11,8 @@ from typing import Any
 from broker import Mosquitto
 from test_sync_support import Running, money_digest, running_gateway, signed
 
+from gateway.core.timeutil import iso
 from gateway.ledger.verify import verify
-from gateway.timeutil import iso
 
 
 def _run(tmp_path: Path, mosquitto: Mosquitto, body: Any, **kw: Any) -> None:
@@ -24,7 +24,7 @@ def _run(tmp_path: Path, mosquitto: Mosquitto, body: Any, **kw: Any) -> None:
 
 
 async def _handle(run: Running, cmd: dict[str, Any]) -> dict[str, Any]:
-    from gateway.sync.commands import CommandProcessor
+    from gateway.sync.commands.processor import CommandProcessor
 
     proc = getattr(run, "_proc", None) or CommandProcessor(run.gateway)
     run._proc = proc  # type: ignore[attr-defined]
@@ -265,8 +265,8 @@ def test_notice_delivery_is_confirmed_by_a_signed_command_and_bad_ones_change_no
 ) -> None:
     from test_sync_support import command
 
-    from gateway import notices
-    from gateway.timeutil import parse_iso
+    from gateway.core.timeutil import parse_iso
+    from gateway.policy import notices
 
     async def body(run: Running) -> None:
         await run.gateway.review_policy()  # acc1 has no credit: the notice is issued

@@ -29,10 +29,10 @@ from test_sync_support import (
 )
 from waiting import async_wait_for
 
-from gateway import notices
-from gateway.sync.commands import MAX_COMMAND_BYTES, CommandProcessor
+from gateway.core.timeutil import iso, parse_iso
+from gateway.policy import notices
+from gateway.sync.commands.processor import MAX_COMMAND_BYTES, CommandProcessor
 from gateway.sync.signing import sign_command
-from gateway.timeutil import iso, parse_iso
 
 Case = tuple[str, str, bytes, str]  # name, topic type, payload, expected code
 

@@ -250,7 +250,7 @@ def test_money_settings_are_pinned_in_the_database(tmp_path: Path, setting: str,
 
 
 def test_a_tariff_in_another_currency_is_refused(tmp_path: Path) -> None:
-    from gateway.components import build_components
+    from gateway.runtime.components import build_components
 
     path = write(tmp_path, GOOD.replace('database = "pmg.db"', 'database = "pmg.db"\ncurrency = "GBP"', 1))
     (tmp_path / "config").mkdir()

@@ -116,7 +116,7 @@ def test_sighup_applies_a_good_risk_section_and_keeps_the_running_one_on_a_bad_v
 
     from gateway_harness import offline_config
 
-    from gateway.daemon import Gateway
+    from gateway.runtime.daemon import Gateway
 
     cfg_path = offline_config(tmp_path, 1)
     body = cfg_path.read_text()

@@ -13,7 +13,7 @@ from waiting import async_wait_for
 
 from drivers.base import Quality, Reading, RelayState
 from gateway.config import load_config
-from gateway.daemon import Gateway
+from gateway.runtime.daemon import Gateway
 
 
 def _gateway(tmp_path: Path, meters: int) -> Gateway:

@@ -9,7 +9,7 @@ from gateway_harness import base_config, write_config
 from waiting import async_wait_for
 
 from gateway.config import load_config
-from gateway.daemon import UNREACHABLE_AFTER, Gateway
+from gateway.runtime.daemon import UNREACHABLE_AFTER, Gateway
 from simulators.dlt645 import SimulatedDlt645Bus, make_models
 from simulators.model import Fault
 

@@ -14,10 +14,11 @@ import pytest
 from gateway_harness import base_config, write_config
 from waiting import async_wait_for
 
-from gateway import clocksync, status
 from gateway.config import load_config
-from gateway.daemon import Gateway
-from gateway.metrics import GatewayMetrics, MetricsError, parse_listen
+from gateway.core.listen import MetricsError, parse_listen
+from gateway.runtime import clocksync, status
+from gateway.runtime.daemon import Gateway
+from gateway.runtime.metrics import GatewayMetrics
 from gateway.store.db import open_store
 from simulators.dlt645 import SimulatedDlt645Bus
 from simulators.model import LoadProfile, MeterModel

@@ -8,8 +8,8 @@ from pathlib import Path
 from gateway_harness import offline_config
 
 from gateway.config import load_config
-from gateway.daemon import POLICY_REVIEW_S, POLICY_SWEEP_S, Gateway
 from gateway.ledger.payments import apply_payment
+from gateway.runtime.daemon import POLICY_REVIEW_S, POLICY_SWEEP_S, Gateway
 
 METERS = 45
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.logfmt import KeyValueFormatter, quote, setup_logging
-from gateway.service import AlreadyRunning, InstanceLock, sd_notify
+from gateway.runtime.logfmt import KeyValueFormatter, quote, setup_logging
+from gateway.runtime.service import AlreadyRunning, InstanceLock, sd_notify
 
 
 def test_sd_notify_does_not_block_when_nobody_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -121,7 +121,7 @@ def test_a_schema_step_on_an_existing_database_extends_systemds_start_timeout(
     more time before each step (a killed step rolls back, and would be killed again on every restart)."""
     import sqlite3
 
-    from gateway import daemon
+    from gateway.runtime import daemon
     from gateway.store import migrations
     from gateway.store.db import open_store
 

@@ -12,8 +12,8 @@ from gateway_harness import base_config, write_config
 from waiting import async_wait_for
 
 from gateway.config import load_config
-from gateway.daemon import Gateway
 from gateway.ledger.verify import verify
+from gateway.runtime.daemon import Gateway
 from gateway.store.db import open_store
 from simulators.dlt645 import SimulatedDlt645Bus, make_models
 from simulators.model import FastClock

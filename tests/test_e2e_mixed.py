@@ -12,10 +12,10 @@ from waiting import async_wait_for
 
 from drivers.modbus.profile import load_profile
 from gateway.config import load_config
-from gateway.daemon import Gateway
+from gateway.core.money import to_minor
+from gateway.core.timeutil import ScaledClock
 from gateway.ledger.verify import verify
-from gateway.money import to_minor
-from gateway.timeutil import ScaledClock
+from gateway.runtime.daemon import Gateway
 from simulators.dlt645 import SimulatedDlt645Bus
 from simulators.modbus import SimulatedModbusBus
 from simulators.model import FastClock, LoadProfile, MeterModel

@@ -16,13 +16,13 @@ from gateway_harness import base_config, subscriber, write_config
 from waiting import async_wait_for
 
 from gateway.config import load_config
-from gateway.daemon import Gateway
+from gateway.core.money import to_minor
+from gateway.core.timeutil import ScaledClock
 from gateway.ledger.accounts import seed_from_config
 from gateway.ledger.payments import apply_payment
 from gateway.ledger.verify import verify
-from gateway.money import to_minor
+from gateway.runtime.daemon import Gateway
 from gateway.store import open_store
-from gateway.timeutil import ScaledClock
 from simulators.dlt645 import SimulatedDlt645Bus
 from simulators.model import FastClock, LoadProfile, MeterModel
 

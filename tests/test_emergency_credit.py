@@ -19,9 +19,9 @@ from pathlib import Path
 from test_enforce_properties import World, flat_pricer  # noqa: F401  (flat_pricer: 0.0005 a Wh)
 
 from drivers.base import RelayAction, RelayState
-from gateway.calendar import WorkCalendar
-from gateway.enforcement import MeterCaps, PolicyEngine
+from gateway.core.calendar import WorkCalendar
 from gateway.ledger.accounts import ensure_account, ensure_meter
+from gateway.policy.engine import MeterCaps, PolicyEngine
 from gateway.policy.rules import load_preset
 from gateway.store.db import open_store
 
@@ -147,8 +147,8 @@ def test_a_running_gateway_offers_once_and_never_operates_the_relay(tmp_path: Pa
     from waiting import async_wait_for
 
     from gateway.config import load_config
-    from gateway.daemon import Gateway
-    from gateway.timeutil import ScaledClock
+    from gateway.core.timeutil import ScaledClock
+    from gateway.runtime.daemon import Gateway
     from simulators.dlt645 import SimulatedDlt645Bus
     from simulators.model import FastClock, LoadProfile, MeterModel
 

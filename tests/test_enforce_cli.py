@@ -20,11 +20,11 @@ from click.testing import CliRunner
 from gateway_harness import base_config, write_config
 from waiting import async_wait_for
 
-from gateway import events
 from gateway.cli.main import cli
 from gateway.config import load_config
-from gateway.daemon import Gateway
 from gateway.ledger.accounts import seed_from_config
+from gateway.runtime.daemon import Gateway
+from gateway.store import events
 from gateway.store.db import Store, open_store
 from simulators.dlt645 import SimulatedDlt645Bus
 from simulators.model import LoadProfile, MeterModel

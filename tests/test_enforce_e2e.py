@@ -25,13 +25,13 @@ import pytest
 from gateway_harness import base_config, write_config
 from waiting import async_wait_for
 
-from gateway import notices
-from gateway.calendar import WorkCalendar
 from gateway.config import load_config
-from gateway.daemon import Gateway
-from gateway.enforcement import PolicyEngine
+from gateway.core.calendar import WorkCalendar
+from gateway.core.timeutil import iso, parse_iso
+from gateway.policy import notices
+from gateway.policy.engine import PolicyEngine
+from gateway.runtime.daemon import Gateway
 from gateway.store.db import Store
-from gateway.timeutil import iso, parse_iso
 from simulators.dlt645 import SimulatedDlt645Bus
 from simulators.model import LoadProfile, MeterModel
 
@@ -268,8 +268,8 @@ def test_cn_notice_reminder_then_cut_on_a_working_day_and_topup_restores(tmp_pat
 
 
 def _engine_on_disk(db: Path, preset_overrides: dict[str, object]) -> tuple[Store, PolicyEngine]:
-    from gateway.enforcement import MeterCaps
     from gateway.ledger.accounts import ensure_account, ensure_meter
+    from gateway.policy.engine import MeterCaps
     from gateway.policy.rules import load_preset
     from gateway.store.db import open_store
 

@@ -31,15 +31,15 @@ from hypothesis import strategies as st
 from test_policy_properties import CALENDARS, instants, protected_now, rule_sets
 
 from drivers.base import Quality, Reading, RelayAction, RelayState
-from gateway import notices
-from gateway.calendar import WorkCalendar
-from gateway.enforcement import MeterCaps, PolicyEngine
+from gateway.core.calendar import WorkCalendar
+from gateway.core.timeutil import iso, parse_iso
 from gateway.ledger.accounts import ensure_account, ensure_meter
 from gateway.ledger.charging import AccountPosition, Priced, record_reading
 from gateway.ledger.payments import apply_payment
+from gateway.policy import notices
+from gateway.policy.engine import MeterCaps, PolicyEngine
 from gateway.policy.rules import Rules
 from gateway.store.db import Store, open_store
-from gateway.timeutil import iso, parse_iso
 
 PRICE_PER_WH = Decimal("0.0005")  # ¥0.50 / kWh, enough to run out of credit in a few steps
 CATEGORIES = (None, "medical_equipment", "important_user", "age_75_plus")

@@ -21,16 +21,16 @@ from waiting import async_wait_for
 
 from drivers.base import RelayAction
 from drivers.factory import LinkSettings, make_link, make_meter
-from gateway import enforcer
-from gateway.bus import BusWorker, PolledMeter
-from gateway.calendar import WorkCalendar
-from gateway.enforcement import MeterCaps, PolicyEngine
-from gateway.enforcer import Enforcer
+from gateway.core.calendar import WorkCalendar
+from gateway.core.timeutil import iso, parse_iso
 from gateway.ledger.accounts import ensure_account, ensure_meter, post_entry
 from gateway.ledger.payments import apply_payment
+from gateway.policy.engine import MeterCaps, PolicyEngine
 from gateway.policy.rules import load_preset
+from gateway.runtime.bus import BusWorker, PolledMeter
+from gateway.runtime.relay import Enforcer
+from gateway.store import relay_queue
 from gateway.store.db import Store, open_store
-from gateway.timeutil import iso, parse_iso
 from simulators.dlt645 import SimulatedDlt645Bus
 from simulators.model import Fault, MeterModel
 
@@ -140,7 +140,7 @@ def queue(
     trace: list[dict[str, object]] | None = None,
 ) -> int:
     with store.tx() as conn:
-        cid = enforcer.request(
+        cid = relay_queue.request(
             conn,
             "m1",
             action,
@@ -179,12 +179,12 @@ def test_a_meter_that_does_not_obey_is_retried_with_backoff_then_alarmed(tmp_pat
                 r.enforcer.notify()
             await async_wait_for(lambda: r.command(cid)["status"] == "failed", what="command failed")
             assert delays == [2.0, 4.0, 8.0, 16.0]
-            assert r.command(cid)["attempts"] == enforcer.MAX_ATTEMPTS
+            assert r.command(cid)["attempts"] == relay_queue.MAX_ATTEMPTS
             alarms = r.store.all("SELECT severity, detail_json FROM events WHERE kind = 'relay_failed'")
             assert len(alarms) == 1 and alarms[0]["severity"] == "alarm"
-            assert json.loads(alarms[0]["detail_json"])["attempts"] == enforcer.MAX_ATTEMPTS
+            assert json.loads(alarms[0]["detail_json"])["attempts"] == relay_queue.MAX_ATTEMPTS
             assert (
-                len(r.trips_sent) == enforcer.MAX_ATTEMPTS
+                len(r.trips_sent) == relay_queue.MAX_ATTEMPTS
             )  # each retry read the relay first, found it closed
             assert model.relay_closed
 

@@ -18,8 +18,8 @@ from drivers.base import Point, Quality
 from drivers.dlt645 import Dlt645Link, Dlt645Meter
 from drivers.tomlsource import TomlError
 from gateway.config import load_config
-from gateway.daemon import Gateway
 from gateway.ledger.verify import verify
+from gateway.runtime.daemon import Gateway
 from simulators.fleet import Fleet, FleetFault, active_faults, gateway_toml, load_fleet
 from simulators.model import Fault
 

@@ -1,4 +1,4 @@
-"""Fuzzing ``gateway.sync.commands``: any payload on any command topic is an ack, never a crash.
+"""Fuzzing ``gateway.sync.commands.processor``: any payload on any command topic is an ack, never a crash.
 
 Two populations, both through the real ``CommandProcessor`` of a running in-process gateway:
 - arbitrary bytes and arbitrary JSON (unsigned, or signed by a key the gateway does not know): always
@@ -26,7 +26,7 @@ from waiting import async_wait_for
 
 from gateway.ledger.verify import verify
 from gateway.store.db import Store
-from gateway.sync.commands import CommandProcessor
+from gateway.sync.commands.processor import CommandProcessor
 from gateway.sync.signing import sign_command
 
 KINDS = ["topup", "tariff", "account", "hold", "relay", "ping", "notice"]  # "read" waits on the bus: not fuzzed

@@ -10,18 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from gateway import housekeeping
 from gateway.config import HousekeepingConfig
-from gateway.housekeeping import (
+from gateway.core.timeutil import iso
+from gateway.runtime import housekeeping
+from gateway.runtime.housekeeping import (
     BackupError,
     backup_database,
     downsample_readings,
     housekeep,
     list_backups,
 )
+from gateway.store import outbox
 from gateway.store.db import Store, open_store
-from gateway.sync import outbox
-from gateway.timeutil import iso
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 

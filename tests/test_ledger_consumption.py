@@ -17,10 +17,10 @@ import pytest
 from test_ledger_support import T0, make_book, new_ledger, reading
 
 from drivers.base import Quality
+from gateway.core.timeutil import iso, parse_iso
 from gateway.ledger import consumption
 from gateway.ledger.charging import record_reading
-from gateway.pricing import cycle_usage_wh
-from gateway.timeutil import iso, parse_iso
+from gateway.ledger.tariff_book import cycle_usage_wh
 
 
 @pytest.fixture()

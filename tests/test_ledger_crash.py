@@ -30,10 +30,10 @@ WRITER = r"""
 import os, sys
 from datetime import datetime, timedelta, timezone
 from drivers.base import Quality, Reading
-from gateway.calendar import WorkCalendar
+from gateway.core.calendar import WorkCalendar
 from gateway.ledger.charging import record_reading
 from gateway.ledger.payments import apply_payment
-from gateway.pricing import TariffBook
+from gateway.ledger.tariff_book import TariffBook
 from gateway.store.db import open_store
 from gateway.tariffs.model import load_tariff_dir
 

@@ -149,8 +149,8 @@ def test_verify_catches_a_tampered_debt_cache_and_a_payment_conflict_changes_not
 
 def test_reconnection_waits_for_the_balance_after_debt_recovery(tmp_path: Path) -> None:
     """The policy's reconnect threshold (generic preset: 1.00) sees the balance after the split."""
-    from gateway.calendar import WorkCalendar
-    from gateway.enforcement import PolicyEngine
+    from gateway.core.calendar import WorkCalendar
+    from gateway.policy.engine import PolicyEngine
     from gateway.policy.rules import load_preset
 
     store = new_ledger(tmp_path / "l.db")

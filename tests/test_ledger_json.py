@@ -13,11 +13,11 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.core.money import format_money
+from gateway.core.timeutil import iso
 from gateway.ledger.charging import _line_json, charge_detail_json, usage_json
-from gateway.money import format_money
 from gateway.store.db import dumps
 from gateway.tariffs.pricing import ChargeLine
-from gateway.timeutil import iso
 
 SETTINGS = settings(max_examples=300, deadline=None, derandomize=True, database=None)
 T0 = datetime(2026, 3, 2, tzinfo=UTC)

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_ledger_support import T0, make_book, new_ledger, reading
 
+from gateway.core.money import to_minor
 from gateway.ledger import settlement
 from gateway.ledger.accounts import ensure_account
 from gateway.ledger.charging import MIN_PLAUSIBILITY_WINDOW_S, PLAUSIBILITY_SLACK_WH, record_reading
@@ -30,7 +31,6 @@ from gateway.ledger.credit import add_debt
 from gateway.ledger.payments import apply_payment
 from gateway.ledger.quarantine import accept_reading
 from gateway.ledger.verify import verify
-from gateway.money import to_minor
 from gateway.store.db import open_store
 
 PRICES = {"flat-cn": Decimal("0.5283"), "flat-b": Decimal("0.6117"), "standing-cn": Decimal("0.5283")}

@@ -15,11 +15,11 @@ from test_ledger_support import T0, TARIFFS, make_book, new_ledger, reading
 
 from gateway.cli.main import cli
 from gateway.config import load_config
+from gateway.core.money import to_minor
 from gateway.ledger.accounts import seed_from_config
 from gateway.ledger.charging import record_reading
 from gateway.ledger.quarantine import QuarantineError, accept_reading, replace_meter
 from gateway.ledger.verify import verify
-from gateway.money import to_minor
 from gateway.store.db import open_store
 
 PRICE = Decimal("0.5283")  # flat-cn
@@ -352,7 +352,7 @@ def test_an_unpriceable_meter_is_shown_unhealthy_and_run_check_names_the_registe
     ]
     store = open_store(tmp_path / "pmg.db")
     seed_from_config(store, load_config(cfg_path), T0)
-    from gateway.pricing import TariffBook
+    from gateway.ledger.tariff_book import TariffBook
 
     book = TariffBook.load(tariffs, None, make_book(tmp_path).calendar)
     _tou_read(store, book, (1_000, 0, 0, 0), T0 + 9 * H)

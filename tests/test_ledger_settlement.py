@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from test_ledger_support import CST, T0, make_book, new_ledger, reading
 
+from gateway.core.money import to_minor
 from gateway.ledger import settlement
 from gateway.ledger.accounts import post_entry
 from gateway.ledger.charging import record_reading
@@ -21,7 +22,6 @@ from gateway.ledger.credit import post_adjustment
 from gateway.ledger.forecast import days_of_credit_left
 from gateway.ledger.risk import RiskInputs, RiskRule, grade
 from gateway.ledger.verify import verify
-from gateway.money import to_minor
 from gateway.store.db import open_store
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -135,6 +135,7 @@ def _fake_gateway(store: Any, book: Any, tz: str, now: datetime, config_dir: Pat
     cfg = SimpleNamespace(tz=ZoneInfo(tz), minor_digits=2, risk=RiskRule())
     gw = SimpleNamespace(
         clock=lambda: now,
+        ended_now=lambda: now,
         cfg=cfg,
         store=store,
         parts=SimpleNamespace(book=book, policy=Policy()),

@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 from drivers.base import Quality, Reading
-from gateway.calendar import WorkCalendar
+from gateway.core.calendar import WorkCalendar
 from gateway.ledger.accounts import ensure_account, ensure_meter
-from gateway.pricing import TariffBook
+from gateway.ledger.tariff_book import TariffBook
 from gateway.store.db import Store, open_store
 from gateway.tariffs.model import load_tariff_dir
 

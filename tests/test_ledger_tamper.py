@@ -23,14 +23,13 @@ from click.testing import CliRunner
 from test_ledger_support import T0, TARIFFS, make_book, new_ledger, reading
 
 from drivers.base import RelayAction
-from gateway import enforcer
 from gateway.cli.main import cli
 from gateway.config import MqttConfig, load_config
 from gateway.ledger.accounts import seed_from_config
 from gateway.ledger.charging import record_reading
 from gateway.ledger.payments import apply_payment
 from gateway.ledger.verify import verify
-from gateway.store import migrations
+from gateway.store import migrations, relay_queue
 from gateway.store.db import Store, open_store
 
 H = timedelta(hours=1)
@@ -167,7 +166,7 @@ def test_a_changed_entry_timestamp_is_detected(tmp_path: Path) -> None:
 def test_deleted_events_are_detected(tmp_path: Path) -> None:
     store, _ = _history(tmp_path)
     with store.tx() as conn:
-        from gateway import events
+        from gateway.store import events
 
         first = events.record(conn, "note", T0, detail={"n": 1})
         second = events.record(conn, "note", T0, detail={"n": 2})
@@ -259,7 +258,7 @@ def test_a_rewritten_chain_is_caught_by_a_head_seen_earlier(tmp_path: Path) -> N
 def test_a_silent_change_of_a_relay_command_is_detected(tmp_path: Path) -> None:
     store, _ = _history(tmp_path)
     with store.tx() as conn:
-        cid = enforcer.request(conn, "m1", RelayAction.TRIP, T0 + 5 * H, reason="no credit", actor="policy")
+        cid = relay_queue.request(conn, "m1", RelayAction.TRIP, T0 + 5 * H, reason="no credit", actor="policy")
     assert cid is not None
     with store.tx() as conn:
         conn.execute("UPDATE relay_commands SET status = 'confirmed', outcome = 'ok' WHERE id = ?", (cid,))
@@ -293,7 +292,7 @@ def test_a_database_with_history_is_migrated_in_place(tmp_path: Path) -> None:
         ensure_account(c, "acc1", tariff_id="flat-cn", currency="CNY", now=T0)
         ensure_meter(c, "m1", account_id="acc1", bus_id="b1", protocol="dlt645", address="1", keep_power=False, now=T0)
         apply_payment(c, "pay-old", "acc1", 5_000, T0, source="test")
-        enforcer.request(c, "m1", RelayAction.TRIP, T0, reason="old", actor="policy")
+        relay_queue.request(c, "m1", RelayAction.TRIP, T0, reason="old", actor="policy")
     for i, register in enumerate((100, 600, 900)):
         _read(old, book, register, T0 + i * H)
     old.close()
@@ -365,10 +364,10 @@ def test_cli_verify_names_each_tamper_in_one_line_and_checks_a_head(tmp_path: Pa
 
 
 def test_status_messages_carry_the_chain_head(tmp_path: Path) -> None:
-    from gateway.status import collect
+    from gateway.core.timeutil import system_clock
+    from gateway.runtime.status import collect
     from gateway.sync.contract import load_schema
     from gateway.sync.mqtt import MqttLink
-    from gateway.timeutil import system_clock
 
     store, book = _history(tmp_path)
     stored = store.one("SELECT hash, seq FROM chain ORDER BY seq DESC LIMIT 1")

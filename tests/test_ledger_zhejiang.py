@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from test_ledger_support import CST, make_book, new_ledger, reading
 
+from gateway.core.money import to_minor
 from gateway.ledger.charging import record_reading
 from gateway.ledger.verify import verify
-from gateway.money import to_minor
 
 EXPECTED_TOTAL = Decimal("4170.580")  # tests/test_tariffs_zhejiang.py, worked by hand there
 EXPECTED_WH = {

@@ -24,11 +24,12 @@ from broker import Mosquitto
 from waiting import async_wait_for, wait_for
 
 from gateway.config import MqttConfig
+from gateway.core.timeutil import system_clock
+from gateway.store import outbox
 from gateway.store.db import Store, open_store
-from gateway.sync import mqtt, outbox
+from gateway.sync import mqtt
 from gateway.sync.hq import HqConsumer, Received
 from gateway.sync.mqtt import MqttLink
-from gateway.timeutil import system_clock
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -273,8 +274,9 @@ import asyncio, sys
 from datetime import UTC, datetime
 from gateway.config import MqttConfig
 from gateway.store.db import open_store
-from gateway.sync import mqtt, outbox
-from gateway.timeutil import system_clock
+from gateway.sync import mqtt
+from gateway.store import outbox
+from gateway.core.timeutil import system_clock
 
 mqtt.ACK_FLUSH_S = 3600.0
 db, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

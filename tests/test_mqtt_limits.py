@@ -26,12 +26,12 @@ from test_sync_support import running_gateway
 from waiting import async_wait_for, wait_for
 
 from gateway.config import MqttConfig
+from gateway.core.textsafe import one_line
+from gateway.core.timeutil import system_clock
 from gateway.store.db import open_store
-from gateway.sync.commands import MAX_COMMAND_BYTES, CommandProcessor
+from gateway.sync.commands.processor import MAX_COMMAND_BYTES, CommandProcessor
 from gateway.sync.mqtt import MqttLink
 from gateway.sync.ratelimit import RejectionLimiter
-from gateway.textsafe import one_line
-from gateway.timeutil import system_clock
 
 BIG = 8 * 1024 * 1024
 N_BIG = 10  # below Mosquitto 2.0.11's in-flight window of 20: see docs/mqtt.md "Limits"

@@ -16,11 +16,11 @@ from broker import UNCAPPED_OFFLINE_QUEUE, Mosquitto
 from waiting import async_wait_for, wait_for
 
 from gateway.config import MqttConfig
+from gateway.core.timeutil import system_clock
+from gateway.store import outbox
 from gateway.store.db import open_store
-from gateway.sync import outbox
 from gateway.sync.hq import HqConsumer, Received
 from gateway.sync.mqtt import MqttLink
-from gateway.timeutil import system_clock
 
 TOTAL = 2000
 

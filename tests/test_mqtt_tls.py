@@ -22,9 +22,9 @@ from waiting import async_wait_for
 
 from drivers.tomlsource import TomlError
 from gateway.config import MqttConfig, load_config
+from gateway.core.timeutil import system_clock
 from gateway.store.db import open_store
 from gateway.sync.mqtt import MqttLink
-from gateway.timeutil import system_clock
 
 # Run as root, Mosquitto drops to user "mosquitto", which cannot read the test's private tmp dir.
 

@@ -14,12 +14,12 @@ from click.testing import CliRunner
 from gateway_harness import base_config, write_config
 
 from gateway.cli.main import cli
-from gateway.components import build_components
 from gateway.config import load_config
+from gateway.core.timeutil import parse_iso
 from gateway.ledger.accounts import seed_from_config
-from gateway.notices import notice_id
+from gateway.policy.notices import notice_id
+from gateway.runtime.components import build_components
 from gateway.store.db import open_store
-from gateway.timeutil import parse_iso
 
 ISSUED = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)  # Monday 10:00 in Shanghai
 METERS = (

@@ -1,4 +1,4 @@
-"""The decision inbox and its watcher (gateway.payment_watch; docs/enforcement.md, "Payment to power").
+"""The decision inbox and its watcher (gateway.runtime.payment_watch; docs/enforcement.md, "Payment to power").
 
 Real SQLite files and two connections, as a running daemon and ``pmg payment add`` have; the watcher
 runs on a real event loop with a short tick.  What it decides is recorded by the ``decide`` it is
@@ -16,7 +16,7 @@ from waiting import async_wait_for
 
 from gateway.ledger.accounts import ensure_account, post_entry
 from gateway.ledger.payments import PaymentError, apply_payment
-from gateway.payment_watch import MAX_PER_PASS, PaymentWatch, pending
+from gateway.runtime.payment_watch import MAX_PER_PASS, PaymentWatch, pending
 from gateway.store.db import Store, open_store
 
 NOW = datetime(2026, 6, 2, 8, 0, tzinfo=UTC)

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drivers.base import RelayAction, RelayState
-from gateway.calendar import WorkCalendar
+from gateway.core.calendar import WorkCalendar
 from gateway.policy.decide import AccountView, Decision, Hold, MeterView, Override, apply, decide
 from gateway.policy.rules import PRESETS, Rules, load_preset
 from gateway.policy.state import ActionKind as K

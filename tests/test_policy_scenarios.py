@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 
 from drivers.base import RelayAction, RelayState
-from gateway.calendar import WorkCalendar
+from gateway.core.calendar import WorkCalendar
 from gateway.policy.decide import AccountView, Decision, Hold, MeterView, Override, apply, decide
 from gateway.policy.explain import explain
 from gateway.policy.rules import Rules, load_preset

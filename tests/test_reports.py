@@ -15,7 +15,7 @@ from test_ledger_support import CST, TARIFFS, make_book, reading
 
 from gateway.cli.main import cli
 from gateway.config import load_config
-from gateway.events import record
+from gateway.core.timeutil import iso
 from gateway.ledger import settlement
 from gateway.ledger.accounts import seed_from_config
 from gateway.ledger.charging import record_reading
@@ -29,7 +29,7 @@ from gateway.ledger.reports import (
     usage_report,
 )
 from gateway.store.db import Store, open_store
-from gateway.timeutil import iso
+from gateway.store.events import record
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 

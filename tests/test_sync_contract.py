@@ -21,9 +21,9 @@ from gateway_harness import subscriber
 from test_sync_support import running_gateway, signed
 from waiting import async_wait_for
 
-from gateway.sync.commands import CommandProcessor
+from gateway.core.timeutil import iso
+from gateway.sync.commands.processor import CommandProcessor
 from gateway.sync.contract import CONTRACT_DIR, load_schema, schema_name_for
-from gateway.timeutil import iso
 
 REPO = Path(__file__).resolve().parent.parent
 ASYNCAPI = REPO / "docs" / "asyncapi.yaml"

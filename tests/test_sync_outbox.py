@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.store import outbox, outbox_bound
 from gateway.store.db import Store, open_store
-from gateway.sync import outbox
 from gateway.sync.hq import HqConsumer
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -66,7 +66,7 @@ def test_over_the_bound_superseded_snapshots_coalesce_billing_is_kept_and_alarms
         for i in range(900):
             outbox.put(conn, "events", {"schema": "pmg.event/1", "i": i}, T0)
     billing_before = [m.seq for m in outbox.pending(store, 0, 10_000) if m.billing]
-    result = outbox.enforce_bound(store, 1000, T0)
+    result = outbox_bound.enforce_bound(store, 1000, T0)
     assert result.coalesced == 1497 and result.over
     pending = outbox.pending(store, 0, 10_000)
     assert set(billing_before) <= {m.seq for m in pending}, "a billing message was dropped"
@@ -74,7 +74,7 @@ def test_over_the_bound_superseded_snapshots_coalesce_billing_is_kept_and_alarms
     assert sorted(m.topic for m in states) == ["meters/m0/state", "meters/m1/state", "meters/m2/state"]
     kinds = [r["kind"] for r in store.all("SELECT kind FROM events ORDER BY id")]
     assert kinds == ["outbox_coalesced", "outbox_over_bound"]
-    again = outbox.enforce_bound(store, 1000, T0 + timedelta(minutes=10))
+    again = outbox_bound.enforce_bound(store, 1000, T0 + timedelta(minutes=10))
     assert again.coalesced == 0 and again.over
     assert store.scalar("SELECT COUNT(*) FROM events") == 2, "the over-bound alarm repeats at most hourly"
 
@@ -94,7 +94,7 @@ def test_under_the_bound_nothing_changes(store: Store) -> None:
             outbox.put(
                 conn, "meters/m1/state", {"schema": "pmg.state/1", "i": i}, T0, billing=False, retain=True
             )
-    assert outbox.enforce_bound(store, 1000, T0) == outbox.BoundResult(10, 0, False)
+    assert outbox_bound.enforce_bound(store, 1000, T0) == outbox_bound.BoundResult(10, 0, False)
     assert len(outbox.pending(store)) == 10
 
 

@@ -20,10 +20,10 @@ from typing import Any
 from gateway_harness import FAST_POLICY, base_config, write_config
 
 from gateway.config import load_config
-from gateway.daemon import Gateway
+from gateway.core.timeutil import ScaledClock, iso
+from gateway.runtime.daemon import Gateway
 from gateway.store.db import Store
 from gateway.sync.signing import generate_key, key_id_for, public_key_b64, sign_command
-from gateway.timeutil import ScaledClock, iso
 from simulators.dlt645 import SimulatedDlt645Bus
 from simulators.model import FastClock, LoadProfile, MeterModel
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from drivers.tomlsource import TomlError
+from gateway.tariffs.build import with_version
 from gateway.tariffs.model import Tariff, load_tariff, load_tariff_dir, tariff_from_dict, tariff_to_dict
 
 CONFIG = Path(__file__).resolve().parent.parent / "gateway" / "tariffs" / "examples"
@@ -225,7 +226,7 @@ def _flat() -> Tariff:
 def test_version_at_picks_the_version_in_force_and_refuses_before_the_first() -> None:
     tariff = _flat()
     v2 = replace(tariff.versions[0], version=2, effective_from=datetime(2026, 6, 1, tzinfo=CST))
-    tariff = tariff.with_version(v2, now=datetime(2026, 5, 1, tzinfo=CST))
+    tariff = with_version(tariff, v2, now=datetime(2026, 5, 1, tzinfo=CST))
     assert tariff.version_at(datetime(2026, 5, 31, 23, 59, tzinfo=CST)).version == 1
     assert tariff.version_at(datetime(2026, 6, 1, tzinfo=CST)).version == 2
     assert tariff.version_at(datetime(2026, 5, 31, 16, tzinfo=UTC)).version == 2  # same instant in UTC
@@ -243,21 +244,21 @@ def test_with_version_refuses_backdating() -> None:
     now = datetime(2026, 5, 1, tzinfo=CST)
     before_now = replace(v1, version=2, effective_from=datetime(2026, 4, 30, tzinfo=CST))
     with pytest.raises(ValueError, match=r"is before now .*never backdated") as caught:
-        tariff.with_version(before_now, now=now)
+        with_version(tariff, before_now, now=now)
     assert "\n" not in str(caught.value)
     before_latest = replace(v1, version=2, effective_from=datetime(2025, 12, 1, tzinfo=CST))
     with pytest.raises(ValueError, match="is not after v1's"):
-        tariff.with_version(before_latest, now=datetime(2025, 1, 1, tzinfo=CST))
+        with_version(tariff, before_latest, now=datetime(2025, 1, 1, tzinfo=CST))
     same_number = replace(v1, effective_from=datetime(2026, 6, 1, tzinfo=CST))
     with pytest.raises(ValueError, match="version 1 is not after the latest version 1"):
-        tariff.with_version(same_number, now=now)
+        with_version(tariff, same_number, now=now)
     broken = replace(v1, version=2, effective_from=datetime(2026, 6, 1, tzinfo=CST), timezone="Mars/Olympus")
     with pytest.raises(ValueError, match="unknown time zone"):
-        tariff.with_version(broken, now=now)
+        with_version(tariff, broken, now=now)
     with pytest.raises(ValueError, match=r"'now' .* has no time zone"):
-        tariff.with_version(replace(v1, version=2, effective_from=now), now=datetime(2026, 5, 1))
+        with_version(tariff, replace(v1, version=2, effective_from=now), now=datetime(2026, 5, 1))
     assert tariff.versions == (v1,)  # refused changes leave the tariff as it was
-    added = tariff.with_version(
+    added = with_version(tariff,
         replace(v1, version=2, effective_from=now), now=now
     )  # "now" itself is allowed
     assert [v.version for v in added.versions] == [1, 2]

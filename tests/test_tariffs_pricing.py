@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from gateway.tariffs.build import with_version
 from gateway.tariffs.model import Tariff, load_tariff, tariff_from_dict
 from gateway.tariffs.pricing import ChargeLine, cycle_start, price_interval, standing_charge
 
@@ -175,7 +176,7 @@ def test_a_tariff_change_mid_interval_splits_at_the_instant() -> None:
         effective_from=change,
         blocks=(replace(flat.versions[0].blocks[0], prices=((None, Decimal("0.6000")),)),),
     )
-    tariff = flat.with_version(v2, now=datetime(2026, 5, 1, tzinfo=CST))
+    tariff = with_version(flat, v2, now=datetime(2026, 5, 1, tzinfo=CST))
     # 23:00–00:40 local across the change: 60 min at v1, 40 min at v2; 1000 Wh -> 600 / 400
     lines = price_interval(
         tariff,
@@ -301,7 +302,7 @@ def test_standing_charge_per_local_day_including_dst_days() -> None:
         effective_from=datetime(2026, 4, 1, 12, tzinfo=UTC),
         standing_charge_per_day=Decimal("0.6000"),
     )
-    uk2 = uk.with_version(v2, now=datetime(2026, 3, 1, tzinfo=UTC))
+    uk2 = with_version(uk, v2, now=datetime(2026, 3, 1, tzinfo=UTC))
     first = standing_charge(uk2, date(2026, 4, 1))
     second = standing_charge(uk2, date(2026, 4, 2))
     assert first is not None and second is not None

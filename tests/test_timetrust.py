@@ -1,11 +1,11 @@
-"""The verdict on the wall clock (gateway.timetrust), with hand-moved clocks and an injected NTP probe."""
+"""The verdict on the wall clock (gateway.runtime.timetrust), with hand-moved clocks and an injected NTP probe."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from gateway.timetrust import TimeTrust, TrustSettings, adjtimex_probe
-from gateway.timeutil import ScaledClock
+from gateway.core.timeutil import ScaledClock
+from gateway.runtime.timetrust import TimeTrust, TrustSettings, adjtimex_probe
 
 T0 = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
 

@@ -28,15 +28,15 @@ from test_sync_support import keys_toml, signed
 from waiting import async_wait_for
 
 from drivers.base import Quality, Reading, RelayState
-from gateway import clocksync
 from gateway.cli.main import cli
 from gateway.config import load_config
-from gateway.daemon import Gateway
+from gateway.core.timeutil import parse_iso
 from gateway.ledger import settlement
 from gateway.ledger.verify import verify
-from gateway.status import collect
-from gateway.sync.commands import CommandProcessor
-from gateway.timeutil import parse_iso
+from gateway.runtime import clocksync
+from gateway.runtime.daemon import Gateway
+from gateway.runtime.status import collect
+from gateway.sync.commands.processor import CommandProcessor
 from simulators.dlt645 import SimulatedDlt645Bus
 from simulators.model import LoadProfile, MeterModel
 

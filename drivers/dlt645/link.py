@@ -33,7 +33,7 @@ from typing import Any
 import serial
 
 from drivers.backoff import Backoff
-from drivers.base import BadFrame, DriverError, MeterTimeout
+from drivers.base import BadFrame, DriverError, LinkError, MeterTimeout
 from drivers.dlt645.frame import BROADCAST, WILDCARD, Frame, Function, encode, scan
 
 MAX_REPLY_DATA = 200  # L ≤ 200 for reads (DL/T 645-2007)
@@ -49,10 +49,6 @@ _PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARIT
 PORT_ERRORS: tuple[type[BaseException], ...] = (serial.SerialException, OSError, ValueError, termios.error)
 
 log = logging.getLogger("pmg.link")
-
-
-class LinkError(DriverError):
-    """The transport itself failed (port vanished, socket closed, link not open)."""
 
 
 @dataclass

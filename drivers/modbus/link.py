@@ -29,7 +29,7 @@ from pymodbus.framer import FramerType
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
 from drivers.backoff import Backoff
-from drivers.base import BadFrame, DriverError, MeterRefused, MeterTimeout
+from drivers.base import BadFrame, LinkError, MeterRefused, MeterTimeout
 
 READ_REGISTER_FUNCTIONS = (3, 4)
 READ_BIT_FUNCTIONS = (1, 2)
@@ -52,10 +52,6 @@ _EXCEPTION_NAMES = {
 log = logging.getLogger("pmg.link")
 
 Client = AsyncModbusTcpClient | AsyncModbusSerialClient
-
-
-class LinkError(DriverError):
-    """The bus itself is unusable (port cannot be opened, TCP connection refused or closed)."""
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from gateway.config import GatewayConfig, load_config, resolve
+from gateway.core.errors import OperationFailed
 from gateway.store.db import Store, open_store
 from gateway.store.pins import check_money_pins
 
@@ -21,12 +22,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_CONFIG = "/etc/pmg/gateway.toml"
 
 
-class CliFailure(Exception):
+class CliFailure(OperationFailed):
     """An operation failed; ``status`` is the exit status (1 by default)."""
 
     def __init__(self, message: str, status: int = 1) -> None:
         super().__init__(message)
         self.status = status
+        self.exit_status = status
 
 
 class FiniteFloat(click.FloatRange):
@@ -50,7 +52,7 @@ _MONEY_ARG = re.compile(r"^-?[0-9]{1,15}(\.[0-9]{1,12})?$")
 
 class MoneyText(click.ParamType):
     """A decimal amount ("50.00", "-3.50"), kept as text: the config's minor digits decide its
-    exactness later (``gateway.money.parse_money``); this only refuses what is not a decimal."""
+    exactness later (``gateway.core.money.parse_money``); this only refuses what is not a decimal."""
 
     name = "amount"
 

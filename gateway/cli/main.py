@@ -7,7 +7,6 @@ problem); 2 bad input (arguments, configuration, a file); 3 another pmg already 
 
 from __future__ import annotations
 
-import importlib
 import sqlite3
 import sys
 from typing import Any, NoReturn
@@ -17,14 +16,13 @@ import click
 from drivers.base import DriverError
 from drivers.tomlsource import TomlError
 from gateway import __version__
-from gateway.cli.common import CliFailure
-from gateway.service import AlreadyRunning
+from gateway.core.errors import PmgError
+from gateway.core.textsafe import one_line
 from gateway.store.db import StoreError
-from gateway.textsafe import one_line
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_LOCKED = 3
+EXIT_LOCKED = 3  # gateway.runtime.service.AlreadyRunning.exit_status
 
 
 class PmgGroup(click.Group):
@@ -49,16 +47,20 @@ class PmgGroup(click.Group):
             _fail(exc.format_message(), EXIT_USAGE)
         except click.ClickException as exc:  # an unreadable file argument (click.File)
             _fail(exc.format_message(), EXIT_USAGE)
+        except StoreError as exc:
+            _fail(f"database: {exc}", exc.exit_status)
+        except PmgError as exc:  # by class: UserError 2, OperationFailed 1, AlreadyRunning 3
+            _fail(str(exc), exc.exit_status)
+        # ``drivers`` sits below ``gateway`` and has its own roots (docs/architecture.md, "Errors").
         except TomlError as exc:
             _fail(str(exc), EXIT_USAGE)
-        except AlreadyRunning as exc:
-            _fail(str(exc), EXIT_LOCKED)
-        except CliFailure as exc:
-            _fail(str(exc), exc.status)
-        except (StoreError, sqlite3.DatabaseError) as exc:
-            _fail(f"database: {exc}", EXIT_FAILED)
         except DriverError as exc:
             _fail(str(exc), EXIT_FAILED)
+        except sqlite3.DatabaseError as exc:
+            _fail(f"database: {exc}", EXIT_FAILED)
+        # Backstop, not the rule: a ValueError/LookupError from a library (json, tomllib, Decimal,
+        # ipaddress, a dict lookup on input) that no layer wrapped is still bad input — exit 2, one
+        # line.  Our own errors derive from PmgError and are mapped above.
         except (ValueError, LookupError) as exc:
             _fail(str(exc), EXIT_USAGE)
         except RecursionError:  # 100,000 nested brackets in a JSON or TOML input
@@ -84,23 +86,15 @@ def cli(verbose: int) -> None:
     Polls DL/T 645 and Modbus meters, keeps an exact prepaid ledger, enforces pay-before-use within
     the law, and syncs with the head office over MQTT.  `pmg demo` shows it all on simulated meters.
     """
-    from gateway.logfmt import setup_logging
+    from gateway.runtime.logfmt import setup_logging
 
     setup_logging(verbose)  # key=value lines; under systemd with journald priorities
 
 
 def _register() -> None:
-    from gateway.cli import cmd_daemon, cmd_ledger, cmd_notice, cmd_ops, cmd_sim, cmd_tech
+    from gateway.cli.commands import field, hq, ledger, meter, notice, ops, reports, run, sim, tech
 
-    for module in (cmd_daemon, cmd_tech, cmd_sim, cmd_ledger, cmd_ops, cmd_notice):
-        module.register(cli)
-    for optional in ("gateway.cli.cmd_hq", "gateway.cli.cmd_reports", "gateway.cli.cmd_field"):
-        try:  # command modules contributed as the product grows
-            module = importlib.import_module(optional)
-        except ModuleNotFoundError as exc:
-            if exc.name != optional:
-                raise
-            continue
+    for module in (run, tech, sim, ledger, meter, ops, notice, hq, reports, field):
         module.register(cli)
 
 

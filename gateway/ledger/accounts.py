@@ -14,9 +14,9 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from gateway.config import GatewayConfig
-from gateway.money import parse_money
+from gateway.core.money import parse_money
+from gateway.core.timeutil import iso
 from gateway.store.db import Store, dumps
-from gateway.timeutil import iso
 
 
 class PostedEntry(NamedTuple):

@@ -15,6 +15,7 @@ import json
 import sqlite3
 from dataclasses import dataclass
 
+from gateway.core.errors import UserError
 from gateway.store.chain import CANONICAL, GENESIS_CANONICAL, SNAPSHOT_TABLES, link_hash
 from gateway.store.db import Store
 
@@ -49,7 +50,7 @@ class ChainProblem:
         return f"chain: {self.subject} {self.text}"
 
 
-class BadHead(ValueError):
+class BadHead(UserError, ValueError):
     """``--expect-head`` that is not ``HASH`` or ``HASH:LENGTH``."""
 
 

@@ -34,7 +34,9 @@ from json.encoder import encode_basestring
 from typing import Protocol
 
 from drivers.base import Reading
-from gateway import events
+from gateway.core.errors import UserError
+from gateway.core.money import format_money, to_minor
+from gateway.core.timeutil import iso, parse_iso
 from gateway.ledger.accounts import (
     METER_COLUMN_COUNT,
     METER_COLUMNS,
@@ -44,11 +46,9 @@ from gateway.ledger.accounts import (
     post_entry,
 )
 from gateway.ledger.position import LAST_CHARGED_READING_SQL, disagreement
-from gateway.money import format_money, to_minor
+from gateway.store import events, outbox
 from gateway.store.db import dumps
-from gateway.sync import outbox
 from gateway.tariffs.pricing import ChargeLine
-from gateway.timeutil import iso, parse_iso
 
 # A reading counts as "just after" the previous one for the plausibility bound at least this long,
 # so that a wall-clock step backwards cannot make a normal delta look implausible.
@@ -65,7 +65,7 @@ LEDGER_LIMIT_MINOR = 2**62
 UNPRICEABLE = "unpriceable: "
 
 
-class Unpriceable(ValueError):
+class Unpriceable(UserError, ValueError):
     """The energy of an interval cannot be priced; nothing was written.  ``str()`` is one line."""
 
 

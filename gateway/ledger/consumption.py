@@ -17,7 +17,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime
 
-from gateway.timeutil import iso, parse_iso
+from gateway.core.timeutil import iso, parse_iso
 
 _FIRST_READ = (
     "SELECT MIN(first) FROM (SELECT (SELECT r.taken_at FROM readings r WHERE r.meter_id = m.id "

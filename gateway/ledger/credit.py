@@ -25,15 +25,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 
-from gateway import events
+from gateway.core.errors import UserError
+from gateway.core.money import format_money
 from gateway.ledger.accounts import post_entry
-from gateway.money import format_money
+from gateway.store import events
 from gateway.store.db import dumps
 
 MAX_DEBT_MINOR = 10**11
 
 
-class CreditError(ValueError):
+class CreditError(UserError, ValueError):
     """A debt, share or adjustment that cannot be applied; nothing was changed."""
 
 

@@ -1,6 +1,6 @@
 """Days of credit left: recent daily consumption priced by the account's own tariff, plus standing charge.
 
-The policy's first version (``gateway.enforcement.days_of_credit_left``) divides the balance by the
+The policy's first version (``gateway.policy.engine.days_of_credit_left``) divides the balance by the
 money charged in the last week.  That answer is wrong exactly when it matters: after a tariff change
 (old prices), when the customer crosses into a dearer block (cheaper past), or when the week was
 partly spent disconnected (no charges, so "infinite" days).  Here the forecast is:
@@ -22,7 +22,7 @@ from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 
 from gateway.ledger.charging import account_position
 from gateway.ledger.consumption import charged_energy_wh, first_read_at
-from gateway.pricing import TariffBook
+from gateway.ledger.tariff_book import TariffBook
 from gateway.tariffs.pricing import standing_charge
 
 DEFAULT_WINDOW = timedelta(days=7)

@@ -10,7 +10,7 @@ entry keeps the split in its detail, and the recovery is its own ``debt_recovery
 top-up never "vanishes" into debt without the customer being able to see why.
 
 Whoever applies it, the payment's transaction also marks its account for the running daemon to
-re-decide (``policy_inbox``, ``gateway.payment_watch``): a payment taken by ``pmg payment add`` in
+re-decide (``policy_inbox``, ``gateway.runtime.payment_watch``): a payment taken by ``pmg payment add`` in
 another process, or while the daemon is down, reaches the relay as fast as one the daemon took itself
 (docs/enforcement.md, "Payment to power").
 """
@@ -22,17 +22,18 @@ import sqlite3
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from gateway import events
+from gateway.core.errors import UserError
+from gateway.core.money import format_money
+from gateway.core.timeutil import iso
 from gateway.ledger.accounts import post_entry
 from gateway.ledger.credit import parse_share, split_payment
-from gateway.money import format_money
+from gateway.store import events
 from gateway.store.db import dumps
-from gateway.timeutil import iso
 
 MAX_PAYMENT_MINOR = 10**11  # a sanity ceiling: one billion in major units
 
 
-class PaymentError(ValueError):
+class PaymentError(UserError, ValueError):
     """A payment that cannot be applied; nothing was changed."""
 
 

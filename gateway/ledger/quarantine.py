@@ -30,13 +30,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from gateway import events
+from gateway.core.errors import UserError
+from gateway.core.timeutil import iso, parse_iso
 from gateway.ledger.accounts import get_meter
 from gateway.ledger.charging import Pricer, Unpriceable, charge_delta, register_delta
-from gateway.timeutil import iso, parse_iso
+from gateway.store import events
 
 
-class QuarantineError(ValueError):
+class QuarantineError(UserError, ValueError):
     """A resolution that does not fit the meter's state; nothing was changed."""
 
 

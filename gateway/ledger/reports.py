@@ -24,7 +24,7 @@ from decimal import Decimal
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from gateway.timeutil import iso, parse_iso
+from gateway.core.timeutil import iso, parse_iso
 
 Period = Literal["day", "week", "dekad", "month"]
 PERIODS: tuple[Period, ...] = ("day", "week", "dekad", "month")

@@ -22,8 +22,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from gateway.config import RiskConfig
+from gateway.core.timeutil import parse_iso
 from gateway.ledger.consumption import charged_energy_wh, first_read_at
-from gateway.timeutil import parse_iso
 
 # The rule is part of the validated gateway configuration (``[risk]``): read once at start,
 # ``run --check`` and SIGHUP, never by the settlement run itself.

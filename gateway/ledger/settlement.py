@@ -1,6 +1,6 @@
 """Daily settlement: a standing charge per account for every local day that ended, then risk grades.
 
-Run every 60 s by the job registry (``gateway.jobs``).  It works from the database, not the trigger
+Run every 60 s by the job registry (``gateway.runtime.jobs``).  It works from the database, not the trigger
 time: ``meta['settlement.last_day']`` is the last local day (gateway time zone) settled, and each run
 settles every day after it that has ended — so a gateway that was off at midnight, or a job that runs
 twice or late, settles each day exactly once.  "Exactly once per account and day" is also a property
@@ -25,19 +25,18 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from gateway import events
+from gateway.core.money import to_minor
+from gateway.core.timeutil import iso, parse_iso
 from gateway.ledger.accounts import post_entry
 from gateway.ledger.forecast import days_of_credit_left
 from gateway.ledger.risk import RiskRule, grade, risk_inputs
-from gateway.money import to_minor
-from gateway.pricing import TariffBook
+from gateway.ledger.tariff_book import TariffBook
+from gateway.store import events
 from gateway.store.db import dumps
 from gateway.tariffs.pricing import standing_charge
-from gateway.timeguard import ended_now
-from gateway.timeutil import iso, parse_iso
 
 if TYPE_CHECKING:
-    from gateway.daemon import Gateway
+    from gateway.runtime.ports import JobContext
 
 log = logging.getLogger("pmg.settlement")
 
@@ -205,7 +204,7 @@ def update_risk_grades(
     return out
 
 
-async def run(gateway: Gateway) -> SettlementResult:
+async def run(gateway: JobContext) -> SettlementResult:
     """The scheduler's entry point: settle, re-decide charged accounts, and grade once per local day.
 
     Grading reads a month of each account's consumption (a few ms an account): for 2,000 accounts that
@@ -214,8 +213,8 @@ async def run(gateway: Gateway) -> SettlementResult:
     half-way grades them all again on the next run (a grade that did not change is not audited).
 
     A day is settled only once it has ended by the monotonic-corrected clock too: a wall clock a
-    day fast must not post today's standing charge (``gateway.timeguard.ended_now``)."""
-    now = ended_now(gateway)
+    day fast must not post today's standing charge (``JobContext.ended_now``, gateway.runtime.ports)."""
+    now = gateway.ended_now()
     tz = gateway.cfg.tz
     rule = gateway.cfg.risk  # validated with the configuration (start, run --check, SIGHUP)
     policy: Any = gateway.parts.policy

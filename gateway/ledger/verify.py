@@ -16,11 +16,11 @@ import json
 from dataclasses import dataclass
 from decimal import Decimal
 
+from gateway.core.money import to_minor
+from gateway.core.timeutil import parse_iso
 from gateway.ledger.chain_check import ChainProblem, check_chain
 from gateway.ledger.position import disagreement
-from gateway.money import to_minor
 from gateway.store.db import Store
-from gateway.timeutil import parse_iso
 
 # The sign each entry kind's balance movement must have (+1 credit, -1 debit, 0 none).
 KIND_SIGNS: dict[str, tuple[int, ...]] = {

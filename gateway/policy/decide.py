@@ -17,7 +17,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from drivers.base import RelayAction, RelayState
-from gateway.calendar import WorkCalendar
+from gateway.core.calendar import WorkCalendar
 from gateway.policy.credit import (
     EMERGENCY_OFFER_KEY,
     EMERGENCY_USED_UP_KEY,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from drivers.base import RelayAction
-from gateway.calendar import WorkCalendar
+from gateway.core.calendar import WorkCalendar
 from gateway.policy.inputs import AccountView, Hold, MeterView
 from gateway.policy.rules import Rules
 from gateway.policy.state import Action, ActionKind, EnforcementState, RuleCheck

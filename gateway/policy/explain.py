@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from gateway.calendar import WorkCalendar
+from gateway.core.calendar import WorkCalendar
 from gateway.policy.inputs import AccountView, MeterView
 from gateway.policy.rules import Rules
 from gateway.policy.state import Action, Decision

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from drivers.tomlsource import TomlError, read_toml, validation_to_toml_error
+from gateway.core.errors import UserError
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 PRESETS: tuple[str, ...] = ("cn", "uk", "us-tx", "generic")
@@ -230,7 +231,7 @@ class Rules(_Strict):
         return self
 
 
-class RulesError(ValueError):
+class RulesError(UserError, ValueError):
     """Overrides that do not fit the rules model; ``str()`` is one line naming the key."""
 
 

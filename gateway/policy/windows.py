@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-from gateway.calendar import DayType, WorkCalendar
+from gateway.core.calendar import DayType, WorkCalendar
 from gateway.policy.inputs import Hold
 from gateway.policy.rules import Windows
 

@@ -16,11 +16,12 @@ from typing import Any
 
 import sqlite_utils
 
+from gateway.core.errors import OperationFailed
 from gateway.store import chain
 from gateway.store.migrations import migrate
 
 
-class StoreError(RuntimeError):
+class StoreError(OperationFailed, RuntimeError):
     """The database cannot be opened or written (full disk, locked, corrupt)."""
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
+from gateway.core.errors import OperationFailed
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: the walking skeleton's tables, shaped for the ledger, policy and sync that follow.
     """
@@ -260,7 +262,7 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE accounts ADD COLUMN notice_channel TEXT;
     """,
     # payment to power: accounts whose available credit rose, waiting for the running daemon to re-decide
-    # them (``gateway.payment_watch``; docs/enforcement.md, "Payment to power").  A payment written by
+    # them (``gateway.runtime.payment_watch``; docs/enforcement.md, "Payment to power").  A payment written by
     # another process (``pmg payment add``) or while the daemon is down marks its account in its own
     # transaction; the trigger marks every other raise of balance or emergency credit, by any writer, so
     # no path can forget to.  The daemon clears a mark in the transaction that re-decides the account.
@@ -357,7 +359,7 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
-class SchemaTooNew(RuntimeError):
+class SchemaTooNew(OperationFailed, RuntimeError):
     """The database was written by a newer pmg; refusing to touch it."""
 
 

@@ -45,11 +45,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.config import MqttConfig
-from gateway.idle import Idle
-from gateway.store import chain
+from gateway.core.idle import Idle
+from gateway.core.timeutil import Clock, iso
+from gateway.store import chain, outbox, outbox_bound
 from gateway.store.db import Store
-from gateway.sync import outbox
-from gateway.timeutil import Clock, iso
 
 log = logging.getLogger("pmg.mqtt")
 
@@ -428,7 +427,7 @@ class MqttLink:
         if now_mono - self._bound_checked < BOUND_CHECK_S:
             return
         self._bound_checked = now_mono
-        result = outbox.enforce_bound(self.store, self.cfg.max_backlog_messages, self.clock())
+        result = outbox_bound.enforce_bound(self.store, self.cfg.max_backlog_messages, self.clock())
         self.stats.backlog = result.pending
         if result.coalesced or result.over:
             self.stats.coalesced += result.coalesced

@@ -25,9 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-
-class SigningError(ValueError):
-    """A key or a signature that cannot be used; ``str()`` says which and why."""
+from gateway.core.keys import SigningError, parse_public_key
 
 
 def canonical(command: Mapping[str, Any]) -> bytes:
@@ -92,18 +90,6 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise SigningError(f"{path}: not an Ed25519 private key")
     return key
-
-
-def parse_public_key(text: str, key_id: str = "?") -> Ed25519PublicKey:
-    """A base64 raw 32-byte Ed25519 public key, as written in ``mqtt.command_keys``."""
-    prefix = f"command key '{key_id}': " if key_id else ""
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise SigningError(f"{prefix}not base64") from None
-    if len(raw) != 32:
-        raise SigningError(f"{prefix}{len(raw)} bytes, an Ed25519 public key has 32")
-    return Ed25519PublicKey.from_public_bytes(raw)
 
 
 def sign_command(command: Mapping[str, Any], private_key: Ed25519PrivateKey, key_id: str) -> dict[str, Any]:

@@ -8,6 +8,8 @@ forward) and reports a broken rule with the data path it is at, so the loader ca
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -15,11 +17,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import ValidationError
 
 from drivers.tomlsource import validation_to_toml_error
+from gateway.core.errors import UserError
 from gateway.tariffs.spec import DAY_TYPES, TariffSpec, TouSpec, VersionSpec
 from gateway.tariffs.values import DAY_MINUTES, Block, BlockCycle, Tariff, TariffVersion, TimeOfUse, Window
 
 
-class SpecError(Exception):
+class SpecError(UserError):
     """A rule spanning several fields is broken at ``path``; turned into a located ``TomlError``."""
 
     def __init__(self, path: Sequence[str | int], reason: str) -> None:
@@ -229,3 +232,30 @@ def check_version(version: TariffVersion, label: str) -> None:
         ) from None
     except SpecError as exc:
         raise ValueError(f"{label}: invalid version: {format_path(exc.path)}: {exc.reason}") from None
+
+
+def with_version(tariff: Tariff, version: TariffVersion, now: datetime) -> Tariff:
+    """A copy of ``tariff`` with ``version`` appended; refuses a version that would backdate a price
+    or that breaks the tariff file rules (``check_version``).  Here, not on ``Tariff``, because the
+    rules are build's: the values stay below the builder that makes them."""
+    latest = tariff.versions[-1]
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError(f"tariff {tariff.id}: 'now' ({now.isoformat()}) has no time zone")
+    if version.effective_from.tzinfo is None or version.effective_from.utcoffset() is None:
+        raise ValueError(f"tariff {tariff.id} v{version.version}: effective_from has no time zone")
+    if version.version <= latest.version:
+        raise ValueError(
+            f"tariff {tariff.id}: version {version.version} is not after the latest version {latest.version}"
+        )
+    if version.effective_from <= latest.effective_from:
+        raise ValueError(
+            f"tariff {tariff.id} v{version.version}: effective_from {version.effective_from.isoformat()} "
+            f"is not after v{latest.version}'s {latest.effective_from.isoformat()} (no backdating)"
+        )
+    if version.effective_from < now:
+        raise ValueError(
+            f"tariff {tariff.id} v{version.version}: effective_from {version.effective_from.isoformat()} "
+            f"is before now ({now.isoformat()}); tariffs are never backdated"
+        )
+    check_version(version, f"tariff {tariff.id} v{version.version}")
+    return replace(tariff, versions=(*tariff.versions, version))

@@ -5,7 +5,7 @@ instant until the next one.  Every version prices energy the same way: a tuple o
 tariff is one unbounded block), each block a price per time-of-use period (``None`` when the version
 has no time of use).  Keeping that one shape means pricing has no special cases per tariff kind.
 
-Versions are never backdated: ``Tariff.with_version`` refuses a version that would take effect
+Versions are never backdated: ``gateway.tariffs.build.with_version`` refuses a version that would take effect
 before the latest known one or before "now".
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from functools import cached_property
@@ -173,29 +173,3 @@ class Tariff:
                 f"(first is from {self.versions[0].effective_from.isoformat()})"
             )
         return found
-
-    def with_version(self, version: TariffVersion, now: datetime) -> Tariff:
-        """A copy with ``version`` appended; refuses a version that would backdate a price."""
-        latest = self.versions[-1]
-        if now.tzinfo is None or now.utcoffset() is None:
-            raise ValueError(f"tariff {self.id}: 'now' ({now.isoformat()}) has no time zone")
-        if version.effective_from.tzinfo is None or version.effective_from.utcoffset() is None:
-            raise ValueError(f"tariff {self.id} v{version.version}: effective_from has no time zone")
-        if version.version <= latest.version:
-            raise ValueError(
-                f"tariff {self.id}: version {version.version} is not after the latest version {latest.version}"
-            )
-        if version.effective_from <= latest.effective_from:
-            raise ValueError(
-                f"tariff {self.id} v{version.version}: effective_from {version.effective_from.isoformat()} "
-                f"is not after v{latest.version}'s {latest.effective_from.isoformat()} (no backdating)"
-            )
-        if version.effective_from < now:
-            raise ValueError(
-                f"tariff {self.id} v{version.version}: effective_from {version.effective_from.isoformat()} "
-                f"is before now ({now.isoformat()}); tariffs are never backdated"
-            )
-        from gateway.tariffs.build import check_version  # build imports these values
-
-        check_version(version, f"tariff {self.id} v{version.version}")
-        return replace(self, versions=(*self.versions, version))

@@ -1,0 +1,1 @@
+"""The `pmg` command groups, one module each; ``gateway.cli.main`` registers them."""

@@ -1,0 +1,64 @@
+"""Time: stored in UTC as RFC 3339, evaluated in the configured zone, injected everywhere.
+
+Every time-dependent decision takes ``now`` or a ``Clock`` so that a test can walk through a week of
+notices and protected windows in a millisecond, and the demo can run a fast clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import lru_cache
+
+Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+class ScaledClock:
+    """Wall time running ``speed`` times faster than real time from ``start`` (the demo's fast clock)."""
+
+    def __init__(self, speed: float, start: datetime | None = None) -> None:
+        self.speed = speed
+        self._start = start or datetime.now(UTC)
+        self._mono0 = time.monotonic()
+
+    def __call__(self) -> datetime:
+        from datetime import timedelta
+
+        return self._start + timedelta(seconds=(time.monotonic() - self._mono0) * self.speed)
+
+    def epoch(self) -> float:
+        """The same instant as seconds since the epoch (for simulators' clocks)."""
+        return self().timestamp()
+
+    def monotonic(self) -> float:
+        """Seconds elapsed at this clock's rate, which nothing can set: what ``gateway.runtime.timetrust``
+        measures wall-clock steps against (a fast clock is not a stepping one)."""
+        return (time.monotonic() - self._mono0) * self.speed
+
+
+def iso(dt: datetime) -> str:
+    """RFC 3339 UTC with a Z, second precision kept to microseconds when present."""
+    if dt.tzinfo is None:
+        raise ValueError("naive datetime: every stored instant must be timezone-aware")
+    return _iso_utc(dt)
+
+
+@lru_cache(maxsize=4096)
+def _iso_utc(dt: datetime) -> str:
+    """Cached: one reading formats the same few instants a dozen times (the reading row, the entry,
+    the meter's position, the outbox message, the audit trail).  Equal aware datetimes are the same
+    instant whatever their zone, and the text depends only on the instant."""
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> datetime:
+    """Parse an RFC 3339 instant; naive input is refused (it would be ambiguous)."""
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        raise ValueError(f"time '{text}' has no UTC offset")
+    return dt.astimezone(UTC)

@@ -1,0 +1,256 @@
+"""One worker per physical bus: the only owner of that line.
+
+An RS-485 bus is half-duplex, so exactly one conversation is in flight.  Relay commands outrank
+on-demand reads, which outrank routine polls; polls rotate by due time so a flaky meter cannot starve
+the rest, and a meter that keeps failing backs off (its timeout is the most it can cost a cycle).
+The worker's heartbeat advances every iteration (a hung loop stops it); ``last_answer`` advances only
+when a meter answered.  Loop ticks prove nothing about the line — a bus whose link is dead ticks on —
+so a bus is *unhealthy* when none of its meters has answered for ``unhealthy_after_s``, and the
+watchdog counts answers, not ticks (docs/operations.md, "Links that drop").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from drivers.base import BILLING_POINTS, DriverError, Meter, Point, Quality, Reading, RelayState
+from drivers.factory import Link
+from gateway.core.idle import Idle
+from gateway.core.timeutil import Clock
+
+log = logging.getLogger("pmg.bus")
+
+PRIORITY_RELAY = 0
+PRIORITY_READ_NOW = 1
+
+POLL_POINTS = frozenset({*BILLING_POINTS, Point.ENERGY_IMPORT_TARIFFS})
+MAX_BACKOFF_FACTOR = 8
+UNHEALTHY_AFTER_S = 300.0
+# Qualities that prove the meter heard us and answered (a refusal or an odd value is still an answer).
+ANSWERED = frozenset({Quality.OK, Quality.REFUSED, Quality.IMPLAUSIBLE})
+
+
+@dataclass
+class PolledMeter:
+    meter_id: str
+    meter: Meter
+    interval_s: float
+    next_due: float = 0.0
+    failures: int = 0
+
+
+@dataclass
+class BusStats:
+    polls_ok: int = 0
+    polls_failed: int = 0
+    failed_by_kind: dict[str, int] = field(default_factory=dict)
+    relay_ok: int = 0
+    relay_failed: int = 0
+    last_latency_s: float = 0.0
+    cycles: int = 0
+
+
+ReadingSink = Callable[[str, Reading, float], None]
+"""(meter_id, reading, latency seconds) -> None; runs on the loop thread, may write the database."""
+
+ReadObserver = Callable[[str, str, float], None]
+"""(bus_id, quality, latency seconds) -> None: metrics; must not block or raise."""
+
+
+class BusWorker:
+    def __init__(
+        self,
+        bus_id: str,
+        link: Link,
+        meters: list[PolledMeter],
+        on_reading: ReadingSink,
+        *,
+        clock: Clock,
+        monotonic: Callable[[], float] = time.monotonic,
+        observe: ReadObserver | None = None,
+        unhealthy_after_s: float = UNHEALTHY_AFTER_S,
+    ) -> None:
+        self.bus_id = bus_id
+        self.observe = observe
+        self.link = link
+        self.meters = {m.meter_id: m for m in meters}
+        self.on_reading = on_reading
+        self.clock = clock
+        self.monotonic = monotonic
+        self.stats = BusStats()
+        self.heartbeat = monotonic()
+        self.started_at = self.heartbeat
+        self.last_answer: float | None = None  # monotonic time a meter last answered (None: not yet)
+        self.unhealthy_after_s = unhealthy_after_s
+        self.running = False  # the loop runs (the link opened); False while the first open is retried
+        self.busy_since: float | None = None
+        self._jobs: list[tuple[int, int, Callable[[], Awaitable[Any]], asyncio.Future[Any]]] = []
+        self._counter = itertools.count()
+        # (next_due, configured position, meter id): the next poll is the heap's top, O(log n) per poll
+        # instead of scanning every meter on the bus for the earliest due time.
+        self._due: list[tuple[float, int, str]] = []
+        self._idle = Idle()  # the loop's sleep between polls, cut short when work is submitted
+        self._stopping = False
+        self._opened = False
+
+    # -- submitting work -------------------------------------------------------------------------
+    def submit(self, priority: int, work: Callable[[], Awaitable[Any]]) -> asyncio.Future[Any]:
+        """Queue ``work`` ahead of routine polls; the future carries its result or exception.
+
+        The future is cancelled if the bus stops before the work runs.
+        """
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._stopping:  # nobody will run it: say so now rather than leave the caller waiting
+            fut.cancel()
+            return fut
+        heapq.heappush(self._jobs, (priority, next(self._counter), work, fut))
+        self._idle.wake()
+        return fut
+
+    def meter(self, meter_id: str) -> Meter:
+        return self.meters[meter_id].meter
+
+    def read_now(self, meter_id: str, points: frozenset[Point] = POLL_POINTS) -> asyncio.Future[Any]:
+        async def work() -> Reading:
+            return await self._read(self.meters[meter_id], points)
+
+        return self.submit(PRIORITY_READ_NOW, work)
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def silent_for(self, now_mono: float) -> float:
+        """Seconds since a meter on this bus last answered (since the worker started if none has)."""
+        since = self.started_at if self.last_answer is None else self.last_answer
+        return max(0.0, now_mono - since)
+
+    def healthy(self, now_mono: float) -> bool:
+        """False when the bus has meters and none of them answered for ``unhealthy_after_s``."""
+        return not self.meters or self.silent_for(now_mono) <= self.unhealthy_after_s
+
+    async def run(self) -> None:
+        await self._open()
+        self.running = True
+        try:
+            await self._loop()
+        finally:
+            self.running = False
+        self.abandon_queued()
+        await self._close()
+
+    async def _loop(self) -> None:
+        now = self.monotonic()
+        for i, pm in enumerate(self.meters.values()):
+            pm.next_due = now + 0.001 * i  # first cycle straight away, in configured order
+        self._due = [(pm.next_due, i, pm.meter_id) for i, pm in enumerate(self.meters.values())]
+        heapq.heapify(self._due)
+        while not self._stopping:
+            self.heartbeat = self.monotonic()
+            if self._jobs:
+                _, _, work, fut = heapq.heappop(self._jobs)
+                if fut.cancelled():
+                    continue
+                self.busy_since = self.monotonic()
+                try:
+                    result = await work()
+                    if isinstance(result, RelayState):  # a relay read back (reads count in _read; a
+                        self.last_answer = self.monotonic()  # broadcast proves nothing: no one answers it)
+                    fut.set_result(result)
+                except Exception as exc:  # delivered to whoever submitted it
+                    if not fut.cancelled():
+                        fut.set_exception(exc)
+                finally:
+                    self.busy_since = None
+                continue
+            nxt = self.meters[self._due[0][2]] if self._due else None
+            if nxt is not None and nxt.next_due <= self.monotonic():
+                _, position, _ = heapq.heappop(self._due)
+                reading = await self._read(nxt, POLL_POINTS)
+                self._schedule_next(nxt, reading)
+                heapq.heappush(self._due, (nxt.next_due, position, nxt.meter_id))
+                continue
+            delay = 1.0 if nxt is None else max(0.0, min(1.0, nxt.next_due - self.monotonic()))
+            await self._idle.sleep(delay)  # until the next poll is due or work is submitted
+
+    def abandon_queued(self) -> None:
+        """Work still queued when the bus stops never ran: cancel its futures so no submitter waits
+        forever (a relay command stays durable in the database and is resumed after restart)."""
+        while self._jobs:
+            _, _, _, fut = heapq.heappop(self._jobs)
+            fut.cancel()
+
+    async def _open(self) -> None:
+        try:
+            await self.link.open()
+            self._opened = True
+        except (OSError, DriverError) as exc:
+            log.error("bus=%s cannot open link: %s", self.bus_id, exc)
+            raise
+
+    async def _close(self) -> None:
+        for pm in self.meters.values():
+            try:
+                await pm.meter.close()
+            except Exception:  # closing is best effort
+                log.debug("bus=%s meter=%s close failed", self.bus_id, pm.meter_id, exc_info=True)
+        if self._opened:
+            await self.link.close()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def stop(self) -> None:
+        """Finish the frame in flight, then leave the loop."""
+        self._stopping = True
+        self._idle.wake()
+
+
+    def _schedule_next(self, pm: PolledMeter, reading: Reading) -> None:
+        if reading.quality is Quality.OK:
+            pm.failures = 0
+            pm.next_due += pm.interval_s
+            if pm.next_due < self.monotonic():  # we fell behind: do not burst to catch up
+                pm.next_due = self.monotonic() + pm.interval_s
+            self.stats.cycles += 1
+        else:
+            pm.failures += 1
+            factor = min(2 ** (pm.failures - 1), MAX_BACKOFF_FACTOR)
+            pm.next_due = self.monotonic() + pm.interval_s * factor
+
+    async def _read(self, pm: PolledMeter, points: frozenset[Point]) -> Reading:
+        started = self.monotonic()
+        self.busy_since = started
+        try:
+            reading = await pm.meter.read(points)
+        except DriverError as exc:  # drivers should return a quality, but never let one kill the bus
+            reading = Reading(pm.meter.address, self.clock(), Quality.BAD_FRAME, error=str(exc))
+        finally:
+            self.busy_since = None
+        latency = self.monotonic() - started
+        reading = dataclasses.replace(reading, taken_at=self.clock())
+        self.stats.last_latency_s = latency
+        if reading.quality in ANSWERED:
+            self.last_answer = self.monotonic()
+        if reading.quality is Quality.OK:
+            self.stats.polls_ok += 1
+        else:
+            self.stats.polls_failed += 1
+            kind = reading.quality.value
+            self.stats.failed_by_kind[kind] = self.stats.failed_by_kind.get(kind, 0) + 1
+        if self.observe is not None:
+            try:
+                self.observe(self.bus_id, reading.quality.value, latency)
+            except Exception:  # metrics must never stop a bus
+                log.debug("bus=%s metrics observer failed", self.bus_id, exc_info=True)
+        try:
+            self.on_reading(pm.meter_id, reading, latency)
+        except Exception:
+            log.exception("bus=%s meter=%s reading could not be recorded", self.bus_id, pm.meter_id)
+        return reading
