@@ -42,6 +42,8 @@ from zoneinfo import ZoneInfo
 
 import holidays
 
+from gateway.timeutil import parse_iso
+
 REPO = Path(__file__).resolve().parent.parent
 LOADS_W = (0, 300, 500, 1_500, 5_000)  # what the walk's households draw (below every meter's max_power_w)
 CHATTER_LIMIT = 2  # relay operations per meter per rolling hour (docs/enforcement.md "no chatter")
@@ -171,11 +173,14 @@ class Oracle:
     step: int = 0
     violations: list[Violation] = field(default_factory=list)
     last_event: int = 0
-    notices: dict[str, list[datetime]] = field(default_factory=lambda: defaultdict(list))
+    notices: dict[str, list[tuple[datetime, datetime]]] = field(default_factory=lambda: defaultdict(list))
     deliveries: dict[str, list[datetime]] = field(default_factory=lambda: defaultdict(list))
     reminders: dict[str, list[datetime]] = field(default_factory=lambda: defaultdict(list))
     offers: dict[str, list[datetime]] = field(default_factory=lambda: defaultdict(list))
     restored_at: dict[str, datetime] = field(default_factory=dict)  # balance last seen ≥ threshold
+    restored_by: dict[str, str | None] = field(default_factory=dict)  # the payment channel that did it
+    below: dict[str, bool] = field(default_factory=dict)
+    channel: str | None = None  # the channel of the payment being applied, while its step runs
     holds: dict[str, tuple[datetime, datetime]] = field(default_factory=dict)  # id -> (from, until)
     ops_seen: int = 0
     ops_by_meter: dict[str, list[datetime]] = field(default_factory=lambda: defaultdict(list))
@@ -214,13 +219,13 @@ class Oracle:
         """After every tick: new events (tagged with true time), new relay operations, balances."""
         now = rig.clock.true
         for ev in rig.conn().execute(
-            "SELECT id, kind, account_id, meter_id, detail_json FROM events WHERE id > ? ORDER BY id",
+            "SELECT id, kind, account_id, meter_id, detail_json, at FROM events WHERE id > ? ORDER BY id",
             (self.last_event,),
         ).fetchall():
             self.last_event = ev[0]
             kind, aid = ev[1], ev[2]
             if kind == "policy_serve_notice":
-                self.notices[aid].append(now)
+                self.notices[aid].append((now, parse_iso(ev[5])))  # (true time, the gateway's time)
             elif kind in NOTICE_DELIVERY_KINDS:
                 self.deliveries[aid].append(now)
             elif kind == "policy_send_reminder":
@@ -229,7 +234,10 @@ class Oracle:
                 self._check_offer(rig, aid, now, json.loads(ev[4]))
         for aid, bal in rig.conn().execute("SELECT id, balance_minor FROM accounts").fetchall():
             if bal >= self.rules.reconnect_threshold:
+                if self.below.get(aid, True):
+                    self.restored_by[aid] = self.channel
                 self.restored_at[aid] = now
+            self.below[aid] = bal < self.rules.reconnect_threshold
         for at, mid, why in rig.refused[self.refused_seen :]:
             self.flag("reading_refused", at, mid, why)
         self.refused_seen = len(rig.refused)
@@ -293,13 +301,17 @@ class Oracle:
     def _check_notice(self, at: datetime, gw_at: datetime, mid: str, aid: str) -> None:
         r = self.rules
         since = self.restored_at.get(aid)
-        notices = [t for t in self.notices[aid] if t <= at and (since is None or t >= since)]
+        notices = [n for n in self.notices[aid] if n[0] <= at and (since is None or n[0] >= since)]
         if not notices:
-            self.flag("no_notice", at, mid, "cut without a notice served since credit was last restored")
+            # A cashier's payment restored credit without the daemon noticing: the old notice stood.
+            cash = self.restored_by.get(aid) == "cash"
+            self.flag("cash_payment_late" if cash else "no_notice", at, mid,
+                      "cut without a notice served since credit was last restored"
+                      + (" (by a cash payment the daemon never re-decided)" if cash else ""))
             return
-        notice = notices[-1]
+        notice, notice_gw = notices[-1]
         if at - notice < r.notice_period:
-            skewed = gw_at - notice >= r.notice_period
+            skewed = gw_at - notice_gw >= r.notice_period
             self.flag("untrusted_clock" if skewed else "notice_period", at, mid,
                       f"cut {at - notice} after the notice (period {r.notice_period})")
         delivered = [t for t in self.deliveries[aid] if notice <= t <= at - r.notice_period]
@@ -338,7 +350,11 @@ class Oracle:
                           f"but no close {RECONNECT_BOUND} later (relay closed={model.relay_closed}, "
                           f"command trip={model.relay_command_trip})")
             return
-        closes = [op for op in rig.ops[ops_before:] if op.meter_id == mid and (op.closed or op.action.value != "trip")]
+        closes = [
+            op
+            for op in rig.ops[ops_before:]
+            if op.meter_id == mid and (op.closed or op.action.value in ("direct_close", "close_permitted"))
+        ]
         ec = rig.conn().execute("SELECT emergency_credit_minor FROM accounts WHERE id = ?", (aid,)).fetchone()[0]
         on_ec = r.on_emergency_credit and ec > 0 and balance > -ec
         if closes and not on_ec and not before[0]:

@@ -146,12 +146,14 @@ def apply(rig: Rig, oracle: Oracle, step: Step) -> None:
         model = rig.models[mid]
         before = (model.relay_closed, not model.relay_command_trip)
         ops_before = len(rig.ops)
+        oracle.channel = step[3]
         rig.pay(aid, step[2], step[3])
         if step[3] == "hq":  # the daemon wakes its enforcer at once
             rig.run_enforcer()
         rig.observe()
         rig.advance(timedelta(seconds=1))
         oracle.after_payment(rig, aid, step[3], before, ops_before)
+        oracle.channel = None
     elif kind == "hold":
         held = rig.set_hold(step[1])
         if held is not None:
