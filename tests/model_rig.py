@@ -311,11 +311,22 @@ class Rig:
             if not row[0]:  # rolled back: the daemon logged a traceback and recorded nothing
                 self.refused.append((self.clock.true, mid, f"reading taken at {at} (gateway clock) not recorded"))
 
-    def run_enforcer(self) -> None:
-        """What ``Enforcer.run`` does on one wake-up: execute every due command."""
+    def run_enforcer(self, *, rounds: int = 8) -> None:
+        """What ``Enforcer.run`` does while it is woken: execute every due command, and again for the
+        commands the outcomes queued (an outcome re-decides the meter and wakes the enforcer at once).
+        ``rounds`` bounds a gateway that would chatter for ever within one instant."""
         assert self.enforcer is not None
-        for cmd in self.enforcer.due(self.clock.gateway()):
-            if cmd.meter_id in self.enforcer.meter_bus:
+        done: set[int] = set()
+        for _ in range(rounds):
+            due = [
+                c
+                for c in self.enforcer.due(self.clock.gateway())
+                if c.meter_id in self.enforcer.meter_bus and c.id not in done
+            ]
+            if not due:
+                return
+            for cmd in due:
+                done.add(cmd.id)
                 self._execute(cmd)
 
     def _execute(self, cmd: RelayCommand) -> None:

@@ -158,6 +158,9 @@ REPRODUCTIONS: dict[tuple[str, str], Walk] = {
     ("cn", "quarantine"): _walk(
         "cn", utc(2026, 2, 11, 1), (500, 3000, 0), [("skew", 180), ("pay", 1, 50, "hq"), ("skew", -180), ("wait", 4320)]
     ),
+    # uk: a1 opens with nothing on a Monday afternoon: offer, cut, close on emergency credit, cut again ...
+    # in one instant (8 round trips until the rig's bound), and each cycle offers emergency credit anew
+    ("uk", "uk_emergency_chatter"): _walk("uk", utc(2026, 11, 23, 14), (3000, 0, 500), []),
     # uk: a2's account has no emergency credit, yet it is offered £5
     ("uk", "ec_zero_offer"): _walk("uk", utc(2026, 11, 23, 14), (3000, 0, 500), []),
     # offered at the opening decision, offered again by the re-decision after a hold, nothing repaid
