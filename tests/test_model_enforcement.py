@@ -165,14 +165,13 @@ REPRODUCTIONS: dict[tuple[str, str], Walk] = {
     ("uk", "ec_zero_offer"): _walk("uk", utc(2026, 11, 23, 14), (3000, 0, 500), []),
     # offered at the opening decision, offered again by the re-decision after a hold, nothing repaid
     ("uk", "ec_relent"): _walk("uk", utc(2026, 5, 20, 12), (0, 500, 500), [("hold", 30)]),
-    ("uk", "untrusted_clock"): _walk(
-        "uk", utc(2026, 5, 20, 12), (3000, 0, 0), [("crash",), ("wait", 660), ("wait", 1440), ("skew", 180), ("wait", 600)]
-    ),
+    # the gateway 1 h fast cuts at 09:00 BST, inside friendly-credit hours (it believes 10:00)
+    ("uk", "untrusted_clock"): _walk("uk", utc(2026, 5, 20, 12), (0, 500, 500), [("skew", 60), ("wait", 4320)]),
     ("uk", "cash_payment_late"): _walk(
         "uk",
         utc(2026, 5, 20, 12),
         (3000, 0, 0),
-        [("wait", 5), ("wait", 5), ("pay", 0, 50, "hq"), ("wait", 45), ("pay", 1, 1000, "cash")],
+        [("wait", 4320), ("restart",), ("wait", 420), ("wait", 20), ("pay", 1, 1000, "cash")],
     ),
     # NTP puts a clock that ran 2 days fast right: readings fail for 2 days, then one is quarantined
     ("uk", "quarantine"): _walk("uk", utc(2026, 11, 23, 14), (3000, 0, 500), [("skew", 2880), ("pay", 0, 1000, "hq")]),
@@ -257,5 +256,5 @@ def test_oracle_flags_an_unlawful_cut() -> None:
         rig.observe()
     finally:
         rig.close()
-    assert not rig.models["m0"].relay_closed
+    assert any(op.opened and op.meter_id == "m0" for op in rig.ops)  # (the credit then closes it again)
     assert {v.cls for v in oracle.violations} >= {"window", "protected_cut", "cut_with_credit"}
