@@ -182,6 +182,7 @@ class Oracle:
     below: dict[str, bool] = field(default_factory=dict)
     channel: str | None = None  # the channel of the payment being applied, while its step runs
     holds: dict[str, tuple[datetime, datetime]] = field(default_factory=dict)  # id -> (from, until)
+    hold_skewed: dict[str, bool] = field(default_factory=dict)  # set while the gateway clock was wrong
     ops_seen: int = 0
     ops_by_meter: dict[str, list[datetime]] = field(default_factory=lambda: defaultdict(list))
     refused_seen: int = 0
@@ -285,7 +286,10 @@ class Oracle:
                       f"cut in a protected window: {'; '.join(reasons)} (gateway clock {gw_at:%Y-%m-%d %H:%M}Z)")
         hid = self.hold_active(at)
         if hid:
-            self.flag("untrusted_clock" if self.hold_active(gw_at) is None else "hold", at, mid, f"cut during hold {hid}")
+            # A hold is stored from the gateway's clock when it arrives: set while that clock was wrong,
+            # or judged by a wrong clock, it is the untrusted clock's doing.
+            clock = gw_at != at or self.hold_skewed.get(hid, False)
+            self.flag("untrusted_clock" if clock else "hold", at, mid, f"cut during hold {hid}")
         local = at.astimezone(r.tz)
         if r.name == "cn":
             if not self.cal.known_year(local.year):

@@ -169,8 +169,10 @@ class Rig:
     clock: ModelClock = field(init=False)
     models: dict[str, MeterModel] = field(default_factory=dict)
     by_address: dict[str, MeterModel] = field(default_factory=dict)
-    protected: dict[str, bool] = field(default_factory=dict)
+    protected: dict[str, bool] = field(default_factory=dict)  # in force (the last change from either channel)
     keep_power: dict[str, bool] = field(default_factory=dict)
+    file_protected: dict[str, bool] = field(default_factory=dict)  # what the configuration file says
+    file_keep_power: dict[str, bool] = field(default_factory=dict)
     gw: Gateway | None = None
     enforcer: Enforcer | None = None
     drivers: dict[str, Dlt645Meter] = field(default_factory=dict)
@@ -195,8 +197,8 @@ class Rig:
             model.advance()
             self.models[mid] = model
             self.by_address[model.address] = model
-            self.protected[ACCOUNTS[i]] = False
-            self.keep_power[mid] = False
+            self.protected[ACCOUNTS[i]] = self.file_protected[ACCOUNTS[i]] = False
+            self.keep_power[mid] = self.file_keep_power[mid] = False
         self.config_path = self.workdir / "gw.toml"
         self.write_config()
         self.boot()
@@ -218,10 +220,10 @@ class Rig:
             aid = ACCOUNTS[i]
             body += (
                 f'[[meters]]\nid = "{mid}"\nbus = "b1"\naddress = "{i + 1:012d}"\naccount = "{aid}"\n'
-                f'tariff = "{s.tariff}"\nkeep_power = {str(self.keep_power[mid]).lower()}\n'
+                f'tariff = "{s.tariff}"\nkeep_power = {str(self.file_keep_power[mid]).lower()}\n'
             )
             body += f'[[accounts]]\nid = "{aid}"\nemergency_credit = "{s.emergency_credit[i]}"\n'
-            if self.protected[aid]:
+            if self.file_protected[aid]:
                 body += f'protected = true\nprotected_category = "{self._category_text()}"\n'
         self.config_path.write_text(body)
 
@@ -285,6 +287,17 @@ class Rig:
             self.kill_after_frame = False
         self.restart()
         return True
+
+    def set_flags_file(self, aid: str, *, protected: bool | None = None, keep_power: bool | None = None) -> None:
+        """Edit the configuration file and SIGHUP.  The file wins only where it *changed* a value since
+        the last start or reload (``seed_from_config``): writing back what it already said leaves a head
+        office decision in force (docs: README, accounts)."""
+        mid = self.meter_of(aid)
+        if protected is not None and protected != self.file_protected[aid]:
+            self.file_protected[aid] = self.protected[aid] = protected
+        if keep_power is not None and keep_power != self.file_keep_power[mid]:
+            self.file_keep_power[mid] = self.keep_power[mid] = keep_power
+        self.reload()
 
     def reload(self) -> None:
         """SIGHUP with the current file."""

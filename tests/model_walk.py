@@ -158,6 +158,7 @@ def apply(rig: Rig, oracle: Oracle, step: Step) -> None:
         held = rig.set_hold(step[1])
         if held is not None:
             oracle.holds[held[0]] = (rig.clock.true, held[1])
+            oracle.hold_skewed[held[0]] = bool(rig.clock.skew)
         rig.run_enforcer()
         rig.observe()
     elif kind == "unhold":
@@ -169,18 +170,16 @@ def apply(rig: Rig, oracle: Oracle, step: Step) -> None:
         rig.observe()
     elif kind in ("protect", "keep"):
         i, on, channel = step[1], step[2], step[3]
-        aid, mid = ACCOUNTS[i], METERS[i]
+        aid = ACCOUNTS[i]
         if channel == "hq":
             if kind == "protect":
                 rig.set_flags_hq(aid, protected=on)
             else:
                 rig.set_flags_hq(aid, keep_power=on)
+        elif kind == "protect":
+            rig.set_flags_file(aid, protected=on)
         else:
-            if kind == "protect":
-                rig.protected[aid] = on
-            else:
-                rig.keep_power[mid] = on
-            rig.reload()
+            rig.set_flags_file(aid, keep_power=on)
         rig.run_enforcer()
         rig.observe()
     elif kind == "skew":

@@ -57,7 +57,7 @@ FOUND_BY_MODEL: dict[str, frozenset[str]] = {
             "quarantine",  # a clock step turns a normal reading into "impossible power": billing stops
         }
     )
-    | ({"late_reconnect"} if p == "cn" else set())  # a failed close-permitted is never queued again
+    | {"late_reconnect"}  # a close refused while the clock was wrong is never queued again
     for p in PRESETS
 }
 CI_WALKS, CI_STEPS = 20, 100  # 2,000 steps per preset
