@@ -11,7 +11,8 @@ Classes:
   protected_cut, keep_power_cut      an automatic cut of a protected customer / keep-power meter
   window                             a cut inside a protected window (local hours, weekend, holiday)
   hold                               a cut during an active head-office hold
-  untrusted_clock                    a cut unlawful by true time but lawful by the gateway's wrong clock
+  untrusted_clock                    a cut unlawful by true time but lawful by the gateway's wrong clock,
+                                     or made within a day after the clock was stepped
   unknown_calendar_year              a cn cut in a year whose official calendar (调休) is not published
   cn_working_hours                   a cn cut outside 08:00-17:00 on a working day
   no_notice, notice_period           a cut without notice / before the notice period ran
@@ -48,6 +49,7 @@ REPO = Path(__file__).resolve().parent.parent
 LOADS_W = (0, 300, 500, 1_500, 5_000)  # what the walk's households draw (below every meter's max_power_w)
 CHATTER_LIMIT = 2  # relay operations per meter per rolling hour (docs/enforcement.md "no chatter")
 RECONNECT_BOUND = timedelta(seconds=1)
+CLOCK_AFTERMATH = timedelta(days=1)
 CN_NOTICE_MAX = timedelta(days=7)  # 供电营业规则 art. 67: written notice 3-7 days before the cut
 CN_WORKING_HOURS = (time(8), time(17))
 NOTICE_DELIVERY_KINDS = ("notice_delivered", "notice_delivery_confirmed")  # the signed confirmation
@@ -275,6 +277,10 @@ class Oracle:
     def _check_cut(self, rig: Any, op: Any, aid: str) -> None:
         at, gw_at, mid = op.true_at, op.gateway_at, op.meter_id
         r = self.rules
+        # The clock is to blame while it is wrong and for a day after it was stepped: what the gateway
+        # planned and queued under the wrong time (retries, review times, holds) runs on after the step.
+        stepped = rig.skew_changed_at is not None and at - rig.skew_changed_at < CLOCK_AFTERMATH
+        clock = gw_at != at or stepped
         if rig.protected[aid]:
             self.flag("protected_cut", at, mid, "automatic cut of a protected customer")
         if rig.keep_power[mid]:
@@ -282,14 +288,13 @@ class Oracle:
         reasons = self.window_reasons(at)
         if reasons:
             lawful_by_gateway = not self.window_reasons(gw_at)
-            self.flag("untrusted_clock" if lawful_by_gateway and gw_at != at else "window", at, mid,
+            self.flag("untrusted_clock" if (lawful_by_gateway and gw_at != at) or stepped else "window", at, mid,
                       f"cut in a protected window: {'; '.join(reasons)} (gateway clock {gw_at:%Y-%m-%d %H:%M}Z)")
         hid = self.hold_active(at)
         if hid:
             # A hold is stored from the gateway's clock when it arrives: set while that clock was wrong,
             # or judged by a wrong clock, it is the untrusted clock's doing.
-            clock = gw_at != at or self.hold_skewed.get(hid, False)
-            self.flag("untrusted_clock" if clock else "hold", at, mid, f"cut during hold {hid}")
+            self.flag("untrusted_clock" if clock or self.hold_skewed.get(hid, False) else "hold", at, mid, f"cut during hold {hid}")
         local = at.astimezone(r.tz)
         if r.name == "cn":
             if not self.cal.known_year(local.year):
@@ -300,9 +305,9 @@ class Oracle:
         if balance > r.disconnect_at_or_below:
             self.flag("cut_with_credit", at, mid, f"cut with balance {balance} > {r.disconnect_at_or_below}")
         if r.notice_required:
-            self._check_notice(at, gw_at, mid, aid)
+            self._check_notice(at, gw_at, mid, aid, stepped)
 
-    def _check_notice(self, at: datetime, gw_at: datetime, mid: str, aid: str) -> None:
+    def _check_notice(self, at: datetime, gw_at: datetime, mid: str, aid: str, stepped: bool) -> None:
         r = self.rules
         since = self.restored_at.get(aid)
         notices = [n for n in self.notices[aid] if n[0] <= at and (since is None or n[0] >= since)]
@@ -315,7 +320,7 @@ class Oracle:
             return
         notice, notice_gw = notices[-1]
         if at - notice < r.notice_period:
-            skewed = gw_at - notice_gw >= r.notice_period
+            skewed = gw_at - notice_gw >= r.notice_period or stepped
             self.flag("untrusted_clock" if skewed else "notice_period", at, mid,
                       f"cut {at - notice} after the notice (period {r.notice_period})")
         delivered = [t for t in self.deliveries[aid] if notice <= t <= at - r.notice_period]
@@ -326,11 +331,11 @@ class Oracle:
         if r.reminder_before:
             reminders = [t for t in self.reminders[aid] if notice <= t <= at]
             if not reminders:
-                self.flag("reminder", at, mid, "cut without a reminder")
+                self.flag("untrusted_clock" if stepped else "reminder", at, mid, "cut without a reminder")
             else:
                 last = reminders[-1]
                 if at - last < r.reminder_before or (r.reminder_valid_for and at - last > r.reminder_valid_for):
-                    self.flag("reminder", at, mid, f"cut {at - last} after the reminder "
+                    self.flag("untrusted_clock" if stepped else "reminder", at, mid, f"cut {at - last} after the reminder "
                               f"(at least {r.reminder_before}, at most {r.reminder_valid_for})")
 
     # -- payments --------------------------------------------------------------------------------------

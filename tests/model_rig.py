@@ -182,6 +182,7 @@ class Rig:
     seq: int = 0
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     observers: list[Callable[[Rig], None]] = field(default_factory=list)
+    skew_changed_at: datetime | None = None  # true time of the last clock step
     refused: list[tuple[datetime, str, str]] = field(default_factory=list)  # (true time, meter, why)
 
     def __post_init__(self) -> None:

@@ -125,6 +125,8 @@ def run(walk: Walk) -> list[Violation]:
             apply(rig, oracle, step)
             oracle.check_ledger(rig)
         oracle.step = len(walk.steps)
+        if rig.clock.skew:
+            rig.skew_changed_at = rig.clock.true
         rig.clock.skew = timedelta(0)
         rig.advance(FINAL_WAIT)  # longer than any skew: a gateway whose clock went back catches up
         oracle.check_ledger(rig, final=True)
@@ -183,6 +185,8 @@ def apply(rig: Rig, oracle: Oracle, step: Step) -> None:
         rig.run_enforcer()
         rig.observe()
     elif kind == "skew":
+        if rig.clock.skew != timedelta(minutes=step[1]):
+            rig.skew_changed_at = rig.clock.true
         rig.clock.skew = timedelta(minutes=step[1])
     elif kind == "reload":
         rig.reload()
