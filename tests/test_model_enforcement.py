@@ -173,6 +173,13 @@ REPRODUCTIONS: dict[tuple[str, str], Walk] = {
         (3000, 0, 0),
         [("wait", 4320), ("restart",), ("wait", 420), ("wait", 20), ("pay", 1, 1000, "cash")],
     ),
+    # direct close refused by the meter while the clock is 3 h slow; clock fixed, paid again: still off
+    ("uk", "late_reconnect"): _walk(
+        "uk",
+        utc(2026, 12, 21, 9),
+        (0, 3000, 3000),
+        [("wait", 8640), ("skew", -180), ("pay", 0, 1000, "hq"), ("wait", 420), ("skew", 0), ("pay", 0, 100, "hq")],
+    ),
     # NTP puts a clock that ran 2 days fast right: readings fail for 2 days, then one is quarantined
     ("uk", "quarantine"): _walk("uk", utc(2026, 11, 23, 14), (3000, 0, 500), [("skew", 2880), ("pay", 0, 1000, "hq")]),
     ("uk", "reading_refused"): _walk(
