@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
@@ -65,9 +66,13 @@ SOAK_WALKS, SOAK_STEPS = 1_000, 100  # 100,000 steps per preset
 
 
 @pytest.fixture(autouse=True)
-def _quiet_daemon_logs() -> None:
+def _quiet_daemon_logs() -> Iterator[None]:
     """The refused readings log a traceback on every poll; thousands of them would swamp the output."""
-    logging.getLogger("pmg").setLevel(logging.CRITICAL)
+    logger = logging.getLogger("pmg")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    yield
+    logger.setLevel(level)
 
 
 def allowed(preset: str) -> frozenset[str]:
