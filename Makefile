@@ -1,5 +1,5 @@
 # The two commands a newcomer needs:  `make demo`  and  `make test`.  Both set everything up first.
-.PHONY: setup demo test quick lint bench clean
+.PHONY: setup demo test quick lint bench soak clean
 
 setup:
 	@bash .ci/bootstrap
@@ -14,6 +14,10 @@ test: setup lint
 # The inner loop: fast tests only (slow, soak and campaign tests excluded by default).
 quick: setup
 	.venv/bin/pytest -q -x
+
+# The stateful enforcement model at length: 100,000 steps per preset (docs/enforcement.md, "Stateful model").
+soak: setup
+	.venv/bin/pytest -q -s -m soak -p no:cacheprovider tests/test_model_enforcement.py
 
 lint: setup
 	.venv/bin/ruff check gateway drivers simulators tests bench
