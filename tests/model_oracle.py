@@ -43,7 +43,7 @@ from zoneinfo import ZoneInfo
 
 import holidays
 
-from gateway.timeutil import parse_iso
+from gateway.core.timeutil import parse_iso
 
 REPO = Path(__file__).resolve().parent.parent
 LOADS_W = (0, 300, 500, 1_500, 5_000)  # what the walk's households draw (below every meter's max_power_w)

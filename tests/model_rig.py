@@ -33,18 +33,23 @@ from drivers.dlt645 import commands
 from drivers.dlt645.frame import Frame, Function
 from drivers.dlt645.meter import Dlt645Meter
 from gateway.config import load_config
-from gateway.daemon import Gateway
-from gateway.enforcer import Enforcer, RelayCommand
+from gateway.core.timeutil import iso, parse_iso
 from gateway.ledger.payments import apply_payment
+from gateway.policy.notices import notice_id
+from gateway.runtime import timeguard
+from gateway.runtime.daemon import Gateway
+from gateway.runtime.payment_watch import PaymentWatch
+from gateway.runtime.relay import Enforcer
 from gateway.store.db import Store, open_store
-from gateway.sync import command_types
-from gateway.sync.command_models import AccountCmd, HoldCmd, MeterAssignment
-from gateway.timeutil import iso, parse_iso
+from gateway.store.relay_queue import RelayCommand
+from gateway.sync.commands import handlers as command_types
+from gateway.sync.commands.schema import AccountCmd, HoldCmd, MeterAssignment, NoticeCmd
+from gateway.tariffs.model import example_dir
 from simulators.dlt645.responder import respond
 from simulators.model import LoadProfile, MeterModel
 
 REPO = Path(__file__).resolve().parent.parent
-TARIFFS = REPO / "config" / "tariffs"
+TARIFFS = example_dir()  # the example tariffs shipped in the wheel
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,8 @@ class Rig:
     file_keep_power: dict[str, bool] = field(default_factory=dict)
     gw: Gateway | None = None
     enforcer: Enforcer | None = None
+    payment_watch: PaymentWatch | None = None
+    clock_checked: datetime | None = None
     drivers: dict[str, Dlt645Meter] = field(default_factory=dict)
     ops: list[RelayOp] = field(default_factory=list)
     kill_after_frame: bool = False
@@ -240,12 +247,18 @@ class Rig:
         gw = ModelGateway(self.config_path, cfg, clock=self.clock.gateway)
         gw.rig = self
         gw.store = open_store(self.workdir / "pmg.db")
-        from gateway.components import build_components
         from gateway.ledger.accounts import seed_from_config
+        from gateway.runtime.components import build_components
 
         gw.parts = build_components(cfg, self.config_path, gw.store)
         seed_from_config(gw.store, cfg, self.clock.gateway())
         gw._meter_cfg = {m.id: m for m in cfg.meters}
+        # The daemon's own view of time: a monotonic clock that runs with true time (the process's
+        # CLOCK_MONOTONIC; a restart begins a new one, so a step across a restart is not seen) and
+        # the verdict keeper built on it, as Gateway.start does.
+        true_at_start = self.clock.true
+        gw.time_monotonic = lambda: (self.clock.true - true_at_start).total_seconds()
+        gw.timetrust = timeguard.build(gw)
         self.drivers = {
             mid: Dlt645Meter(FrameLink(self), self.models[mid].address, tz=cfg.tz, clock=self.clock.gateway)  # type: ignore[arg-type]
             for mid in METERS
@@ -260,7 +273,23 @@ class Rig:
             minor_digits=cfg.minor_digits,
         )
         gw._resume_commands()
+        # The watch on payments other processes commit (the daemon runs it every 0.1 s): the backlog at
+        # start, then a pass at every tick and right after a cashier's payment.
+        self.payment_watch = PaymentWatch(gw.store, gw._decide_marked, gw.wake)
+        assert self.payment_watch is not None
+        self.payment_watch.drain_all()
         self.gw, self.enforcer = gw, gw.enforcer
+        self.clock_checked = None
+        self.clock_check()  # the daemon's clock job runs 2 s after start, then hourly
+
+    def clock_check(self) -> None:
+        """The hourly clock job (gateway.runtime.clocksync) as a witness on the gateway's clock: the
+        simulated meters keep true time, so each reads (true - gateway clock) seconds of drift."""
+        assert self.gw is not None and self.gw.timetrust is not None
+        drift = (self.clock.true - self.clock.gateway()).total_seconds()
+        timeguard.observed(self.gw, self.gw.timetrust.meters_observed({mid: drift for mid in METERS}))
+        timeguard.observe(self.gw)
+        self.clock_checked = self.clock.true
 
     def kill(self) -> None:
         """``kill -9``: the connection goes away with nothing flushed (commits are already durable)."""
@@ -317,12 +346,16 @@ class Rig:
                 continue
             self.gw._pending_readings.append((mid, reading, 0.0))
         taken = {mid: iso(r.taken_at) for mid, r, _ in self.gw._pending_readings}
+
+        def rows(mid: str) -> int:
+            return int(self.gw.store.scalar("SELECT COUNT(*) FROM readings WHERE meter_id = ?", mid))
+
+        before = {mid: rows(mid) for mid in taken}
         self.gw._flush_readings()
         for mid, at in taken.items():
-            row = self.gw.store.conn.execute(
-                "SELECT COUNT(*) FROM readings WHERE meter_id = ? AND taken_at = ?", (mid, at)
-            ).fetchone()
-            if not row[0]:  # rolled back: the daemon logged a traceback and recorded nothing
+            # Recorded under its own time or, when the clock went back, just after the meter's last
+            # reading (docs/ledger.md): either way one more row.  None: rolled back, nothing recorded.
+            if rows(mid) <= before[mid]:
                 self.refused.append((self.clock.true, mid, f"reading taken at {at} (gateway clock) not recorded"))
 
     def run_enforcer(self, *, rounds: int = 8) -> None:
@@ -400,7 +433,11 @@ class Rig:
     def tick(self) -> None:
         """One moment of a running daemon: poll, due reviews, a slice of the sweep, the enforcer."""
         assert self.gw is not None
+        if self.clock_checked is None or self.clock.true - self.clock_checked >= timedelta(hours=1):
+            self.clock_check()
         self.read_all()
+        assert self.payment_watch is not None
+        self.payment_watch.drain_all()
         self.due_review()
         self.loop.run_until_complete(self.gw.review_slice())
         self.run_enforcer()
@@ -451,7 +488,7 @@ class Rig:
             out = applied.after()
             if out is not None:
                 self.loop.run_until_complete(out)  # type: ignore[arg-type]
-        self.gw._wake()
+        self.gw.wake()
 
     def pay(self, aid: str, amount_minor: int, channel: str) -> str:
         """A top-up: ``hq`` through the daemon (``Gateway.apply_payment``, as the ``topup`` command
@@ -469,7 +506,28 @@ class Rig:
                     apply_payment(conn, pid, aid, amount_minor, self.clock.true, source="cli:cashier")
             finally:
                 other.close()
+            assert self.payment_watch is not None
+            self.payment_watch.drain_all()  # within 0.1 s in the daemon: before the enforcer runs
         return pid
+
+    def deliver_notice(self, aid: str) -> bool:
+        """The head office confirms (signed ``notice`` command) that the account's outstanding notice
+        reached the customer, by SMS, at the true time.  False when there is nothing to confirm."""
+        assert self.gw is not None
+        row = self.gw.store.conn.execute(
+            "SELECT notice_served_at, notice_delivered_at FROM accounts WHERE id = ?", (aid,)
+        ).fetchone()
+        if row is None or row[0] is None or row[1] is not None:
+            return False
+        issued = parse_iso(row[0])
+        delivered = max(issued, min(self.clock.true, self.clock.gateway()))
+        cmd = NoticeCmd(**self._envelope("notice"), account_id=aid, notice_id=notice_id(aid, issued),
+                        channel="sms", delivered_at=iso(delivered))
+        try:
+            self._apply(self.loop.run_until_complete(command_types.notice(self.gw, cmd, self.clock.gateway())))  # type: ignore[arg-type]
+        except command_types.CommandRejected:
+            return False
+        return True
 
     def set_hold(self, hours: float) -> tuple[str, datetime] | None:
         body = self._envelope("hold")

@@ -16,6 +16,7 @@ Steps:
   ("reload",) ("restart",)           SIGHUP; kill -9 and start again on the same database
   ("crash",)                         kill -9 right after a relay frame went out, then start again
   ("press", i)                       the customer presses the meter's reclose button
+  ("deliver", i)                     head office confirms account i's notice reached the customer
 """
 
 from __future__ import annotations
@@ -89,8 +90,10 @@ def generate(rng: random.Random, n: int) -> list[Step]:
             out.append(("restart",))
         elif x < 0.93:
             out.append(("crash",))
-        else:
+        elif x < 0.96:
             out.append(("press", i))
+        else:
+            out.append(("deliver", i))
     return out
 
 
@@ -150,8 +153,7 @@ def apply(rig: Rig, oracle: Oracle, step: Step) -> None:
         ops_before = len(rig.ops)
         oracle.channel = step[3]
         rig.pay(aid, step[2], step[3])
-        if step[3] == "hq":  # the daemon wakes its enforcer at once
-            rig.run_enforcer()
+        rig.run_enforcer()  # woken at once: by the top-up's decision, or by the payment watch
         rig.observe()
         rig.advance(timedelta(seconds=1))
         oracle.after_payment(rig, aid, step[3], before, ops_before)
@@ -202,6 +204,10 @@ def apply(rig: Rig, oracle: Oracle, step: Step) -> None:
         rig.observe()
     elif kind == "press":
         rig.press_button(METERS[step[1]])
+        rig.observe()
+    elif kind == "deliver":
+        rig.deliver_notice(ACCOUNTS[step[1]])
+        rig.run_enforcer()
         rig.observe()
     else:
         raise ValueError(f"unknown step {step!r}")

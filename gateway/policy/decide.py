@@ -127,6 +127,10 @@ def decide(
             _manual_cut(d, cut_order, protected, prot)
         elif exhausted and not reconnect.passed and connect is None:
             _withdraw_reconnect(d, protected, prot, credit, reconnect)
+        elif meter.close_failed and meter.pending_relay_action is None and (reconnect.passed or connect):
+            # The close was refused or unanswered (e.g. sent under a clock the meter did not accept):
+            # without this the account would wait for a relay that nobody asks to close.
+            _reconnect(d, [reconnect, d.check("relay.close_failed", True, "the last close failed: asked again")])
     elif state is S.DISCONNECTED:
         _while_disconnected(d, reconnect, connect, cut_order, protected, prot, exhausted, credit,
                             fresh=c.by_balance)

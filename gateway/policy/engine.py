@@ -168,6 +168,11 @@ class PolicyEngine:
             "OR (status = 'failed' AND actor = 'policy' AND updated_at > ?)) ORDER BY id DESC LIMIT 1",
             (meter_id, iso(now - FAILED_COMMAND_BACKOFF)),
         ).fetchone()
+        last_close = conn.execute(
+            "SELECT status, updated_at FROM relay_commands WHERE meter_id = ? AND action IN (?, ?) "
+            "ORDER BY id DESC LIMIT 1",
+            (meter_id, RelayAction.DIRECT_CLOSE.value, RelayAction.CLOSE_PERMITTED.value),
+        ).fetchone()
         caps = self.caps.get(meter_id, MeterCaps())
         meter = MeterView(
             meter_id=meter_id,
@@ -178,6 +183,8 @@ class PolicyEngine:
             keep_power=bool(a["keep_power"]),
             keep_power_on_meter=None if a["keep_power_on_meter"] is None else bool(a["keep_power_on_meter"]),
             pending_relay_action=RelayAction(pending[0]) if pending else None,
+            close_failed=last_close is not None and last_close[0] == "failed"
+            and parse_iso(last_close[1]) <= now - FAILED_COMMAND_BACKOFF,
         )
         stored = (
             a["policy_state"],

@@ -52,6 +52,9 @@ class MeterView:
     keep_power: bool  # the configured 保电 flag: forbids any trip
     keep_power_on_meter: bool | None = None  # as read from the meter; None if unknown
     pending_relay_action: RelayAction | None = None
+    # The meter's last close command failed (refused, or no answer, after every retry) and the
+    # failed-command backoff has passed: reconnection is asked again rather than waited for forever.
+    close_failed: bool = False
 
 
 @dataclass(frozen=True)

@@ -338,6 +338,9 @@ class Gateway:
         else:
             self.reopen_links()
         log.info("reloaded configuration buses=%d meters=%d", len(cfg.buses), len(cfg.meters))
+        # New rules, flags (keep-power, protected) and calendar apply at once: a trip queued under the
+        # old ones is withdrawn now, not at the next sweep (found by the stateful model).
+        await self.review_policy()
         self._emit("reloaded", {})
         return True
 

@@ -23,6 +23,7 @@ from gateway.runtime.bus import PRIORITY_RELAY, BusWorker
 from gateway.store import events
 from gateway.store.db import Store
 from gateway.store.relay_queue import (
+    CLOSE_VALIDITY,
     MAX_ATTEMPTS,
     ONLY_IF_OPEN_RULE,
     RELAY_VALIDITY,
@@ -150,7 +151,8 @@ class Enforcer:
                     f"relay reads {now_reads or 'unknown'} just before sending: {cmd.action.value} not sent",
                     now_reads,
                 )
-        return await meter.relay(cmd.action, self.clock() + RELAY_VALIDITY)
+        closes = cmd.action in (RelayAction.DIRECT_CLOSE, RelayAction.CLOSE_PERMITTED)
+        return await meter.relay(cmd.action, self.clock() + (CLOSE_VALIDITY if closes else RELAY_VALIDITY))
 
     def _record_not_sent(self, cmd: RelayCommand, why: str, relay: RelayState | None) -> None:
         """A guarded command whose precondition failed: cancelled, audited, and the meter re-decided."""

@@ -20,6 +20,10 @@ from gateway.store.db import dumps
 
 MAX_ATTEMPTS = 5
 RELAY_VALIDITY = timedelta(minutes=30)  # DL/T 645 command validity deadline
+# A close restores supply, so a late execution harms no one, while a deadline the meter already sees
+# as past (the gateway's clock slow, as when its time is untrusted) would strand a paid customer:
+# closes carry a day (docs/enforcement.md, "Untrusted time").
+CLOSE_VALIDITY = timedelta(days=1)
 RETRY_BASE_S = 2.0
 
 OPPOSITES: dict[RelayAction, tuple[RelayAction, ...]] = {
