@@ -49,6 +49,9 @@ REPO = Path(__file__).resolve().parent.parent
 LOADS_W = (0, 300, 500, 1_500, 5_000)  # what the walk's households draw (below every meter's max_power_w)
 CHATTER_LIMIT = 2  # relay operations per meter per rolling hour (docs/enforcement.md "no chatter")
 RECONNECT_BOUND = timedelta(seconds=1)
+# The gateway trusts a clock within [time] reference_tolerance_s (300 s, docs/enforcement.md,
+# "Untrusted time"): no clock is exact, and a cut within that margin of a window's edge is the margin's.
+CLOCK_TOLERANCE = timedelta(seconds=300)
 CLOCK_AFTERMATH = timedelta(days=1)
 CN_NOTICE_MAX = timedelta(days=7)  # 供电营业规则 art. 67: written notice 3-7 days before the cut
 CN_WORKING_HOURS = (time(8), time(17))
@@ -286,6 +289,8 @@ class Oracle:
         if rig.keep_power[mid]:
             self.flag("keep_power_cut", at, mid, "automatic cut of a keep-power meter")
         reasons = self.window_reasons(at)
+        if reasons and abs(gw_at - at) <= CLOCK_TOLERANCE and not self.window_reasons(gw_at):
+            reasons = []  # a clock within the gateway's documented tolerance is a trusted clock
         if reasons:
             lawful_by_gateway = not self.window_reasons(gw_at)
             self.flag("untrusted_clock" if (lawful_by_gateway and gw_at != at) or stepped else "window", at, mid,
@@ -319,15 +324,18 @@ class Oracle:
                       + (" (by a cash payment the daemon never re-decided)" if cash else ""))
             return
         notice, notice_gw = notices[-1]
-        if at - notice < r.notice_period:
+        if at - notice + (CLOCK_TOLERANCE if abs(gw_at - at) <= CLOCK_TOLERANCE else timedelta(0)) < r.notice_period:
             skewed = gw_at - notice_gw >= r.notice_period or stepped
             self.flag("untrusted_clock" if skewed else "notice_period", at, mid,
                       f"cut {at - notice} after the notice (period {r.notice_period})")
-        delivered = [t for t in self.deliveries[aid] if notice <= t <= at - r.notice_period]
+        margin = CLOCK_TOLERANCE if abs(gw_at - at) <= CLOCK_TOLERANCE else timedelta(0)  # a trusted clock's
+        delivered = [t for t in self.deliveries[aid] if notice <= t <= at - r.notice_period + margin]
         if not delivered:
             self.flag("notice_from_decision", at, mid, "no confirmed delivery of the notice a full period before")
-        if r.name == "cn" and at - notice > CN_NOTICE_MAX:
-            self.flag("stale_notice", at, mid, f"cut {at - notice} after the notice (at most 7 days)")
+        # Art. 67 counts the 3-7 days from the notice's delivery to the customer, not from its issue.
+        served = max((t for t in self.deliveries[aid] if notice <= t <= at), default=notice)
+        if r.name == "cn" and at - served > CN_NOTICE_MAX:
+            self.flag("stale_notice", at, mid, f"cut {at - served} after the notice was delivered (at most 7 days)")
         if r.reminder_before:
             reminders = [t for t in self.reminders[aid] if notice <= t <= at]
             if not reminders:

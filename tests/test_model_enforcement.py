@@ -6,7 +6,7 @@ Seeded random walks (tests/model_walk.py) drive the real gateway parts on a real
 step the independent oracle (tests/model_oracle.py), written from the preset TOML and the docs,
 judges what happened.  Violations are grouped in classes.  ``KNOWN_DEFECTS`` lists the classes of
 defects that are open today; when a fix lands, remove its class here and the model holds the fix
-for good (``test_known_defect_reproduces`` fails for a listed class that no longer reproduces, so
+for good (``test_defect_reproduction`` fails for a listed class that no longer reproduces, so
 the list cannot go stale).
 """
 

@@ -228,7 +228,7 @@ class Gateway:
     def _start_payment_watch(self) -> None:
         """Payments committed by other processes, or while the daemon was down, reach the relay within
         a second (docs/enforcement.md, "Payment to power"): the backlog now, the rest as committed."""
-        self.payment_watch = PaymentWatch(self.store, self._decide_marked, self.wake)
+        self.payment_watch = PaymentWatch(self.store, self._decide_marked, self.wake, check_time=self._check_time)
         try:
             self.payment_watch.drain_all()
         except StoreError as exc:  # the marks stay: the watcher's first tick tries again
@@ -473,6 +473,7 @@ class Gateway:
         self, payment_id: str, account_id: str, amount_minor: int, *, source: str
     ) -> PaymentResult:
         """Apply a payment and re-decide the account in the same transaction (reconnect first)."""
+        self._check_time()  # a decision follows: is the clock still to be believed?
         now = self.clock()
         with self.store.tx() as conn:
             result = apply_payment(

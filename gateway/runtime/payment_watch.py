@@ -50,10 +50,21 @@ class PaymentWatch:
     """Drains ``policy_inbox``: all of it at start (``drain_all``), then whenever a commit may have marked
     an account (``run``)."""
 
-    def __init__(self, store: Store, decide: Decide, wake: Callable[[], None], *, poll_s: float = WATCH_POLL_S):
+    def __init__(
+        self,
+        store: Store,
+        decide: Decide,
+        wake: Callable[[], None],
+        *,
+        poll_s: float = WATCH_POLL_S,
+        check_time: Callable[[], object] | None = None,
+    ):
         self.store = store
         self.decide = decide
         self.wake = wake
+        # Before decisions: whether the wall clock is still to be believed (gateway.runtime.timeguard),
+        # so a payment decided right after a clock step cannot cut on the stepped clock.
+        self.check_time = check_time
         self.poll_s = poll_s
         self._seen: tuple[int, int] | None = None
         self._again = True  # look at the inbox on the first tick whatever the counters say
@@ -72,6 +83,8 @@ class PaymentWatch:
         conn = self.store.conn
         if conn.execute("SELECT 1 FROM policy_inbox LIMIT 1").fetchone() is None:
             return 0
+        if self.check_time is not None:
+            self.check_time()
         with self.store.tx() as tx:
             rows = tx.execute(
                 "SELECT account_id, payment_id FROM policy_inbox "

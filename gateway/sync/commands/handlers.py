@@ -270,6 +270,9 @@ def _meters_of(conn: sqlite3.Connection, target: str) -> list[str]:
 
 
 async def hold(gw: CommandContext, cmd: HoldCmd, now: datetime) -> Applied:
+    """Set or clear a gateway-wide hold on automatic cuts.  A hold starts at the earlier of the gateway's
+    time and the command's signed ``issued_at``: a gateway clock running ahead must not leave the
+    hours between the head office's order and the gateway's wrong "now" unprotected."""
     if cmd.op == "set":
         until = _until(cmd.until, now, MAX_HOLD, "a hold")
         if cmd.kind is None or cmd.reason is None:
@@ -281,7 +284,7 @@ async def hold(gw: CommandContext, cmd: HoldCmd, now: datetime) -> Applied:
                 raise CommandRejected("invalid", f"hold '{cmd.hold_id}' already exists (use a new id)")
             conn.execute(
                 "INSERT INTO holds(id, kind, reason, actor, starts_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (cmd.hold_id, kind, reason, _actor(cmd), iso(now), iso(until)),
+                (cmd.hold_id, kind, reason, _actor(cmd), iso(min(now, parse_iso(cmd.issued_at))), iso(until)),
             )
             events.record(
                 conn,
