@@ -304,7 +304,9 @@ class Oracle:
         if r.name == "cn":
             if not self.cal.known_year(local.year):
                 self.flag("unknown_calendar_year", at, mid, f"cut in {local.year}, whose official calendar is unknown")
-            if not (CN_WORKING_HOURS[0] <= local.time() < CN_WORKING_HOURS[1]):
+            gw_local = gw_at.astimezone(r.tz)
+            within = abs(gw_at - at) <= CLOCK_TOLERANCE and CN_WORKING_HOURS[0] <= gw_local.time() < CN_WORKING_HOURS[1]
+            if not within and not (CN_WORKING_HOURS[0] <= local.time() < CN_WORKING_HOURS[1]):
                 self.flag("cn_working_hours", at, mid, f"cut at {local:%H:%M} local, outside 08:00-17:00")
         balance = rig.conn().execute("SELECT balance_minor FROM accounts WHERE id = ?", (aid,)).fetchone()[0]
         if balance > r.disconnect_at_or_below:

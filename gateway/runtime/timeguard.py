@@ -22,7 +22,7 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from gateway.core.timeutil import iso, parse_iso, system_clock
+from gateway.core.timeutil import iso, system_clock
 from gateway.policy.time_hold import META_KEY
 from gateway.runtime.timetrust import TimeTrust, TrustChange, TrustSettings, adjtimex_probe
 from gateway.store import events
@@ -133,10 +133,12 @@ def apply_change(gateway: TimeGuardHost, change: TrustChange) -> None:
 
 
 def restart_notices(conn: sqlite3.Connection, now: datetime) -> list[str]:
-    """Notices and reminders served during the episode were stamped by the doubted clock: a clock
-    a day slow would make a notice look a day older than it is once the clock is right.  They are
-    re-stamped ``now`` — the customer has had at least that much notice, never less.  The episode
-    is found by event id, not by time (its times are the ones in doubt)."""
+    """Notices and reminders issued or delivered during the episode were stamped by the doubted clock,
+    so neither end of the notice period can be trusted: re-stamped late they would let a cut come more
+    than the rules' validity after the true delivery (a stale notice), left alone they could let it
+    come too early.  They are withdrawn: the account's next decision issues a fresh notice, delivered
+    and counted under a trusted clock — the customer is warned again, never cut on a doubtful one.
+    The episode is found by event id, not by time (its times are the ones in doubt)."""
     start = conn.execute("SELECT MAX(id) FROM events WHERE kind = 'time_untrusted'").fetchone()[0]
     if start is None:
         return []
@@ -150,21 +152,19 @@ def restart_notices(conn: sqlite3.Connection, now: datetime) -> list[str]:
     ]
     restarted: list[str] = []
     for account_id in accounts:
-        served, delivered, reminded = conn.execute(
-            "SELECT notice_served_at, notice_delivered_at, reminder_sent_at FROM accounts WHERE id = ?",
-            (account_id,),
+        served, reminded = conn.execute(
+            "SELECT notice_served_at, reminder_sent_at FROM accounts WHERE id = ?", (account_id,)
         ).fetchone()
         if served is None and reminded is None:
             continue  # credit came back meanwhile: nothing is running
-
-        def later(stamp: str | None) -> str | None:
-            return None if stamp is None else iso(max(parse_iso(stamp), now))
-
-        # The delivery time too: a notice the meter displayed was stamped by the doubted clock, and
-        # the notice period runs from delivery (docs/enforcement.md, "Notice delivery").
         conn.execute(
-            "UPDATE accounts SET notice_served_at = ?, notice_delivered_at = ?, reminder_sent_at = ? WHERE id = ?",
-            (later(served), later(delivered), later(reminded), account_id),
+            "UPDATE accounts SET notice_served_at = NULL, notice_delivered_at = NULL, notice_channel = NULL, "
+            "reminder_sent_at = NULL WHERE id = ?",
+            (account_id,),
+        )
+        events.record(
+            conn, "policy_notice_withdrawn", now, account_id=account_id,
+            detail={"reason": "issued or delivered while the gateway's clock was untrusted", "notice_served_at": served},
         )
         restarted.append(account_id)
     return restarted
