@@ -296,6 +296,8 @@ class Oracle:
             self.flag("untrusted_clock" if (lawful_by_gateway and gw_at != at) or stepped else "window", at, mid,
                       f"cut in a protected window: {'; '.join(reasons)} (gateway clock {gw_at:%Y-%m-%d %H:%M}Z)")
         hid = self.hold_active(at)
+        if hid and abs(gw_at - at) <= CLOCK_TOLERANCE and not self.hold_active(gw_at):
+            hid = None  # the hold's end seen by a clock within the gateway's tolerance
         if hid:
             # A hold is stored from the gateway's clock when it arrives: set while that clock was wrong,
             # or judged by a wrong clock, it is the untrusted clock's doing.
