@@ -11,13 +11,13 @@ demo: setup
 test: setup lint
 	.venv/bin/pytest -q -m "not soak" -p no:cacheprovider
 
-# The inner loop: fast tests only (slow, soak and campaign tests excluded by default).
+# The inner loop: the unit tests (tests/unit, in-process, under a minute; slow ones excluded by default).
 quick: setup
-	.venv/bin/pytest -q -x
+	.venv/bin/pytest -q -x -p no:cacheprovider tests/unit
 
 # The stateful enforcement model at length: 100,000 steps per preset (docs/enforcement.md, "Stateful model").
 soak: setup
-	.venv/bin/pytest -q -s -m soak -p no:cacheprovider tests/test_model_enforcement.py
+	.venv/bin/pytest -q -s -m soak -p no:cacheprovider tests/campaigns/test_model_enforcement.py
 
 lint: setup
 	.venv/bin/ruff check gateway drivers simulators tests bench

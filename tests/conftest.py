@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from broker import Mosquitto, mosquitto_binary
+from support.broker import Mosquitto, mosquitto_binary
 
 
 @pytest.fixture

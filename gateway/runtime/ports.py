@@ -4,7 +4,7 @@ Command handlers, scheduled jobs and views used to take the whole ``Gateway`` ob
 them could reach anything (including private methods) and each imported the daemon that imports
 them: a cycle.  Here each names exactly what it uses, as a ``typing.Protocol``; the daemon
 (``gateway.runtime.daemon.Gateway``) satisfies all of them, and a test satisfies one with a ten-line
-fake (tests/test_command_ports.py).  Type-only imports keep this module free of cycles.
+fake (tests/unit/sync/test_command_ports.py).  Type-only imports keep this module free of cycles.
 """
 
 from __future__ import annotations
