@@ -20,7 +20,7 @@ soak: setup
 	.venv/bin/pytest -q -s -m soak -p no:cacheprovider tests/campaigns/test_model_enforcement.py
 
 lint: setup
-	.venv/bin/ruff check gateway drivers simulators tests bench
+	.venv/bin/ruff check gateway drivers simulators hq tests bench
 	.venv/bin/mypy
 	.venv/bin/lint-imports
 

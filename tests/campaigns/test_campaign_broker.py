@@ -27,7 +27,7 @@ from support.waiting import async_wait_for
 from gateway.config import load_config
 from gateway.ledger.verify import verify
 from gateway.runtime.daemon import Gateway
-from gateway.sync.hq import HqConsumer
+from hq.consumer import HqConsumer
 from simulators.dlt645 import SimulatedDlt645Bus
 from simulators.model import LoadProfile, MeterModel
 

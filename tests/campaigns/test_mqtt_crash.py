@@ -21,7 +21,7 @@ from support.broker import UNCAPPED_OFFLINE_QUEUE, Mosquitto, free_port
 from support.gateway_harness import TARIFFS
 from support.waiting import wait_for
 
-from gateway.sync.hq import HqConsumer, MessageStore
+from hq.consumer import HqConsumer, MessageStore
 
 PMG = str(Path(sys.executable).parent / "pmg")
 

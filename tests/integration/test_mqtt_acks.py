@@ -28,8 +28,8 @@ from gateway.core.timeutil import system_clock
 from gateway.store import outbox
 from gateway.store.db import Store, open_store
 from gateway.sync import mqtt
-from gateway.sync.hq import HqConsumer, Received
 from gateway.sync.mqtt import MqttLink
+from hq.consumer import HqConsumer, Received
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 

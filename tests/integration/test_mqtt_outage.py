@@ -19,8 +19,8 @@ from gateway.config import MqttConfig
 from gateway.core.timeutil import system_clock
 from gateway.store import outbox
 from gateway.store.db import open_store
-from gateway.sync.hq import HqConsumer, Received
 from gateway.sync.mqtt import MqttLink
+from hq.consumer import HqConsumer, Received
 
 TOTAL = 2000
 

@@ -16,7 +16,6 @@ from support.broker import Mosquitto
 from support.waiting import wait_for
 
 from gateway.cli.main import cli
-from gateway.sync.hq import HqConsumer, MessageStore, SeqTracker
 from gateway.sync.signing import (
     SigningError,
     Verifier,
@@ -26,6 +25,7 @@ from gateway.sync.signing import (
     public_key_b64,
     sign_command,
 )
+from hq.consumer import HqConsumer, MessageStore, SeqTracker
 
 PMG = str(Path(sys.executable).parent / "pmg")
 

@@ -130,7 +130,7 @@ def hq_tail(
     quiet: bool,
 ) -> None:
     """Subscribe to every gateway under PREFIX; print (or store) what arrives; report gaps at the end."""
-    from gateway.sync.hq import HqConsumer, MessageStore, Received, TlsOptions
+    from hq.consumer import HqConsumer, MessageStore, Received, TlsOptions
 
     state = {"new": 0, "last": time.monotonic()}
     done = threading.Event()

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.store import outbox, outbox_bound
 from gateway.store.db import Store, open_store
-from gateway.sync.hq import HqConsumer
+from hq.consumer import HqConsumer
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
