@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from simulators.model import LoadProfile
 from support.model_oracle import LOADS_W, Oracle, RuleText, Violation
 from support.model_rig import ACCOUNTS, METERS, SETUPS, Rig, utc
-
-from simulators.model import LoadProfile
 
 Step = tuple[Any, ...]
 
