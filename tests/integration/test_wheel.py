@@ -145,7 +145,7 @@ def test_the_installed_wheel_reads_a_modbus_meter_by_profile_name(tmp_path: Path
     assert "flat-cn" in tariff_ids and "zhejiang-residential" in tariff_ids
 
     sim = subprocess.Popen(
-        [pmg, "sim", "modbus", "--profile", "sdm120", "--tcp", "0", "--watts", "800"],
+        [pmg, "sim", "modbus", "--profile", "sdm120", "--tcp", "0", "--power-w", "800"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
