@@ -1,5 +1,5 @@
 # The two commands a newcomer needs:  `make demo`  and  `make test`.  Both set everything up first.
-.PHONY: setup demo test quick lint bench soak clean
+.PHONY: setup demo test quick lint bench soak install-check clean
 
 setup:
 	@bash .ci/bootstrap
@@ -18,6 +18,11 @@ quick: setup
 # The stateful enforcement model at length: 100,000 steps per preset (docs/enforcement.md, "Stateful model").
 soak: setup
 	.venv/bin/pytest -q -s -m soak -p no:cacheprovider tests/campaigns/test_model_enforcement.py
+
+# The documented install in a temporary root: the wheel into a fresh venv, pmg install-config, run --check,
+# a short run of the unit's ExecStart against simulated meters, systemd-analyze (tests/integration/test_install.py).
+install-check: setup
+	.venv/bin/pytest -q -p no:cacheprovider -m "slow or not slow" tests/integration/test_install.py tests/integration/test_systemd_unit.py
 
 lint: setup
 	.venv/bin/ruff check gateway drivers simulators hq tests bench

@@ -1,71 +1,78 @@
-"""``pmg sim modbus``: serve simulated Modbus meters until Ctrl-C.
+"""``pmg sim modbus``: serve simulated Modbus meters until Ctrl-C or SIGTERM.
 
-Example: ``pmg sim modbus --profile dds238 --units 3 --tcp 5020`` serves units 1..3 on port 5020;
-``--pty`` serves RTU on a new pseudo-terminal and prints its path.
+Example: ``pmg sim modbus --profile dds238 --meters 3 --tcp 5020`` serves unit ids 1..3 on port 5020;
+``--pty`` serves RTU on a new pseudo-terminal and prints its path.  ``--units`` and ``--watts``, the
+earlier names of ``--meters`` and ``--power-w``, are still accepted (hidden from the help).
+``python -m simulators.modbus.cli`` runs the same command (options: simulators/command.py).
 """
 
 from __future__ import annotations
 
-import argparse
-import signal
-import sys
-import threading
-from collections.abc import Sequence
+import click
 
 from drivers.modbus.profile import list_profiles, load_profile
-from drivers.tomlsource import TomlError
+from simulators.command import (
+    alias,
+    endpoint,
+    meters_option,
+    power_option,
+    serve_until,
+    speed_option,
+    stop_on_signals,
+    where_options,
+)
 from simulators.modbus.bus import SimulatedModbusBus
 from simulators.model import FastClock, LoadProfile, MeterModel
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pmg sim modbus", description="Serve simulated Modbus meters.")
-    p.add_argument("--profile", required=True, help=f"meter profile name or path ({', '.join(list_profiles())})")
-    p.add_argument("--units", type=int, default=1, help="number of meters, unit ids 1..N (default 1)")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--tcp", type=int, metavar="PORT", help="serve Modbus TCP on PORT (0: any free port)")
-    where.add_argument("--pty", action="store_true", help="serve Modbus RTU on a new pseudo-terminal")
-    p.add_argument("--host", default="127.0.0.1", help="TCP address to bind (default 127.0.0.1)")
-    p.add_argument("--watts", type=int, default=500, help="constant load of each meter in W (default 500)")
-    p.add_argument("--speed", type=float, default=1.0, help="clock speed-up factor (default 1)")
-    p.add_argument("--baud", type=int, default=None, help="pace pty replies at this line speed")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if not 1 <= args.units <= 247:
-        print("error: --units must be 1..247", file=sys.stderr)
-        return 2
-    try:
-        profile = load_profile(args.profile)
-    except (TomlError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    clock = FastClock(args.speed)
-    meters = {
-        unit: (MeterModel(str(unit), clock=clock, profile=LoadProfile((args.watts,))), profile)
-        for unit in range(1, args.units + 1)
+@click.command("modbus", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--profile",
+    required=True,
+    metavar="NAME|FILE",
+    help=f"Meter profile: a shipped one ({', '.join(list_profiles())}) or a profile's TOML file.",
+)
+@meters_option(247, "unit ids 1..N")
+@where_options
+@click.option(
+    "--baud",
+    type=click.IntRange(300, 921600),
+    default=None,
+    help="Pace RTU replies on the pty at this line speed (default: as fast as the pty goes).",
+)
+@power_option
+@speed_option
+@click.option("--units", "units", type=click.IntRange(1, 247), default=None, hidden=True)
+@click.option("--watts", "watts", type=click.IntRange(0, 10_000_000), default=None, hidden=True)
+def command(
+    profile: str,
+    meters: int | None,
+    tcp: int | None,
+    pty: bool,
+    host: str,
+    baud: int | None,
+    power_w: int | None,
+    speed: float,
+    units: int | None,
+    watts: int | None,
+) -> None:
+    """Serve simulated Modbus meters (RTU on a pseudo-terminal, or TCP) until Ctrl-C or SIGTERM."""
+    endpoint(tcp, pty)
+    count = alias(meters, units, "--meters", "--units", 1)
+    power = alias(power_w, watts, "--power-w", "--watts", 500)
+    loaded = load_profile(profile)  # an unknown name or a bad file: one line, exit 2 (TomlError/ValueError)
+    clock = FastClock(speed)
+    models = {
+        unit: (MeterModel(str(unit), clock=clock, profile=LoadProfile((power,))), loaded)
+        for unit in range(1, count + 1)
     }
-    stop = threading.Event()
-    with SimulatedModbusBus(meters) as bus:
-        try:
-            if args.pty:
-                where = bus.start_pty(baud=args.baud)
-            else:
-                where = f"tcp://{args.host}:{bus.start_tcp(args.host, args.tcp)}"
-        except OSError as exc:
-            print(f"error: cannot listen: {exc}", file=sys.stderr)
-            return 1
-        print(f"{profile.meter.name} x{args.units} (units 1..{args.units}) listening on {where}", flush=True)
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
-            while not stop.wait(0.5):
-                pass
-        except KeyboardInterrupt:
-            pass
-    return 0
+    stop = stop_on_signals()
+    with SimulatedModbusBus(models) as bus:
+        where = bus.start_pty(baud=baud) if pty else f"tcp://{host}:{bus.start_tcp(host, tcp or 0)}"
+        print(f"{loaded.meter.name} x{count} (units 1..{count}) listening on {where}", flush=True)
+        serve_until(stop)
+    print("stopped", flush=True)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    command(prog_name="python -m simulators.modbus.cli")

@@ -1,10 +1,10 @@
 """The systemd unit: it verifies, its exposure score is 2.0 or less, and it keeps the promises the
 daemon relies on (notify readiness, watchdog, dialout, state directory only, no privileges).
 
-``systemd-analyze verify`` insists that ExecStart's binary exists.  On a build machine /usr/bin/pmg
+``systemd-analyze verify`` insists that ExecStart's binary exists.  On a build machine /opt/pmg/bin/pmg
 is not installed, so the verify test checks a temporary copy whose ExecStart points at /bin/true
 (everything else byte-identical), and separately checks that the shipped unit's only complaint, if
-any, is that missing binary.
+any, is that missing binary.  tests/integration/test_install.py verifies it against a real install.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "pmg.service"
+PMG = "/opt/pmg/bin/pmg"  # README, "Running under systemd"
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze not installed")
 
@@ -32,9 +33,9 @@ def _directives(text: str) -> dict[str, list[str]]:
 
 def _testable_copy(tmp_path: Path) -> Path:
     text = UNIT.read_text()
-    assert text.count("ExecStart=/usr/bin/pmg ") == 1
+    assert text.count(f"ExecStart={PMG} ") == 1
     copy = tmp_path / "pmg.service"
-    copy.write_text(text.replace("ExecStart=/usr/bin/pmg ", "ExecStart=/bin/true "))
+    copy.write_text(text.replace(f"ExecStart={PMG} ", "ExecStart=/bin/true "))
     return copy
 
 
@@ -51,6 +52,24 @@ def test_unit_makes_the_promises_the_daemon_relies_on() -> None:
     assert d["User"] == ["pmg"]
     assert "run" in d["ExecStart"][0].split()
     assert "3" in d["RestartPreventExitStatus"][0].split()  # a second instance is not a crash
+    assert "DynamicUser" not in d  # the static user pmg: the technician's commands write as it does
+
+
+def test_unit_waits_for_time_sync_and_allows_the_serial_families_concentrators_use() -> None:
+    d = _directives(UNIT.read_text())
+    wants = {w for line in d["Wants"] for w in line.split()}
+    after = {a for line in d["After"] for a in line.split()}
+    assert "time-sync.target" in wants and "time-sync.target" in after
+    allowed = {line.split()[0]: line.split()[1] for line in d["DeviceAllow"]}
+    families = ["ttyS", "ttyUSB", "ttyACM", "ttyAMA", "ttymxc", "ttySC", "ttyO", "ttyTHS", "ttyXRUSB"]
+    assert {f"char-{f}": "rw" for f in families}.items() <= allowed.items(), allowed
+    assert d["DevicePolicy"] == ["closed"]
+
+
+def test_unit_lets_the_daemon_write_its_state_and_a_backup_dir_in_var_backups() -> None:
+    d = _directives(UNIT.read_text())
+    assert d["WorkingDirectory"] == ["/var/lib/pmg"]
+    assert d["ReadWritePaths"] == ["-/var/backups/pmg"]  # "-": skipped while it does not exist
 
 
 @needs_analyze
@@ -68,12 +87,12 @@ def test_shipped_unit_only_lacks_the_installed_binary() -> None:
     proc = subprocess.run(
         [str(ANALYZE), "verify", str(UNIT)], capture_output=True, text=True, timeout=60, check=False
     )
-    if Path("/usr/bin/pmg").exists():
+    if Path(PMG).exists():
         assert proc.returncode == 0, proc.stderr
         return
     complaints = [line for line in proc.stderr.splitlines() if "pmg.service" in line]
-    assert complaints, "verify should notice /usr/bin/pmg is missing"
-    assert all("/usr/bin/pmg" in line for line in complaints), complaints
+    assert complaints, f"verify should notice {PMG} is missing"
+    assert all(PMG in line for line in complaints), complaints
 
 
 @needs_analyze

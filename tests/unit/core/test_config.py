@@ -13,7 +13,7 @@ from drivers.tomlsource import TomlError, locate
 from gateway.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[3]
-EXAMPLE = REPO / "config" / "gateway.example.toml"
+EXAMPLE = REPO / "gateway" / "examples" / "gateway.example.toml"
 
 GOOD = """gateway_id = "gw-1"
 timezone = "Asia/Shanghai"
