@@ -56,11 +56,13 @@ def prepare(cfg: GatewayConfig, config_path: Path) -> tuple[Console, str, int, t
             if not f.is_file():
                 raise WebConfigError(f"web TLS file not found: {f}")
     store = open_store(resolve(config_path, cfg.database), readonly=True)  # it must exist already
+    console = Console(cfg, config_path, users, secure_cookies=tls is not None)
     try:
         check_money_pins(store, cfg.currency, cfg.minor_digits, write=False)
+        console.parts(store)  # tariffs, rules, calendar: a bad file stops the start, not a page
     finally:
         store.close()
-    return Console(cfg, config_path, users, secure_cookies=tls is not None), host, port, tls
+    return console, host, port, tls
 
 
 def serve(cfg: GatewayConfig, config_path: Path) -> None:
