@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from gateway.config import GatewayConfig
-from gateway.core.errors import PmgError
+from gateway.core.errors import PmgError, UserError
 from gateway.core.money import format_money, parse_money
 from gateway.ledger.payments import apply_payment
 from gateway.policy.engine import outcome_json
@@ -38,11 +37,12 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _HOURS = re.compile(r"^[0-9]{1,5}(\.[0-9]{1,3})?$")
 
 
-@dataclass
-class Refused(Exception):
+class Refused(UserError):
     """Bad input: messages by form field (``""`` for the form as a whole); nothing was written."""
 
-    errors: dict[str, str] = field(default_factory=dict)
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{k or 'form'}: {v}" for k, v in errors.items()))
+        self.errors = errors
 
 
 def audit_text(value: str, name: str, errors: dict[str, str], *, max_length: int = 500) -> str:
