@@ -162,6 +162,34 @@ class MetricsConfig(Strict):
         return v
 
 
+class WebConfig(Strict):
+    """``pmg web``, the local console (docs/web.md): where it listens, who may log in, TLS."""
+
+    listen: str = Field(default="127.0.0.1:8080", pattern=r"^[^\s]*:[0-9]{1,5}$")
+    users_file: str | None = Field(default=None, min_length=1)
+    """Accounts (``pmg web passwd``); required unless ``listen`` is a loopback address."""
+    tls_cert: str | None = Field(default=None, min_length=1)
+    tls_key: str | None = Field(default=None, min_length=1)
+    session_hours: float = Field(default=12.0, gt=0, le=24 * 31)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        from gateway.core.listen import MetricsError, parse_listen
+
+        try:
+            parse_listen(v)
+        except MetricsError:
+            raise ValueError(f"expected host:port like 127.0.0.1:8080 (got {v!r})") from None
+        return v
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> WebConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
+
+
 class HousekeepingConfig(Strict):
     """Retention, backups and meter clock checks (``gateway.runtime.housekeeping``, ``gateway.runtime.clocksync``)."""
 
@@ -237,6 +265,7 @@ class GatewayConfig(Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     housekeeping: HousekeepingConfig = Field(default_factory=HousekeepingConfig)
     time: TimeConfig = Field(default_factory=TimeConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
     buses: list[BusConfig] = Field(default_factory=list)
     meters: list[MeterConfig] = Field(default_factory=list)
     accounts: list[AccountConfig] = Field(default_factory=list)

@@ -92,9 +92,9 @@ def cli(verbose: int) -> None:
 
 
 def _register() -> None:
-    from gateway.cli.commands import field, hq, install, ledger, meter, notice, ops, reports, run, sim, tech
+    from gateway.cli.commands import field, hq, install, ledger, meter, notice, ops, reports, run, sim, tech, web
 
-    for module in (run, tech, sim, ledger, meter, ops, notice, hq, reports, field, install):
+    for module in (run, tech, sim, ledger, meter, ops, notice, hq, reports, field, install, web):
         module.register(cli)
 
 

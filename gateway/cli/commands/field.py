@@ -20,10 +20,10 @@ from zoneinfo import ZoneInfo
 
 import click
 
-from drivers.base import RelayAction
 from gateway.cli.common import CliFailure, FiniteFloat, config_option, emit_json, json_option, opened_store
 from gateway.core.timeutil import iso, parse_iso
-from gateway.store import events, relay_queue
+from gateway.policy.orders import order_trace
+from gateway.policy.orders import queue_order as _queue_order
 
 AUDIT_COLUMNS = ("id", "at", "kind", "severity", "account_id", "meter_id", "actor", "rules", "detail")
 MAX_ORDER_HOURS = 24 * 92  # the head office's override limit (gateway.sync.commands.handlers.MAX_OVERRIDE)
@@ -202,103 +202,6 @@ def relay_cmd(
             else "no daemon runs on this database: it executes at the next start"
         )
     )
-
-
-def order_trace(
-    operation: str,
-    reason: str,
-    who: str,
-    protected: bool,
-    category: str | None,
-    keep_power: bool,
-    allow_protected: bool,
-) -> list[dict[str, Any]]:
-    """The rule trace of a manual order, in the shape the policy's traces have."""
-    trace: list[dict[str, Any]] = [
-        {"rule": "override.manual", "passed": True, "detail": f"{who} ordered {operation}: {reason}"},
-        {
-            "rule": "protected.customer",
-            "passed": not protected,
-            "detail": f"protected ({category or 'flagged'})" if protected else "not protected",
-        },
-        {
-            "rule": "keep_power",
-            "passed": not keep_power,
-            "detail": "keep-power (保电) is set" if keep_power else "keep-power not set",
-        },
-    ]
-    if operation == "open" and (protected or keep_power):
-        trace.append(
-            {
-                "rule": "override.allow_protected",
-                "passed": allow_protected,
-                "detail": f"{who} gave --allow-protected" if allow_protected else "not allowed",
-            }
-        )
-    return trace
-
-
-def _queue_order(
-    conn: Any,
-    meter_id: str,
-    account_id: str,
-    operation: str,
-    reason: str,
-    who: str,
-    allow_protected: bool,
-    now: datetime,
-    until: datetime,
-    trace: list[dict[str, Any]],
-) -> dict[str, Any]:
-    action, relay_action = (
-        ("disconnect", RelayAction.TRIP) if operation == "open" else ("connect", RelayAction.DIRECT_CLOSE)
-    )
-    # The latest order wins: an earlier opposite order on this meter is cleared, not left to conflict.
-    opposite = "connect" if action == "disconnect" else "disconnect"
-    for (oid,) in conn.execute(
-        "SELECT id FROM overrides WHERE target = ? AND action = ? AND cleared_at IS NULL AND expires_at > ?",
-        (meter_id, opposite, iso(now)),
-    ).fetchall():
-        conn.execute("UPDATE overrides SET cleared_at = ? WHERE id = ?", (iso(now), oid))
-        events.record(
-            conn,
-            "override_cleared",
-            now,
-            meter_id=meter_id,
-            account_id=account_id,
-            actor=who,
-            detail={"override_id": oid, "reason": f"superseded by {operation}: {reason}"},
-        )
-    cur = conn.execute(
-        "INSERT INTO overrides(target, action, reason, actor, allow_protected, created_at, expires_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (meter_id, action, reason, who, int(allow_protected), iso(now), iso(until)),
-    )
-    override_id = cur.lastrowid
-    command_id = relay_queue.request(
-        conn, meter_id, relay_action, now, reason=f"manual {operation}: {reason}", actor=who, trace=trace
-    )
-    detail = {
-        "override_id": override_id,
-        "command_id": command_id,
-        "target": meter_id,
-        "action": action,
-        "reason": reason,
-        "until": iso(until),
-        "allow_protected": allow_protected,
-        "trace": trace,
-    }
-    events.record(
-        conn,
-        "override_set",
-        now,
-        severity="warning",
-        account_id=account_id,
-        meter_id=meter_id,
-        actor=who,
-        detail=detail,
-    )
-    return {"meter_id": meter_id, "operation": operation, **detail}
 
 
 def _daemon_running(db: Path) -> bool:
