@@ -10,6 +10,7 @@ an unknown meter or account is bad input (exit 2) with the known ones suggested.
 from __future__ import annotations
 
 import difflib
+import io
 import json
 import math
 import os
@@ -201,6 +202,32 @@ def terminal_width() -> int:
     return 80
 
 
+def emit_wrapped(text: str, indent: int = 4) -> None:
+    """One record as lines no wider than the terminal: the first line flush, the rest indented, so
+    a long record reads as one block rather than wrapping at the terminal's edge mid-word."""
+    import textwrap
+
+    width = terminal_width()
+    lines = textwrap.wrap(
+        text, width=width, subsequent_indent=" " * indent, break_long_words=True, break_on_hyphens=False
+    )
+    click.echo("\n".join(lines) if lines else "")
+
+
+def ago(seconds: float | None) -> str:
+    """A duration for a person: ``45 s``, ``12 min``, ``16 h``, ``3 d`` (the exact figure is in --json)."""
+    if seconds is None:
+        return "-"
+    s = abs(seconds)
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s // 60:.0f} min"
+    if s < 172_800:
+        return f"{s // 3600:.0f} h"
+    return f"{s // 86_400:.0f} d"
+
+
 @dataclass(frozen=True)
 class Col:
     """A table column and how it gives way on a narrow terminal.
@@ -217,17 +244,28 @@ class Col:
 
 
 def emit_table(
-    title: str | None, columns: Sequence[str | Col], rows: Sequence[Sequence[Any]], *, width: int | None = None
+    title: str | None,
+    columns: Sequence[str | Col],
+    rows: Sequence[Sequence[Any]],
+    *,
+    width: int | None = None,
+    compact: bool = False,
 ) -> None:
     """A table for a person, as wide as the terminal: no borders between columns (they cost two
     characters each), fixed columns kept whole and text columns folded inside their cells, so a row
-    never wraps onto the next line of the terminal."""
+    never wraps onto the next line of the terminal.  ``compact``: one blank between columns instead
+    of two (a table with a full instant and six other columns at 80)."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
 
     table = Table(
-        title=title, box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, padding=(0, 1), title_justify="left"
+        box=box.SIMPLE_HEAD,  # a rule under the header, one blank between columns, no frame
+        show_edge=False,
+        header_style="bold",
+        pad_edge=False,
+        padding=(0, 0) if compact else (0, 1),
+        collapse_padding=True,
     )
     for col in columns:
         c = Col(col) if isinstance(col, str) else col
@@ -241,4 +279,12 @@ def emit_table(
         )
     for row in rows:
         table.add_row(*[scalar_text(v) for v in row])
-    Console(width=width or terminal_width(), soft_wrap=False).print(table)
+    if title:  # above the table, at the terminal's width (rich would wrap it at the table's)
+        emit_wrapped(title, indent=2)
+    tty = sys.stdout.isatty()
+    console = Console(width=width or terminal_width(), soft_wrap=False, record=True, file=io.StringIO())
+    console.print(table)
+    if tty:  # styles for a person at a terminal; plain text for a pipe or a file
+        click.echo(console.export_text(styles=True), nl=False)
+    else:  # cells are padded to the column: a pipe gets no trailing blanks
+        click.echo("\n".join(line.rstrip() for line in console.export_text().splitlines()))

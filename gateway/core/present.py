@@ -32,10 +32,7 @@ NEVER = "never"
 
 def to_instant(value: datetime | str) -> datetime:
     """A stored instant (aware datetime or RFC 3339 text) as an aware datetime; naive is refused."""
-    if isinstance(value, str):
-        dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    else:
-        dt = value
+    dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00")) if isinstance(value, str) else value
     if dt.tzinfo is None:
         raise ValueError(f"time '{value}' has no UTC offset")
     return dt

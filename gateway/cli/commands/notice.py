@@ -16,7 +16,15 @@ from pathlib import Path
 import click
 
 from gateway.cli.commands.field import parse_instant
-from gateway.cli.common import CliFailure, config_option, emit_json, json_option, opened_store, presenter, require_id
+from gateway.cli.common import (
+    CliFailure,
+    config_option,
+    emit_json,
+    json_option,
+    opened_store,
+    presenter,
+    require_id,
+)
 from gateway.policy.notices import CHANNELS
 
 

@@ -21,9 +21,11 @@ import click
 from gateway.cli.common import (
     CliFailure,
     Col,
+    ago,
     config_option,
     emit_json,
     emit_table,
+    emit_wrapped,
     json_option,
     opened_store,
     presenter,
@@ -50,6 +52,14 @@ def _comms(ok: int, failed: int, error: str | None) -> str:
     total = ok + failed
     health = f"{ok * 100 // total}% ok" if total else "never polled"
     return f"UNREACHABLE ({health})" if error else health
+
+
+def _comms_short(ok: int, failed: int, error: str | None) -> str:
+    """The comms column of ``pmg meters``: ``ok 100%``, ``DOWN 75%`` (the reason follows the table)."""
+    total = ok + failed
+    if not total:
+        return "DOWN" if error else "never"
+    return f"{'DOWN' if error else 'ok'} {ok * 100 // total}%"
 
 
 def shown_state(policy_state: str, relay: str | None, last_cut: str | None) -> str:
@@ -88,7 +98,7 @@ def meters(config_path: Path, as_json: bool) -> None:
         )
     data = [
         {
-            **{k: r[k] for k in r.keys() if k != "last_cut"},
+            **{k: v for k, v in dict(r).items() if k != "last_cut"},
             "state": shown_state(r["policy_state"], r["relay"], r["last_cut"]),
             "balance": format_money(r["balance_minor"], cfg.minor_digits),
             "reachable": r["last_comms_error"] is None,
@@ -103,16 +113,18 @@ def meters(config_path: Path, as_json: bool) -> None:
         emit_json(data)
         return
     p = presenter(cfg)
+    # Seven short columns fit 80 (the balance's header is the currency); a problem's text, which
+    # can be long, follows the table, one wrapped line per meter.
     emit_table(
         None,
         [
             Col("meter", fixed=True),
             Col("account", fixed=True),
-            Col(f"balance {cfg.currency}", fixed=True, right=True),
+            Col(cfg.currency, fixed=True, right=True),
             Col("state", min_width=8),
             Col("relay", fixed=True),
-            Col("last reading", min_width=10),
-            Col("comms / problem", min_width=12),
+            Col("last reading", fixed=True),
+            Col("comms", fixed=True),
         ],
         [
             (
@@ -122,21 +134,22 @@ def meters(config_path: Path, as_json: bool) -> None:
                 d["state"],
                 d["relay"],
                 p.when(d["last_reading_at"]),
-                d["comms"]
-                + (
-                    f"; QUARANTINED: {d['quarantine_detail']}"
-                    if d["quarantined_reading_id"]
-                    else (f"; {d['last_comms_error']}" if d["last_comms_error"] else "")
-                ),
+                _comms_short(d["comms_ok"], d["comms_failed"], d["last_comms_error"]),
             )
             for d in data
         ],
+        compact=True,
     )
+    for d in data:
+        if d["quarantined_reading_id"]:
+            emit_wrapped(f"{d['id']}: QUARANTINED (not billed until resolved): {d['quarantine_detail']}")
+        elif d["last_comms_error"]:
+            emit_wrapped(f"{d['id']}: UNREACHABLE: {d['last_comms_error']}")
 
 
 def _event_json(r: Any) -> dict[str, Any]:
     """An audit event for a script: its detail as a JSON object, not JSON text inside JSON."""
-    out = {k: r[k] for k in r.keys() if k != "detail_json"}
+    out = {k: v for k, v in dict(r).items() if k != "detail_json"}
     out["detail"] = json.loads(r["detail_json"] or "{}")
     return out
 
@@ -163,7 +176,7 @@ def meter_show(meter_id: str, config_path: Path, readings: int, reverse: bool, a
             meter_id,
         )
         assert row is not None
-        data: dict[str, Any] = {k: row[k] for k in row.keys() if k != "last_cut"}
+        data: dict[str, Any] = {k: v for k, v in dict(row).items() if k != "last_cut"}
         data["state"] = shown_state(row["policy_state"], row["relay"], row["last_cut"])
         data["balance"] = format_money(row["balance_minor"], cfg.minor_digits)
         data["comms"] = _comms(row["comms_ok"], row["comms_failed"], row["last_comms_error"])
@@ -194,8 +207,18 @@ def meter_show(meter_id: str, config_path: Path, readings: int, reverse: bool, a
         return
     p = presenter(cfg)
     skip = {"readings", "relay_commands_open", "events", "balance_minor", "id"}
+    flags = {"keep_power", "keep_power_on_meter", "protected"}
     fields = [
-        (k, p.when(v) if k.endswith("_at") else (p.money(row["balance_minor"]) if k == "balance" else v))
+        (
+            k,
+            p.when(v)
+            if k.endswith("_at")
+            else p.money(row["balance_minor"])
+            if k == "balance"
+            else (None if v is None else bool(v))
+            if k in flags
+            else v,
+        )
         for k, v in data.items()
         if k not in skip
     ]
@@ -205,11 +228,11 @@ def meter_show(meter_id: str, config_path: Path, readings: int, reverse: bool, a
         [
             Col("id", fixed=True, right=True),
             Col("taken at", fixed=True),
-            Col("quality"),
+            Col("quality", fixed=True),
             Col("register Wh", fixed=True, right=True),
-            Col("outcome"),
-            Col("delta Wh", right=True),
-            Col("detail"),
+            Col("outcome", fixed=True),
+            Col("delta Wh", fixed=True, right=True),
+            Col("detail", min_width=6),
         ],
         [
             (r["id"], p.when(r["taken_at"]), r["quality"], r["register_wh"], r["outcome"], r["delta_wh"], r["detail"])
@@ -270,9 +293,10 @@ def _print_event(r: Any, as_json: bool, p: Presenter) -> None:
     who = " ".join(
         f"{name}={r[col]}" for name, col in (("account", "account_id"), ("meter", "meter_id"), ("actor", "actor")) if r[col]
     )
-    click.echo(
-        f"{p.when(r['at'])} {r['severity']:7} {r['kind']:24} {who} {detail_text(json.loads(r['detail_json'] or '{}'))}".rstrip()
-    )
+    # One event, one block: the instant, severity, kind, who and detail, wrapped at the terminal's
+    # width with the continuation lines indented.
+    detail = detail_text(json.loads(r["detail_json"] or "{}"))
+    emit_wrapped(f"{p.when(r['at'])} {r['severity']} {r['kind']} {who} {detail}".rstrip(), indent=4)
 
 
 @click.command("events")
@@ -369,7 +393,7 @@ def _seconds(value: float | None) -> str:
 def _print_status(d: dict[str, Any], p: Presenter) -> None:
     live = d["live"]
     if live is not None:
-        click.echo(f"daemon: running (pid {live.get('pid', '?')}, snapshot {_seconds(live.get('age_s'))} old)")
+        click.echo(f"daemon: running (pid {live.get('pid', '?')}, snapshot {ago(live.get('age_s'))} old)")
     elif d["snapshot_at"] is not None:
         click.echo(f"daemon: {d['daemon'].upper()} (last seen {p.when(d['snapshot_at'])})")
     else:
@@ -378,7 +402,7 @@ def _print_status(d: dict[str, Any], p: Presenter) -> None:
     if t["trusted"]:
         click.echo("time: trusted")
     else:
-        click.echo(f"time: UNTRUSTED since {p.when(t['since'], none='unknown')}: " + "; ".join(t["reasons"].values()))
+        emit_wrapped(f"time: UNTRUSTED since {p.when(t['since'], none='unknown')}: " + "; ".join(t["reasons"].values()))
     broker = (live or {}).get("broker")
     if broker is not None:
         error = f" (last error: {broker['last_error']})" if broker.get("last_error") else ""
@@ -386,20 +410,16 @@ def _print_status(d: dict[str, Any], p: Presenter) -> None:
     elif live is not None:
         click.echo("broker: none configured (usage stays in the outbox)")
     ob = d["outbox"]
-    oldest = (
-        f", oldest from {p.when(ob['oldest_created_at'])} ({_seconds(ob['oldest_age_s'])} ago)"
-        if ob["messages"]
-        else ""
-    )
-    click.echo(f"outbox: {ob['messages']} waiting ({ob['billing_messages']} billing){oldest}")
+    oldest = f", oldest {p.when(ob['oldest_created_at'])} ({ago(ob['oldest_age_s'])} ago)" if ob["messages"] else ""
+    emit_wrapped(f"outbox: {ob['messages']} waiting ({ob['billing_messages']} billing){oldest}")
     click.echo(f"last settlement: {p.when(d['last_settlement'])}; last backup: {p.when(d['last_backup_at'])}")
     click.echo("accounts: " + (", ".join(f"{k} {v}" for k, v in d["accounts_by_state"].items()) or "none"))
     chain = d.get("chain")
     if chain is not None:
-        click.echo(f"ledger chain: head {chain['head']}, {chain['length']} links")
+        click.echo(f"ledger chain: {chain['length']} links, head:\n  {chain['head']}")
     buses = (live or {}).get("buses", {})
     if d.get("buses_unhealthy"):
-        click.echo("UNHEALTHY buses (no meter answered within unhealthy_after_s): " + ", ".join(d["buses_unhealthy"]))
+        emit_wrapped("UNHEALTHY buses (no meter answered within unhealthy_after_s): " + ", ".join(d["buses_unhealthy"]))
     if buses:
         emit_table(
             "buses",
@@ -494,7 +514,7 @@ def doctor_cmd(config_path: Path, as_json: bool) -> None:
     else:
         marks = {"ok": "OK  ", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
         for c in checks:
-            click.echo(f"{marks[c.status]} {c.name:18} {c.detail}")
+            emit_wrapped(f"{marks[c.status]} {c.name:18} {c.detail}", indent=24)
         if tables:
             emit_table(
                 f"database tables ({db.name})",
