@@ -142,7 +142,7 @@ def meters(config_path: Path, as_json: bool) -> None:
     )
     for d in data:
         if d["quarantined_reading_id"]:
-            emit_wrapped(f"{d['id']}: QUARANTINED (not billed until resolved): {d['quarantine_detail']}")
+            emit_wrapped(f"{d['id']}: QUARANTINED: {d['quarantine_detail']} (not billed until resolved)")
         elif d["last_comms_error"]:
             emit_wrapped(f"{d['id']}: UNREACHABLE: {d['last_comms_error']}")
 
