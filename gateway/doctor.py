@@ -93,8 +93,8 @@ async def _probe_bus(bus: BusConfig, cfg: GatewayConfig) -> Check:
         await link.close()
     if not answered:
         return Check(name, FAIL, f"no meter answered ({len(silent)} tried: check wiring, baud, parity)")
-    if silent:
-        return Check(name, WARN, f"{len(answered)}/{len(meters)} answered; silent: {', '.join(silent[:10])}")
+    if silent:  # an unreachable meter is neither billed nor enforced: a failure, not a warning
+        return Check(name, FAIL, f"{len(answered)}/{len(meters)} answered; silent: {', '.join(silent[:10])}")
     return Check(name, OK, f"all {len(answered)} meters answered")
 
 
@@ -117,7 +117,8 @@ def buses(cfg: GatewayConfig, live: dict[str, Any] | None) -> list[Check]:
                     )
                 )
             elif b["polls_ok"] == 0 and b["polls_failed"] > 0:
-                out.append(Check(f"bus {bus.id}", FAIL, f"daemon: every poll failed ({b['failed_by_kind']})"))
+                kinds = ", ".join(f"{n} {kind}" for kind, n in (b.get("failed_by_kind") or {}).items())
+                out.append(Check(f"bus {bus.id}", FAIL, f"daemon: every poll failed ({kinds or 'no detail'})"))
             else:
                 rate = b.get("error_rate") or 0.0
                 out.append(
@@ -202,6 +203,44 @@ def database_integrity(database: Path) -> list[Check]:
     return [Check("database", FAIL, f"{database}: {'; '.join(rows[:3])}")]
 
 
+def unreachable_meters(database: Path) -> list[Check]:
+    """Meters the running daemon could not read at its last poll (``meters.last_comms_error``): each
+    one is neither billed nor enforced, so the check fails (docs/operations.md, "Health")."""
+    if not database.exists():
+        return []
+    try:
+        conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
+        try:
+            rows = conn.execute(
+                "SELECT id, last_comms_error FROM meters WHERE last_comms_error IS NOT NULL ORDER BY id"
+            ).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return []  # the integrity check says what is wrong with the file
+    if not rows:
+        return [Check("meters", OK, "every meter answered its last poll")]
+    shown = "; ".join(f"{m}: {err}" for m, err in rows[:5]) + (f"; … {len(rows) - 5} more" if len(rows) > 5 else "")
+    return [Check("meters", FAIL, f"{len(rows)} unreachable: {shown}")]
+
+
+def table_counts(database: Path) -> list[dict[str, Any]]:
+    """Each table of the database with its row count (sqlite-utils' inspection), for ``pmg doctor``:
+    a technician sees at a glance a ledger that stopped growing or an outbox that does not drain."""
+    import sqlite_utils
+
+    if not database.exists():
+        return []
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
+    try:
+        db = sqlite_utils.Database(conn)
+        return [{"table": t.name, "rows": t.count} for t in db.tables if not t.name.startswith("sqlite_")]
+    except sqlite3.DatabaseError:
+        return []
+    finally:
+        conn.close()
+
+
 def run_checks(cfg: GatewayConfig, config_path: Path, live: dict[str, Any] | None) -> Iterator[Check]:
     """Every check in order; a generator so the CLI can show progress as they complete.
 
@@ -213,6 +252,8 @@ def run_checks(cfg: GatewayConfig, config_path: Path, live: dict[str, Any] | Non
     yield from clock_synchronised()
     yield from serial_devices(cfg)
     yield from buses(cfg, live)
+    if live is not None:  # the daemon's own view of each meter; without it the bus probe read them
+        yield from unreachable_meters(database)
     yield from broker(cfg, config_path)
 
 

@@ -16,6 +16,7 @@ import click
 from drivers.base import DriverError
 from drivers.tomlsource import TomlError
 from gateway import __version__
+from gateway.cli.common import utc_option
 from gateway.core.errors import PmgError
 from gateway.core.textsafe import one_line
 from gateway.store.db import StoreError
@@ -80,11 +81,15 @@ def _fail(message: str, status: int) -> NoReturn:
 @click.group(cls=PmgGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, "--version", prog_name="pmg")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@utc_option
 def cli(verbose: int) -> None:
     """pmg — the prepaid meter gateway.
 
     Polls DL/T 645 and Modbus meters, keeps an exact prepaid ledger, enforces pay-before-use within
     the law, and syncs with the head office over MQTT.  `pmg demo` shows it all on simulated meters.
+
+    Times are shown in the configured timezone with its offset (--utc: in UTC); --json prints
+    ISO 8601 UTC.  Lists are newest first (--reverse: oldest first).
     """
     from gateway.runtime.logfmt import setup_logging
 

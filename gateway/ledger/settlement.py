@@ -25,6 +25,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+from gateway.core.logfields import kv
 from gateway.core.money import to_minor
 from gateway.core.timeutil import iso, parse_iso
 from gateway.ledger.accounts import post_entry
@@ -226,9 +227,7 @@ async def run(gateway: JobContext) -> SettlementResult:
         graded = _meta(conn, RISK_DAY_KEY) == today
         accounts = [] if graded else [row[0] for row in conn.execute("SELECT id FROM accounts ORDER BY id")]
     if result.days:
-        log.info(
-            "settled days=%s standing_charges=%d", [d.isoformat() for d in result.days], len(result.charges)
-        )
+        log.info("settled", extra=kv(days=[d.isoformat() for d in result.days], standing_charges=len(result.charges)))
     if graded:
         return result
     for first in range(0, len(accounts), GRADES_PER_STEP):

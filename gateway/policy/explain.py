@@ -1,7 +1,10 @@
 """Human explanation of a decision: state, the rules that applied, what happens next and when.
 
 Written for a technician or a call-centre agent answering "why is my power (not) off?": each blocked
-action names the rule that holds it back and the local instant that rule stops applying.
+action names the rule that holds it back and the local instant that rule stops applying.  Instants
+and amounts are shown as everywhere else (``gateway.core.present``): local time with its offset, to
+the second, and money in the site's configured currency and minor digits — the preset's own
+``currency`` is only a default (``generic`` has none: ``XXX``, ISO 4217's "no currency").
 """
 
 from __future__ import annotations
@@ -9,21 +12,17 @@ from __future__ import annotations
 from datetime import datetime
 
 from gateway.core.calendar import WorkCalendar
+from gateway.core.present import Presenter
 from gateway.policy.inputs import AccountView, MeterView
 from gateway.policy.rules import Rules
 from gateway.policy.state import Action, Decision
 
 
-def _when(t: datetime | None, cal: WorkCalendar) -> str:
+def _when(t: datetime | None, show: Presenter) -> str:
     if t is None:
         return "not by itself (needs a payment or a head-office decision)"
-    local = cal.local(t)
-    return f"{local:%a %Y-%m-%d %H:%M %Z} ({t.astimezone(cal.tz).isoformat()})"
-
-
-def _money(minor: int, rules: Rules) -> str:
-    sign = "-" if minor < 0 else ""
-    return f"{sign}{abs(minor) // 100}.{abs(minor) % 100:02d} {rules.currency}"
+    weekday = t.astimezone(show.tz).strftime("%a")  # the local weekday, the day a protected window follows
+    return f"{weekday} {show.when(t)}"
 
 
 def _action_line(a: Action) -> str:
@@ -36,26 +35,29 @@ def _action_line(a: Action) -> str:
 
 
 def explain(decision: Decision, account: AccountView, meter: MeterView, now: datetime, calendar: WorkCalendar,
-            rules: Rules) -> str:
+            rules: Rules, show: Presenter | None = None) -> str:
+    """The decision as text.  ``show``: the site's zone, currency and minor digits (and whether the
+    reader asked for UTC); without it, the calendar's zone and the preset's currency in cents."""
+    show = show or Presenter(calendar.tz, rules.currency, 2)
     local = calendar.local(now)
     day = calendar.day_type(local.date())
     holiday = calendar.holiday_name(local.date())
     unknown = f", status unknown: no official calendar for {local.year}" if calendar.is_unknown(local.date()) else ""
     lines = [
         f"Account {account.account_id}, meter {meter.meter_id}, rules '{rules.name}'",
-        f"At {local:%a %Y-%m-%d %H:%M %Z} ({day}{unknown}{': ' + holiday if holiday else ''})",
+        f"At {_when(now, show)} ({day}{unknown}{': ' + holiday if holiday else ''})",
         f"State: {account.state.value} -> {decision.state.value}",
-        f"Credit: balance {_money(account.balance_minor, rules)}, available {_money(account.available_minor, rules)}, "
-        f"cut at or below {_money(rules.disconnect.at_or_below_minor, rules)}, "
-        f"reconnect at {_money(rules.reconnect.threshold_minor, rules)}",
+        f"Credit: balance {show.money(account.balance_minor)}, available {show.money(account.available_minor)}, "
+        f"cut at or below {show.money(rules.disconnect.at_or_below_minor)}, "
+        f"reconnect at {show.money(rules.reconnect.threshold_minor)}",
     ]
     if decision.notice_served_at is not None:
-        lines.append(f"Notice issued: {_when(decision.notice_served_at, calendar)}")
+        lines.append(f"Notice issued: {_when(decision.notice_served_at, show)}")
         delivered = decision.notice_delivered_at
-        lines.append(f"Notice delivered: {_when(delivered, calendar)}" if delivered is not None
+        lines.append(f"Notice delivered: {_when(delivered, show)}" if delivered is not None
                      else "Notice delivered: not confirmed (no cut until it is)")
     if decision.earliest_cut_at is not None:
-        lines.append(f"Earliest cut: {_when(decision.earliest_cut_at, calendar)}")
+        lines.append(f"Earliest cut: {_when(decision.earliest_cut_at, show)}")
     lines.append("Actions now:" if decision.actions else "Actions now: none")
     for a in decision.actions:
         lines.append(f"  - {_action_line(a)}: {a.message or ''}".rstrip(": "))
@@ -63,8 +65,8 @@ def explain(decision: Decision, account: AccountView, meter: MeterView, now: dat
     for a in decision.blocked:
         failing = [c for c in a.trace if not c.passed]
         names = ", ".join(dict.fromkeys(c.rule for c in failing)) or "rules"
-        lines.append(f"Blocked: {_action_line(a)} by {names}; allowed from {_when(a.not_before, calendar)}")
+        lines.append(f"Blocked: {_action_line(a)} by {names}; allowed from {_when(a.not_before, show)}")
         lines.extend(f"      {'ok ' if c.passed else 'NO '} {c.rule}: {c.detail}" for c in a.trace)
     if decision.next_review_at is not None:
-        lines.append(f"Next review: {_when(decision.next_review_at, calendar)}")
+        lines.append(f"Next review: {_when(decision.next_review_at, show)}")
     return "\n".join(lines)

@@ -24,6 +24,7 @@ from typing import Any
 from drivers.base import BILLING_POINTS, DriverError, Meter, Point, Quality, Reading, RelayState
 from drivers.factory import Link
 from gateway.core.idle import Idle
+from gateway.core.logfields import kv
 from gateway.core.timeutil import Clock
 
 log = logging.getLogger("pmg.bus")
@@ -190,7 +191,7 @@ class BusWorker:
             await self.link.open()
             self._opened = True
         except (OSError, DriverError) as exc:
-            log.error("bus=%s cannot open link: %s", self.bus_id, exc)
+            log.error("cannot open link: %s", exc, extra=kv(bus=self.bus_id))
             raise
 
     async def _close(self) -> None:
@@ -198,7 +199,7 @@ class BusWorker:
             try:
                 await pm.meter.close()
             except Exception:  # closing is best effort
-                log.debug("bus=%s meter=%s close failed", self.bus_id, pm.meter_id, exc_info=True)
+                log.debug("meter close failed", exc_info=True, extra=kv(bus=self.bus_id, meter=pm.meter_id))
         if self._opened:
             await self.link.close()
 
@@ -248,9 +249,9 @@ class BusWorker:
             try:
                 self.observe(self.bus_id, reading.quality.value, latency)
             except Exception:  # metrics must never stop a bus
-                log.debug("bus=%s metrics observer failed", self.bus_id, exc_info=True)
+                log.debug("metrics observer failed", exc_info=True, extra=kv(bus=self.bus_id))
         try:
             self.on_reading(pm.meter_id, reading, latency)
         except Exception:
-            log.exception("bus=%s meter=%s reading could not be recorded", self.bus_id, pm.meter_id)
+            log.exception("reading could not be recorded", extra=kv(bus=self.bus_id, meter=pm.meter_id))
         return reading

@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 from drivers.base import Point, Quality, Reading
 from drivers.dlt645.link import Dlt645Link
 from drivers.dlt645.meter import broadcast_time
+from gateway.core.logfields import kv
 from gateway.runtime.bus import POLL_POINTS, PRIORITY_READ_NOW, BusWorker
 from gateway.store import events
 from gateway.store.db import Store
@@ -163,7 +164,7 @@ async def run(gateway: JobContext) -> list[BusClockResult]:
                 worker, meter_ids, gateway.cfg.tz, gateway.clock, threshold, _trust_witness(gateway)
             )
         except Exception as exc:  # one bad bus must not stop the others' checks
-            log.error("clock check failed bus=%s: %s", bus.id, exc)
+            log.error("clock check failed: %s", exc, extra=kv(bus=bus.id))
             continue
         audit(gateway.store, result, gateway.clock(), threshold)
         _log(result)
@@ -188,16 +189,20 @@ def _trust_witness(gateway: JobContext) -> Callable[[dict[str, float]], bool]:
 def _log(result: BusClockResult) -> None:
     if result.withheld:
         log.warning(
-            "time broadcast withheld bus=%s (our clock is untrusted) drift_s=%s", result.bus_id, result.drift_s
+            "time broadcast withheld (our clock is untrusted)",
+            extra=kv(bus=result.bus_id, drift_s=_rounded(result.drift_s)),
         )
     elif result.broadcast:
         log.warning(
-            "time broadcast bus=%s drift_s=%s after_s=%s", result.bus_id, result.drift_s, result.after_s
+            "time broadcast",
+            extra=kv(bus=result.bus_id, drift_s=_rounded(result.drift_s), after_s=_rounded(result.after_s)),
         )
     else:
         log.info(
-            "clock check bus=%s checked=%d unreadable=%d",
-            result.bus_id,
-            len(result.drift_s),
-            len(result.unreadable),
+            "clock check", extra=kv(bus=result.bus_id, checked=len(result.drift_s), unreadable=len(result.unreadable))
         )
+
+
+def _rounded(seconds: dict[str, float]) -> dict[str, float]:
+    """Per-meter seconds to a tenth (``drift_s.M-01=-316.7``): a clock read is no finer."""
+    return {meter: round(value, 1) for meter, value in seconds.items()}

@@ -25,6 +25,7 @@ from drivers.base import Quality, Reading
 from drivers.factory import Link, LinkSettings, make_link, make_meter
 from gateway import __version__
 from gateway.config import GatewayConfig, load_config, resolve
+from gateway.core.logfields import kv
 from gateway.core.timeutil import Clock, iso, system_clock
 from gateway.ledger.accounts import seed_from_config
 from gateway.ledger.charging import ChargeOutcome, record_reading
@@ -160,11 +161,8 @@ class Gateway:
         self._install_signals()
         sd_notify("READY=1\nSTATUS=polling")
         log.info(
-            "started gateway=%s buses=%d meters=%d version=%s",
-            self.cfg.gateway_id,
-            len(self.workers),
-            len(self.cfg.meters),
-            __version__,
+            "started",
+            extra=kv(gateway=self.cfg.gateway_id, buses=len(self.workers), meters=len(self.cfg.meters), version=__version__),
         )
 
     def _start_buses(self) -> None:
@@ -216,7 +214,7 @@ class Gateway:
                     raise
                 except Exception as exc:
                     delay = backoff.failed()
-                    log.error("bus=%s stopped: %s; retrying in %.1f s", worker.bus_id, exc, delay)
+                    log.error("bus stopped: %s; retrying in %.1f s", exc, delay, extra=kv(bus=worker.bus_id))
                     await asyncio.sleep(delay)
                     if worker.stopping:
                         return
@@ -273,7 +271,7 @@ class Gateway:
             return
         self.stopping = True
         sd_notify("STOPPING=1")
-        log.info("stopping gateway=%s", self.cfg.gateway_id)
+        log.info("stopping", extra=kv(gateway=self.cfg.gateway_id))
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
         await self._stop_buses()
@@ -337,7 +335,7 @@ class Gateway:
                 self.enforcer.meter_bus = {m.id: m.bus for m in cfg.meters}
         else:
             self.reopen_links()
-        log.info("reloaded configuration buses=%d meters=%d", len(cfg.buses), len(cfg.meters))
+        log.info("reloaded configuration", extra=kv(buses=len(cfg.buses), meters=len(cfg.meters)))
         # New rules, flags (keep-power, protected) and calendar apply at once: a trip queued under the
         # old ones is withdrawn now, not at the next sweep (found by the stateful model).
         await self.review_policy()
@@ -380,7 +378,7 @@ class Gateway:
                     except Exception:
                         conn.execute("ROLLBACK TO reading")
                         conn.execute("RELEASE reading")
-                        log.exception("meter=%s reading could not be recorded", meter_id)
+                        log.exception("reading could not be recorded", extra=kv(meter=meter_id))
                         continue
                     conn.execute("RELEASE reading")
                     relay_queued = relay_queued or queued
@@ -390,12 +388,14 @@ class Gateway:
             return
         for meter_id, reading, latency_s, outcome in done:
             log.debug(
-                "reading meter=%s outcome=%s delta_wh=%s charge=%s latency_ms=%.0f",
-                meter_id,
-                outcome.outcome,
-                outcome.delta_wh,
-                outcome.charge_minor,
-                latency_s * 1000,
+                "reading",
+                extra=kv(
+                    meter=meter_id,
+                    outcome=outcome.outcome,
+                    delta_wh=outcome.delta_wh,
+                    charge_minor=outcome.charge_minor,
+                    latency_ms=round(latency_s * 1000),
+                ),
             )
             self._track_comms(meter_id, reading)
             self._emit("reading", {"meter_id": meter_id, "outcome": outcome.outcome, "reading": reading})
@@ -418,7 +418,7 @@ class Gateway:
             minor_digits=self.cfg.minor_digits,
         )
         if outcome.outcome == "quarantined":  # held, with an alarm event; one line, not a traceback per poll
-            log.warning("meter=%s reading quarantined: %s", meter_id, outcome.reason)
+            log.warning("reading quarantined: %s", outcome.reason, extra=kv(meter=meter_id))
         relay_moved = reading.relay is not None and outcome.relay_before != reading.relay.value
         # Re-decide when money or the relay moved; time alone is the due-review task's business.
         if outcome.outcome == "baseline" or (outcome.outcome == "charged" and outcome.charge_minor) or relay_moved:
@@ -495,9 +495,9 @@ class Gateway:
         """``calendar_stale`` for the current or next year without official data (once per year and
         start); checked at start and with every review slice, so the turn of the year is noticed."""
         for year in report_stale(conn, self.parts.calendar, self.clock(), self._calendar_stale):
-            log.warning("calendar_stale year=%d country=%s: days of %d are protected until official "
-                        "data arrives (calendar command or [policy] calendar_file)",
-                        year, self.parts.calendar.country, year)
+            log.warning("calendar stale: days of %d are protected until official data arrives "
+                        "(calendar command or [policy] calendar_file)", year,
+                        extra=kv(event="calendar_stale", year=year, country=self.parts.calendar.country))
 
     async def review_policy(self) -> None:
         """Re-decide every account: notices mature, windows end, holds expire without new input."""

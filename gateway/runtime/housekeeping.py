@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from gateway.config import HousekeepingConfig, resolve
 from gateway.core.errors import OperationFailed
+from gateway.core.logfields import kv
 from gateway.core.timeutil import iso, parse_iso
 from gateway.store import outbox
 from gateway.store.db import Store, StoreError
@@ -253,8 +254,8 @@ async def run(gateway: JobContext) -> None:
         return
     result = HousekeepingResult(removed, trimmed, written)
     log.info(
-        "housekeeping readings_removed=%d outbox_removed=%d backup=%s",
-        result.readings_removed,
-        result.outbox_removed,
-        result.backup or "-",
+        "housekeeping done",
+        extra=kv(
+            readings_removed=result.readings_removed, outbox_removed=result.outbox_removed, backup=result.backup
+        ),
     )

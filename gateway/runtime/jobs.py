@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from gateway.core.logfields import kv
+
 if TYPE_CHECKING:
     from gateway.runtime.ports import JobContext
 
@@ -39,9 +41,9 @@ def _job(gateway: JobContext, run: Callable[[JobContext], Any], name: str) -> Ca
             task = asyncio.current_task()
             if task is not None and task.cancelling() and not gateway.stopping:
                 raise
-            log.info("job=%s stopped: its bus work was cancelled (the gateway is stopping)", name)
+            log.info("job stopped: its bus work was cancelled (the gateway is stopping)", extra=kv(job=name))
         except Exception:
-            log.exception("job=%s failed", name)
+            log.exception("job failed", extra=kv(job=name))
 
     return job
 

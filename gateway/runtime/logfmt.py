@@ -1,24 +1,38 @@
 """Log lines as ``key=value`` pairs, one event per line, for the journal and for grep.
 
 A technician's first question is "what happened to meter M-0042" — ``journalctl -u pmg | grep
-meter=M-0042`` must answer it, so the identifying keys (meter, bus, account, action) are always
-``key=value`` fields: taken from ``extra={...}`` when the caller gives them, else lifted out of the
-message text (most messages already say ``meter=%s``).  A traceback is folded into one quoted field so
-one event stays one journal entry.  Under systemd (``$JOURNAL_STREAM`` set) each line starts with the
-``<N>`` syslog priority prefix, which journald turns into the entry's priority (``journalctl -p err``).
+meter=M-0042`` must answer it, so the identifying keys (meter, bus, account, action) and the figures
+of an event are ``key=value`` fields that the log call passes explicitly::
+
+    log.info("relay not sent", extra=kv(meter=cmd.meter_id, action="trip", why=why))
+
+``msg`` says what happened in words; every field is a scalar (a mapping is flattened to
+``drift_s.M-01=-316.7``, a sequence joined with commas, an absent value left out), so no Python
+representation (``None``, ``{'M-01': …}``) reaches the journal.  A traceback is folded into one quoted
+field so one event stays one journal entry.  Under systemd (``$JOURNAL_STREAM`` set) each line starts
+with the ``<N>`` syslog priority prefix, which journald turns into the entry's priority
+(``journalctl -p err``).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import re
 import sys
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from decimal import Decimal
 from typing import IO
 
+from gateway.core.logfields import EXTRA, kv
+
+__all__ = ["KeyValueFormatter", "flatten", "kv", "quote", "setup_logging"]
+
 FIELDS = ("meter", "bus", "account", "action")
-_IN_MESSAGE = re.compile(r"(?<![\w.])(meter|bus|account|action)=([^\s,;]+)")
 _BARE = re.compile(r"^[A-Za-z0-9_.:/@+\-]+$")
+_KEY = re.compile(r"[^A-Za-z0-9_.\-]")
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
@@ -29,6 +43,30 @@ def quote(value: object) -> str:
         return text
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
     return f'"{escaped}"'
+
+
+def flatten(key: str, value: object) -> Iterator[tuple[str, str]]:
+    """``key=value`` pairs of scalars: a mapping becomes ``key.sub``, a sequence a comma list, a
+    float its shortest text; ``None`` is left out (an absent value is no field)."""
+    if value is None:
+        return
+    if isinstance(value, Mapping):
+        for sub, inner in value.items():
+            yield from flatten(f"{key}.{_KEY.sub('_', str(sub))}", inner)
+    elif isinstance(value, list | tuple | set | frozenset):
+        yield key, ",".join(str(v) for v in value)
+    elif isinstance(value, bool):
+        yield key, "true" if value else "false"
+    elif isinstance(value, float):
+        yield key, f"{value:.6g}"
+    elif isinstance(value, enum.Enum):
+        yield key, str(value.value)
+    elif isinstance(value, datetime):
+        yield key, value.isoformat()
+    elif isinstance(value, int | Decimal | str):
+        yield key, str(value)
+    else:
+        yield key, str(value)
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -42,12 +80,12 @@ class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
         fields: dict[str, str] = {}
-        for key in FIELDS:
-            given = getattr(record, key, None)
-            if given is not None:
-                fields[key] = str(given)
-        for key, value in _IN_MESSAGE.findall(message):
-            fields.setdefault(key, value)
+        for key in FIELDS:  # ``extra={"meter": …}`` as a plain attribute, as logging allows
+            for name, text in flatten(key, getattr(record, key, None)):
+                fields[name] = text
+        for key, value in (getattr(record, EXTRA, None) or {}).items():
+            for name, text in flatten(key, value):
+                fields[name] = text
         parts = []
         if self.timestamps:
             parts.append(f"ts={self.formatTime(record, '%Y-%m-%dT%H:%M:%S')}")

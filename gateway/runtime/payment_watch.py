@@ -25,6 +25,7 @@ import logging
 import sqlite3
 from collections.abc import Callable
 
+from gateway.core.logfields import kv
 from gateway.store.db import Store, StoreError
 
 log = logging.getLogger("pmg.payment_watch")
@@ -99,7 +100,7 @@ class PaymentWatch:
                     # One account that cannot be decided must not hold up the others; the periodic
                     # sweep decides it again, and the failure is in the log.
                     tx.execute("ROLLBACK TO inbox")
-                    log.exception("account=%s could not be re-decided after its credit rose", account_id)
+                    log.exception("account could not be re-decided after its credit rose", extra=kv(account=account_id))
                 tx.execute("RELEASE inbox")
                 clear(tx, account_id)
         if rows:

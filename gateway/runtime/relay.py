@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from drivers.base import DriverError, NotControllable, RelayAction, RelayState
+from gateway.core.logfields import kv
 from gateway.core.timeutil import Clock, iso, parse_iso
 from gateway.runtime.bus import PRIORITY_RELAY, BusWorker
 from gateway.store import events
@@ -178,7 +179,7 @@ class Enforcer:
                 actor=cmd.actor,
                 detail={"command_id": cmd.id, "action": cmd.action.value, "reason": why},
             )
-        log.info("relay meter=%s action=%s not sent: %s", cmd.meter_id, cmd.action.value, why)
+        log.info("relay command not sent: %s", why, extra=kv(meter=cmd.meter_id, action=cmd.action.value))
         self.notify_outbox()
         if self.on_outcome is not None:
             self.on_outcome(cmd, "cancelled", relay)
@@ -259,12 +260,9 @@ class Enforcer:
                     (iso(retry_at), error or f"read back {state}", iso(now), cmd.id),
                 )
         log.info(
-            "relay meter=%s action=%s status=%s relay=%s error=%s",
-            cmd.meter_id,
-            cmd.action.value,
+            "relay command %s",
             status,
-            state,
-            error,
+            extra=kv(meter=cmd.meter_id, action=cmd.action.value, status=status, relay=state, error=error),
         )
         self.notify_outbox()
         if self.on_outcome is not None:

@@ -121,20 +121,59 @@ def unhealthy_buses(snapshot: dict[str, Any] | None) -> list[str]:
     return sorted(b for b, v in buses.items() if v.get("healthy") is False)
 
 
-def collect(store: Store, now: datetime) -> dict[str, Any]:
-    """The whole picture from the database (read-only) plus the daemon's last snapshot."""
+def daemon_lock_held(database: str | os.PathLike[str]) -> bool | None:
+    """Whether a process holds the daemon's instance lock on ``database`` (``gateway.runtime.service.
+    InstanceLock``): True, False, or None when this user cannot tell (no read access to the lock file).
+
+    The snapshot alone cannot tell a live daemon from one killed a moment ago (kill -9, a power cut):
+    its last snapshot is fresh for a few intervals.  The lock can: the kernel drops it with the process.
+    Tested with a shared, non-blocking ``flock`` on a read-only descriptor, which never disturbs the daemon.
+    """
+    import fcntl
+
+    path = os.path.realpath(database) + ".lock"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # closing drops a lock we took
+    return False
+
+
+def collect(store: Store, now: datetime, *, lock_held: bool | None = None) -> dict[str, Any]:
+    """The whole picture from the database (read-only) plus the daemon's last snapshot.
+
+    ``live`` is the snapshot only while the daemon runs: a stopped daemon's last view of the broker
+    or the buses is history, not status (``snapshot_at`` says when it was written).  ``lock_held``
+    (``daemon_lock_held``), when known, overrules a fresh snapshot whose writer is gone.
+    """
     raw = store.meta_get(META_STATUS)
     live: dict[str, Any] | None = json.loads(raw) if raw else None
     daemon = "never ran"
+    snapshot_at = None
     if live is not None:
+        snapshot_at = live.get("written_at")
         age = (now - parse_iso(live["written_at"])).total_seconds()
         live["age_s"] = round(age, 1)
         if live.get("stopped_at"):
             daemon = "stopped"
+        elif lock_held is False:
+            daemon = "stopped"  # killed without a clean stop: nobody holds the lock
         elif age > STALE_AFTER_INTERVALS * float(live.get("interval_s") or 10.0):
             daemon = "not responding"
         else:
             daemon = "running"
+        if daemon != "running":
+            live = None
     bl = backlog(store)
     oldest_age = (
         None if bl.oldest_created_at is None else (now - parse_iso(bl.oldest_created_at)).total_seconds()
@@ -170,6 +209,7 @@ def collect(store: Store, now: datetime) -> dict[str, Any]:
     ]
     return {
         "daemon": daemon,
+        "snapshot_at": snapshot_at,
         "live": live,
         "buses_unhealthy": unhealthy_buses(live) if daemon == "running" else [],
         "meters": store.scalar("SELECT COUNT(*) FROM meters"),

@@ -46,6 +46,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.config import MqttConfig
 from gateway.core.idle import Idle
+from gateway.core.logfields import kv
 from gateway.core.timeutil import Clock, iso
 from gateway.store import chain, outbox, outbox_bound
 from gateway.store.db import Store
@@ -253,7 +254,7 @@ class MqttLink:
     # -- loop-thread handlers --------------------------------------------------------------------
     def _set_error(self, text: str) -> None:
         self.stats.last_error = text
-        log.warning("mqtt error=%r", text)
+        log.warning("mqtt error", extra=kv(error=text))
 
     def _connect_failed(self) -> None:
         """paho does not say why a connection failed; find out once (a TLS handshake shows the reason)."""
@@ -283,13 +284,13 @@ class MqttLink:
             self._refusal = None
             self.stats.connects += 1
             self._connected.set()
-            log.info("mqtt connected host=%s port=%s", self.cfg.host, self.cfg.port)
+            log.info("mqtt connected", extra=kv(host=self.cfg.host, port=self.cfg.port))
         else:
             self._connected.clear()
             self.stats.subscribed = False
             if reason and not self._stopping and (was_up or self._refusal is None):
                 self.stats.last_error = reason
-                log.warning("mqtt disconnected reason=%r", reason)
+                log.warning("mqtt disconnected", extra=kv(reason=str(reason)))
         # Restart from the oldest undelivered message: what was in flight may be lost.  PUBACKs
         # queued before this event are taken while their mids still map to seqs, and marked, so
         # the re-read does not send again what the broker already has.
@@ -432,10 +433,8 @@ class MqttLink:
         if result.coalesced or result.over:
             self.stats.coalesced += result.coalesced
             log.warning(
-                "outbox backlog=%d bound=%d coalesced=%d",
-                result.pending,
-                self.cfg.max_backlog_messages,
-                result.coalesced,
+                "outbox over its bound",
+                extra=kv(backlog=result.pending, bound=self.cfg.max_backlog_messages, coalesced=result.coalesced),
             )
 
     def _flush_acks(self, *, force: bool = False) -> None:

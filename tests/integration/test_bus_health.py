@@ -140,7 +140,7 @@ def test_a_dead_socket_bus_is_unhealthy_everywhere_and_comes_back_by_itself(tmp_
         result = CliRunner().invoke(cli, ["status", "-c", str(cfg_path)], prog_name="pmg")
         assert result.exit_code == 1 and "UNHEALTHY buses" in result.stdout and "b1" in result.stdout
         result = CliRunner().invoke(cli, ["doctor", "-c", str(cfg_path), "--json"], prog_name="pmg")
-        found = {c["name"]: c["status"] for c in json.loads(result.stdout)}
+        found = {c["name"]: c["status"] for c in json.loads(result.stdout)["checks"]}
         assert result.exit_code == 1 and found["bus b1"] == "fail" and found["bus b2"] == "ok"
         text = gw.metrics.render().decode()
         assert 'pmg_bus_healthy{bus="b1"} 0.0' in text and 'pmg_bus_healthy{bus="b2"} 1.0' in text

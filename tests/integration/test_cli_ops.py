@@ -22,6 +22,7 @@ from gateway.cli.main import cli
 from gateway.config import load_config
 from gateway.core.timeutil import iso
 from gateway.ledger.accounts import seed_from_config
+from gateway.runtime.service import InstanceLock
 from gateway.runtime.status import META_STATUS
 from gateway.store import events
 from gateway.store.db import Store, dumps, open_store
@@ -93,6 +94,9 @@ def test_meter_show(cfg_path: Path) -> None:
 def test_meter_show_rejects_malformed_and_unknown_ids(cfg_path: Path) -> None:
     _one_line_error(_run("meter", "show", "m 1;drop", "-c", str(cfg_path)), 2, "not a meter id")
     _one_line_error(_run("meter", "show", "m9", "-c", str(cfg_path)), 2, "no meter 'm9' (meters: m1, m2)")
+    _one_line_error(
+        _run("meter", "show", "m11", "-c", str(cfg_path)), 2, "no meter 'm11' (did you mean m1? meters: m1, m2)"
+    )
     _one_line_error(_run("meter", "show", "m1", "-c", str(cfg_path), "--readings", "-3"), 2, "--readings")
 
 
@@ -168,7 +172,13 @@ def test_status_reports_daemon_buses_outbox_and_unreachable_meters(cfg_path: Pat
         _snapshot(store, datetime.now(UTC))
     finally:
         store.close()
-    result = _run("status", "-c", str(cfg_path), "--json")
+    lock = InstanceLock(tmp_path / "pmg.db")  # what a running daemon holds
+    lock.acquire()
+    try:
+        result = _run("status", "-c", str(cfg_path), "--json")
+        human = _run("status", "-c", str(cfg_path))
+    finally:
+        lock.release()
     data = json.loads(result.stdout)
     assert data["daemon"] == "running"
     assert data["live"]["buses"]["b1"]["error_rate"] == 0.3571
@@ -176,8 +186,25 @@ def test_status_reports_daemon_buses_outbox_and_unreachable_meters(cfg_path: Pat
     assert data["outbox"]["messages"] >= 1  # the event queued for the head office
     assert data["accounts_by_state"] == {"normal": 2}
     assert result.exit_code == 1  # a meter is unreachable
-    human = _run("status", "-c", str(cfg_path))
     assert "DISCONNECTED" in human.stdout and "unreachable meters" in human.stdout
+    assert "None" not in human.stdout
+
+
+def test_status_of_a_killed_daemon_says_stopped_and_shows_no_live_broker(cfg_path: Path, tmp_path: Path) -> None:
+    """A fresh snapshot whose writer is gone (kill -9: nobody holds the instance lock) is history."""
+    store = open_store(tmp_path / "pmg.db")
+    try:
+        snap_at = datetime.now(UTC)
+        _snapshot(store, snap_at)
+    finally:
+        store.close()
+    result = _run("status", "-c", str(cfg_path), "--json")
+    data = json.loads(result.stdout)
+    assert result.exit_code == 1
+    assert data["daemon"] == "stopped" and data["live"] is None
+    assert data["snapshot_at"] == snap_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    human = _run("status", "-c", str(cfg_path)).stdout
+    assert human.startswith("daemon: STOPPED (last seen ") and "broker" not in human
 
 
 def test_status_says_when_the_snapshot_is_stale(cfg_path: Path, tmp_path: Path) -> None:
@@ -186,7 +213,13 @@ def test_status_says_when_the_snapshot_is_stale(cfg_path: Path, tmp_path: Path) 
         _snapshot(store, datetime(2020, 1, 1, tzinfo=UTC))
     finally:
         store.close()
-    assert json.loads(_run("status", "-c", str(cfg_path), "--json").stdout)["daemon"] == "not responding"
+    lock = InstanceLock(tmp_path / "pmg.db")  # a daemon that holds its lock but writes nothing: stuck
+    lock.acquire()
+    try:
+        data = json.loads(_run("status", "-c", str(cfg_path), "--json").stdout)
+    finally:
+        lock.release()
+    assert data["daemon"] == "not responding" and data["live"] is None
 
 
 def test_status_bad_option_and_missing_database(cfg_path: Path, tmp_path: Path) -> None:
@@ -198,7 +231,10 @@ def test_status_bad_option_and_missing_database(cfg_path: Path, tmp_path: Path) 
 def test_doctor_finds_the_missing_serial_device(cfg_path: Path) -> None:
     result = _run("doctor", "-c", str(cfg_path), "--json")
     assert result.exit_code == 1, result.stderr
-    checks = {c["name"]: c for c in json.loads(result.stdout)}
+    data = json.loads(result.stdout)
+    assert data["ok"] is False
+    checks = {c["name"]: c for c in data["checks"]}
+    assert {"table": "meters", "rows": 2} in data["tables"]
     assert checks["database"]["status"] == "ok"
     assert checks["serial b1"]["status"] == "fail" and "does not exist" in checks["serial b1"]["detail"]
     assert checks["bus b1"]["status"] == "fail"
@@ -216,7 +252,7 @@ def test_doctor_detects_a_corrupt_database(cfg_path: Path, tmp_path: Path) -> No
     db.write_bytes(bytes(data))
     result = _run("doctor", "-c", str(cfg_path), "--json")
     assert result.exit_code == 1, result.stderr
-    checks = {c["name"]: c for c in json.loads(result.stdout)}
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
     assert checks["database"]["status"] == "fail", checks["database"]
     assert checks["disk"]["status"] in ("ok", "warn")  # the other checks still ran
 

@@ -3,6 +3,8 @@ mistake is one line on stderr with a meaningful exit status, and changes nothing
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -180,6 +182,10 @@ def test_read_and_scan_a_live_simulated_meter() -> None:
         )
         assert result.exit_code == 0, result.output + result.stderr
         assert '"address": "000000000002"' in result.output and '"relay": "closed"' in result.output
+        read_json = json.loads(result.output)  # instants in ISO 8601 UTC to the second
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", read_json["taken_at"]), read_json["taken_at"]
+        human = run("--utc", "read", "--protocol", "dlt645", "--port", url, "--baud", "9600", "--address", "000000000002")
+        assert re.search(r"taken_at +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \+00:00", human.output), human.output
         found = run(
             "scan", "--protocol", "dlt645", "--port", url, "--baud", "9600", "--addresses", "1-4", "--json"
         )

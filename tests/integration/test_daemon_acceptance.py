@@ -247,7 +247,7 @@ def test_daemon_lifecycle_under_signals(tmp_path: Path, mosquitto: Mosquitto) ->
         ]
         assert any(re.search(r" meter=m\d", line) for line in lines)
         # The frame in flight at SIGTERM was finished and its reading committed after "stopping".
-        stopping = next(i for i, line in enumerate(lines) if 'msg="stopping' in line)
-        assert any('msg="reading meter=' in line for line in lines[stopping:]), lines[stopping:]
+        stopping = next(i for i, line in enumerate(lines) if 'msg=stopping ' in line)
+        assert any('msg=reading meter=' in line for line in lines[stopping:]), lines[stopping:]
     finally:
         notify.close()

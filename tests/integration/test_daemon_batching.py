@@ -49,7 +49,9 @@ def test_readings_of_a_moment_share_one_commit_and_a_bad_one_spoils_none(
             assert len(inserts) == 2
             assert not [c for c in commits if inserts[0] < c < inserts[-1]], "one transaction for the batch"
             assert [r[0] for r in store.all("SELECT meter_id FROM readings ORDER BY id")] == ["m0", "m2"]
-            assert any("m1" in r.getMessage() and r.levelno >= logging.ERROR for r in caplog.records)
+            assert any(
+                getattr(r, "pmg_fields", {}).get("meter") == "m1" and r.levelno >= logging.ERROR for r in caplog.records
+            )
         finally:
             await gateway.stop()
 

@@ -27,6 +27,7 @@ from support.waiting import async_wait_for, wait_for
 from gateway.config import MqttConfig
 from gateway.core.textsafe import one_line
 from gateway.core.timeutil import system_clock
+from gateway.runtime.logfmt import KeyValueFormatter
 from gateway.store.db import open_store
 from gateway.sync.commands.processor import MAX_COMMAND_BYTES, CommandProcessor
 from gateway.sync.mqtt import MqttLink
@@ -122,7 +123,8 @@ def test_a_command_id_cannot_forge_a_log_line(
     evil = 'x\nlevel=error logger=pmg.relay msg="relay opened" meter=m1\x1b[2J\x1b]0;pwned\x07'
     with caplog.at_level(logging.WARNING, "pmg.commands"):
         loop.run_until_complete(proc.handle("topup", json.dumps({"id": evil, "type": "topup"}).encode()))
-    lines = [r.getMessage() for r in caplog.records if "command rejected" in r.getMessage()]
+    # The journal's line, as the formatter writes it: the id is one quoted field value.
+    lines = [KeyValueFormatter().format(r) for r in caplog.records if "command rejected" in r.getMessage()]
     assert len(lines) == 1
     assert "\n" not in lines[0] and "\x1b" not in lines[0] and "\x07" not in lines[0]
     assert " meter=m1" not in lines[0], "an id must not pose as a logfmt field"

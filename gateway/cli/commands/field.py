@@ -20,7 +20,19 @@ from zoneinfo import ZoneInfo
 
 import click
 
-from gateway.cli.common import CliFailure, FiniteFloat, config_option, emit_json, json_option, opened_store
+from gateway.cli.common import (
+    CliFailure,
+    FiniteFloat,
+    config_option,
+    emit_json,
+    json_option,
+    opened_store,
+    presenter,
+    require_id,
+    reverse_option,
+    unknown_message,
+)
+from gateway.core.present import instant_json, json_ready
 from gateway.core.timeutil import iso, parse_iso
 from gateway.policy.orders import order_trace
 from gateway.policy.orders import queue_order as _queue_order
@@ -76,15 +88,15 @@ def explain_cmd(account: str, at_text: str | None, config_path: Path, as_json: b
         if not meters and store.one("SELECT 1 FROM meters WHERE id = ?", account):
             meters = [account]
         if not meters:
-            known = store.one("SELECT 1 FROM accounts WHERE id = ?", account)
-            raise LookupError(
-                f"account '{account}' has no meter" if known else f"no account or meter '{account}'"
-            )
+            if store.one("SELECT 1 FROM accounts WHERE id = ?", account):
+                raise CliFailure(f"account '{account}' has no meter", 2)
+            known = [r[0] for r in store.all("SELECT id FROM accounts ORDER BY id")]
+            raise CliFailure(unknown_message("account or meter", account, known, plural="accounts"), 2)
         out: list[dict[str, Any]] = []
         for meter_id in meters:
             acc, meter, holds, overrides = parts.policy.snapshot(store.conn, meter_id, at)
             d = decide(acc, meter, at, parts.calendar, parts.rules, holds=holds, overrides=overrides)
-            text = explain(d, acc, meter, at, parts.calendar, parts.rules)
+            text = explain(d, acc, meter, at, parts.calendar, parts.rules, presenter(cfg))
             out.append(
                 {
                     "meter_id": meter_id,
@@ -152,6 +164,7 @@ def relay_cmd(
     if not reason.strip() or not actor.strip():
         raise click.BadParameter("must not be empty", param_hint="--reason/--actor")
     with opened_store(config_path) as (cfg, store):
+        require_id(store, "meter", meter_id)
         rules = load_preset(cfg.policy.preset, cfg.policy.overrides)
         now = datetime.now(UTC)
         who = f"technician:{actor.strip()}"
@@ -193,9 +206,10 @@ def relay_cmd(
     if as_json:
         emit_json(result)
         return
+    until = presenter(cfg).when(result["until"])
     click.echo(
         f"{operation} queued for meter {meter_id} (command {result['command_id'] or 'already pending'}, "
-        f"override {result['override_id']} until {result['until']}); "
+        f"override {result['override_id']} until {until}); "
         + (
             "the running daemon executes it within a second and confirms by read-back"
             if running
@@ -229,20 +243,34 @@ def audit() -> None:
 @click.option(
     "--kind", "kinds", multiple=True, help="Only these event kinds (repeatable; 'policy_*' matches a prefix)."
 )
+@click.option("--meter", "meter_id", help="Only this meter's events.")
+@click.option("--account", "account_id", help="Only this account's events.")
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout."
 )
+@reverse_option
 @config_option
+@json_option
 def audit_export(
     from_text: str | None,
     to_text: str | None,
     fmt: str,
     kinds: tuple[str, ...],
+    meter_id: str | None,
+    account_id: str | None,
     output: Path | None,
+    reverse: bool,
     config_path: Path,
+    as_json: bool,
 ) -> None:
-    """Export audit events in [--from, --to) with actor, timestamps and each action's rule trace."""
+    """Export audit events in [--from, --to) with actor, timestamps (ISO 8601 UTC) and each action's
+    rule trace, newest first (--reverse: oldest first; --json wins over --format)."""
+    fmt = "json" if as_json else fmt
     with opened_store(config_path, readonly=True) as (cfg, store):
+        if meter_id is not None:
+            require_id(store, "meter", meter_id)
+        if account_id is not None:
+            require_id(store, "account", account_id)
         start = parse_instant(from_text, cfg.timezone, "--from") if from_text is not None else None
         end = parse_instant(to_text, cfg.timezone, "--to") if to_text is not None else None
         if start and end and end <= start:
@@ -253,14 +281,17 @@ def audit_export(
         hi = iso(end + timedelta(seconds=1)) if end else "~"
         rows = store.all(
             "SELECT id, at, kind, severity, account_id, meter_id, actor, detail_json FROM events "
-            "WHERE at >= ? AND at <= ? ORDER BY id",
+            f"WHERE at >= ? AND at <= ? ORDER BY id {'ASC' if reverse else 'DESC'}",
             lo,
             hi,
         )
     records = [
         audit_record(r)
         for r in rows
-        if _in_range(parse_iso(r["at"]), start, end) and _kind_ok(r["kind"], kinds)
+        if _in_range(parse_iso(r["at"]), start, end)
+        and _kind_ok(r["kind"], kinds)
+        and meter_id in (None, r["meter_id"])
+        and account_id in (None, r["account_id"])
     ]
     text = _render(records, fmt)
     if output is None:
@@ -290,7 +321,7 @@ def audit_record(row: Any) -> dict[str, Any]:
     )
     return {
         "id": row["id"],
-        "at": row["at"],
+        "at": instant_json(row["at"]),
         "kind": row["kind"],
         "severity": row["severity"],
         "account_id": row["account_id"],
@@ -303,7 +334,7 @@ def audit_record(row: Any) -> dict[str, Any]:
 
 def _render(records: list[dict[str, Any]], fmt: str) -> str:
     if fmt == "json":
-        return json.dumps(records, indent=2, ensure_ascii=False) + "\n"
+        return json.dumps(json_ready(records), indent=2, ensure_ascii=False) + "\n"
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=AUDIT_COLUMNS, lineterminator="\n")
     writer.writeheader()

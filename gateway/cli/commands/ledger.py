@@ -12,12 +12,16 @@ import click
 from gateway.cli.common import (
     AuditText,
     CliFailure,
+    Col,
     MoneyText,
     config_option,
     emit_json,
     emit_table,
     json_option,
     opened_store,
+    presenter,
+    require_id,
+    reverse_option,
 )
 from gateway.core.money import format_money, parse_money
 from gateway.ledger.accounts import balance_minor
@@ -87,21 +91,25 @@ def ledger_verify(config_path: Path, expect_head: str | None, as_json: bool) -> 
 @click.command()
 @config_option
 @click.argument("account")
+@click.option("--limit", type=click.IntRange(1, 10000), default=10, show_default=True, help="Recent entries.")
+@reverse_option
 @json_option
-def balance(config_path: Path, account: str, as_json: bool) -> None:
-    """Show an account's balance (derived from its entries) and its recent entries."""
+def balance(config_path: Path, account: str, limit: int, reverse: bool, as_json: bool) -> None:
+    """Show an account's balance (derived from its entries) and its recent entries, newest first."""
     with opened_store(config_path, readonly=True) as (cfg, store):
+        require_id(store, "account", account)
         row = store.one(
             "SELECT id, balance_minor, policy_state, tariff_id FROM accounts WHERE id = ?", account
         )
-        if row is None:
-            raise CliFailure(f"no account '{account}'", 2)
+        assert row is not None
         derived = balance_minor(store.conn, account)
-        entries = store.all(
-            "SELECT created_at, kind, amount_minor, energy_wh, meter_id, external_id FROM entries "
-            "WHERE account_id = ? ORDER BY id DESC LIMIT 10",
+        newest = store.all(
+            "SELECT id, created_at, kind, amount_minor, energy_wh, meter_id, external_id FROM entries "
+            "WHERE account_id = ? ORDER BY id DESC LIMIT ?",
             account,
+            limit,
         )
+    entries = list(reversed(newest)) if reverse else newest
     digits = cfg.minor_digits
     if as_json:
         emit_json(
@@ -117,16 +125,21 @@ def balance(config_path: Path, account: str, as_json: bool) -> None:
             }
         )
         return
-    click.echo(
-        f"{account}: {format_money(derived, digits)} {cfg.currency} ({row['policy_state']}, "
-        f"tariff {row['tariff_id']})"
-    )
+    p = presenter(cfg)
+    click.echo(f"{account}: {p.money(derived)} ({row['policy_state']}, tariff {row['tariff_id']})")
     emit_table(
         "recent entries",
-        ["at", "kind", "amount", "energy Wh", "meter", "ref"],
+        [
+            Col("at", fixed=True),
+            Col("kind"),
+            Col(f"amount {cfg.currency}", fixed=True, right=True),
+            Col("energy Wh", right=True),
+            Col("meter"),
+            Col("ref"),
+        ],
         [
             (
-                e["created_at"],
+                p.when(e["created_at"]),
                 e["kind"],
                 format_money(e["amount_minor"], digits),
                 e["energy_wh"],
@@ -165,6 +178,7 @@ def payment_add(
     from gateway.runtime.components import build_components
 
     with opened_store(config_path) as (cfg, store):
+        require_id(store, "account", account)
         minor = parse_money(amount, cfg.minor_digits)
         parts = build_components(cfg, config_path, store)  # before any write: a bad config changes nothing
         now = system_clock()
@@ -231,6 +245,7 @@ _SUPPLY_TEXT = {
 @click.option("--share", help="Share of each later top-up recovered towards the debt, e.g. 0.25.")
 @click.option("--reason", required=True, type=AuditText(), help="Why the customer owes this (audited).")
 @click.option("--actor", required=True, type=AuditText(), help="Who records it (audited).")
+@json_option
 def ledger_debt(
     config_path: Path,
     account: str,
@@ -239,17 +254,20 @@ def ledger_debt(
     share: str | None,
     reason: str,
     actor: str,
+    as_json: bool,
 ) -> None:
     """Record a debt of AMOUNT owed by ACCOUNT outside its balance, recovered from its top-ups."""
     from gateway.core.timeutil import system_clock
     from gateway.ledger.credit import add_debt, parse_share
 
     with opened_store(config_path) as (cfg, store):
+        require_id(store, "account", account)
         minor = parse_money(amount, cfg.minor_digits)
+        debt_id = debt_id or str(uuid.uuid4())
         with store.tx() as conn:
             applied = add_debt(
                 conn,
-                debt_id or str(uuid.uuid4()),
+                debt_id,
                 account,
                 minor,
                 system_clock(),
@@ -259,6 +277,18 @@ def ledger_debt(
                 minor_digits=cfg.minor_digits,
             )
             total = conn.execute("SELECT debt_minor FROM accounts WHERE id = ?", (account,)).fetchone()[0]
+    if as_json:
+        emit_json(
+            {
+                "debt_id": debt_id,
+                "account": account,
+                "amount": format_money(minor, cfg.minor_digits),
+                "applied": applied,
+                "debt_outstanding": format_money(total, cfg.minor_digits),
+                "currency": cfg.currency,
+            }
+        )
+        return
     click.echo(
         f"{'recorded' if applied else 'already recorded'}: debt {format_money(minor, cfg.minor_digits)} on "
         f"{account}, outstanding {format_money(total, cfg.minor_digits)}"
@@ -273,8 +303,9 @@ def ledger_debt(
 @click.option("--id", "adjustment_id", type=AuditText(128), help="Adjustment id (idempotence key; default: a new UUID).")
 @click.option("--reason", required=True, type=AuditText(), help="Why (audited).")
 @click.option("--actor", required=True, type=AuditText(), help="Who (audited).")
+@json_option
 def ledger_adjust(
-    config_path: Path, account: str, amount: str, adjustment_id: str | None, reason: str, actor: str
+    config_path: Path, account: str, amount: str, adjustment_id: str | None, reason: str, actor: str, as_json: bool
 ) -> None:
     """Correct ACCOUNT's balance by a signed AMOUNT (refund "12.00", correction "-3.50").
 
@@ -284,11 +315,13 @@ def ledger_adjust(
     from gateway.ledger.credit import post_adjustment
 
     with opened_store(config_path) as (cfg, store):
+        require_id(store, "account", account)
         minor = parse_money(amount, cfg.minor_digits)
+        adjustment_id = adjustment_id or str(uuid.uuid4())
         with store.tx() as conn:
             applied = post_adjustment(
                 conn,
-                adjustment_id or str(uuid.uuid4()),
+                adjustment_id,
                 account,
                 minor,
                 system_clock(),
@@ -297,6 +330,18 @@ def ledger_adjust(
                 minor_digits=cfg.minor_digits,
             )
         bal = balance_minor(store.conn, account)
+    if as_json:
+        emit_json(
+            {
+                "adjustment_id": adjustment_id,
+                "account": account,
+                "amount": format_money(minor, cfg.minor_digits),
+                "applied": applied,
+                "balance": format_money(bal, cfg.minor_digits),
+                "currency": cfg.currency,
+            }
+        )
+        return
     click.echo(
         f"{'applied' if applied else 'already applied'}: {format_money(minor, cfg.minor_digits)} to {account}, "
         f"balance {format_money(bal, cfg.minor_digits)}"
@@ -330,6 +375,7 @@ def meter_accept(
     if mode is None:
         raise click.UsageError("say --charge or --rebaseline")
     with opened_store(config_path) as (cfg, store):
+        require_id(store, "meter", meter_id)
         book, modulus = _pricer_for(cfg, config_path, store, meter_id)
         with store.tx() as conn:
             res = accept_reading(
@@ -385,6 +431,7 @@ def meter_replace(
     from gateway.ledger.quarantine import replace_meter
 
     with opened_store(config_path) as (cfg, store):
+        require_id(store, "meter", meter_id)
         book, modulus = _pricer_for(cfg, config_path, store, meter_id)
         if final_wh >= modulus:  # a register counts modulo its modulus: no display shows more
             raise CliFailure(
@@ -417,3 +464,113 @@ def meter_replace(
             f"{meter_id}: final {res.delta_wh} Wh charged ({out['charge']} {cfg.currency}); now address "
             f"{new_address}, baseline at its first reading. Update the address in the configuration and reload."
         )
+
+
+EXPORT_COLUMNS = (
+    "id",
+    "created_at",
+    "account_id",
+    "kind",
+    "amount",
+    "energy_wh",
+    "meter_id",
+    "reading_id",
+    "external_id",
+    "period_start",
+    "period_end",
+    "detail",
+)
+
+
+@ledger.command("export")
+@config_option
+@click.option("--csv", "fmt", flag_value="csv", default=True, help="CSV, one entry a row (the default).")
+@click.option("--json", "fmt", flag_value="json", help="A JSON array of entries.")
+@click.option("--account", help="Only this account's entries.")
+@click.option("--from", "from_text", help="Start (inclusive; ISO 8601, no offset = gateway local time).")
+@click.option("--to", "to_text", help="End (exclusive; same form).")
+@reverse_option
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout."
+)
+def ledger_export(
+    config_path: Path,
+    fmt: str,
+    account: str | None,
+    from_text: str | None,
+    to_text: str | None,
+    reverse: bool,
+    output: Path | None,
+) -> None:
+    """Export the ledger's entries (newest first; --reverse: oldest first), read-only.
+
+    Amounts are exact decimals in the configured currency, instants ISO 8601 UTC, ``detail`` the
+    entry's pricing detail (a JSON object; in CSV its JSON text).  Rows come through sqlite-utils'
+    ``rows_where``, so the export is the table as stored, not a report's arithmetic.
+    """
+    import csv
+    import io
+    import json as jsonlib
+    import sys
+
+    import sqlite_utils
+
+    from gateway.cli.commands.field import parse_instant
+    from gateway.core.present import instant_json, json_ready
+
+    with opened_store(config_path, readonly=True) as (cfg, store):
+        if account is not None:
+            require_id(store, "account", account)
+        start = parse_instant(from_text, cfg.timezone, "--from") if from_text is not None else None
+        end = parse_instant(to_text, cfg.timezone, "--to") if to_text is not None else None
+        if start and end and end <= start:
+            raise click.BadParameter(f"--to {to_text} is not after --from {from_text}", param_hint="--to")
+        where, args = ["1 = 1"], []
+        if account is not None:
+            where.append("account_id = ?")
+            args.append(account)
+        rows = [
+            r
+            for r in sqlite_utils.Database(store.conn)["entries"].rows_where(
+                " AND ".join(where), args, order_by=f"id {'ASC' if reverse else 'DESC'}"
+            )
+            # Stored instants differ in precision, so the bounds are applied on parsed instants.
+            if (start is None or _instant(r["created_at"]) >= start) and (end is None or _instant(r["created_at"]) < end)
+        ]
+    records = [
+        {
+            "id": r["id"],
+            "created_at": instant_json(r["created_at"]),
+            "account_id": r["account_id"],
+            "kind": r["kind"],
+            "amount": format_money(r["amount_minor"], cfg.minor_digits),
+            "energy_wh": r["energy_wh"],
+            "meter_id": r["meter_id"],
+            "reading_id": r["reading_id"],
+            "external_id": r["external_id"],
+            "period_start": instant_json(r["period_start"]) if r["period_start"] else None,
+            "period_end": instant_json(r["period_end"]) if r["period_end"] else None,
+            "detail": jsonlib.loads(r["detail_json"] or "{}"),
+        }
+        for r in rows
+    ]
+    if fmt == "json":
+        text = jsonlib.dumps(json_ready(records), indent=2, ensure_ascii=False) + "\n"
+    else:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for rec in records:
+            writer.writerow({**rec, "detail": jsonlib.dumps(rec["detail"], ensure_ascii=False, sort_keys=True)})
+        text = buf.getvalue()
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        click.echo(f"{len(records)} entries ({cfg.currency}) written to {output}", err=True)
+
+
+def _instant(text: str) -> Any:
+    from gateway.core.timeutil import parse_iso
+
+    return parse_iso(text)

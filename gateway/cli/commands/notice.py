@@ -16,7 +16,15 @@ from pathlib import Path
 import click
 
 from gateway.cli.commands.field import parse_instant
-from gateway.cli.common import CliFailure, config_option, emit_json, json_option, opened_store
+from gateway.cli.common import (
+    CliFailure,
+    config_option,
+    emit_json,
+    json_option,
+    opened_store,
+    presenter,
+    require_id,
+)
 from gateway.policy.notices import CHANNELS
 
 
@@ -49,14 +57,13 @@ def deliver(
     if not actor.strip():
         raise click.BadParameter("must not be empty", param_hint="--actor")
     with opened_store(config_path) as (cfg, store):
+        require_id(store, "account", account)
         now = datetime.now(UTC)
         at = parse_instant(at_text, cfg.timezone, "--at") if at_text else now
         with store.tx() as conn:
             row = conn.execute("SELECT notice_served_at FROM accounts WHERE id = ?", (account,)).fetchone()
-            if row is None:
-                known = [r[0] for r in conn.execute("SELECT id FROM accounts ORDER BY id LIMIT 10")]
-                raise click.BadParameter(f"no account '{account}' (known: {', '.join(known) or 'none'})",
-                                         param_hint="ACCOUNT")
+            if row is None:  # removed since the check above: the same answer
+                raise CliFailure(f"no account '{account}'", 2)
             outstanding = notice_id(account, parse_iso(row[0])) if row[0] else None
             try:
                 detail = confirm_delivery(conn, account, notice_ref or outstanding or "(none)", channel, at, now,
@@ -71,7 +78,7 @@ def deliver(
         emit_json({"account": account, **detail})
     else:
         click.echo(
-            f"notice {detail['notice_id']} delivered {detail['delivered_at']} ({channel}); "
+            f"notice {detail['notice_id']} delivered {presenter(cfg).when(detail['delivered_at'])} ({channel}); "
             "its period runs from then"
         )
 

@@ -15,7 +15,16 @@ from typing import Any
 
 import click
 
-from gateway.cli.common import CliFailure, config_option, emit_json, emit_table, opened_store
+from gateway.cli.common import (
+    CliFailure,
+    Col,
+    config_option,
+    emit_json,
+    emit_table,
+    json_option,
+    opened_store,
+    require_id,
+)
 from gateway.core.money import format_money
 from gateway.core.timeutil import system_clock
 from gateway.ledger.reports import PERIODS, Period, collection_report, usage_report
@@ -31,13 +40,13 @@ def _kwh(wh: int) -> str:
     return f"{'-' if wh < 0 else ''}{abs(wh) // 1000}.{abs(wh) % 1000:03d}"
 
 
-def _emit(fmt: str, title: str, columns: list[str], rows: list[list[Any]], as_json: Any) -> None:
+def _emit(fmt: str, title: str, columns: list[str | Col], rows: list[list[Any]], as_json: Any) -> None:
     if fmt == "json":
         emit_json(as_json)
     elif fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(columns)
+        writer.writerow([c if isinstance(c, str) else c.header for c in columns])
         writer.writerows(rows)
         click.echo(buf.getvalue(), nl=False)
     else:
@@ -79,6 +88,8 @@ def _dates(tz: Any, period: Period, first: datetime | None, last: datetime | Non
 )
 @click.option("--account", help="One account only.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--reverse", is_flag=True, help="Oldest period first (default: newest first).")
+@json_option
 @click.pass_context
 def report(
     ctx: click.Context,
@@ -88,20 +99,26 @@ def report(
     last: datetime | None,
     account: str | None,
     fmt: str,
+    reverse: bool,
+    as_json: bool,
 ) -> None:
-    """Energy, charges, payments and closing balance per account and period, in local time.
+    """Energy, charges, payments and closing balance per account and period, in local time: newest
+    period first, each period's accounts by id (--json wins over --format).
 
     Periods: day, week (ISO, Monday first), dekad (旬: days 1-10, 11-20, 21-end), month.
     """
     if ctx.invoked_subcommand is not None:
         return
+    fmt = "json" if as_json else fmt
     with opened_store(config_path, readonly=True) as (cfg, store):
         frm, to = _dates(cfg.tz, period, first, last)
-        if account is not None and store.one("SELECT 1 FROM accounts WHERE id = ?", account) is None:
-            raise CliFailure(f"no account '{account}'", 2)
+        if account is not None:
+            require_id(store, "account", account)
         rows = usage_report(store.conn, cfg.tz, period, frm, to, account)
+    rows = sorted(rows, key=lambda r: r.account_id)
+    rows = sorted(rows, key=lambda r: r.start, reverse=not reverse)
     d = cfg.minor_digits
-    columns = [
+    csv_columns: list[str | Col] = [
         "account",
         "period",
         "from",
@@ -112,7 +129,7 @@ def report(
         "other",
         "closing",
     ]
-    table = [
+    csv_rows = [
         [
             r.account_id,
             r.period,
@@ -126,6 +143,13 @@ def report(
         ]
         for r in rows
     ]
+    # The table names the period once (its label) and keeps every figure whole at 80 columns.
+    columns: list[str | Col] = [
+        Col("period", fixed=True),
+        Col("account", min_width=6),
+        *(Col(h, fixed=True, right=True) for h in ("kWh", "charges", "standing", "payments", "other", "closing")),
+    ]
+    table = [[row[1], row[0], *row[3:]] for row in csv_rows]
     data = {
         "period": period,
         "from": frm.isoformat(),
@@ -146,7 +170,11 @@ def report(
             for r in rows
         ],
     }
-    _emit(fmt, f"{period} report {frm} – {to} ({cfg.currency}, {cfg.timezone})", columns, table, data)
+    title = f"{period} report {frm} – {to}, {cfg.currency}, local days in {cfg.timezone}"
+    if fmt == "csv":
+        _emit(fmt, title, csv_columns, csv_rows, data)
+    else:
+        _emit(fmt, title, columns, table, data)
 
 
 @report.command("collection")
@@ -156,10 +184,13 @@ def report(
 )
 @click.option("--to", "last", type=click.DateTime(["%Y-%m-%d"]), help="Last local day, inclusive.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-def collection(config_path: Path, first: datetime | None, last: datetime | None, fmt: str) -> None:
-    """Accounts per warning level and risk grade, arrears, cuts, reconnections, payments, time to power."""
+@json_option
+def collection(config_path: Path, first: datetime | None, last: datetime | None, fmt: str, as_json: bool) -> None:
+    """Accounts per warning level and risk grade, arrears, cuts, reconnections, payments, time to power
+    (--json wins over --format)."""
     from datetime import timedelta
 
+    fmt = "json" if as_json else fmt
     _check_day(first, "--from")
     _check_day(last, "--to")
     with opened_store(config_path, readonly=True) as (cfg, store):
@@ -191,4 +222,10 @@ def collection(config_path: Path, first: datetime | None, last: datetime | None,
         "median_payment_to_power_s": median,
         "currency": cfg.currency,
     }
-    _emit(fmt, f"collection ({cfg.currency})", ["figure", "value"], [list(f) for f in figures], data)
+    _emit(
+        fmt,
+        f"collection ({cfg.currency})",
+        [Col("figure"), Col("value", fixed=True, right=True)],
+        [list(f) for f in figures],
+        data,
+    )

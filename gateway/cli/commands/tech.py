@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import click
 
 from drivers.base import Point, Quality
 from drivers.factory import LinkSettings, make_link, make_meter
-from gateway.cli.common import CliFailure, FiniteFloat, emit_json, emit_table, json_option
+from gateway.cli.common import CliFailure, Col, FiniteFloat, emit_json, emit_table, json_option, wants_utc
 
 ALL_POINTS = frozenset(Point)
 
@@ -99,10 +100,18 @@ def read(
     if as_json:
         emit_json(data)
     else:
+        # No configuration here: instants in this machine's zone with its offset (or UTC, --utc).
+        from gateway.core.present import instant_text, is_instant_text
+
+        here = datetime.now().astimezone().tzinfo or UTC
         emit_table(
             f"meter {meter_address}",
-            ["field", "value"],
-            [(k, v) for k, v in data.items() if k != "errors" and v not in (None, {}, [])],
+            [Col("field", fixed=True), Col("value")],
+            [
+                (k, instant_text(v, here, utc=wants_utc()) if isinstance(v, str) and is_instant_text(v) else v)
+                for k, v in data.items()
+                if k != "errors" and v not in (None, {}, [])
+            ],
         )
         # A read with energy stands even when optional fields were bad: each is named, one line each.
         for name, error in reading.errors.items():

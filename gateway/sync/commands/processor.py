@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from gateway.core.logfields import kv
 from gateway.core.textsafe import one_line
 from gateway.core.timeutil import iso
 from gateway.store import outbox
@@ -99,7 +100,7 @@ class CommandProcessor:
             async with lock:  # the same id twice at once: the second sees the first's result as a replay
                 return await self._authenticated(kind, raw, now)
         except Exception as exc:  # a fault of ours (database full, a bug): say so, remember nothing
-            log.exception("command failed type=%s id=%s", _inert(kind, 32), _inert(cmd_id, 128))
+            log.exception("command failed", extra=kv(type=_inert(kind, 32), id=_inert(cmd_id, 128)))
             ack = self._ack(cmd_id, kind, "failed", now, code="error", reason=f"gateway error: {exc}"[:300])
             self._publish_unstored(ack)
             return ack
@@ -194,7 +195,7 @@ class CommandProcessor:
             if pending is not None:
                 await pending
         gw.notify_outbox()
-        log.info("command applied type=%s id=%s status=%s", kind, _inert(cmd_id, 128), applied.status)
+        log.info("command applied", extra=kv(type=kind, id=_inert(cmd_id, 128), status=applied.status))
         return ack
 
     # -- acks ---------------------------------------------------------------------------------------
@@ -290,11 +291,8 @@ def _inert(text: object, limit: int) -> str:
 
 def _log_rejected(kind: str, cmd_id: str | None, code: str, reason: str | None) -> None:
     log.warning(
-        "command rejected type=%s id=%s code=%s reason=%s",
-        _inert(kind, 32),
-        _inert(cmd_id, 128),
-        code,
-        _inert(reason, 300),
+        "command rejected",
+        extra=kv(type=_inert(kind, 32), id=_inert(cmd_id, 128), code=code, reason=_inert(reason, 300)),
     )
 
 

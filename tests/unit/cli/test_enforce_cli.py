@@ -73,9 +73,10 @@ def test_explain_says_why_the_cut_waits_for_monday(uk_site: tuple[Path, Store]) 
     code, out, err = pmg("explain", "acc1", "--at", "2026-11-27T19:00", "--config", str(cfg_path))
     assert code == 0, err
     assert "Account acc1, meter m1, rules 'uk'" in out
-    assert "Fri 2026-11-27 19:00 GMT" in out
+    assert "At Fri 2026-11-27 19:00:00 +00:00" in out
     assert "Blocked: disconnect (trip) by windows.hours" in out
-    assert "allowed from Mon 2026-11-30 10:00 GMT" in out
+    assert "allowed from Mon 2026-11-30 10:00:00 +00:00" in out
+    assert " CNY" in out and "XXX" not in out and "GBP" not in out  # the configured currency
     assert counts(db) == before, "explain wrote to the database"
 
     code, out, _ = pmg("explain", "acc1", "--at", "2026-11-30T10:05", "--json", "--config", str(cfg_path))
@@ -87,7 +88,7 @@ def test_explain_says_why_the_cut_waits_for_monday(uk_site: tuple[Path, Store]) 
 def test_explain_unknown_account_and_bad_time_are_one_line_errors(uk_site: tuple[Path, Store]) -> None:
     cfg_path, _ = uk_site
     code, _, err = pmg("explain", "nobody", "--config", str(cfg_path))
-    assert code == 2 and err.strip() == "pmg: error: no account or meter 'nobody'"
+    assert code == 2 and err.strip() == "pmg: error: no account or meter 'nobody' (accounts: acc1, acc2)"
     code, _, err = pmg("explain", "acc1", "--at", "friday", "--config", str(cfg_path))
     assert code == 2 and "'friday' is not an ISO 8601 date or time" in err
 
@@ -223,16 +224,20 @@ def test_audit_export_range_formats_and_traces(uk_site: tuple[Path, Store]) -> N
     )
     assert code == 0, err
     rows = list(csv.DictReader(io.StringIO(out)))
+    # Newest first, instants in UTC to the second (the id keeps the order within a second).
     assert [(r["at"], r["kind"]) for r in rows if r["kind"] != "payment_applied"] == [
+        ("2026-11-27T19:00:00Z", "relay_confirmed"),
         ("2026-11-27T19:00:00Z", "policy_blocked"),
-        ("2026-11-27T19:00:00.250000Z", "relay_confirmed"),
     ]
-    assert rows[0]["rules"] == "windows.hours=NO" and rows[0]["actor"] == "policy"
-    assert json.loads(rows[0]["detail"])["trace"] == trace
+    assert rows[-1]["rules"] == "windows.hours=NO" and rows[-1]["actor"] == "policy"
+    assert json.loads(rows[-1]["detail"])["trace"] == trace
 
     code, out, _ = pmg("audit", "export", "--format", "json", "--kind", "policy_*", "--config", str(cfg_path))
     assert code == 0
-    assert [r["kind"] for r in json.loads(out)] == ["policy_blocked", "policy_blocked", "policy_disconnect"]
+    assert [r["kind"] for r in json.loads(out)] == ["policy_disconnect", "policy_blocked", "policy_blocked"]
+    code, out2, _ = pmg("audit", "export", "--json", "--reverse", "--kind", "policy_*", "--config", str(cfg_path))
+    assert code == 0  # --json is accepted beside --format, and wins
+    assert [r["kind"] for r in json.loads(out2)] == ["policy_blocked", "policy_blocked", "policy_disconnect"]
 
     code, _, err = pmg(
         "audit", "export", "--from", "2026-12-01", "--to", "2026-11-01", "--config", str(cfg_path)

@@ -147,16 +147,16 @@ def test_cli_report_in_every_format_and_a_bad_range_is_one_line(tmp_path: Path) 
     out = runner.invoke(cli, [*base, "--period", "dekad", "--format", "csv"])
     assert out.exit_code == 0, out.output
     rows = list(csv.DictReader(io.StringIO(out.output)))
-    assert [(r["account"], r["period"], r["energy kWh"]) for r in rows] == [
-        ("acc1", "2026-03-D1", "30.000"),
+    assert [(r["account"], r["period"], r["energy kWh"]) for r in rows] == [  # newest period first
         ("acc1", "2026-03-D2", "0.000"),
-        ("acc2", "2026-03-D1", "30.000"),
         ("acc2", "2026-03-D2", "0.000"),
+        ("acc1", "2026-03-D1", "30.000"),
+        ("acc2", "2026-03-D1", "30.000"),
     ]
     js = runner.invoke(cli, [*base, "--period", "week", "--account", "acc1", "--format", "json"])
     assert js.exit_code == 0, js.output
     data = json.loads(js.output)
-    assert data["timezone"] == "Asia/Shanghai" and data["rows"][0]["period"] == "2026-W09"
+    assert data["timezone"] == "Asia/Shanghai" and data["rows"][-1]["period"] == "2026-W09"
     assert runner.invoke(cli, [*base, "--period", "month"]).exit_code == 0  # the table form
     bad = runner.invoke(cli, ["report", "-c", str(cfg_path), "--from", "2026-03-10", "--to", "2026-03-01"])
     assert bad.exit_code == 2 and bad.output.count("\n") == 1 and "after --to" in bad.output

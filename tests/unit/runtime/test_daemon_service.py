@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.runtime.logfmt import KeyValueFormatter, quote, setup_logging
+from gateway.runtime.logfmt import KeyValueFormatter, kv, quote, setup_logging
 from gateway.runtime.service import AlreadyRunning, InstanceLock, sd_notify
 
 
@@ -65,15 +65,20 @@ def _record(msg: str, *args: object, **extra: object) -> logging.LogRecord:
     return record
 
 
-def test_key_value_lines_lift_meter_bus_account_action() -> None:
+def test_key_value_lines_carry_the_fields_the_call_passes() -> None:
     fmt = KeyValueFormatter()
-    line = fmt.format(_record("relay meter=%s action=%s failed: %s", "M-1", "trip", "no answer\nat all"))
-    assert line == (
-        'level=warning logger=pmg.bus msg="relay meter=M-1 action=trip failed: no answer\\nat all" '
-        "meter=M-1 action=trip"
+    line = fmt.format(
+        _record("relay command failed: %s", "no answer\nat all", **kv(meter="M-1", action="trip", error=None))
     )
+    assert line == 'level=warning logger=pmg.bus msg="relay command failed: no answer\\nat all" meter=M-1 action=trip'
     given = fmt.format(_record("payment applied", account="A 1", bus="rs485-1"))
     assert given.endswith('bus=rs485-1 account="A 1"')
+    # No Python representation: a mapping is flattened to scalars, booleans and floats spelt plainly.
+    drift = fmt.format(_record("time broadcast", **kv(bus="b1", drift_s={"M-01": -316.7, "M 2": 0.25}, ok=True)))
+    assert drift.endswith("bus=b1 drift_s.M-01=-316.7 drift_s.M_2=0.25 ok=true"), drift
+    assert "{" not in drift and "None" not in drift
+    # Text in the message is never taken for a field (an id cannot forge one).
+    assert fmt.format(_record("rejected x meter=m1")).endswith('msg="rejected x meter=m1"')
     assert KeyValueFormatter(journal=True).format(_record("x")).startswith("<4>level=warning")
 
 
