@@ -97,7 +97,20 @@ def cli(verbose: int) -> None:
 
 
 def _register() -> None:
-    from gateway.cli.commands import field, hq, install, ledger, meter, notice, ops, reports, run, sim, tech, web
+    from gateway.cli.commands import (
+        field,
+        hq,
+        install,
+        ledger,
+        meter,
+        notice,
+        ops,
+        reports,
+        run,
+        sim,
+        tech,
+        web,
+    )
 
     for module in (run, tech, sim, ledger, meter, ops, notice, hq, reports, field, install, web):
         module.register(cli)
