@@ -447,8 +447,10 @@ class MqttLink:
             return
         try:
             self._recorder.record(last.epoch, last.seq)
-        except OSError as exc:
-            self._set_error(f"cannot record the published seq beside the database: {exc}")
+        except OSError as exc:  # published anyway: a restore would go unnoticed, said once
+            if self._recorded_seq >= 0:
+                self._set_error(f"cannot record the published seq beside the database: {exc}")
+            self._recorded_seq = -1
             return
         self._recorded_seq = last.seq
 
