@@ -109,6 +109,10 @@ def test_what_the_gateway_publishes_validates_against_the_contract(
         seen[name] = seen.get(name, 0) + 1
     for name in ("status", "usage", "state", "event", "ack"):
         assert seen.get(name), f"no {name} message was published ({seen})"
+    # one epoch for everything, the status included; retained state marked as a snapshot
+    assert len({body["epoch"] for _t, body in messages if "epoch" in body}) == 1
+    assert all(body["snapshot"] is True for topic, body in messages if topic.endswith("/state"))
+    assert all("epoch" in body for _t, body in messages if "seq" in body)
     acks = [body for topic, body in messages if topic.endswith("/acks")]
     assert any("seq" not in a and a["code"] == "malformed" for a in acks)
     assert any(a["type"] == "read" and a["status"] == "applied" for a in acks)
@@ -139,7 +143,7 @@ def test_contract_rejects_a_float_amount_in_usage() -> None:
     usage = {
         "schema": "pmg.usage/1", "meter_id": "m1", "account_id": "a", "interval_start": None,
         "interval_end": "2026-01-01T00:00:00Z", "register_wh": 10, "energy_wh": 10, "charge": 0.53,
-        "balance": "1.00", "gateway_id": "gw", "seq": 1,
+        "balance": "1.00", "gateway_id": "gw", "epoch": "0123456789abcdef0123456789abcdef", "seq": 1,
     }  # fmt: skip
     validator = jsonschema.Draft202012Validator(load_schema("usage"))
     assert [e.path[0] for e in validator.iter_errors(usage)] == ["charge"]
