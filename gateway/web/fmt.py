@@ -11,6 +11,7 @@ from datetime import datetime, tzinfo
 from decimal import Decimal
 
 from gateway.core.money import format_money
+from gateway.core.present import instant_text
 from gateway.core.timeutil import parse_iso
 
 
@@ -28,11 +29,13 @@ def kwh(wh: int | None) -> str:
 
 
 def local(text: str | None, tz: tzinfo) -> str:
-    """A stored ISO instant as local ``YYYY-MM-DD HH:MM:SS`` (empty when unknown or unreadable)."""
+    """A stored ISO instant as the command line shows it (``2026-12-02 23:46:30 +08:00``, the
+    gateway's zone with its offset: one voice with ``gateway.core.present``); empty when unknown, the
+    stored text itself when unreadable."""
     if not text:
         return ""
     try:
-        return parse_iso(text).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
+        return instant_text(text, tz, none="")
     except ValueError:
         return text
 
