@@ -344,7 +344,8 @@ class Dlt645Link:
         one after the other (their response delays differ) look like one clean reply unless the master
         keeps listening.  The window starts once the request can have left the wire (its bytes at the
         line rate: a pty or a socket takes them at once), and a frame still arriving when it closes is
-        heard to its end (until the line is quiet for a few character times).  No retries, no parsing:
+        heard to its end (until the line is quiet for a few character times).  Bytes that arrived since
+        the last exchange come first (a late answer to the previous probe).  No retries, no parsing:
         the caller judges what it heard (``drivers.dlt645.search.classify``).
         """
         if frame.address == BROADCAST:
@@ -374,7 +375,12 @@ class Dlt645Link:
         quiet = 0.05 + 4 * self.byte_time_s  # the line is done when it stays idle this long
         buf = bytearray()
         try:
-            ser.reset_input_buffer()
+            # Unlike a request, nothing pending is thrown away: a meter slower than the previous window
+            # answers now, and the search keeps what it says (a valid frame from an address it did not
+            # ask for is a late meter, confirmed at the end).
+            while self._wait_readable(ser, 0) and (pending := self._take(ser, 1)):
+                buf += pending
+                self.stats.bytes_in += len(pending)
             ser.write(wire)
             ser.flush()
             self.stats.bytes_out += len(wire)

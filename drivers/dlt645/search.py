@@ -263,6 +263,8 @@ async def search(
     for address in strays:
         if address not in found:
             await confirm(address)
+            if progress is not None:
+                progress(len(found), stats.probes, address)
     result.elapsed_s = monotonic() - began
     return result
 
