@@ -157,7 +157,7 @@ def scan(
     else:
         if addresses is not None:
             raise click.UsageError("--addresses applies to DL/T 645 only")
-        unit_list = parse_units(units or "1-247")
+        unit_list = parse_units("1-247" if units is None else units)
         loaded = _profiles(profiles, profile_dirs)
         report = asyncio.run(
             _modbus(url, baud, parity, timeout_s, probe_timeout_s, unit_list, loaded, as_json)
