@@ -113,6 +113,11 @@ class MeterModel:
     late_answer_s: float = 1.5
     block_chunk: int = 0  # DL/T 645 block reads: bytes per frame before 0x12 follow-ups (0 = one frame)
     utc_offset_hours: int = 8
+    # What a DL/T 645 meter says about itself (DI 04000402/03/0B); None: "no such data"
+    meter_number: str | None = None
+    asset_number: str | None = None
+    model_name: str | None = None
+    response_delay_s: float | None = None  # this meter's own reply delay (None: the bus's)
     _last_t: float | None = None
     _residue: int = 0  # energy below 1 mWh not yet on the register, in W·µs
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)

@@ -1,4 +1,7 @@
-"""DL/T 645-2007 (and -1997) meters: pure frame codec, DI table, bus link, meter, bus scan."""
+"""DL/T 645-2007 (and -1997) meters: pure frame codec, DI table, bus link, meter, bus scan.
+
+Finding meters whose addresses are unknown on a shared bus: ``drivers.dlt645.search``.
+"""
 
 from drivers.dlt645.frame import BROADCAST, WILDCARD, Dlt645Refused, ErrorFlags, Frame, FrameError
 from drivers.dlt645.link import Dlt645Link, LinkError

@@ -24,6 +24,8 @@ class Kind(enum.Enum):
     DATE = "date"  # YYMMDDWW (WW = weekday, 0 = Sunday)
     TIME = "time"  # hhmmss
     DATETIME6 = "datetime6"  # ssmmhhDDMMYY (broadcast time, relay deadline)
+    DIGITS = "digits"  # a BCD number kept as its digit string (addresses, meter numbers: 12 digits)
+    ASCII = "ascii"  # text, sent last character first like every value (padding: NUL or space)
 
 
 @dataclass(frozen=True)
@@ -38,9 +40,13 @@ class DataFormat:
     signed: bool = False
     unit: str = ""
 
-    def decode(self, raw: bytes) -> Decimal | int | date | time:
+    def decode(self, raw: bytes) -> Decimal | int | date | time | str:
         if len(raw) != self.length:
             raise FrameError(f"DI {self.di:08X} ({self.name}): {len(raw)} data bytes, expected {self.length}")
+        if self.kind is Kind.DIGITS:
+            return "".join(f"{bcd_byte(b, self.di):02d}" for b in reversed(raw))
+        if self.kind is Kind.ASCII:
+            return decode_ascii(raw, self.di)
         if self.kind is Kind.WORD:
             return int.from_bytes(raw, "little")
         if self.kind is Kind.DATE:
@@ -53,7 +59,16 @@ class DataFormat:
             raise FrameError(f"DI {self.di:08X}: 6-byte date-times are decoded with decode_datetime6")
         return decode_bcd(raw, self.decimals, self.signed, self.di)
 
-    def encode(self, value: Decimal | int | date | time) -> bytes:
+    def encode(self, value: Decimal | int | date | time | str) -> bytes:
+        if self.kind is Kind.DIGITS:
+            assert isinstance(value, str) and value.isdigit() and len(value) == 2 * self.length
+            return bytes(int(value[i : i + 2], 16) for i in range(len(value) - 2, -1, -2))
+        if self.kind is Kind.ASCII:
+            assert isinstance(value, str)
+            text = value.encode("ascii")
+            if len(text) > self.length:
+                raise ValueError(f"{value!r} is longer than {self.length} characters")
+            return text.ljust(self.length, b"\0")[::-1]
         if self.kind is Kind.WORD:
             assert isinstance(value, int)
             return value.to_bytes(self.length, "little")
@@ -73,6 +88,15 @@ def _checked(make: Callable[[], date | time], di: int, raw: bytes) -> date | tim
         return make()
     except ValueError as exc:
         raise FrameError(f"DI {di:08X}: invalid date/time {raw.hex(' ')}: {exc}") from None
+
+
+def decode_ascii(raw: bytes, di: int = 0) -> str:
+    """Text of an ASCII DI: the bytes reversed (the last character is sent first, like every value's
+    least significant byte), NUL and space padding removed; a non-printable byte is a ``FrameError``."""
+    text = bytes(reversed(raw)).strip(b"\0 ")
+    if any(not 0x20 <= b < 0x7F for b in text):
+        raise FrameError(f"DI {di:08X}: {raw.hex(' ')} is not printable ASCII")
+    return text.decode("ascii")
 
 
 def bcd_byte(b: int, di: int = 0) -> int:
@@ -153,6 +177,11 @@ DATE = 0x04000101
 TIME = 0x04000102
 REMAINING_MONEY = 0x00900200
 OVERDRAFT_MONEY = 0x00900201
+# Identity (DL/T 645-2007 Appendix A, parameter table: 通信地址, 表号, 资产管理编码, 电表型号).
+COMM_ADDRESS = 0x04000401
+METER_NUMBER = 0x04000402
+ASSET_NUMBER = 0x04000403
+METER_MODEL = 0x0400040B
 # 上1次购电后总购电次数: DL/T 645-2007 prepaid extension; meters differ, so treat as optional.
 PURCHASE_COUNT = 0x03330201
 
@@ -193,6 +222,10 @@ def _build_table() -> dict[int, DataFormat]:
         DataFormat(REMAINING_MONEY, "remaining money", Kind.BCD, 4, 2),
         DataFormat(OVERDRAFT_MONEY, "overdraft money", Kind.BCD, 4, 2),
         DataFormat(PURCHASE_COUNT, "purchase count", Kind.BCD, 2, 0),
+        DataFormat(COMM_ADDRESS, "communication address", Kind.DIGITS, 6),
+        DataFormat(METER_NUMBER, "meter number", Kind.DIGITS, 6),
+        DataFormat(ASSET_NUMBER, "asset number", Kind.ASCII, 32),
+        DataFormat(METER_MODEL, "meter model", Kind.ASCII, 10),
         DataFormat(0x04001001, "alarm amount 1", Kind.BCD, 4, 2),
         DataFormat(0x04001002, "alarm amount 2", Kind.BCD, 4, 2),
         DataFormat(0x04001003, "overdraft limit", Kind.BCD, 4, 2),

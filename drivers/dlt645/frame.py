@@ -112,6 +112,22 @@ def address_to_bytes(address: str) -> bytes:
     return bytes(out)
 
 
+def is_pattern(address: str) -> bool:
+    """True when the address has at least one ``AA`` wildcard pair (it names a set of meters)."""
+    return any(address[i : i + 2].upper() == "AA" for i in range(0, 12, 2))
+
+
+def address_matches(pattern: str, address: str) -> bool:
+    """A meter address is named by a request address when every digit pair is equal or ``AA``.
+
+    DL/T 645-2007 §4.1.2 (abbreviated addressing, 缩位寻址): the high pairs of a read request's address
+    may be ``AA`` wildcards; a meter whose low pairs match answers with its real address.  Matching is
+    per pair, so it also covers the all-``AA`` read-address request."""
+    return len(pattern) == len(address) == 12 and all(
+        pattern[i : i + 2].upper() in ("AA", address[i : i + 2]) for i in range(0, 12, 2)
+    )
+
+
 def bytes_to_address(raw: bytes) -> str:
     """Inverse of ``address_to_bytes``; raises ``FrameError`` on a non-BCD byte."""
     parts = []

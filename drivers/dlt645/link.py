@@ -34,7 +34,7 @@ import serial
 
 from drivers.backoff import Backoff
 from drivers.base import BadFrame, DriverError, LinkError, MeterTimeout
-from drivers.dlt645.frame import BROADCAST, WILDCARD, Frame, Function, encode, scan
+from drivers.dlt645.frame import BROADCAST, Frame, Function, address_matches, encode, scan
 
 MAX_REPLY_DATA = 200  # L ≤ 200 for reads (DL/T 645-2007)
 POLL_S = 0.01  # pyserial read timeout: how often the reader wakes while waiting for the first byte
@@ -337,6 +337,79 @@ class Dlt645Link:
             self._exchange_went_through()
             return result
 
+    async def listen(self, frame: Frame, window_s: float) -> bytes:
+        """Send ``frame`` and return every byte the line carries for ``window_s`` after it.
+
+        ``request`` returns at the first matching reply; a bus search cannot: two meters that answer
+        one after the other (their response delays differ) look like one clean reply unless the master
+        keeps listening.  The window starts once the request can have left the wire (its bytes at the
+        line rate: a pty or a socket takes them at once), and a frame still arriving when it closes is
+        heard to its end (until the line is quiet for a few character times).  Bytes that arrived since
+        the last exchange come first (a late answer to the previous probe).  No retries, no parsing:
+        the caller judges what it heard (``drivers.dlt645.search.classify``).
+        """
+        if frame.address == BROADCAST:
+            raise ValueError("broadcast frames get no reply: use send()")
+        if window_s <= 0:
+            raise ValueError(f"listening window must be > 0 s, got {window_s}")
+        wire = encode(frame, wakeup=self.wakeup)
+        async with self._lock:
+            await self._ensure_port()
+            try:
+                heard: bytes = await self._run(lambda: self._listen_blocking(wire, window_s))
+            except LinkError as exc:
+                await self._port_failed(exc)
+                raise
+            self._exchange_went_through()
+            return heard
+
+    def _listen_blocking(self, wire: bytes, window_s: float) -> bytes:
+        ser = self._serial
+        if ser is None:
+            raise LinkError(f"DL/T 645 link {self.url} is not open")
+        self.stats.requests += 1
+        self.stats.attempts += 1
+        gap = self._last_io + self.inter_frame_gap_s - time.monotonic()
+        if gap > 0:
+            time.sleep(gap)
+        quiet = 0.05 + 4 * self.byte_time_s  # the line is done when it stays idle this long
+        buf = bytearray()
+        try:
+            # Unlike a request, nothing pending is thrown away: a meter slower than the previous window
+            # answers now, and the search keeps what it says (a valid frame from an address it did not
+            # ask for is a late meter, confirmed at the end).
+            while self._wait_readable(ser, 0) and (pending := self._take(ser, 1)):
+                buf += pending
+                self.stats.bytes_in += len(pending)
+            ser.write(wire)
+            ser.flush()
+            self.stats.bytes_out += len(wire)
+            deadline = time.monotonic() + len(wire) * self.byte_time_s + window_s
+            hard_deadline = deadline + 2 * (12 + MAX_REPLY_DATA) * self.byte_time_s
+            last_byte: float | None = None
+            while True:
+                now = time.monotonic()
+                if now >= hard_deadline:
+                    break
+                if now >= deadline:
+                    if last_byte is None or now - last_byte >= quiet:
+                        break
+                    wait = quiet - (now - last_byte)
+                else:
+                    wait = deadline - now
+                if not self._wait_readable(ser, wait):
+                    continue
+                chunk = self._take(ser, 1)
+                if chunk:
+                    buf += chunk
+                    last_byte = time.monotonic()
+                    self.stats.bytes_in += len(chunk)
+        except (serial.SerialException, OSError, termios.error) as exc:
+            raise LinkError(f"DL/T 645 link {self.url} failed: {exc}") from None
+        finally:
+            self._last_io = time.monotonic()
+        return bytes(buf)
+
     def _exchange_went_through(self) -> None:
         """The port carried an exchange (a meter's silence is not the port's fault)."""
         self._exchanged_since_open = True
@@ -396,7 +469,7 @@ class Dlt645Link:
         if not (
             reply.is_reply
             and reply.function == request.function
-            and (request.address == WILDCARD or reply.address == request.address)
+            and (reply.address == request.address or address_matches(request.address, reply.address))
         ):
             return False
         # A late reply to an earlier read of another DI must not pass for this one's.

@@ -240,6 +240,17 @@ class ModbusLink:
         if not client.connected and client is self._client:
             self._connection_failed("connection lost")
 
+    def set_timing(self, timeout_s: float, retries: int) -> None:
+        """Change the response timeout and retries from the next request on (``pmg scan`` probes with a
+        short timeout, then confirms at the configured one).  pymodbus keeps both in its transaction
+        manager; they are set there too when a client exists, and used by any client made later."""
+        if timeout_s <= 0 or retries < 0:
+            raise ValueError("timeout_s must be > 0 and retries >= 0")
+        self.timeout_s, self.retries = timeout_s, retries
+        if self._client is not None:
+            self._client.ctx.comm_params.timeout_connect = timeout_s
+            self._client.ctx.retries = retries
+
     async def close(self) -> None:
         self._wanted = False
         if self._client is not None:

@@ -146,6 +146,29 @@ class PointsTable(_Strict):
         return v
 
 
+class RegisterProbe(_Strict):
+    """Registers read to tell models apart (``[identify]``)."""
+
+    function: Literal[3, 4]
+    address: int = Field(alias="register", ge=0, le=0xFFFF)
+    count: int = Field(default=1, ge=1, le=125)
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return (self.function, self.address, self.count)
+
+
+class IdentifySpec(_Strict):
+    """How ``pmg scan`` recognises the model: registers that must answer normally (``present``) and,
+    where the datasheet allows telling a relative apart, registers it must refuse (``absent``).
+
+    A unit is taken for the profile whose ``present`` registers all answer (and ``absent`` all refused);
+    when several profiles match, the one with the most ``present`` registers is named first."""
+
+    present: tuple[RegisterProbe, ...] = Field(min_length=1)
+    absent: tuple[RegisterProbe, ...] = ()
+
+
 class MeterInfo(_Strict):
     name: str = Field(min_length=1)
     manufacturer: str = ""
@@ -164,6 +187,7 @@ class Profile(_Strict):
     max_gap: int = Field(default=0, ge=0, le=32)  # unused registers a block may span (0: contiguous only)
     points: PointsTable = Field(default_factory=PointsTable)
     relay: RelaySpec | None = None
+    identify: IdentifySpec | None = None
 
     _name: str = PrivateAttr(default="")
 
@@ -179,6 +203,21 @@ class Profile(_Strict):
         """Points this model can be asked for (``RELAY`` when it has a relay state)."""
         out = [p for p in Point if self.point(p) is not None]
         return [*out, Point.RELAY] if self.relay is not None else out
+
+    def identifying(self) -> IdentifySpec:
+        """The ``[identify]`` section, or by default every register the profile reads (its points and
+        a relay state held in a register): a unit must answer them all to be taken for this model."""
+        if self.identify is not None:
+            return self.identify
+        probes = [
+            RegisterProbe(function=spec.function, register=spec.address, count=spec.count)
+            for p in self.offered()
+            if (spec := self.point(p)) is not None
+        ]
+        if self.relay is not None and self.relay.state.function in (3, 4):
+            st = self.relay.state
+            probes.append(RegisterProbe(function=st.function, register=st.address))  # type: ignore[arg-type]
+        return IdentifySpec(present=tuple(probes))
 
     @staticmethod
     def factor(point: Point, unit: str) -> Decimal:

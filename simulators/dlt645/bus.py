@@ -5,6 +5,14 @@ answers requests one at a time, like a half-duplex RS-485 line.  With ``emulate_
 each reply as a real line would: the request's own transmission time (the driver's write to a pty
 or socket is instant), the meter's response delay, then the reply paced at 11 bits per byte for
 8E1 (10 for 8N1), so benchmarks measure what a real bus would allow.
+
+A shared line, modelled honestly for the bus search (``drivers.dlt645.search``): every meter a request's
+address names (a wildcarded one names several) answers after its own response delay
+(``MeterModel.response_delay_s``, else the bus's; plus ``late_answer_s`` under ``LATE_ANSWER``).  Replies
+whose transmissions overlap in time collide (``collide``): the bytes that share a byte slot are OR-ed (two
+RS-485 drivers fighting leave the receiver undefined; OR is one deterministic garble — a frame made so
+nearly always fails its checksum or its BCD address, and is never patched up to fail).  Replies that do not
+overlap — one meter much slower than another — go out one after the other, as two clean frames.
 """
 
 from __future__ import annotations
@@ -55,6 +63,27 @@ def make_models(
 def _address_matches(pattern: str, address: str) -> bool:
     """A request address matches a meter when every digit pair is equal or the ``AA`` wildcard."""
     return all(pattern[i : i + 2] in ("AA", address[i : i + 2]) for i in range(0, 12, 2))
+
+
+def collide(replies: list[tuple[float, bytes]], byte_time_s: float) -> list[tuple[float, bytes]]:
+    """What the line carries when several meters transmit: ``(start, wire)`` in, transmissions out.
+
+    A reply that starts before the previous transmission has ended is OR-ed into it, byte slot by byte
+    slot (its offset is its start difference in byte times); one that starts later is a transmission of
+    its own.  With ``byte_time_s`` 0 (no line timing) replies that start at the same instant collide."""
+    out: list[tuple[float, bytes]] = []
+    for start, wire in sorted(replies, key=lambda r: r[0]):
+        if out:
+            first, line = out[-1]
+            if start <= first + len(line) * byte_time_s:
+                offset = round((start - first) / byte_time_s) if byte_time_s else 0
+                merged = bytearray(line.ljust(max(len(line), offset + len(wire)), b"\0"))
+                for i, b in enumerate(wire):
+                    merged[offset + i] |= b
+                out[-1] = (first, bytes(merged))
+                continue
+        out.append((start, wire))
+    return out
 
 
 class SimulatedDlt645Bus:
@@ -248,14 +277,15 @@ class SimulatedDlt645Bus:
                 replies.append((model, self._corrupt(model, wire)))
         if not replies:
             return
-        model, wire = replies[0]
-        if len(replies) > 1:  # several meters answered a wildcard at once: a collision on the line
-            wire = bytes(max(len(w) for _, w in replies))
-            for _, w in replies:
-                wire = bytes(a | b for a, b in zip(wire, w.ljust(len(wire), b"\x00"), strict=True))
-        delay = self.response_delay_s + (model.late_answer_s if model.has(Fault.LATE_ANSWER) else 0.0)
-        self._transmit(wire, request_end + delay, write)
-        self.stats.replies += 1
+        timed = [(request_end + self._delay(model), wire) for model, wire in replies]
+        bt = self.byte_time_s if self.emulate_timing else 0.0
+        for start, wire in collide(timed, bt):
+            self._transmit(wire, start, write)
+        self.stats.replies += len(replies)
+
+    def _delay(self, model: MeterModel) -> float:
+        own = self.response_delay_s if model.response_delay_s is None else model.response_delay_s
+        return own + (model.late_answer_s if model.has(Fault.LATE_ANSWER) else 0.0)
 
     def _corrupt(self, model: MeterModel, wire: bytes) -> bytes:
         if model.has(Fault.BAD_CHECKSUM):

@@ -74,6 +74,14 @@ def value_of(model: MeterModel, di: int, *, v1997: bool = False) -> Decimal | in
     }
     if di in simple:
         return simple[di]
+    identity: dict[int, object] = {
+        dis.COMM_ADDRESS: model.address,
+        dis.METER_NUMBER: model.meter_number,
+        dis.ASSET_NUMBER: model.asset_number,
+        dis.METER_MODEL: model.model_name,
+    }
+    if di in identity:
+        return identity[di]
     if dis.status_word(1) <= di <= dis.status_word(7):
         return 0
     if money is not None:

@@ -1,7 +1,8 @@
 """One simulated Modbus meter as a pymodbus ``SimDevice`` whose registers are computed when read.
 
-The register layout comes from the profile; only the registers the profile names exist (anything
-else is an "illegal data address" exception, as on the real meters).  A read fills the requested
+The register layout comes from the profile (its points, relay and identifying registers); only the
+registers the profile names exist (anything else is an "illegal data address" exception, as on the
+real meters).  A read fills the requested
 registers from the ``MeterModel`` at that instant, so energy keeps growing; a write to the relay
 command register operates the model's relay.  ``ABNORMAL_REPLY`` turns every request into a
 "device failure" exception; the faults that concern the frame (no answer, wrong unit) are applied
@@ -40,6 +41,8 @@ def layout(profile: Profile) -> dict[str, set[int]]:
         spec = profile.point(p)
         if spec is not None:
             tables[_TABLE[spec.function]].update(range(spec.address, spec.end))
+    for probe in profile.identifying().present:  # the real meter has them: pmg scan asks for them
+        tables[_TABLE[probe.function]].update(range(probe.address, probe.address + probe.count))
     if profile.relay is not None:
         tables[_TABLE[profile.relay.state.function]].add(profile.relay.state.address)
         tables[_TABLE[profile.relay.command.function]].add(profile.relay.command.address)

@@ -1,4 +1,4 @@
-"""Technician commands on a live bus: ``pmg read`` and ``pmg scan`` (no daemon needed)."""
+"""Technician commands on a live bus: ``pmg read`` here, ``pmg scan`` in its own module (no daemon needed)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ ALL_POINTS = frozenset(Point)
 
 
 def register(cli: click.Group) -> None:
+    from gateway.cli.commands import scan
+
     cli.add_command(read)
-    cli.add_command(scan)
+    scan.register(cli)
 
 
 def _link_options(f: Any) -> Any:
@@ -120,97 +122,3 @@ def read(
         raise CliFailure(
             f"meter {meter_address}: {reading.quality.value}: {reading.error or 'no valid answer'}"
         )
-
-
-def _parse_units(text: str) -> list[int]:
-    out: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.strip().partition("-")
-        try:
-            a, b = int(lo), int(hi or lo)
-        except ValueError:
-            raise click.BadParameter(
-                f"'{part}' is not a unit id or range like 1-247", param_hint="--units"
-            ) from None
-        if not (1 <= a <= b <= 247):
-            raise click.BadParameter(f"'{part}' is outside 1-247", param_hint="--units")
-        out.extend(range(a, b + 1))
-    return out
-
-
-@click.command()
-@_link_options
-@click.option("--units", default="1-247", show_default=True, help="Modbus unit ids to probe (1-10,20).")
-@click.option("--profile", help="Modbus profile whose first register is probed.")
-@click.option(
-    "--addresses",
-    help="DL/T 645: comma-separated addresses or a range A-B to probe "
-    "(default: wildcard read-address, for a single meter on the line).",
-)
-@json_option
-def scan(
-    protocol: str,
-    url: str,
-    baud: int | None,
-    parity: str | None,
-    timeout_s: float,
-    units: str,
-    profile: str | None,
-    addresses: str | None,
-    as_json: bool,
-) -> None:
-    """Find the meters on a bus, with a progress bar."""
-    from rich.progress import Progress
-
-    # Arguments are checked before the bus is touched.
-    dlt_todo = _dlt_addresses(addresses) if protocol == "dlt645" and addresses is not None else None
-    unit_list = _parse_units(units) if protocol == "modbus" else []
-
-    async def go(progress: Progress) -> list[str]:
-        link = make_link(LinkSettings(protocol, url, baud, parity, min(timeout_s, 0.5), retries=0))
-        await link.open()
-        try:
-            if protocol == "dlt645":
-                from drivers.dlt645.meter import scan as dlt_scan
-
-                todo = dlt_todo
-                task = progress.add_task("probing", total=len(todo) if todo else 1)
-                found = await dlt_scan(link, todo, lambda i, n: progress.update(task, completed=i))  # type: ignore[arg-type]
-                return found
-            from drivers.modbus import scan as mb_scan
-            from drivers.modbus.profile import load_profile
-
-            task = progress.add_task("probing", total=len(unit_list))
-            prof = load_profile(profile) if profile else None
-            done = 0
-
-            def tick(*_: Any) -> None:
-                nonlocal done
-                done += 1
-                progress.update(task, completed=done)
-
-            return [str(u) for u in await mb_scan(link, unit_list, prof, tick)]  # type: ignore[arg-type]
-        finally:
-            await link.close()
-
-    with Progress(transient=True, disable=as_json) as progress:
-        found = asyncio.run(go(progress))
-    if as_json:
-        emit_json({"protocol": protocol, "port": url, "found": found})
-    else:
-        emit_table(f"{len(found)} meter(s) on {url}", ["address"], [(a,) for a in found])
-    if not found:
-        raise CliFailure("no meter answered")
-
-
-def _dlt_addresses(text: str) -> list[str]:
-    out: list[str] = []
-    for part in text.split(","):
-        lo, _, hi = part.strip().partition("-")
-        if not lo.isdigit() or (hi and not hi.isdigit()):
-            raise click.BadParameter(f"'{part}' is not an address or range", param_hint="--addresses")
-        a, b = int(lo), int(hi or lo)
-        if b < a or b - a > 10_000 or b >= 10**12:
-            raise click.BadParameter(f"'{part}' is not a sensible address range", param_hint="--addresses")
-        out.extend(f"{n:012d}" for n in range(a, b + 1))
-    return out
