@@ -92,9 +92,9 @@ def cli(verbose: int) -> None:
 
 
 def _register() -> None:
-    from gateway.cli.commands import field, hq, ledger, meter, notice, ops, reports, run, sim, tech
+    from gateway.cli.commands import field, hq, hq_ingest, ledger, meter, notice, ops, reports, run, sim, tech
 
-    for module in (run, tech, sim, ledger, meter, ops, notice, hq, reports, field):
+    for module in (run, tech, sim, ledger, meter, ops, notice, hq, hq_ingest, reports, field):
         module.register(cli)
 
 

@@ -146,17 +146,19 @@ class IngestWorker:
         return self
 
     def _open_database(self) -> None:
+        timeout = max(1, int(self.config.connect_timeout_s))
+        try:  # one plain connection first: its error is the operator's one line (the pool only retries)
+            with psycopg.connect(self.config.dsn, connect_timeout=timeout, autocommit=True) as conn:
+                migrate(conn)
+        except psycopg.Error as exc:
+            raise IngestError(f"cannot connect to PostgreSQL: {_one_line(exc)}") from None
         pool: ConnectionPool[Any] = ConnectionPool(
             self.config.dsn, min_size=1, max_size=2, configure=configure, open=False,
-            kwargs={"connect_timeout": max(1, int(self.config.connect_timeout_s))},
+            kwargs={"connect_timeout": timeout},
         )
         try:
             pool.open(wait=True, timeout=self.config.connect_timeout_s)
-            with pool.connection() as conn:
-                conn.autocommit = True
-                migrate(conn)
-                conn.autocommit = False
-        except (psycopg.Error, Exception) as exc:
+        except psycopg.Error as exc:
             pool.close()
             raise IngestError(f"cannot connect to PostgreSQL: {_one_line(exc)}") from None
         self._pool = pool
