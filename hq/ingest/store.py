@@ -99,42 +99,57 @@ def write_batch(conn: Any, messages: Iterable[Message], rejected: Iterable[Rejec
                 recv[key] = m
     bad = list(rejected)
     with conn.transaction(), conn.cursor() as cur:
-        if recv:
+        usage = [m for m in recv.values() if m.kind == "usage"]
+        others = [m for m in recv.values() if m.kind != "usage"]
+        if usage:  # the hot path: one COPY; received and usage filled from it in one statement
+            with cur.copy(
+                "COPY stage_usage (gateway_id, epoch, seq, meter_id, account_id, interval_start, "
+                "interval_end, register_wh, energy_wh, charge, balance) FROM STDIN"
+            ) as copy:
+                for m in usage:
+                    b = m.body
+                    copy.write_row(
+                        (m.gateway_id, m.epoch, m.seq, b["meter_id"], b["account_id"], b["interval_start"],
+                         b["interval_end"], b["register_wh"], b["energy_wh"], b["charge"], b["balance"])
+                    )
+            resent = [k for k, m in recv.items() if m.kind == "usage" and m.resent]
+            cur.execute(
+                "WITH ins AS (INSERT INTO received (gateway_id, epoch, seq, topic, kind, counted, resent) "
+                "SELECT gateway_id, epoch, seq, 'meters/' || meter_id || '/usage', 'usage', true, false "
+                "FROM stage_usage ON CONFLICT DO NOTHING RETURNING gateway_id, epoch, seq) "
+                "INSERT INTO usage SELECT s.* FROM stage_usage s JOIN ins USING (gateway_id, epoch, seq)"
+            )
+            out.stored += cur.rowcount
+            if resent:  # a resent usage message: marked as such (rare: only after a gap)
+                cur.executemany(
+                    "UPDATE received SET resent = true WHERE gateway_id = %s AND epoch = %s AND seq = %s "
+                    "AND received_at = now()",
+                    resent,
+                )
+            cur.execute(
+                "INSERT INTO epochs (gateway_id, epoch) SELECT DISTINCT gateway_id, epoch FROM stage_usage "
+                "ON CONFLICT DO NOTHING"
+            )
+        if others:
             with cur.copy(
                 "COPY stage_recv (gateway_id, epoch, seq, topic, kind, counted, resent, body) FROM STDIN"
             ) as copy:
-                for (gw, ep, seq), m in recv.items():
+                for m in others:
                     copy.write_row(
-                        (gw, ep, seq, m.topic, m.kind, m.counted, m.resent,
-                         None if m.kind == "usage" else _dumps(m.body))
+                        (m.gateway_id, m.epoch, m.seq, m.topic, m.kind, m.counted, m.resent, _dumps(m.body))
                     )
-            usage = [m for m in recv.values() if m.kind == "usage"]
-            if usage:
-                with cur.copy(
-                    "COPY stage_usage (gateway_id, epoch, seq, meter_id, account_id, interval_start, "
-                    "interval_end, register_wh, energy_wh, charge, balance) FROM STDIN"
-                ) as copy:
-                    for m in usage:
-                        b = m.body
-                        copy.write_row(
-                            (m.gateway_id, m.epoch, m.seq, b["meter_id"], b["account_id"], b["interval_start"],
-                             b["interval_end"], b["register_wh"], b["energy_wh"], b["charge"], b["balance"])
-                        )
             cur.execute(
                 "WITH ins AS (INSERT INTO received (gateway_id, epoch, seq, topic, kind, counted, resent, body) "
                 "SELECT gateway_id, epoch, seq, topic, kind, counted, resent, body FROM stage_recv "
                 "ON CONFLICT DO NOTHING RETURNING gateway_id, epoch, seq) INSERT INTO fresh SELECT * FROM ins"
             )
-            out.stored = cur.rowcount
-            out.duplicates += len(recv) - out.stored
-            if usage:
-                cur.execute(
-                    "INSERT INTO usage SELECT s.* FROM stage_usage s JOIN fresh f USING (gateway_id, epoch, seq)"
-                )
+            out.stored += cur.rowcount
             cur.execute(
                 "INSERT INTO epochs (gateway_id, epoch) SELECT DISTINCT gateway_id, epoch FROM stage_recv "
                 "ON CONFLICT DO NOTHING"
             )
+        out.duplicates += len(recv) - out.stored
+        if others:
             _payments(cur, [m for m in recv.values() if m.kind == "event" and m.body["kind"] == "payment_applied"])
             _skips(cur, [m for m in recv.values() if m.kind == "event" and m.body["kind"] == "outbox_coalesced"])
             _resend_acks(cur, [m for m in recv.values() if m.kind == "ack"])

@@ -82,6 +82,7 @@ class Stats:
     resends: int = 0
     db_retries: int = 0
     ages_ms: list[int] = field(default_factory=list)  # interval_end -> commit, per usage message
+    seconds: dict[str, float] = field(default_factory=lambda: {"check": 0.0, "store": 0.0, "ack": 0.0})
 
     def as_dict(self) -> dict[str, Any]:
         ages = sorted(self.ages_ms)
@@ -94,6 +95,7 @@ class Stats:
             "quarantined": self.quarantined, "unsequenced": self.unsequenced, "batches": self.batches,
             "resends": self.resends, "db_retries": self.db_retries,
             "usage_age_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": ages[-1] if ages else None},
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
 
 
@@ -226,6 +228,7 @@ class IngestWorker:
         """Validate, store (retrying while the database is away), then acknowledge every delivery."""
         messages: list[Message] = []
         rejected: list[Rejected] = []
+        t0 = time.perf_counter()
         for d in batch:
             parsed = parse(d.topic, d.payload, prefix=self.config.prefix, retained=d.retain, verifier=self._verifier)
             if isinstance(parsed, Message):
@@ -233,13 +236,18 @@ class IngestWorker:
             elif isinstance(parsed, Rejected):
                 rejected.append(parsed)
             # a Command (ours, correctly signed) is acknowledged and not stored
+        t1 = time.perf_counter()
         outcome = self._store(messages, rejected)
         committed = self.clock()
+        t2 = time.perf_counter()
         if self._client is not None:
             for d in batch:
                 if d.qos > 0:
                     self._client.ack(d.mid, d.qos)
         s = self.stats
+        s.seconds["check"] += t1 - t0
+        s.seconds["store"] += t2 - t1
+        s.seconds["ack"] += time.perf_counter() - t2
         s.received += len(batch)
         s.batches += 1
         s.stored += outcome.stored
