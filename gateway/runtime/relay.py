@@ -210,7 +210,15 @@ class Enforcer:
                         "UPDATE meters SET keep_power_on_meter = ? WHERE id = ?",
                         (int(cmd.action is RelayAction.KEEP_POWER_ON), cmd.meter_id),
                     )
-                detail: dict[str, Any] = {"command_id": cmd.id, "action": cmd.action.value, "relay": state}
+                origin = conn.execute(
+                    "SELECT command_id FROM relay_command_origins WHERE relay_command_id = ?", (cmd.id,)
+                ).fetchone()
+                detail: dict[str, Any] = {
+                    "command_id": origin[0] if origin else None,  # the signed command that decided it
+                    "relay_command_id": cmd.id,
+                    "action": cmd.action.value,
+                    "relay": state,
+                }
                 if cmd.payment_id:
                     detail["payment_id"] = cmd.payment_id
                     paid = conn.execute(

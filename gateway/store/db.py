@@ -17,7 +17,7 @@ from typing import Any
 import sqlite_utils
 
 from gateway.core.errors import OperationFailed
-from gateway.store import chain
+from gateway.store import chain, epochs
 from gateway.store.migrations import migrate
 
 
@@ -150,6 +150,7 @@ def open_store(
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             migrate(conn, on_migrate)
+            epochs.check_restored(conn, p)  # a restored backup starts a new outbox epoch (docs/mqtt.md)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise StoreError(f"{p} is not a usable pmg database: {exc}") from None

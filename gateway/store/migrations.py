@@ -356,6 +356,36 @@ MIGRATIONS: tuple[str, ...] = (
                 'trace_json', NEW.trace_json, 'updated_at', NEW.updated_at) AS c);
     END;
     """,
+    # head-office contract (docs/mqtt.md, "Epochs"): every published message carries its epoch beside its
+    # seq.  An epoch is a random id (uuid4 hex) that starts with the database; a restored backup starts a
+    # new one (gateway.store.epochs).  A row's epoch is the one whose first_seq is the greatest not above
+    # the row's seq, so the outbox needs no column (and no rewrite).  The first epoch covers every row
+    # already there.  reports_published: which period reports were queued (exactly once each);
+    # relay_command_origins: the signed command whose decision queued a relay command.
+    """
+    CREATE TABLE outbox_epochs (
+        first_seq  INTEGER PRIMARY KEY,       -- the first outbox seq of this epoch
+        epoch      TEXT NOT NULL UNIQUE,      -- 32 lowercase hex digits
+        started_at TEXT NOT NULL,
+        reason     TEXT NOT NULL              -- new_database | restored | other_database | ...
+    );
+    INSERT INTO outbox_epochs(first_seq, epoch, started_at, reason)
+        SELECT 1, substr(h, 1, 12) || '4' || substr(h, 14, 3)
+               || substr('89ab', 1 + (abs(random()) % 4), 1) || substr(h, 18, 15),
+               strftime('%Y-%m-%dT%H:%M:%SZ', 'now'), 'new_database'
+        FROM (SELECT lower(hex(randomblob(16))) AS h);
+    CREATE TABLE reports_published (
+        period       TEXT NOT NULL,           -- day | week | dekad | month
+        period_start TEXT NOT NULL,           -- local date, YYYY-MM-DD
+        seq          INTEGER NOT NULL,        -- the outbox message that carries it
+        queued_at    TEXT NOT NULL,
+        PRIMARY KEY (period, period_start)
+    );
+    CREATE TABLE relay_command_origins (
+        relay_command_id INTEGER PRIMARY KEY REFERENCES relay_commands(id),
+        command_id       TEXT NOT NULL         -- the signed head-office command (e.g. a top-up)
+    );
+    """,
 )
 
 

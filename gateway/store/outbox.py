@@ -4,7 +4,9 @@ A message is written in the same SQLite transaction as the change it reports, so
 never hear of a charge that did not happen nor miss one that did.  Its ``seq`` (an AUTOINCREMENT key,
 never reused even after trimming) is the per-gateway sequence number the head office deduplicates by.
 Rows are only marked delivered on the broker's acknowledgement (a cheap, non-fsync'ed commit: see
-``mark_delivered``) and trimmed later by housekeeping.
+``mark_delivered``) and trimmed later by housekeeping.  Every message is published with its epoch
+(``gateway.store.epochs``) beside its seq; a retained snapshot is marked ``"snapshot": true`` and a
+message published again on the head office's request (``kept``) ``"resent": true``.
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ from datetime import datetime
 from typing import Any
 
 from gateway.core.timeutil import iso, parse_iso
+from gateway.store import epochs
 from gateway.store.db import Store, dumps
 
 SCHEMA_VERSION = 1
+
+
+_ENVELOPE_KEYS = ('"gateway_id":', '"seq":', '"epoch":', '"snapshot":', '"resent":')
 
 
 @dataclass(frozen=True)
@@ -30,19 +36,27 @@ class OutboxMessage:
     retain: bool
     billing: bool
     created_at: str
+    epoch: str = ""  # the epoch of seq (gateway.store.epochs); "" only for a message built by hand
 
-    def envelope(self, gateway_id: str) -> bytes:
-        """The bytes published: the payload with gateway id and sequence number added.
+    def envelope(self, gateway_id: str, *, resent: bool = False) -> bytes:
+        """The bytes published: the payload with gateway id, epoch and sequence number added, and
+        ``"snapshot": true`` for a retained message, ``"resent": true`` for one sent again.
 
-        The stored payload is already compact JSON, so the two keys are spliced in front of it rather
+        The stored payload is already compact JSON, so the keys are spliced in front of it rather
         than parsing and re-encoding every message (the drain's hottest line)."""
-        head = f'{{"gateway_id":{json.dumps(gateway_id)},"seq":{self.seq}'
+        extra: dict[str, Any] = {"epoch": self.epoch, "seq": self.seq}
+        if self.retain:
+            extra["snapshot"] = True
+        if resent:
+            extra["resent"] = True
         body = self.payload
-        if not body.startswith("{") or '"gateway_id":' in body or '"seq":' in body:
+        if not body.startswith("{") or any(k in body for k in _ENVELOPE_KEYS):
             parsed: dict[str, Any] = json.loads(body)
             parsed["gateway_id"] = gateway_id
-            parsed["seq"] = self.seq
+            parsed.update(extra)
             return json.dumps(parsed, separators=(",", ":"), ensure_ascii=False).encode()
+        head = f'{{"gateway_id":{json.dumps(gateway_id)}'
+        head += "".join(f",{json.dumps(k)}:{json.dumps(v)}" for k, v in extra.items())
         return (head + ("}" if body.strip() == "{}" else "," + body[1:])).encode()
 
 
@@ -87,6 +101,11 @@ def pending(store: Store, after_seq: int = 0, limit: int = 500) -> list[OutboxMe
         after_seq,
         limit,
     )
+    return _messages(store, rows)
+
+
+def _messages(store: Store, rows: list[Any]) -> list[OutboxMessage]:
+    known = epochs.load(store.conn) if rows else None
     return [
         OutboxMessage(
             r["seq"],
@@ -96,9 +115,46 @@ def pending(store: Store, after_seq: int = 0, limit: int = 500) -> list[OutboxMe
             bool(r["retain"]),
             bool(r["billing"]),
             r["created_at"],
+            (known.of(r["seq"]) if known else None) or "",
         )
         for r in rows
     ]
+
+
+@dataclass(frozen=True)
+class Kept:
+    """What the outbox still holds of one epoch's seq range (the ``resend`` command)."""
+
+    delivered: list[OutboxMessage]  # to publish again, in seq order
+    undelivered: list[int]  # seqs the normal publisher will send anyway
+    gone: list[list[int]]  # inclusive ranges no longer kept, never allocated, or of another epoch
+
+    @property
+    def resent(self) -> list[list[int]]:
+        return seq_ranges([m.seq for m in self.delivered] + self.undelivered)
+
+
+def kept(store: Store, epoch: str, from_seq: int, to_seq: int) -> Kept:
+    """The rows of ``epoch`` with ``from_seq <= seq <= to_seq`` the outbox still holds."""
+    span = epochs.load(store.conn).span(epoch, epochs.last_seq(store.conn))
+    lo, hi = (max(from_seq, span[0]), min(to_seq, span[1])) if span else (1, 0)
+    delivered: list[OutboxMessage] = []
+    undelivered: list[int] = []
+    if lo <= hi:
+        rows = store.all(
+            "SELECT seq, topic, payload, qos, retain, billing, created_at, delivered_at FROM outbox "
+            "WHERE seq BETWEEN ? AND ? ORDER BY seq",
+            lo,
+            hi,
+        )
+        for m, r in zip(_messages(store, rows), rows, strict=True):
+            if r["delivered_at"] is None:
+                undelivered.append(m.seq)
+            else:
+                delivered.append(m)
+    present = {m.seq for m in delivered} | set(undelivered)
+    gone = seq_ranges([s for s in range(from_seq, to_seq + 1) if s not in present])
+    return Kept(delivered, undelivered, gone)
 
 
 def mark_delivered(store: Store, seqs: list[int], now: datetime) -> None:

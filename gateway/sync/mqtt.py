@@ -47,7 +47,7 @@ from paho.mqtt.properties import Properties
 from gateway.config import MqttConfig
 from gateway.core.idle import Idle
 from gateway.core.timeutil import Clock, iso
-from gateway.store import chain, outbox, outbox_bound
+from gateway.store import chain, epochs, outbox, outbox_bound
 from gateway.store.db import Store
 
 log = logging.getLogger("pmg.mqtt")
@@ -136,6 +136,11 @@ class MqttLink:
         self._refusal: str | None = (
             None  # the broker's CONNACK refusal: more telling than the disconnect after it
         )
+        self.epoch: str | None = None  # the outbox's current epoch, for status messages
+        self._recorded_seq = 0  # the highest seq recorded beside the database as handed out
+        # the head office's resend requests: delivered rows to publish again, before anything else
+        self._resends: collections.deque[outbox.OutboxMessage] = collections.deque()
+        self._resend_inflight: dict[int, outbox.OutboxMessage] = {}  # paho mid -> message resent
 
     # -- paho setup --------------------------------------------------------------------------
     def _path(self, value: str) -> str:
@@ -180,6 +185,7 @@ class MqttLink:
         Called from the event loop (``run``, and the daemon's status loop every few seconds): the
         status message is built in paho's thread, which must not touch the store."""
         self.chain_head = chain.head(self.store.conn)
+        self.epoch = epochs.current(self.store.conn)
 
     def publish_status(self, now_mono: float) -> bool:
         """Republish the retained ``online`` status when the chain head has moved since the last one
@@ -203,6 +209,8 @@ class MqttLink:
             "at": iso(self.clock()),
             "version": self.version,
         }
+        if self.epoch is not None:
+            body["epoch"] = self.epoch
         head = self.chain_head  # one read of an attribute the loop replaces whole: no lock needed
         if head is not None:
             body["chain_head"] = head.hash
@@ -297,6 +305,9 @@ class MqttLink:
         self._flush_acks(force=True)
         self._generation += 1
         self._inflight.clear()
+        if self._resend_inflight:  # resent messages in flight may be lost too: send them again
+            self._resends.extendleft(sorted(self._resend_inflight.values(), key=lambda m: -m.seq))
+            self._resend_inflight.clear()
         self._next_after = 0
         self._dirty = True
         self._wakeup()
@@ -310,7 +321,8 @@ class MqttLink:
             mid, refused = queue.popleft()
             seq = self._inflight.pop(mid, None)
             if seq is None:
-                continue  # a retransmission's ack from before a reconnect
+                self._resend_inflight.pop(mid, None)  # a resent message (already marked delivered)
+                continue  # or a retransmission's ack from before a reconnect
             if refused:
                 # The broker refused it (e.g. not authorised): keep it and retry from there.
                 self._next_after = min(self._next_after, seq - 1)
@@ -375,7 +387,7 @@ class MqttLink:
         timeout = POLL_S
         if self._acked:  # due to be marked ACK_FLUSH_S after the previous mark
             timeout = max(0.0, self._last_flush + ACK_FLUSH_S - time.monotonic())
-        elif self._inflight:  # their PUBACKs may be queued without a wake-up: look in a while
+        elif self._inflight or self._resend_inflight:  # PUBACKs may be queued without a wake-up: look soon
             timeout = ACK_FLUSH_S
         await self._idle.sleep(timeout)
 
@@ -398,9 +410,12 @@ class MqttLink:
         client = self._client
         if client is None or not self.stats.connected:
             return
-        room = HANDED - len(self._inflight)
+        room = HANDED - len(self._inflight) - len(self._resend_inflight)
         if room <= 0:
             return
+        if self._resends:
+            self._pump_resends(client, room)
+            return  # the rest after them: what is queued now (the resend's ack) follows what was asked
         now_mono = time.monotonic()
         if not self._dirty and now_mono - self._last_read < POLL_S:
             return  # nothing was committed since the last read returned all there was
@@ -410,6 +425,8 @@ class MqttLink:
         self._window_full = len(batch) == room
         if self._window_full:
             self._dirty = True  # the window filled: there may be more behind it
+        if batch:
+            self._record_published(batch[-1])
         for msg in batch:
             info = client.publish(
                 f"{self.prefix}/{msg.topic}", msg.envelope(self.gateway_id), qos=msg.qos, retain=msg.retain
@@ -420,6 +437,43 @@ class MqttLink:
             self._inflight[info.mid] = msg.seq
             self._next_after = msg.seq
             self.stats.published += 1
+
+    def _record_published(self, last: outbox.OutboxMessage) -> None:
+        """Before a seq first leaves, say so beside the database: a restored backup that never
+        allocated it then starts a new epoch (gateway.store.epochs)."""
+        if last.seq <= self._recorded_seq or not last.epoch:
+            return
+        try:
+            epochs.record_published(self.store.path, last.epoch, last.seq)
+        except OSError as exc:
+            self._set_error(f"cannot record the published seq beside the database: {exc}")
+            return
+        self._recorded_seq = last.seq
+
+    def resend(self, messages: list[outbox.OutboxMessage]) -> None:
+        """Publish these delivered messages again, in order, with their own epoch and seq and
+        ``"resent": true``, never retained (the head office's ``resend`` command; docs/mqtt.md)."""
+        self._resends.extend(messages)
+        self._dirty = True
+        self._wakeup()
+
+    @property
+    def resends_waiting(self) -> int:
+        return len(self._resends) + len(self._resend_inflight)
+
+    def _pump_resends(self, client: paho.Client, room: int) -> None:
+        while self._resends and room > 0:
+            msg = self._resends[0]
+            info = client.publish(
+                f"{self.prefix}/{msg.topic}", msg.envelope(self.gateway_id, resent=True), qos=msg.qos
+            )
+            if info.rc != paho.MQTT_ERR_SUCCESS:
+                return  # disconnected meanwhile; the reconnect goes on from here
+            self._resends.popleft()
+            self._resend_inflight[info.mid] = msg
+            self.stats.published += 1
+            room -= 1
+        self._dirty = True  # the outbox waited meanwhile
 
     def _check_bound(self) -> None:
         """The backlog grows while the broker is away: keep it bounded (never dropping billing)."""

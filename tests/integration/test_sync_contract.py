@@ -139,7 +139,7 @@ def test_contract_rejects_a_float_amount_in_usage() -> None:
     usage = {
         "schema": "pmg.usage/1", "meter_id": "m1", "account_id": "a", "interval_start": None,
         "interval_end": "2026-01-01T00:00:00Z", "register_wh": 10, "energy_wh": 10, "charge": 0.53,
-        "balance": "1.00", "gateway_id": "gw", "seq": 1,
+        "balance": "1.00", "gateway_id": "gw", "epoch": "0123456789abcdef0123456789abcdef", "seq": 1,
     }  # fmt: skip
     validator = jsonschema.Draft202012Validator(load_schema("usage"))
     assert [e.path[0] for e in validator.iter_errors(usage)] == ["charge"]

@@ -27,9 +27,10 @@ from gateway.ledger.payments import PaymentError
 from gateway.policy import notices
 from gateway.policy.calendar_sources import CalendarSourceError, official_year, store_year
 from gateway.policy.engine import outcome_json
-from gateway.store import events
+from gateway.store import events, outbox
 from gateway.store.db import dumps
 from gateway.sync.commands.schema import (
+    MAX_RESEND_SPAN,
     AccountCmd,
     CalendarCmd,
     Envelope,
@@ -38,6 +39,7 @@ from gateway.sync.commands.schema import (
     Ping,
     ReadCmd,
     RelayCmd,
+    ResendCmd,
     TariffCmd,
     Topup,
 )
@@ -50,6 +52,9 @@ if TYPE_CHECKING:
 MAX_HOLD = timedelta(days=92)
 MAX_OVERRIDE = timedelta(days=92)
 READ_TIMEOUT_S = 30.0
+# Resent messages waiting in the link at once (a few MB of payloads): beyond, a resend is refused
+# until those went out, so a head office repeating its requests cannot grow the gateway's memory.
+MAX_RESENDS_WAITING = 50_000
 
 
 class CommandRejected(UserError):
@@ -431,6 +436,33 @@ async def notice(gw: CommandContext, cmd: NoticeCmd, now: datetime) -> Applied:
     return Applied(write=write)
 
 
+async def resend(gw: CommandContext, cmd: ResendCmd, now: datetime) -> Applied:
+    """Publish again the delivered outbox rows of ``epoch`` in [from_seq, to_seq] still kept, in order,
+    with their own seq and epoch and ``"resent": true`` (docs/mqtt.md, "Gap repair").  Rows not yet
+    delivered are left to the normal publisher and counted as resent; the rest is ``gone``."""
+    first, last = cmd.from_seq, cmd.to_seq
+    if first > last:
+        raise CommandRejected("invalid", f"from_seq {first} is after to_seq {last}")
+    if last - first >= MAX_RESEND_SPAN:
+        raise CommandRejected(
+            "invalid", f"{last - first + 1} seqs asked ({first}-{last}); at most {MAX_RESEND_SPAN} per resend"
+        )
+    link = gw.mqtt
+    if link is None:
+        raise CommandRejected("rejected", "this gateway has no MQTT link")
+    if link.resends_waiting + (last - first + 1) > MAX_RESENDS_WAITING:
+        raise CommandRejected(
+            "rejected", f"{link.resends_waiting} resent messages are still waiting; ask again when they are out"
+        )
+    found = outbox.kept(gw.store, cmd.epoch, first, last)
+    result = {"epoch": cmd.epoch, "from_seq": first, "to_seq": last, "resent": found.resent, "gone": found.gone}
+
+    def after() -> None:
+        link.resend(found.delivered)
+
+    return Applied(result, after=after)
+
+
 Handler = Callable[[Any, Any, datetime], Awaitable[Applied]]
 HANDLERS: dict[str, Handler] = {
     "ping": ping,
@@ -442,4 +474,5 @@ HANDLERS: dict[str, Handler] = {
     "read": read,
     "calendar": calendar,
     "notice": notice,
+    "resend": resend,
 }

@@ -182,11 +182,13 @@ class CommandProcessor:
         gw = self.gateway
         try:
             with gw.store.tx() as conn:
+                before = _last_relay_command(conn)
                 result = dict(applied.result)
                 if applied.write is not None:
                     result.update(applied.write(conn) or {})
                 ack = self._ack(cmd_id, kind, applied.status, now, result=result)
                 self._store(conn, cmd_id, kind, dig, now, ack)
+                _note_origin(conn, before, cmd_id)
         except CommandRejected as exc:
             return self._record(cmd_id, kind, dig, now, exc)
         if applied.after is not None:
@@ -280,6 +282,21 @@ class CommandProcessor:
         link = self.gateway.mqtt
         if link is not None:
             link.publish_raw("acks", {**ack, "gateway_id": self.gateway.cfg.gateway_id})
+
+
+def _last_relay_command(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM relay_commands").fetchone()[0])
+
+
+def _note_origin(conn: sqlite3.Connection, before: int, cmd_id: str) -> None:
+    """The relay commands this command's decision queued (a top-up's reconnection, an account's cut):
+    every one written in its transaction, which nothing else writes meanwhile.  Their
+    ``relay_confirmed`` event names the command (docs/mqtt.md, "Following a top-up to power")."""
+    conn.execute(
+        "INSERT OR IGNORE INTO relay_command_origins(relay_command_id, command_id) "
+        "SELECT id, ? FROM relay_commands WHERE id > ?",
+        (cmd_id, before),
+    )
 
 
 def _inert(text: object, limit: int) -> str:

@@ -18,7 +18,7 @@ from gateway.core.timeutil import parse_iso
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
 _SHORT = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"  # account, meter and tariff ids (as in the config)
 
-COMMAND_TYPES = ("topup", "tariff", "account", "hold", "relay", "read", "ping", "calendar", "notice")
+COMMAND_TYPES = ("topup", "tariff", "account", "hold", "relay", "read", "ping", "calendar", "notice", "resend")
 
 
 class _Strict(BaseModel):
@@ -39,7 +39,7 @@ class Envelope(_Strict):
     """Fields every command carries; the signature covers all of them except ``sig``."""
 
     id: str = Field(pattern=_ID)
-    type: Literal["topup", "tariff", "account", "hold", "relay", "read", "ping", "calendar", "notice"]
+    type: Literal["topup", "tariff", "account", "hold", "relay", "read", "ping", "calendar", "notice", "resend"]
     gateway_id: str = Field(pattern=_SHORT)
     issued_at: str
     expires_at: str
@@ -156,6 +156,18 @@ class NoticeCmd(Envelope):
         return parse_iso(self.delivered_at)
 
 
+MAX_RESEND_SPAN = 10_000  # seqs one resend may ask for (to_seq - from_seq < this)
+
+
+class ResendCmd(Envelope):
+    """Publish again what the head office missed of one epoch (docs/mqtt.md, "Gap repair").  The range
+    itself (order, span) is checked by the handler, so that its refusal names both ends."""
+
+    epoch: str = Field(pattern=r"^[0-9a-f]{32}$")
+    from_seq: int = Field(ge=1, le=2**53)
+    to_seq: int = Field(ge=1, le=2**53)
+
+
 MODELS: dict[str, type[Envelope]] = {
     "ping": Ping,
     "topup": Topup,
@@ -166,6 +178,7 @@ MODELS: dict[str, type[Envelope]] = {
     "read": ReadCmd,
     "calendar": CalendarCmd,
     "notice": NoticeCmd,
+    "resend": ResendCmd,
 }
 
 
