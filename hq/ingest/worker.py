@@ -119,6 +119,7 @@ class IngestWorker:
         self._client: paho.Client | None = None
         self._pool: ConnectionPool[Any] | None = None
         self._connack = threading.Event()
+        self.subscribed = threading.Event()
         self._connect_error: str | None = None
         self._stop = threading.Event()
         self._months: set[date] = set()
@@ -179,6 +180,7 @@ class IngestWorker:
             client.username_pw_set(c.username, c.password)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
+        client.on_subscribe = lambda *_a: self.subscribed.set()
         client.reconnect_delay_set(1, 30)
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_S
@@ -195,6 +197,9 @@ class IngestWorker:
             raise IngestError(
                 f"cannot connect to the broker {c.host}:{c.port}: {self._connect_error or 'no answer (CONNACK)'}"
             )
+        if not self.subscribed.wait(c.connect_timeout_s):
+            self.stop()
+            raise IngestError(f"the broker {c.host}:{c.port} did not confirm the subscription {self.topic}")
 
     def _on_connect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
