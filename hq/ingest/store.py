@@ -84,8 +84,10 @@ def write_batch(conn: Any, messages: Iterable[Message], rejected: Iterable[Rejec
     recv: dict[tuple[str, str, int], Message] = {}
     unseq: list[Message] = []
     statuses: dict[str, Message] = {}
+    heads: list[Message] = []
     for m in messages:
         if m.kind == "status":
+            heads.append(m)
             prev = statuses.get(m.gateway_id)
             if prev is None or str(m.body["at"]) >= str(prev.body["at"]):
                 statuses[m.gateway_id] = m
@@ -162,6 +164,8 @@ def write_batch(conn: Any, messages: Iterable[Message], rejected: Iterable[Rejec
         _resend_acks(cur, [m for m in unseq if m.kind == "ack"])
         for m in statuses.values():
             _status(cur, m)
+        for m in heads:
+            _head(cur, m)
         for r in bad:
             cur.execute(
                 "INSERT INTO quarantine (topic, gateway_id, reason, payload) VALUES (%s, %s, %s, %s)",
@@ -244,6 +248,11 @@ def _status(cur: Any, m: Message) -> None:
         "WHERE g.status_at IS NULL OR excluded.status_at >= g.status_at",
         (m.gateway_id, m.epoch, _dumps(b), b["at"]),
     )
+
+
+def _head(cur: Any, m: Message) -> None:
+    """Every chain head a status carried (docs/ledger.md, "Tamper evidence"): reconcile compares them."""
+    b = m.body
     cur.execute(
         "INSERT INTO chain_heads (gateway_id, epoch, chain_length, chain_head) VALUES (%s, %s, %s, %s) "
         "ON CONFLICT DO NOTHING",
