@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,7 +40,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.common import REPO, Result, emit, machine, stop_process
 from hq.ingest.migrations import migrate
-from hq.ingest.store import ensure_month
+from hq.ingest.schema import Message, parse
+from hq.ingest.store import configure, ensure_month, month_of, write_batch
 from simulators.mosquitto import UNCAPPED_OFFLINE_QUEUE, Mosquitto
 from simulators.postgres import PostgresServer
 
@@ -149,9 +151,75 @@ def throughput(server: PostgresServer, broker: Mosquitto, n: int, gateways: int,
                 for r in rows[i : i + batch]:
                     copy.write_row(r)
         copy_rate = n / (time.monotonic() - t0)
+    receive_rate = bare_drain(broker, msgs)
+    path_rate = database_path(server, msgs, batch)
     print(f"  throughput: ingest {ingest_rate:,.0f} msg/s (publisher alone {n / t_pub:,.0f} msg/s), "
-          f"raw COPY {copy_rate:,.0f} rows/s, ratio {ingest_rate / copy_rate:.3f}", flush=True)
+          f"raw COPY {copy_rate:,.0f} rows/s, ratio {ingest_rate / copy_rate:.3f}; where the time goes: "
+          f"bare paho manual-ack drain {receive_rate:,.0f} msg/s, checks + database path on one connection "
+          f"{path_rate:,.0f} msg/s", flush=True)
     return ingest_rate, copy_rate
+
+
+def bare_drain(broker: Mosquitto, msgs: list[tuple[str, bytes]]) -> float:
+    """The receive ceiling: one paho client that only acknowledges (manual_ack), same backlog."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    got = [0]
+    done = threading.Event()
+
+    def on_message(c: paho.Client, _u: object, m: paho.MQTTMessage) -> None:
+        c.ack(m.mid, m.qos)
+        got[0] += 1
+        if got[0] >= len(msgs):
+            done.set()
+
+    def connect() -> paho.Client:
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-bare", protocol=paho.MQTTv5, manual_ack=True)
+        c.on_message = on_message
+        subscribed = threading.Event()
+        c.on_connect = lambda cl, *_a: cl.subscribe("$share/bare/bare/+/#", qos=1)
+        c.on_subscribe = lambda *_a: subscribed.set()
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 600
+        props.ReceiveMaximum = 1000
+        c.connect(broker.host, broker.port, clean_start=False, properties=props)
+        c.loop_start()
+        subscribed.wait(10)
+        return c
+
+    c = connect()
+    c.disconnect()
+    c.loop_stop()
+    pub = publisher(broker)
+    # under another prefix: the ingest's sessions (stopped now) must not queue these
+    for info in [pub.publish("bare/" + t.removeprefix("pmg/"), p, qos=1) for t, p in msgs]:
+        info.wait_for_publish(120)
+    pub.loop_stop()
+    pub.disconnect()
+    t0 = time.monotonic()
+    c = connect()
+    done.wait(300)
+    rate = got[0] / (time.monotonic() - t0)
+    c.disconnect()
+    c.loop_stop()
+    return rate
+
+
+def database_path(server: PostgresServer, msgs: list[tuple[str, bytes]], batch: int) -> float:
+    """The ingest without MQTT: checks and write_batch on one connection, same rows, same batch size."""
+    dsn = server.new_database("path")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        migrate(conn)
+        configure(conn)
+        t0 = time.monotonic()
+        for i in range(0, len(msgs), batch):
+            parsed = [parse(t, p, prefix="pmg") for t, p in msgs[i : i + batch]]
+            months = {month_of(str(m.body["interval_end"])) for m in parsed if isinstance(m, Message)}
+            for month in months:
+                ensure_month(conn, month)
+            write_batch(conn, [m for m in parsed if isinstance(m, Message)])
+        return len(msgs) / (time.monotonic() - t0)
 
 
 def load(server: PostgresServer, broker: Mosquitto, fleet: int, meters: int, seconds: float, batch: int
