@@ -227,7 +227,10 @@ class IngestWorker:
                     batch.append(self._inbox.get(timeout=left) if left > 0 else self._inbox.get_nowait())
                 except queue.Empty:
                     break
-            self.process(batch)
+            try:
+                self.process(batch)
+            except Exception:  # a fault of the ingest itself: logged; unacknowledged, so delivered again
+                log.exception("batch of %d not stored", len(batch))
 
     def process(self, batch: list[_Delivery]) -> None:
         """Validate, store (retrying while the database is away), then acknowledge every delivery."""
@@ -281,7 +284,7 @@ class IngestWorker:
                 if self._stop.wait(delay):
                     raise
                 delay = min(delay * 2, 10.0)
-            except psycopg.Error as exc:  # a row the database refuses: find it, quarantine it, go on
+            except Exception as exc:  # a row the database (or a check we missed) refuses: quarantine it, go on
                 log.warning("batch refused (%s); storing row by row", _one_line(exc))
                 return self._one_by_one(messages, rejected)
 
@@ -297,7 +300,7 @@ class IngestWorker:
                 out = self._write([m], [])
             except psycopg.OperationalError:
                 raise
-            except psycopg.Error as exc:
+            except Exception as exc:
                 raw = _raw(m)
                 out = self._write([], [Rejected(f"{self.config.prefix}/{m.gateway_id}/{m.topic}", m.gateway_id,
                                                 f"database refused: {_one_line(exc)}", raw)])
