@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             ratios.append(ing / cp)
             offered, achieved, _p50, p99, lost = load(server, broker, args.fleet, args.meters, args.load_seconds, args.batch)
             lags.append(p99 if p99 is not None else 10**9)
-            held.append(lost == 0 and achieved >= 0.97 * offered)
+            held.append(lost == 0 and achieved >= 0.95 * offered)  # the generator shares the cores too
     finally:
         broker.stop()
         server.stop()
