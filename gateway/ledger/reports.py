@@ -73,6 +73,19 @@ def periods(first: date, last: date, period: Period) -> list[tuple[date, date]]:
     return out
 
 
+def ended_periods(
+    period: Period, after: date | None, since: date, until: datetime, tz: ZoneInfo
+) -> list[tuple[date, date]]:
+    """[start, end) local-date spans of ``period`` that ended (in ``tz``) by ``until``: those after
+    the one starting ``after`` (the last one published), or from the one containing ``since``."""
+    start = next_period(after, period) if after is not None else period_start(since, period)
+    out: list[tuple[date, date]] = []
+    while _instant(end := next_period(start, period), tz) <= until:
+        out.append((start, end))
+        start = end
+    return out
+
+
 @dataclass(frozen=True)
 class UsageRow:
     account_id: str

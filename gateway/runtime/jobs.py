@@ -1,4 +1,4 @@
-"""Timed jobs registered on the daemon's apscheduler: settlement and housekeeping.
+"""Timed jobs registered on the daemon's apscheduler: settlement, housekeeping, clock sync, reports.
 
 Jobs are written to catch up: a gateway that was off at midnight settles the missed days when it
 comes back, because each job works from what the database says was last done, not from the trigger
@@ -26,6 +26,7 @@ JOBS: tuple[tuple[str, str, float], ...] = (
     ("settlement", "gateway.ledger.settlement", 60.0),  # standing charges for every local day that ended
     ("housekeeping", "gateway.runtime.housekeeping", 3600.0),  # downsample readings, trim delivered outbox, backup
     ("clock_sync", "gateway.runtime.clocksync", 3600.0),  # read meter clocks, broadcast time to those that drifted
+    ("reports", "gateway.sync.report_publisher", 60.0),  # day/week/dekad/month reports once each period ended
 )
 
 

@@ -12,7 +12,7 @@ in (a restored backup's rows are the very rows the head office already has under
 
 A restored backup is noticed without anyone's help.  Before the publisher hands messages to the
 broker it writes, beside the database, ``<database>.epoch``: the epoch and the highest seq handed
-out (``record_published``).  Whoever opens the database for writing (``check_restored``, called by
+out (``Recorder``).  Whoever opens the database for writing (``check_restored``, called by
 ``open_store``) compares: a database whose epoch is not the recorded one, or whose outbox never
 allocated the recorded seq, is not the database the gateway last published from — a new epoch
 starts at its next seq, before any new row can reuse a seq the head office already holds.
@@ -116,15 +116,42 @@ def read_published(database: Path) -> Published | None:
 
 
 def record_published(database: Path, epoch: str, seq: int) -> None:
-    """Record, before handing messages up to ``seq`` to the broker, that they are about to be public.
+    """Record that seqs up to ``seq`` of ``epoch`` are about to be public (a one-off write; the
+    publisher keeps a ``Recorder`` open instead)."""
+    recorder = Recorder(database)
+    try:
+        recorder.record(epoch, seq)
+    finally:
+        recorder.close()
 
-    Written whole (a temporary file renamed over the old one), without an fsync: it survives the
-    process being killed, and only a power cut in the second after can lose it (then a backup
-    restored right after that cut is not noticed: docs/mqtt.md, "Epochs")."""
-    path = sidecar_path(database)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"epoch": epoch, "published_seq": seq}) + "\n")
-    os.replace(tmp, path)
+
+RECORD_BYTES = 128  # the record is overwritten in place, padded with spaces to this size
+
+
+class Recorder:
+    """Writes the record beside the database before the publisher hands a new seq to the broker.
+
+    One ``pwrite`` of a fixed-size record at offset 0 on a file kept open, without an fsync: about
+    as cheap as a syscall gets (a temporary file renamed over the old one cost 2 ms here).  It
+    survives the process being killed (the page cache has it); a power cut in the seconds after can
+    lose it, and then a backup restored right after that cut is not noticed (docs/mqtt.md, "Epochs")."""
+
+    def __init__(self, database: Path) -> None:
+        self.path = sidecar_path(database)
+        self._fd: int | None = None
+
+    def record(self, epoch: str, seq: int) -> None:
+        data = json.dumps({"epoch": epoch, "published_seq": seq}).encode()
+        if self._fd is None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+            os.ftruncate(fd, 0)
+            self._fd = fd
+        os.pwrite(self._fd, data.ljust(RECORD_BYTES - 1) + b"\n", 0)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def check_restored(conn: sqlite3.Connection, database: Path) -> str | None:

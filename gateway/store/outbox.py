@@ -24,9 +24,6 @@ from gateway.store.db import Store, dumps
 SCHEMA_VERSION = 1
 
 
-_ENVELOPE_KEYS = ('"gateway_id":', '"seq":', '"epoch":', '"snapshot":', '"resent":')
-
-
 @dataclass(frozen=True)
 class OutboxMessage:
     seq: int
@@ -36,7 +33,7 @@ class OutboxMessage:
     retain: bool
     billing: bool
     created_at: str
-    epoch: str = ""  # the epoch of seq (gateway.store.epochs); "" only for a message built by hand
+    epoch: str = ""  # the epoch of seq (gateway.store.epochs: 32 hex digits); "" only for one built by hand
 
     def envelope(self, gateway_id: str, *, resent: bool = False) -> bytes:
         """The bytes published: the payload with gateway id, epoch and sequence number added, and
@@ -44,19 +41,30 @@ class OutboxMessage:
 
         The stored payload is already compact JSON, so the keys are spliced in front of it rather
         than parsing and re-encoding every message (the drain's hottest line)."""
-        extra: dict[str, Any] = {"epoch": self.epoch, "seq": self.seq}
-        if self.retain:
-            extra["snapshot"] = True
-        if resent:
-            extra["resent"] = True
         body = self.payload
-        if not body.startswith("{") or any(k in body for k in _ENVELOPE_KEYS):
+        if (
+            not body.startswith("{")
+            or '"gateway_id":' in body
+            or '"seq":' in body
+            or '"epoch":' in body
+            or '"snapshot":' in body
+            or '"resent":' in body
+        ):
             parsed: dict[str, Any] = json.loads(body)
             parsed["gateway_id"] = gateway_id
-            parsed.update(extra)
+            parsed["epoch"] = self.epoch
+            parsed["seq"] = self.seq
+            if self.retain:
+                parsed["snapshot"] = True
+            if resent:
+                parsed["resent"] = True
             return json.dumps(parsed, separators=(",", ":"), ensure_ascii=False).encode()
-        head = f'{{"gateway_id":{json.dumps(gateway_id)}'
-        head += "".join(f",{json.dumps(k)}:{json.dumps(v)}" for k, v in extra.items())
+        # the epoch is hex digits: no escaping needed
+        head = f'{{"gateway_id":{json.dumps(gateway_id)},"epoch":"{self.epoch}","seq":{self.seq}'
+        if self.retain:
+            head += ',"snapshot":true'
+        if resent:
+            head += ',"resent":true'
         return (head + ("}" if body.strip() == "{}" else "," + body[1:])).encode()
 
 

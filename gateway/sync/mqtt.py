@@ -138,6 +138,7 @@ class MqttLink:
         )
         self.epoch: str | None = None  # the outbox's current epoch, for status messages
         self._recorded_seq = 0  # the highest seq recorded beside the database as handed out
+        self._recorder = epochs.Recorder(store.path)
         # the head office's resend requests: delivered rows to publish again, before anything else
         self._resends: collections.deque[outbox.OutboxMessage] = collections.deque()
         self._resend_inflight: dict[int, outbox.OutboxMessage] = {}  # paho mid -> message resent
@@ -368,6 +369,7 @@ class MqttLink:
         finally:
             self._take_acks()
             self._flush_acks(force=True)
+            self._recorder.close()
 
     def _connect_properties(self) -> Properties:
         props = Properties(PacketTypes.CONNECT)
@@ -444,9 +446,11 @@ class MqttLink:
         if last.seq <= self._recorded_seq or not last.epoch:
             return
         try:
-            epochs.record_published(self.store.path, last.epoch, last.seq)
-        except OSError as exc:
-            self._set_error(f"cannot record the published seq beside the database: {exc}")
+            self._recorder.record(last.epoch, last.seq)
+        except OSError as exc:  # published anyway: a restore would go unnoticed, said once
+            if self._recorded_seq >= 0:
+                self._set_error(f"cannot record the published seq beside the database: {exc}")
+            self._recorded_seq = -1
             return
         self._recorded_seq = last.seq
 

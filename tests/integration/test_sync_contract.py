@@ -109,6 +109,10 @@ def test_what_the_gateway_publishes_validates_against_the_contract(
         seen[name] = seen.get(name, 0) + 1
     for name in ("status", "usage", "state", "event", "ack"):
         assert seen.get(name), f"no {name} message was published ({seen})"
+    # one epoch for everything, the status included; retained state marked as a snapshot
+    assert len({body["epoch"] for _t, body in messages if "epoch" in body}) == 1
+    assert all(body["snapshot"] is True for topic, body in messages if topic.endswith("/state"))
+    assert all("epoch" in body for _t, body in messages if "seq" in body)
     acks = [body for topic, body in messages if topic.endswith("/acks")]
     assert any("seq" not in a and a["code"] == "malformed" for a in acks)
     assert any(a["type"] == "read" and a["status"] == "applied" for a in acks)
