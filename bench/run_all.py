@@ -43,6 +43,7 @@ def benches(capacity_minutes: float) -> list[Bench]:
         Bench("history", "History", "bench/bench_history.py", (), 180),
         Bench("outbox", "Outbox", "bench/bench_outbox.py", (), 180),
         Bench("payment", "Payment to power", "bench/bench_payment_to_power.py", (), 180),
+        Bench("ingest", "Head-office ingest", "bench/bench_ingest.py", ("--rounds", "2", "--load-seconds", "30"), 420),
         Bench(
             "capacity",
             "Capacity",
@@ -105,7 +106,7 @@ def table(rows: list[tuple[Result, float]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--capacity-minutes", type=float, default=3.0)
-    ap.add_argument("--only", default="", help="comma-separated keys: dlt645, ledger, outbox, payment, capacity")
+    ap.add_argument("--only", default="", help="comma-separated keys: dlt645, ledger, outbox, payment, ingest, capacity")
     ap.add_argument("--out", type=Path, default=RESULTS / "latest.md")
     args = ap.parse_args(argv)
     wanted = {k for k in args.only.split(",") if k}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from support.broker import Mosquitto, mosquitto_binary
+from support.postgres import PostgresServer, postgres_bindir
 
 
 @pytest.fixture
@@ -19,3 +20,21 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One private PostgreSQL per test session (initdb on a free port), stopped at the end."""
+    if postgres_bindir() is None:
+        pytest.fail("PostgreSQL is not installed; run .ci/bootstrap or apt-get install postgresql")
+    server = PostgresServer(settings={"fsync": "off", "synchronous_commit": "off"}).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_dsn(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database on the session's private server."""
+    return postgres_server.new_database()

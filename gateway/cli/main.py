@@ -100,6 +100,7 @@ def _register() -> None:
     from gateway.cli.commands import (
         field,
         hq,
+        hq_ingest,
         install,
         ledger,
         meter,
@@ -112,7 +113,7 @@ def _register() -> None:
         web,
     )
 
-    for module in (run, tech, sim, ledger, meter, ops, notice, hq, reports, field, install, web):
+    for module in (run, tech, sim, ledger, meter, ops, notice, hq, hq_ingest, reports, field, install, web):
         module.register(cli)
 
 
