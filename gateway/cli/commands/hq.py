@@ -13,8 +13,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -28,6 +29,10 @@ from gateway.sync.signing import (
     write_private_key,
 )
 
+if TYPE_CHECKING:
+    from hq.connect import Broker
+
+F = TypeVar("F", bound=Callable[..., Any])
 KEY_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
 
@@ -89,18 +94,62 @@ def command_sign(key_file: Path, key_id: str | None, source: Any) -> None:
 
 @click.group()
 def hq() -> None:
-    """A reference head-office consumer."""
+    """The head office's side: a reference consumer and an operator's top-up."""
+
+
+def broker_options(fn: F) -> F:
+    """The options every ``pmg hq`` command takes to reach the broker (see ``broker_from``)."""
+    options = [
+        click.option("--host", required=True, help="The head office's MQTT broker."),
+        click.option("--port", type=click.IntRange(1, 65535), default=8883, show_default=True),
+        click.option("--plaintext", is_flag=True, help="Connect without TLS (must be asked for explicitly)."),
+        click.option("--ca-file", type=click.Path(exists=True, dir_okay=False)),
+        click.option("--cert", "cert_file", type=click.Path(exists=True, dir_okay=False)),
+        click.option(
+            "--key", "key_file", type=click.Path(exists=True, dir_okay=False), help="TLS client key."
+        ),
+        click.option("--username"),
+        click.option("--password", envvar="PMG_HQ_PASSWORD"),
+        click.option(
+            "--protocol",
+            type=click.Choice(["5", "3.1.1"]),
+            default="5",
+            show_default=True,
+            help="MQTT protocol version (3.1.1 for brokers that speak only that).",
+        ),
+        click.option(
+            "--connect-deadline",
+            type=FiniteFloat(min=0.1, max=3600),
+            default=10.0,
+            show_default=True,
+            help="Seconds to connect (and log in) before failing.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def broker_from(kw: dict[str, Any], client_id: str, *, persistent: bool) -> Broker:
+    """The ``Broker`` that ``broker_options`` describe (the options are popped from ``kw``)."""
+    from hq.connect import Broker, TlsOptions
+
+    plaintext = kw.pop("plaintext")
+    tls = TlsOptions(kw.pop("ca_file"), kw.pop("cert_file"), kw.pop("key_file"))
+    return Broker(
+        kw.pop("host"),
+        kw.pop("port"),
+        tls=None if plaintext else tls,
+        username=kw.pop("username"),
+        password=kw.pop("password"),
+        client_id=client_id,
+        protocol=kw.pop("protocol"),
+        persistent=persistent,
+    )
 
 
 @hq.command("tail")
-@click.option("--host", required=True)
-@click.option("--port", type=click.IntRange(1, 65535), default=8883, show_default=True)
-@click.option("--plaintext", is_flag=True, help="Connect without TLS (must be asked for explicitly).")
-@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--cert", "cert_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--key", "key_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--username")
-@click.option("--password", envvar="PMG_HQ_PASSWORD")
+@broker_options
 @click.option("--prefix", default="pmg", show_default=True)
 @click.option("--shared-group", help="Subscribe as $share/<group>/… to share the load with other consumers.")
 @click.option(
@@ -110,17 +159,11 @@ def hq() -> None:
     "--client-id", default="pmg-hq", show_default=True, help="Stable id: the broker keeps the session."
 )
 @click.option("--count", type=click.IntRange(1, 10**9), help="Exit after this many new messages.")
-@click.option("--idle-exit", type=FiniteFloat(min=0, max=10**7), help="Exit after this many seconds without a message.")
+@click.option(
+    "--idle-exit", type=FiniteFloat(min=0, max=10**7), help="Exit after this many seconds without a message."
+)
 @click.option("--quiet", is_flag=True, help="Do not print messages, only the summary.")
 def hq_tail(
-    host: str,
-    port: int,
-    plaintext: bool,
-    ca_file: str | None,
-    cert_file: str | None,
-    key_file: str | None,
-    username: str | None,
-    password: str | None,
     prefix: str,
     shared_group: str | None,
     store_path: Path | None,
@@ -128,10 +171,16 @@ def hq_tail(
     count: int | None,
     idle_exit: float | None,
     quiet: bool,
+    **kw: Any,
 ) -> None:
-    """Subscribe to every gateway under PREFIX; print (or store) what arrives; report gaps at the end."""
-    from hq.consumer import HqConsumer, MessageStore, Received, TlsOptions
+    """Subscribe to every gateway under PREFIX; print (or store) what arrives; report gaps at the end.
 
+    Fails with one line (exit 1) if it cannot connect, log in or subscribe; exits 1 at the end if a
+    gap remains in any (gateway, epoch)."""
+    from hq.consumer import HqConsumer, MessageStore, Received
+
+    deadline = kw.pop("connect_deadline")
+    broker = broker_from(kw, client_id, persistent=True)
     state = {"new": 0, "last": time.monotonic()}
     done = threading.Event()
 
@@ -142,9 +191,11 @@ def hq_tail(
         if not quiet:
             line = {
                 "gateway_id": r.gateway_id,
+                "epoch": r.epoch,
                 "topic": r.topic,
                 "seq": r.seq,
                 "duplicate": r.duplicate,
+                "counted": r.counted,
                 "body": r.body,
             }
             click.echo(json.dumps(line, ensure_ascii=False, separators=(",", ":")))
@@ -153,20 +204,22 @@ def hq_tail(
 
     store = MessageStore(store_path) if store_path else None
     consumer = HqConsumer(
-        host,
-        port,
+        broker.host,
+        broker.port,
         prefix=prefix,
         shared_group=shared_group,
-        tls=None if plaintext else TlsOptions(ca_file, cert_file, key_file),
-        username=username,
-        password=password,
+        tls=broker.tls,
+        username=broker.username,
+        password=broker.password,
         client_id=client_id,
         store=store,
         on_received=on_received,
+        protocol=broker.protocol,
     )
     signal.signal(signal.SIGTERM, lambda *_: done.set())
-    consumer.start()
     try:
+        consumer.start(deadline)
+        state["last"] = time.monotonic()
         while not done.wait(0.2):
             if idle_exit is not None and time.monotonic() - state["last"] > idle_exit:
                 break
@@ -178,16 +231,19 @@ def hq_tail(
         consumer.stop()
         if store is not None:
             store.close()
-    summary = {
-        gw: {
-            "highest_seq": consumer.tracker.highest(gw),
-            "gaps": consumer.tracker.gaps(gw),
-            "duplicates": consumer.tracker.duplicates.get(gw, 0),
+    tracker = consumer.tracker
+    summary = [
+        {
+            "gateway_id": gw,
+            "epoch": epoch,
+            "highest_seq": tracker.highest(gw, epoch),
+            "gaps": tracker.gaps(gw, epoch),
+            "duplicates": tracker.duplicates_by_key.get((gw, epoch), 0),
         }
-        for gw in consumer.tracker.gateways()
-    }
+        for gw, epoch in tracker.streams()
+    ]
     click.echo(json.dumps({"summary": summary, "new": state["new"]}), err=True)
-    if any(v["gaps"] for v in summary.values()):
+    if any(row["gaps"] for row in summary):
         sys.exit(1)
 
 
