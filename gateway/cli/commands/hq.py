@@ -247,6 +247,145 @@ def hq_tail(
         sys.exit(1)
 
 
+@hq.command("topup")
+@broker_options
+@click.option("--gateway", "gateway_id", required=True, help="The gateway's id.")
+@click.option("--account", "account_id", required=True)
+@click.option("--amount", required=True, help='A positive decimal in the currency\'s units, e.g. "50.00".')
+@click.option("--id", "command_id", help="The command's (and payment's) id; repeat it to repeat safely.")
+@click.option(
+    "--signing-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    envvar="PMG_HQ_SIGNING_KEY",
+    help="The head office's Ed25519 key (as `pmg keys generate` made it).",
+)
+@click.option("--key-id", help="Defaults to the id derived from the key.")
+@click.option(
+    "--minor-digits",
+    type=click.IntRange(0, 4),
+    default=2,
+    show_default=True,
+    help="The currency's decimals (the gateway's minor_digits).",
+)
+@click.option("--prefix", default="pmg", show_default=True)
+@click.option(
+    "--deadline",
+    type=FiniteFloat(min=0.5, max=86400),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the ack (exit 4 without one).",
+)
+@click.option(
+    "--wait-power", is_flag=True, help="If supply is being restored, wait for the relay's confirmation."
+)
+@click.option(
+    "--power-deadline",
+    type=FiniteFloat(min=0.5, max=86400),
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait for it after the ack.",
+)
+@click.option(
+    "--valid-for",
+    type=FiniteFloat(min=60, max=7 * 86400),
+    default=86400.0,
+    show_default=True,
+    help="Seconds the signed command stays valid (at most 7 days).",
+)
+@click.option(
+    "--journal",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Signed commands kept for repeats (default: $XDG_STATE_HOME/pmg/hq-commands.sqlite).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def hq_topup(
+    gateway_id: str,
+    account_id: str,
+    amount: str,
+    command_id: str | None,
+    signing_key: Path,
+    key_id: str | None,
+    minor_digits: int,
+    prefix: str,
+    deadline: float,
+    wait_power: bool,
+    power_deadline: float,
+    valid_for: float,
+    journal: Path | None,
+    as_json: bool,
+    **kw: Any,
+) -> None:
+    """Top up ACCOUNT on GATEWAY: sign, publish, wait for the ack and the supply outcome.
+
+    Exit 0 applied (a repeat of an applied id: the same ack, nothing applied twice), 1 rejected or
+    failed, 2 bad input, 4 no answer within --deadline (safe to repeat with the same --id)."""
+    from datetime import timedelta
+
+    from hq.topup import Journal, NoAnswer, Topup, default_journal, send
+
+    connect_deadline = kw.pop("connect_deadline")
+    topup = Topup.parse(gateway_id, account_id, amount, command_id, minor_digits)
+    if key_id is not None and not KEY_ID.match(key_id):
+        raise CliFailure(f"--key-id {key_id!r} is not a key id (letters, digits, '_', '.', ':', '-')", 2)
+    key = load_private_key(signing_key)
+    broker = broker_from(kw, f"pmg-hq-topup-{topup.command_id}"[:64], persistent=False)
+    book = Journal(journal or default_journal())
+    try:
+        cmd = book.signed(topup, key, key_id or key_id_for(key.public_key()), timedelta(seconds=valid_for))
+    finally:
+        book.close()
+    try:
+        outcome = send(
+            broker,
+            prefix,
+            cmd,
+            deadline_s=deadline,
+            wait_power_s=power_deadline if wait_power else None,
+            connect_deadline_s=connect_deadline,
+        )
+    except NoAnswer as exc:
+        raise CliFailure(f"{exc}; safe to repeat with --id {topup.command_id}", 4) from None
+    if as_json:
+        out = {"command_id": topup.command_id, "ack": outcome.ack, "power": outcome.power}
+        click.echo(json.dumps(out, ensure_ascii=False))
+    else:
+        for line in _topup_lines(topup.command_id, outcome.ack, outcome.power):
+            click.echo(line)
+    if not outcome.applied or (outcome.power is not None and outcome.power.get("kind") != "relay_confirmed"):
+        sys.exit(1)
+
+
+def _topup_lines(command_id: str, ack: dict[str, Any], power: dict[str, Any] | None) -> list[str]:
+    """The operator's reading of an ack and a relay event."""
+    result = ack.get("result") or {}
+    status = ack.get("status")
+    head = f"top-up {command_id}: {status}"
+    if status == "applied":
+        head += f" — {result.get('amount')} to {result.get('account_id')}, balance {result.get('balance')}"
+        if ack.get("replay"):
+            head += " (a repeat: the original ack; nothing applied twice)"
+    else:
+        head += f" ({ack.get('code')}: {ack.get('reason')})"
+    lines = [head]
+    supply = result.get("supply")
+    if isinstance(supply, dict):
+        on = "on" if supply.get("on") else "off"
+        line = f"supply: {on} — {supply.get('reason')} (meter {supply.get('meter_id')})"
+        if str(supply.get("shortfall") or "0").strip("0.") != "":
+            line += f", {supply.get('shortfall')} more needed"
+        lines.append(line)
+    if power is not None:
+        detail = power.get("detail") or {}
+        line = f"power: {power.get('kind')} on meter {power.get('meter_id')} at {power.get('at')}"
+        if "payment_to_power_s" in detail:
+            line += f", {detail['payment_to_power_s']} s after the payment"
+        if power.get("kind") != "relay_confirmed":
+            line += f" ({detail.get('error')})"
+        lines.append(line)
+    return lines
+
+
 def register(cli: click.Group) -> None:
     cli.add_command(keys)
     cli.add_command(command_group)
