@@ -159,7 +159,7 @@ class Link:
             # Plaintext to a TLS listener: the broker reads our CONNECT as a bad handshake and hangs up.
             self.refused = (
                 f"the broker closed the connection before answering ({reason}; a TLS port reached "
-                "without TLS, or a protocol it does not speak?)"
+                "without TLS, a protocol it does not speak, or a broker not ready for sessions?)"
             )
             self.answered.set()
 

@@ -240,7 +240,9 @@ def send(
         if ack is None:
             raise NoAnswer(f"no ack from {cmd['gateway_id']} within {deadline_s:g} s")
         outcome = Outcome(ack)
-        if wait_power_s is not None and outcome.applied and outcome.restores_supply:
+        # A repeat's ack is the original one: its relay event was published after the first run and
+        # will not come again, so there is nothing to wait for.
+        if wait_power_s is not None and outcome.applied and outcome.restores_supply and not outcome.duplicate:
             power = next((e for e in events if matches_power(e, cmd)), None) or _wait(
                 inbox,
                 time.monotonic() + wait_power_s,

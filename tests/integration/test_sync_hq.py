@@ -266,7 +266,7 @@ def test_a_first_tail_run_reports_no_false_gap_from_retained_snapshots(
         client.publish(f"pmg/g1/{topic}", json.dumps(body), qos=1, retain=retain).wait_for_publish(5)
 
     args = [PMG, "hq", "tail", "--host", "127.0.0.1", "--port", str(mosquitto.port), "--plaintext"]
-    args += ["--client-id", "hq-first", "--count", "3", "--connect-deadline", "5"]
+    args += ["--client-id", "hq-first", "--count", "4", "--connect-deadline", "5"]  # 2 retained, 2 live
     try:
         publish("meters/m1/state", {"schema": "pmg.state/1", "seq": 3, "snapshot": True}, retain=True)
         publish("meters/m2/state", {"schema": "pmg.state/1", "seq": 11}, retain=True)  # before the mark

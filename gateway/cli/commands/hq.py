@@ -1,8 +1,10 @@
-"""Head-office tools: ``pmg keys generate``, ``pmg command sign``, ``pmg hq tail``.
+"""Head-office tools: ``pmg keys generate``, ``pmg command sign``, ``pmg hq tail``, ``pmg hq topup``.
 
 They are what a head office (or a test) needs to talk to gateways: an Ed25519 key pair whose public
-half goes into each gateway's ``[mqtt.command_keys]``, a signer for commands, and a reference
-consumer that checks sequence continuity and deduplicates.
+half goes into each gateway's ``[mqtt.command_keys]``, a signer for commands, a reference consumer
+that checks sequence continuity and deduplicates, and an operator's top-up.  Every ``pmg hq`` command
+reaches the broker through ``hq.connect`` (``broker_options``): it cannot connect or log in, it says
+why in one line and exits 1.
 """
 
 from __future__ import annotations
