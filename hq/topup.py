@@ -130,6 +130,11 @@ class Journal:
                         f"--id {topup.command_id} was used for a top-up of {was[2]} to {was[1]} on {was[0]}: "
                         "a repeat must be the same top-up (or use a new id)"
                     )
+                if cmd.get("key_id") != key_id:  # re-signing would change the command: a conflict
+                    raise UserError(
+                        f"--id {topup.command_id} was signed with key {cmd.get('key_id')}: repeat it with "
+                        "that key (or use a new id)"
+                    )
             else:
                 now = datetime.now(UTC)
                 cmd = sign_command(topup.command(now, valid_for), key, key_id)

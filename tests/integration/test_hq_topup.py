@@ -123,7 +123,9 @@ def test_topup_from_no_answer_to_power_and_a_safe_repeat(tmp_path: Path, mosquit
             assert store.scalar("SELECT relay FROM meters WHERE id = 'm1'") == "closed"
 
             # Again: the same ack as a duplicate, nothing applied twice.
-            code, out, err = await _pmg(args("--account", "acc1", "--amount", "50.00", "--id", "t-1", "--wait-power"))
+            code, out, err = await _pmg(
+                args("--account", "acc1", "--amount", "50.00", "--id", "t-1", "--wait-power")
+            )
             assert code == 0, (code, out, err)
             assert "top-up t-1: applied — 50.00 to acc1, balance 50.00 (a repeat" in out, out
             assert "supply: on — restored (meter m1)" in out
@@ -143,6 +145,8 @@ def test_topup_from_no_answer_to_power_and_a_safe_repeat(tmp_path: Path, mosquit
             code, out, err = await _pmg([*unknown, "--json"])
             assert code == 1, (code, out, err)
             assert json.loads(out)["ack"]["code"] == "unauthenticated"
+            code, out, err = await _pmg(args("--account", "acc2", "--amount", "5", "--id", "t-3"))
+            assert code == 2 and "--id t-3 was signed with key" in err, (code, out, err)
             assert store.scalar("SELECT COUNT(*) FROM payments") == 1
 
     asyncio.run(main())
