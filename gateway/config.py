@@ -58,6 +58,9 @@ class MqttConfig(Strict):
     topic_prefix: str = Field("pmg", pattern=r"^[A-Za-z0-9_\-/]+$")
     client_id: str | None = None
     keepalive_s: int = Field(30, ge=5, le=3600)
+    protocol: Literal["5", "3.1.1"] = "5"
+    """MQTT 5 by default; "3.1.1" for a broker that speaks only that (persistent session by
+    clean_session = false; no Maximum Packet Size to ask for).  docs/mqtt.md, "Connection"."""
     command_keys: dict[str, Annotated[str, AfterValidator(_check_public_key)]] = Field(default_factory=dict)
     """Head-office Ed25519 public keys (key_id -> base64 raw key) that may sign commands."""
     max_backlog_messages: int = Field(5_000_000, ge=1000)

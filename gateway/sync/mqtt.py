@@ -151,11 +151,17 @@ class MqttLink:
 
     def _make_client(self) -> paho.Client:
         cfg = self.cfg
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id or f"pmg-{self.gateway_id}",
-            protocol=paho.MQTTv5,
-        )
+        client_id = cfg.client_id or f"pmg-{self.gateway_id}"
+        if cfg.protocol == "3.1.1":
+            # No session expiry in 3.1.1: clean_session = False asks the broker to keep the session
+            # (our command subscription and the QoS 1 commands queued for us) until its own policy
+            # expires it.  No Maximum Packet Size either: the broker's max_packet_size is the only
+            # guard against an oversized command (docs/mqtt.md, "Connection").
+            client = paho.Client(
+                CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311, clean_session=False
+            )
+        else:
+            client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
         if cfg.tls:
             context = ssl.create_default_context(cafile=self._path(cfg.ca_file) if cfg.ca_file else None)
             if cfg.client_cert:
@@ -355,13 +361,16 @@ class MqttLink:
         self.refresh_chain_head()  # the last will built next carries the head as of this connection
         self._client = self._make_client()
         try:
-            self._client.connect_async(
-                self.cfg.host,
-                self.cfg.port,
-                keepalive=self.cfg.keepalive_s,
-                clean_start=False,
-                properties=self._connect_properties(),
-            )
+            if self.cfg.protocol == "3.1.1":  # the session is kept by clean_session=False (_make_client)
+                self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+            else:
+                self._client.connect_async(
+                    self.cfg.host,
+                    self.cfg.port,
+                    keepalive=self.cfg.keepalive_s,
+                    clean_start=False,
+                    properties=self._connect_properties(),
+                )
             self._client.loop_start()
             while not self._stopping:
                 await self._pump()

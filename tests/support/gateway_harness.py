@@ -38,9 +38,11 @@ def base_config(
     timezone: str = "Asia/Shanghai",
     mqtt_port: int | None = None,
     policy: str = FAST_POLICY,
+    mqtt_extra: str = "",
 ) -> str:
+    """``mqtt_extra``: more lines of the ``[mqtt]`` table (e.g. ``protocol = "3.1.1"``)."""
     mqtt = (
-        f'\n[mqtt]\nhost = "127.0.0.1"\nport = {mqtt_port}\ntls = false\nallow_plaintext = true\n'
+        f'\n[mqtt]\nhost = "127.0.0.1"\nport = {mqtt_port}\ntls = false\nallow_plaintext = true\n{mqtt_extra}'
         if mqtt_port
         else ""
     )

@@ -97,10 +97,12 @@ async def running_gateway(
     poll_s: float = 3600.0,
     speed: float = 1.0,
     policy: str = FAST_POLICY,
+    mqtt_extra: str = "",
 ) -> AsyncIterator[Running]:
     """A gateway with ``meters`` simulated meters (accounts acc1..accN), command keys and a broker.
 
-    ``speed`` > 1 runs the gateway's and the meters' clocks that much faster (energy accrues fast).
+    ``speed`` > 1 runs the gateway's and the meters' clocks that much faster (energy accrues fast);
+    ``mqtt_extra`` adds lines to the ``[mqtt]`` table.
     """
     clock = ScaledClock(speed)
     models = [
@@ -109,7 +111,8 @@ async def running_gateway(
     ]
     sim = SimulatedDlt645Bus(models, baud=9600, response_delay_s=0.002)
     port = sim.start_pty()
-    body = base_config(tmp_path / "pmg.db", mqtt_port=mqtt_port, policy=policy) + keys_toml() + extra
+    body = base_config(tmp_path / "pmg.db", mqtt_port=mqtt_port, policy=policy, mqtt_extra=mqtt_extra)
+    body += keys_toml() + extra
     body += f'\n[[buses]]\nid = "b1"\nprotocol = "dlt645"\nurl = "{port}"\nbaud = 9600\npoll_interval_s = {poll_s}\n'
     for i in range(1, meters + 1):
         body += (
