@@ -71,6 +71,6 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
     tripped = {
         e["meter_id"]
         for e in json.loads(trips.stdout)
-        if e["kind"] == "relay_confirmed" and '"action":"trip"' in e["detail_json"]
+        if e["kind"] == "relay_confirmed" and e["detail"].get("action") == "trip"
     }
     assert tripped == {"M-01"}, f"only the Wang household may be cut, not {tripped}"

@@ -270,7 +270,7 @@ def test_a_message_committed_without_notify_is_still_sent(
 # A gateway that publishes, sees every PUBACK, but marks none of them (the batch would close in an
 # hour): it prints ACKED and waits to be killed.
 _CHILD = """
-import asyncio, sys
+import asyncio, sys, time
 from datetime import UTC, datetime
 from gateway.config import MqttConfig
 from gateway.store.db import open_store
@@ -283,6 +283,8 @@ db, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 store = open_store(db)
 cfg = MqttConfig(host="127.0.0.1", port=port, tls=False, allow_plaintext=True, client_id="gw-kill")
 link = mqtt.MqttLink(cfg, "gw-acks", store, system_clock)
+# The first acks are otherwise marked at once (no mark yet); here none may be until the kill.
+link._last_flush = time.monotonic()
 
 async def main():
     task = asyncio.create_task(link.run())
