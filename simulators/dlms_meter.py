@@ -8,7 +8,7 @@ until the customer presses the button (``press_button``).  It answers over the T
 (``serve_tcp``) or HDLC on a pty (``serve_pty``).
 
 Faults (``fault``): ``silent`` (no answer), ``bad_fcs`` (HDLC replies with a corrupted frame check
-sequence; on the wrapper a corrupted header), ``refuse`` (association refused), ``slow`` (reply bytes
+sequence; on the wrapper, which has none, a mangled APDU), ``refuse`` (association refused), ``slow`` (reply bytes
 trickle out ``slow_byte_s`` apart).  A wrong password is refused by the peer's own check.
 
 Run one by hand: ``python -m simulators.dlms_meter --tcp 4059`` or ``--pty``.
@@ -185,8 +185,8 @@ class DlmsSimMeter:
         if fault == "bad_fcs":
             if self.hdlc and len(reply) > 4:
                 reply = reply[:-2] + bytes([reply[-2] ^ 0xFF]) + reply[-1:]
-            elif not self.hdlc:
-                reply = b"\x00\x02" + reply[2:]  # wrapper version 2: not a DLMS wrapper header
+            elif not self.hdlc and len(reply) > 8:
+                reply = reply[:8] + b"\xff" + reply[9:]  # no check sequence on TCP: a mangled APDU tag
         return reply
 
 

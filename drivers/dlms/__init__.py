@@ -9,6 +9,11 @@ their scaler-unit (``values``), the meter's keys from a key file (``keys``) and 
 ``dlms-cosem`` logs every APDU through structlog, the association request (with a low-level password)
 included, and structlog prints to stdout by default: its output is switched off here, once, so that
 no key or password can reach a log (``quiet_library_logs``).
+
+Its A-XDR decoder also takes a truncated value for a longer one and loops for ever (its "buffer
+empty" test is ``pointer == len`` and a read past the end moves the pointer beyond): a garbled reply
+would hang the bus.  ``guard_axdr_reads`` makes a read past the end raise instead, which the link
+reports as a bad frame (found by tests/unit/drivers/test_dlms_values.py).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import logging
 from typing import Any
 
 import structlog
+from dlms_cosem import a_xdr
 
 
 def _drop(logger: Any, method: str, event: Any) -> Any:
@@ -31,4 +37,22 @@ def quiet_library_logs() -> None:
     )
 
 
+class AxdrOverrun(ValueError):
+    """An A-XDR value claims more bytes than there are."""
+
+
+def _get_bytes(self: a_xdr.AXdrDecoder, length: int) -> bytearray:
+    if length < 0 or self.pointer + length > len(self.buffer):
+        raise AxdrOverrun(f"A-XDR value needs {length} byte(s) at {self.pointer}, {len(self.buffer)} in all")
+    part = self.buffer[self.pointer : self.pointer + length]
+    self.pointer += length
+    return part
+
+
+def guard_axdr_reads() -> None:
+    """Reads past the end of an A-XDR buffer raise ``AxdrOverrun`` instead of looping."""
+    a_xdr.AXdrDecoder.get_bytes = _get_bytes  # type: ignore[method-assign]
+
+
 quiet_library_logs()
+guard_axdr_reads()
