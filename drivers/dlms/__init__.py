@@ -51,7 +51,7 @@ def _get_bytes(self: a_xdr.AXdrDecoder, length: int) -> bytearray:
 
 def guard_axdr_reads() -> None:
     """Reads past the end of an A-XDR buffer raise ``AxdrOverrun`` instead of looping."""
-    a_xdr.AXdrDecoder.get_bytes = _get_bytes  # type: ignore[method-assign]
+    a_xdr.AXdrDecoder.get_bytes = _get_bytes
 
 
 quiet_library_logs()

@@ -21,7 +21,7 @@ def register(cli: click.Group) -> None:
 
 def _link_options(f: Any) -> Any:
     f = click.option(
-        "--protocol", type=click.Choice(["dlt645", "modbus"]), required=True, help="Meter protocol."
+        "--protocol", type=click.Choice(["dlt645", "modbus", "dlms"]), required=True, help="Meter protocol."
     )(f)
     f = click.option(
         "--port",
@@ -78,6 +78,10 @@ def read(
     if protocol == "dlt645":
         if not address:
             raise click.UsageError("--address is required for DL/T 645")
+        meter_address = address
+    elif protocol == "dlms":  # the public client; --address: HDLC physical address (TCP wrapper: logical device)
+        if not address or not address.isdigit():
+            raise click.UsageError("--address is required for DLMS (HDLC physical address, or the logical device on tcp://)")
         meter_address = address
     else:
         if unit is None or not profile:
@@ -154,6 +158,8 @@ def scan(
     from rich.progress import Progress
 
     # Arguments are checked before the bus is touched.
+    if protocol == "dlms":
+        raise click.UsageError("pmg scan does not probe DLMS (HDLC) addresses yet: use pmg read --address")
     dlt_todo = _dlt_addresses(addresses) if protocol == "dlt645" and addresses is not None else None
     unit_list = _parse_units(units) if protocol == "modbus" else []
 
