@@ -12,8 +12,11 @@ interop tests check the client against DLMS written elsewhere, not against itsel
 - the handlers call ``notifyRead``/``notifyConnected``/``getTransaction``/``setTransaction`` on the
   server, and pass ``list(e)`` of a single ``ValueEventArgs`` to the action hooks (made iterable);
 - the SET handler asks its parameters for ``isMultipleBlocks()``, which they keep as ``multipleBlocks``;
-- ``handleSnrmRequest`` calls a missing ``GXHdlcSettings.update``: the UA is built here with the same
-  Gurux calls, from the negotiated settings;
+- ``handleSnrmRequest`` calls a missing ``GXHdlcSettings.update`` and the DISC reply reads parameters
+  the HDLC setup object does not have: both UAs are built here with the same Gurux calls, from the
+  negotiated settings (without this every HDLC conversation ended in a timeout on DISC);
+- the RLRE's lengths do not match its content (the release then fails to parse): it is built here
+  with the lengths right;
 - the inactivity timer subtracts a datetime from an int: it is off (``inactivityTimeout = 0``).
 """
 
@@ -23,12 +26,14 @@ from collections.abc import Callable
 from typing import Any
 
 from gurux_dlms import GXServerReply
+from gurux_dlms._GXAPDU import _GXAPDU
 from gurux_dlms._HDLCInfo import _HDLCInfo
 from gurux_dlms.ConnectionState import ConnectionState
 from gurux_dlms.enums import AccessMode, Authentication, InterfaceType, MethodAccessMode
 from gurux_dlms.enums.SourceDiagnostic import SourceDiagnostic
 from gurux_dlms.GXDLMS import GXDLMS
 from gurux_dlms.GXDLMSLNParameters import GXDLMSLNParameters
+from gurux_dlms.internal._GXCommon import _GXCommon
 from gurux_dlms.objects import GXDLMSAssociationLogicalName, GXDLMSHdlcSetup, GXDLMSObject
 from gurux_dlms.secure import GXDLMSSecureServer
 from gurux_dlms.ValueEventArgs import ValueEventArgs
@@ -98,6 +103,14 @@ class PeerServer(GXDLMSSecureServer):
         h._update(self.hdlc)
         GXDLMS.parseSnrmUaResponse(data, h)
         self.reset(True)
+        self._ua_parameters()
+        self.settings.connected = ConnectionState.HDLC
+
+    def generateDisconnectRequest(self) -> None:
+        self._ua_parameters()
+
+    def _ua_parameters(self) -> None:
+        h = self.settings.hdlc
         r = self.replyData
         r.setUInt8(0x81)
         r.setUInt8(0x80)
@@ -113,7 +126,24 @@ class PeerServer(GXDLMSSecureServer):
         r.setUInt8(4)
         r.setUInt32(h.windowSizeRX)
         r.setUInt8(2, len(r) - 3)
-        self.settings.connected = ConnectionState.HDLC
+
+    def handleReleaseRequest(self, data: Any) -> None:
+        if self.settings.interfaceType in (InterfaceType.HDLC, InterfaceType.HDLC_WITH_MODE_E):
+            self.replyData.set(0, _GXCommon.LLC_REPLY_BYTES)
+        info = _GXAPDU.getUserInformation(self.settings, self.settings.cipher)
+        r = self.replyData
+        # RLRE (IEC 62056-5-3, ACSE): reason normal (80 01 00), user-information (BE) holding an
+        # octet string (04) with the xDLMS InitiateResponse; every length is the content's that follows.
+        r.setUInt8(0x63)
+        r.setUInt8(3 + 2 + 2 + len(info))
+        r.setUInt8(0x80)
+        r.setUInt8(0x01)
+        r.setUInt8(0x00)
+        r.setUInt8(0xBE)
+        r.setUInt8(2 + len(info))
+        r.setUInt8(0x04)
+        r.setUInt8(len(info))
+        r.set(info)
 
     def notifyRead(self, *args: Any) -> None:
         pass

@@ -62,6 +62,7 @@ class LinkStats:
     bytes_in: int = 0
     link_errors: int = 0
     reopens: int = 0
+    unanswered_goodbyes: int = 0  # DISC/RLRQ without a valid answer: each cost a timeout
     last_link_error: str | None = None
 
 
@@ -469,4 +470,4 @@ class DlmsLink:
         except LinkError:
             raise
         except Exception:
-            pass
+            self.stats.unanswered_goodbyes += 1

@@ -75,6 +75,7 @@ def test_every_read(rig: dict[str, Any]) -> None:
     assert r.meter_time == clock.t
     assert r.relay is RelayState.CLOSED
     assert r.status == {"control_state": 1, "close_permitted": False, "control_mode": 1}
+    assert m.link.stats.unanswered_goodbyes == 0 and m.link.stats.timeouts == 0  # DISC/RLRQ answered
 
 
 def test_relay_both_ways_confirmed_and_consumption_stops(rig: dict[str, Any]) -> None:
