@@ -253,8 +253,9 @@ class DlmsTcpServer:
 class DlmsPtyServer:
     """HDLC on a pty: ``path`` is the device the gateway opens; one meter on the line."""
 
-    def __init__(self, model: DlmsMeterModel, **kw: Any) -> None:
+    def __init__(self, model: DlmsMeterModel, *, baud: int | None = None, **kw: Any) -> None:
         self.model = model
+        self.baud = baud  # pace the line as a real one (10 bits a byte, 8N1); None: as fast as a pty
         self.master, self.slave = pty.openpty()
         tty.setraw(self.master)
         tty.setraw(self.slave)
@@ -282,6 +283,8 @@ class DlmsPtyServer:
                 return
             # The peer frames HDLC itself (by the frame's length field: a 7E inside a frame is data).
             reply = self.meter.answer(data)
+            if self.baud:  # the request's bytes and the reply's take their time on a real line
+                time.sleep((len(data) + len(reply)) * 10 / self.baud)
             if reply:
                 _send(lambda b: os.write(self.master, b), self.model, reply, self.stop_event)
 
