@@ -171,7 +171,9 @@ class DlmsMeter:
                 try:
                     if point is Point.METER_TIME:
                         assert self.profile.clock is not None
-                        values["meter_time"] = v.clock_time(s.get(8, self.profile.clock.obis, 2), self._tz)
+                        # As every driver reports it: the meter's wall time in the meters' zone, naive.
+                        when = v.clock_time(s.get(8, self.profile.clock.obis, 2), self._tz)
+                        values["meter_time"] = when.astimezone(self._tz).replace(tzinfo=None)
                     elif point is Point.RELAY:
                         d = self._disconnector(s)
                         values["relay"] = d.relay

@@ -119,7 +119,8 @@ def quantize(value: Decimal, decimals: int) -> Decimal:
 def clock_time(data: bytes, tz: timezone | Any = UTC) -> datetime:
     """Attribute 2 of the clock (class 8): a 12-byte date-time (IEC 62056-6-2, 4.1.6.1) as aware UTC.
 
-    A date-time without a deviation (0x8000, "not specified") is the meter's local time in ``tz``."""
+    A date-time without a deviation (0x8000, "not specified") is the meter's local time in ``tz``; the
+    deviation is minutes from local time to UTC (IEC 62056-6-2: UTC+01:00 is -60)."""
     value = decode(data)
     if not isinstance(value, bytes | bytearray) or len(value) != 12:
         raise ValueProblem("clock is not a 12-byte date-time")
@@ -128,7 +129,10 @@ def clock_time(data: bytes, tz: timezone | Any = UTC) -> datetime:
     except Exception as exc:
         raise ValueProblem(f"clock {bytes(value).hex()} is not a date-time ({type(exc).__name__})") from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=tz)
+        # The library leaves a deviation of 0 (UTC) as naive, like 0x8000 ("not specified"): only
+        # the latter is the meter's local time.
+        unspecified = bytes(value[9:11]) == b"\x80\x00"
+        when = when.replace(tzinfo=tz if unspecified else UTC)
     try:
         return when.astimezone(UTC)
     except (OverflowError, ValueError):

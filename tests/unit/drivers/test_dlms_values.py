@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from dlms_cosem import dlms_data
@@ -49,7 +50,16 @@ def test_garbage_is_a_typed_error(data: bytes) -> None:
 def test_clock_round_trip_is_utc() -> None:
     when = datetime(2027, 3, 1, 12, 30, 5, tzinfo=UTC)
     encoded = dlms_data.OctetStringData(v.clock_bytes(when)).to_bytes()
-    assert v.clock_time(encoded) == when
+    shanghai = ZoneInfo("Asia/Shanghai")
+    assert v.clock_time(encoded, shanghai) == when  # deviation 0 is UTC, whatever the meters' zone
+
+
+def test_clock_deviation_and_local_time() -> None:
+    local = bytes.fromhex("07eb0301ff0c1e0500") + (-480).to_bytes(2, "big", signed=True) + b"\x00"  # UTC+8
+    assert v.clock_time(dlms_data.OctetStringData(local).to_bytes()) == datetime(2027, 3, 1, 4, 30, 5, tzinfo=UTC)
+    unspecified = bytes.fromhex("07eb0301ff0c1e0500") + b"\x80\x00\x00"
+    got = v.clock_time(dlms_data.OctetStringData(unspecified).to_bytes(), ZoneInfo("Asia/Shanghai"))
+    assert got == datetime(2027, 3, 1, 4, 30, 5, tzinfo=UTC)
 
 
 def test_shipped_profile_offers_the_billing_points() -> None:
