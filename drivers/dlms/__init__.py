@@ -19,6 +19,7 @@ reports as a bad frame (found by tests/unit/drivers/test_dlms_values.py).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
@@ -56,3 +57,31 @@ def guard_axdr_reads() -> None:
 
 quiet_library_logs()
 guard_axdr_reads()
+
+
+async def scan(
+    link: Any, addresses: Iterable[int], security: Any = None, progress: Callable[[int, int], None] | None = None
+) -> list[int]:
+    """HDLC physical addresses that answer on a line (``pmg scan`` for DLMS), in the order probed.
+
+    Each address gets one association attempt without retries (the public client unless ``security``
+    says otherwise); a meter that refuses the association answered, so it is present.  A silent
+    address costs the link's timeout: give the link a short one for scanning."""
+    from drivers.base import BadFrame, MeterRefused, MeterTimeout
+    from drivers.dlms.keys import DlmsSecurity
+    from drivers.dlms.link import Target
+
+    todo = list(addresses)
+    found: list[int] = []
+    for i, address in enumerate(todo, start=1):
+        target = Target(1, address, security or DlmsSecurity())
+        try:
+            await link.converse(target, lambda _s: None, retries=0)
+            found.append(address)
+        except MeterRefused:
+            found.append(address)
+        except (MeterTimeout, BadFrame):
+            pass
+        if progress:
+            progress(i, len(todo))
+    return found

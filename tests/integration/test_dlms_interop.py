@@ -179,3 +179,22 @@ def test_hls_gmac_client_keys_never_reach_a_log(
     seen = (out + err + caplog.text + repr(m) + (r.error or "")).lower()
     for secret in (ek, ak, ek[:8], ak[:8]):
         assert secret not in seen
+
+
+def test_scan_finds_the_hdlc_address(rig: dict[str, Any]) -> None:
+    if rig["kind"] != "hdlc":
+        pytest.skip("HDLC addresses only")
+    from drivers.dlms import scan
+
+    link = make_link(LinkSettings("dlms", rig["url"], timeout_s=0.2, retries=0, inter_frame_gap_s=0))
+    seen: list[tuple[int, int]] = []
+
+    async def go() -> list[int]:
+        await link.open()
+        try:
+            return await scan(link, [16, 17, 18], progress=lambda i, n: seen.append((i, n)))
+        finally:
+            await link.close()
+
+    assert asyncio.run(go()) == [17]
+    assert seen == [(1, 3), (2, 3), (3, 3)]
