@@ -39,6 +39,7 @@ class Bench:
 def benches(capacity_minutes: float) -> list[Bench]:
     return [
         Bench("dlt645", "Bus efficiency (DL/T 645)", "bench/bench_dlt645_bus.py", ("--seconds", "5"), 120),
+        Bench("dlms", "Bus efficiency (DLMS HDLC)", "bench/bench_dlms_bus.py", ("--seconds", "5"), 120),
         Bench("ledger", "Ledger", "bench/bench_ledger.py", (), 180),
         Bench("history", "History", "bench/bench_history.py", (), 180),
         Bench("outbox", "Outbox", "bench/bench_outbox.py", (), 180),

@@ -6,14 +6,14 @@ adding a protocol means adding a branch here and a package beside it, nothing ab
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import Any, Protocol
 
 from drivers.base import Meter
 
-PROTOCOLS = ("dlt645", "modbus")
+PROTOCOLS = ("dlt645", "modbus", "dlms")
 
 
 class Link(Protocol):
@@ -67,6 +67,17 @@ def make_link(s: LinkSettings) -> Link:
             retries=s.retries,
             inter_frame_gap_s=s.inter_frame_gap_s,
         )
+    if s.protocol == "dlms":
+        from drivers.dlms.link import DlmsLink
+
+        return DlmsLink(
+            s.url,
+            baud=s.baud or 9600,
+            parity=s.parity or "N",
+            timeout_s=s.timeout_s,
+            retries=s.retries,
+            inter_frame_gap_s=s.inter_frame_gap_s,
+        )
     raise ValueError(f"unknown protocol '{s.protocol}' (known: {', '.join(PROTOCOLS)})")
 
 
@@ -78,6 +89,7 @@ def make_meter(
     *,
     tz: tzinfo | None = None,
     clock: Callable[[], datetime] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Meter:
     """A meter on ``link``: a 12-digit DL/T 645 address, or a Modbus unit id with its profile name.
 
@@ -99,4 +111,31 @@ def make_meter(
         if not address.isdigit() or not 1 <= int(address) <= 247:
             raise ValueError(f"Modbus unit id must be 1–247 (got '{address}')")
         return ModbusMeter(link, int(address), load_profile(profile), **extra)  # type: ignore[arg-type]
+    if protocol == "dlms":
+        return _dlms_meter(link, address, profile, tz=tz, extra=extra, options=options or {})
     raise ValueError(f"unknown protocol '{protocol}' (known: {', '.join(PROTOCOLS)})")
+
+
+def _dlms_meter(
+    link: Link, address: str, profile: str | None, *, tz: tzinfo | None, extra: dict[str, Any],
+    options: Mapping[str, Any],
+) -> Meter:
+    """A DLMS meter: ``address`` is the HDLC physical address on a serial line, the logical device on
+    the TCP wrapper; ``options`` carries ``logical`` (HDLC), ``client``, ``auth`` and ``key_file``."""
+    from drivers.dlms.keys import PUBLIC_CLIENT, load_security
+    from drivers.dlms.link import DlmsLink, Target
+    from drivers.dlms.meter import DlmsMeter
+    from drivers.dlms.profile import load_profile
+
+    if not isinstance(link, DlmsLink):
+        raise ValueError("a DLMS meter needs a DLMS link")
+    if not address.isdigit() or not 0 <= int(address) <= 0x3FFF:
+        raise ValueError(f"DLMS address must be 0–16383 (got '{address}')")
+    security = load_security(options.get("auth", "none"), int(options.get("client", PUBLIC_CLIENT)), options.get("key_file"))
+    if link.wrapper:
+        target = Target(logical=int(address), physical=None, security=security)
+    else:
+        target = Target(logical=int(options.get("logical", 1)), physical=int(address), security=security)
+    if tz is not None:
+        extra = {**extra, "tz": tz}
+    return DlmsMeter(link, target, load_profile(profile or "generic"), **extra)

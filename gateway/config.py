@@ -80,9 +80,10 @@ class MqttConfig(Strict):
 
 class BusConfig(Strict):
     id: str = Field(pattern=_ID)
-    protocol: Literal["dlt645", "modbus"]
+    protocol: Literal["dlt645", "modbus", "dlms"]
     url: str = Field(min_length=1)
-    """A pyserial URL (/dev/ttyUSB0, socket://host:port, rfc2217://…) or tcp://host:port for Modbus TCP."""
+    """A pyserial URL (/dev/ttyUSB0, socket://host:port, rfc2217://…) or tcp://host:port for Modbus TCP
+    and for the DLMS/COSEM TCP wrapper (port 4059 by default); DLMS on a pyserial URL is HDLC."""
     baud: int | None = Field(None, ge=300, le=921600)
     """Default: 2400 for DL/T 645 (the standard's default), 9600 for Modbus."""
     parity: Literal["N", "E", "O"] | None = None
@@ -112,11 +113,25 @@ class BusConfig(Strict):
         return 3.5 * bits / self.line_baud
 
 
+class DlmsMeterConfig(Strict):
+    """A DLMS meter's association (``[meters.dlms]``); its secrets are in ``key_file``, never here."""
+
+    logical: int = Field(default=1, ge=0, le=0x3FFF)
+    """The server's logical device on an HDLC line (1: the management logical device)."""
+    client: int = Field(default=16, ge=1, le=127)
+    """The client address (SAP): 16 is the public client; the meter's configuration names the others."""
+    auth: Literal["none", "low", "hls-gmac"] = "none"
+    key_file: str | None = None
+    """TOML with ``password`` (low) or ``encryption_key``/``authentication_key`` (hls-gmac, 32 hex
+    digits each); relative to this file.  docs/sources/protocols.md ("DLMS/COSEM")."""
+
+
 class MeterConfig(Strict):
     id: str = Field(pattern=_ID)
     bus: str
     address: str = Field(min_length=1)
-    """DL/T 645: 12-digit address; Modbus: unit id 1–247."""
+    """DL/T 645: 12-digit address; Modbus: unit id 1–247; DLMS: HDLC physical address (TCP wrapper:
+    the logical device), 0–16383."""
     account: str = Field(pattern=_ID)
     tariff: str = Field(pattern=_ID)
     profile: str | None = None
@@ -124,6 +139,7 @@ class MeterConfig(Strict):
     max_power_w: int = Field(30_000, gt=0, le=10_000_000)
     register_modulus_wh: int = Field(1_000_000_000, gt=0)
     keep_power: bool = False
+    dlms: DlmsMeterConfig | None = None
 
 
 class AccountConfig(Strict):
@@ -295,11 +311,21 @@ class GatewayConfig(Strict):
     def profile_file(self, meter: MeterConfig) -> str | None:
         """The file of a Modbus meter's profile (``profile_dirs``, then the shipped ones); None for
         DL/T 645.  ``load_config`` has checked that it exists."""
+        if self.bus(meter.bus).protocol == "dlms":
+            from drivers.dlms.profile import find_profile as find_dlms_profile
+
+            return str(find_dlms_profile(meter.profile or "generic", self.profile_dirs))
         if meter.profile is None:
             return None
         from drivers.modbus.profile import find_profile
 
         return str(find_profile(meter.profile, self.profile_dirs))
+
+    def meter_options(self, meter: MeterConfig) -> dict[str, Any]:
+        """Protocol options for ``drivers.factory.make_meter`` (a DLMS meter's association)."""
+        if meter.dlms is None:
+            return {}
+        return meter.dlms.model_dump()
 
 
 _MONEY = re.compile(r"^[0-9]{1,12}(\.[0-9]{1,4})?$")  # ASCII digits: ``\d`` would take any script's
@@ -328,8 +354,14 @@ def normalized_address(protocol: str, address: str) -> str:
     reason otherwise.
     """
     if not _DIGITS.fullmatch(address):
-        what = "DL/T 645 address must be 12 digits" if protocol == "dlt645" else "Modbus unit id must be 1–247"
+        what = {"dlt645": "DL/T 645 address must be 12 digits", "dlms": "DLMS address must be 0–16383"}.get(
+            protocol, "Modbus unit id must be 1–247"
+        )
         raise ValueError(f"{what} (got '{address}'; only the digits 0-9 are allowed)")
+    if protocol == "dlms":  # IEC 62056-46: HDLC addresses are at most 14 bits
+        if int(address) > 0x3FFF:
+            raise ValueError(f"DLMS address must be 0–16383 (got '{address}')")
+        return str(int(address))
     if protocol == "dlt645":
         if len(address) != 12:
             raise ValueError(f"DL/T 645 address must be 12 digits (got '{address}')")
@@ -387,9 +419,13 @@ def _cross_check(cfg: GatewayConfig, file: Path, text: str) -> None:
             normal = normalized_address(meter_bus.protocol, meter.address)
         except ValueError as exc:
             fail(("meters", i, "address"), str(exc))
-        if meter_bus.protocol == "dlt645":
+        if meter.dlms is not None and meter_bus.protocol != "dlms":
+            fail(("meters", i, "dlms"), "[meters.dlms] applies to DLMS meters only")
+        if meter_bus.protocol == "dlms":
+            _check_dlms_meter(cfg, meter, i, fail)
+        elif meter_bus.protocol == "dlt645":
             if meter.profile is not None:
-                fail(("meters", i, "profile"), "profile applies to Modbus meters only")
+                fail(("meters", i, "profile"), "profile applies to Modbus and DLMS meters only")
         elif meter.profile is None:
             fail(("meters", i), 'a Modbus meter needs a profile (e.g. profile = "sdm120")')
         else:
@@ -423,6 +459,23 @@ def _cross_check(cfg: GatewayConfig, file: Path, text: str) -> None:
         fail(("mqtt", "password"), "give password or password_file, not both")
 
 
+def _check_dlms_meter(cfg: GatewayConfig, meter: MeterConfig, i: int, fail: Any) -> None:
+    """A DLMS meter's profile loads (known OBIS codes and classes) and its key file is right:
+    what ``run`` would refuse, ``run --check`` refuses, in one line."""
+    from drivers.dlms.keys import KeyFileError, load_security
+    from drivers.dlms.profile import load_profile
+
+    try:
+        load_profile(meter.profile or "generic", cfg.profile_dirs)
+    except (TomlError, ValueError) as exc:
+        fail(("meters", i, "profile"), str(exc))
+    opts = meter.dlms or DlmsMeterConfig()
+    try:
+        load_security(opts.auth, opts.client, opts.key_file)
+    except KeyFileError as exc:
+        fail(("meters", i, "dlms", "key_file"), str(exc))
+
+
 def resolve(config_file: str | Path, value: str) -> Path:
     """A path from the file, relative to the file's own directory (so it works from any cwd)."""
     p = Path(value).expanduser()
@@ -454,6 +507,12 @@ def load_config(file: str | Path) -> GatewayConfig:
         if m.profile is not None and looks_like_path(m.profile)
         else m
         for m in cfg.meters
+    ]
+    meters = [  # a DLMS key file, like every path in the file, is relative to the file
+        m.model_copy(update={"dlms": m.dlms.model_copy(update={"key_file": str(resolve(path, m.dlms.key_file))})})
+        if m.dlms is not None and m.dlms.key_file is not None
+        else m
+        for m in meters
     ]
     cfg = cfg.model_copy(
         update={"profile_dirs": [str(resolve(path, d)) for d in cfg.profile_dirs], "meters": meters}

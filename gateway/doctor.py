@@ -86,7 +86,7 @@ async def _probe_bus(bus: BusConfig, cfg: GatewayConfig) -> Check:
         answered: list[str] = []
         silent: list[str] = []
         for m in meters:
-            meter = make_meter(bus.protocol, link, m.address, cfg.profile_file(m), tz=cfg.tz)
+            meter = make_meter(bus.protocol, link, m.address, cfg.profile_file(m), tz=cfg.tz, options=cfg.meter_options(m))
             reading = await meter.read(BILLING_POINTS)
             (answered if reading.quality is Quality.OK else silent).append(m.id)
     finally:

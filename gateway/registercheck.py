@@ -26,8 +26,11 @@ from gateway.config import GatewayConfig
 from gateway.tariffs.values import Tariff
 
 # The TOU import registers each protocol's driver reports (``Reading.energy_import_tariffs_wh``):
-# the DL/T 645 driver reads T1..T4 (drivers/dlt645/meter.py); no Modbus profile carries any.
-PROTOCOL_REGISTERS: Mapping[str, tuple[str, ...]] = {"dlt645": ("T1", "T2", "T3", "T4"), "modbus": ()}
+# the DL/T 645 driver reads T1..T4 (drivers/dlt645/meter.py); no Modbus profile carries any; the
+# shipped DLMS profile reads 1.0.1.8.1..4 (drivers/dlms/profiles/generic.toml).
+PROTOCOL_REGISTERS: Mapping[str, tuple[str, ...]] = {
+    "dlt645": ("T1", "T2", "T3", "T4"), "modbus": (), "dlms": ("T1", "T2", "T3", "T4"),
+}
 
 
 @dataclass(frozen=True)

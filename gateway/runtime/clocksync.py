@@ -6,7 +6,9 @@ the meter's.  Each check reads every DL/T 645 meter's clock (together with a nor
 the read is charged like any poll rather than counting as a failure), and on a bus where any meter
 is further off than ``housekeeping.clock_max_drift_s`` sends one broadcast time frame (function 08,
 no reply — DL/T 645-2007 §7.6) with the gateway's local wall time, then reads the drifted meters again
-to verify.  The drifts found and the broadcast are audited as events.
+to verify.  The drifts found and the broadcast are audited as events.  A DLMS meter (also switching
+tariffs by its own clock) has each drifted clock set on its own (a SET of the clock object's time,
+``DlmsMeter.set_clock``), audited as the broadcast is; both only while our own time is trusted.
 
 All bus traffic goes through the bus worker (``read_now`` / ``submit``): the worker is the only owner
 of the line, and a relay command still outranks these reads.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -97,14 +99,25 @@ async def check_bus(
         return BusClockResult(worker.bus_id, drift, tuple(unreadable), False, after, withheld=True)
     if drifted:
         link = worker.link
-        if not isinstance(link, Dlt645Link):
-            raise TypeError(f"bus {worker.bus_id} is not a DL/T 645 link")
+        if isinstance(link, Dlt645Link):
 
-        async def send() -> None:
-            # The time is taken when the frame goes out, not when the job was queued.
-            await broadcast_time(link, clock().astimezone(tz).replace(tzinfo=None))
+            async def send() -> None:
+                # The time is taken when the frame goes out, not when the job was queued.
+                await broadcast_time(link, clock().astimezone(tz).replace(tzinfo=None))
 
-        await worker.submit(PRIORITY_READ_NOW, send)
+            await worker.submit(PRIORITY_READ_NOW, send)
+        else:  # DLMS has no broadcast here: each drifted meter's clock is SET (class 8, attribute 2)
+            for meter_id in drifted:
+                set_clock: Callable[[datetime], Awaitable[object]] | None = getattr(
+                    worker.meter(meter_id), "set_clock", None
+                )
+                if set_clock is None:
+                    raise TypeError(f"bus {worker.bus_id}: meter {meter_id} cannot have its clock set")
+
+                async def set_now(set_clock: Callable[[datetime], Awaitable[object]] = set_clock) -> None:
+                    await set_clock(clock())  # the time is taken when the request goes out
+
+                await worker.submit(PRIORITY_READ_NOW, set_now)
         for meter_id in drifted:
             reading = await _read_clock(worker, meter_id)
             if reading is not None and reading.quality is Quality.OK and reading.meter_time is not None:
@@ -151,12 +164,12 @@ def audit(store: Store, result: BusClockResult, now: datetime, max_drift_s: floa
 
 
 async def run(gateway: JobContext) -> list[BusClockResult]:
-    """The scheduler's entry point (``gateway.runtime.jobs``): every DL/T 645 bus, one after another."""
+    """The scheduler's entry point (``gateway.runtime.jobs``): every DL/T 645 and DLMS bus, one after another."""
     threshold = float(gateway.cfg.housekeeping.clock_max_drift_s)
     results: list[BusClockResult] = []
     for bus in gateway.cfg.buses:
         worker = gateway.workers.get(bus.id)
-        if bus.protocol != "dlt645" or worker is None:
+        if bus.protocol not in ("dlt645", "dlms") or worker is None:
             continue
         meter_ids = [m.id for m in gateway.cfg.meters_on(bus.id) if m.id in worker.meters]
         try:

@@ -53,6 +53,10 @@ def _caps(cfg: GatewayConfig, meter: MeterConfig) -> MeterCaps:
     protocol = cfg.bus(meter.bus).protocol
     if protocol == "dlt645":
         return MeterCaps(controllable=True, supports_load_limit=False, supports_keep_power=True)
+    if protocol == "dlms":  # class 70 has no keep-power; the profile says whether there is a relay
+        from drivers.dlms.profile import load_profile as load_dlms_profile
+
+        return MeterCaps(controllable=load_dlms_profile(cfg.profile_file(meter) or "generic").relay is not None)
     from drivers.modbus.profile import load_profile
 
     profile = load_profile(cfg.profile_file(meter) or "")

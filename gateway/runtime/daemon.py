@@ -181,7 +181,7 @@ class Gateway:
             polled = [
                 PolledMeter(
                     m.id,
-                    make_meter(bus.protocol, link, m.address, self.cfg.profile_file(m), tz=self.cfg.tz, clock=self.clock),
+                    make_meter(bus.protocol, link, m.address, self.cfg.profile_file(m), tz=self.cfg.tz, clock=self.clock, options=self.cfg.meter_options(m)),
                     m.poll_interval_s or bus.poll_interval_s,
                 )
                 for m in self.cfg.meters_on(bus.id)

@@ -24,7 +24,7 @@ def register(cli: click.Group) -> None:
 
 def _link_options(f: Any) -> Any:
     f = click.option(
-        "--protocol", type=click.Choice(["dlt645", "modbus"]), required=True, help="Meter protocol."
+        "--protocol", type=click.Choice(["dlt645", "modbus", "dlms"]), required=True, help="Meter protocol."
     )(f)
     f = click.option(
         "--port",
@@ -81,6 +81,10 @@ def read(
     if protocol == "dlt645":
         if not address:
             raise click.UsageError("--address is required for DL/T 645")
+        meter_address = address
+    elif protocol == "dlms":  # the public client; --address: HDLC physical address (TCP wrapper: logical device)
+        if not address or not address.isdigit():
+            raise click.UsageError("--address is required for DLMS (HDLC physical address, or the logical device on tcp://)")
         meter_address = address
     else:
         if unit is None or not profile:
