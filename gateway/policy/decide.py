@@ -38,6 +38,7 @@ from gateway.policy.state import (
     EnforcementState,
     RuleCheck,
 )
+from gateway.policy.texts import MoneyFormat
 
 S = EnforcementState
 K = ActionKind
@@ -73,11 +74,17 @@ def decide(
     *,
     holds: Sequence[Hold] = (),
     overrides: Sequence[Override] = (),
+    money: MoneyFormat | None = None,
 ) -> Decision:
-    """What to do for one account and its meter at ``now`` (aware), and what the rules hold back."""
+    """What to do for one account and its meter at ``now`` (aware), and what the rules hold back.
+
+    ``money``: the gateway's configured currency and minor digits, for the figures in customer texts;
+    without it, the preset's currency in cents (as ``pmg explain`` does without a configuration).
+    """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError(f"decide: naive datetime {now.isoformat()} (an aware UTC instant is required)")
     d = Draft(account, meter, now, calendar, rules, tuple(holds), account.state,
+               money or MoneyFormat(rules.currency, 2),
                notice_served_at=account.notice_served_at, notice_delivered_at=account.notice_delivered_at,
                reminder_sent_at=account.reminder_sent_at,
                warnings_sent=dict(account.warnings_sent), alerts_sent=dict(account.alerts_sent))
@@ -95,7 +102,7 @@ def decide(
     # the decision that offers it never cuts (gateway.policy.credit; docs/enforcement.md).
     c = credit_position(account, rules,
                         may_offer=offer_allowed(account, meter, rules, cut_order=cut_order is not None))
-    available = c.available_minor
+    available = d.available_minor = c.available_minor
     exhausted = c.exhausted
     credit = d.check("credit.exhausted", exhausted,
                      f"available {available} (balance {account.balance_minor}"
@@ -299,7 +306,8 @@ def _warn(d: Draft, grade: int) -> None:
     if grade not in d.warnings_sent:
         rc = d.check(f"warnings.level_{grade}", True,
                      f"balance {d.account.balance_minor}, days left {d.account.days_of_credit_left}")
-        d.act(K.WARN, [rc], level=grade, message=f"{lv.message_id}: {lv.text}")
+        text = lv.message(d.money_values(), d.account.days_of_credit_left)
+        d.act(K.WARN, [rc], level=grade, message=f"{lv.message_id}: {text}")
         d.warnings_sent[grade] = d.now
 
 
@@ -308,7 +316,8 @@ def _offer_emergency_credit(d: Draft, credit: RuleCheck) -> None:
     ec, amount = d.rules.emergency_credit, d.account.emergency_credit_minor
     rc = d.check("emergency_credit", True,
                  f"balance {d.account.balance_minor} at or below the cut threshold: {amount} offered and granted")
-    d.act(K.OFFER_EMERGENCY_CREDIT, [credit, rc], level=amount, message=f"{ec.message_id}: {ec.text}")
+    text = ec.offer_text(d.money_values(), d.money.amount(amount))
+    d.act(K.OFFER_EMERGENCY_CREDIT, [credit, rc], level=amount, message=f"{ec.message_id}: {text}")
     d.alerts_sent[EMERGENCY_OFFER_KEY] = d.now
 
 
@@ -389,7 +398,7 @@ def _notice(d: Draft, credit: RuleCheck) -> None:
     if d.notice_served_at is None:
         how = "delivered by the meter display" if n.delivery == "meter_display" else "served once delivery is confirmed"
         rc = d.check("notice.required", True, f"issue notice ({how}); cut not before {n.period} after delivery")
-        d.act(K.SERVE_NOTICE, [credit, rc], message=f"{n.message_id}: {n.notice_text()}")
+        d.act(K.SERVE_NOTICE, [credit, rc], message=f"{n.message_id}: {n.notice_text(d.money_values())}")
         d.notice_served_at = now
         if n.delivery == "meter_display":
             d.notice_delivered_at = now

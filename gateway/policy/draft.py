@@ -11,6 +11,7 @@ from gateway.core.calendar import WorkCalendar
 from gateway.policy.inputs import AccountView, Hold, MeterView
 from gateway.policy.rules import Rules
 from gateway.policy.state import Action, ActionKind, EnforcementState, RuleCheck
+from gateway.policy.texts import MoneyFormat, money_values
 
 
 @dataclass
@@ -24,6 +25,9 @@ class Draft:
     rules: Rules
     holds: Sequence[Hold]
     state: EnforcementState
+    money: MoneyFormat  # the gateway's currency and minor digits, for the customer texts
+    # Credit available as this decision computed it (with emergency credit its own offer grants).
+    available_minor: int | None = None
     actions: list[Action] = field(default_factory=list)
     blocked: list[Action] = field(default_factory=list)
     trace: list[RuleCheck] = field(default_factory=list)
@@ -49,6 +53,11 @@ class Draft:
         self.blocked.append(Action(kind, relay, level, message, tuple(trace), not_before))
         if not_before is not None and not_before > self.now:
             self.reviews.append(not_before)
+
+    def money_values(self) -> dict[str, str]:
+        """The account's figures as the customer texts state them (``gateway.policy.texts``)."""
+        available = self.account.available_minor if self.available_minor is None else self.available_minor
+        return money_values(self.account.balance_minor, available, self.money)
 
     def once(self, key: str) -> bool:
         """True the first time ``key`` is raised in this cycle (and records it)."""

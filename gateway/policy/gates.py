@@ -96,7 +96,7 @@ def reminder(d: Draft, cut_at: datetime, trace: list[RuleCheck]) -> datetime | N
         return None
     if now >= cut_at - n.reminder_before and at_if_now <= now + n.reminder_valid_for:
         rc = d.check("notice.reminder", False, f"reminder sent now; cut not before {at_if_now:%Y-%m-%d %H:%M}Z")
-        d.act(K.SEND_REMINDER, [*trace, rc], message=f"{n.reminder_message_id}: {n.reminder_message()}")
+        d.act(K.SEND_REMINDER, [*trace, rc], message=f"{n.reminder_message_id}: {n.reminder_message(d.money_values())}")
         d.reminder_sent_at = now
         trace.append(rc)
         return at_if_now

@@ -45,7 +45,8 @@ def build_components(cfg: GatewayConfig, config_path: Path, store: Store | None)
                 f"accounts in {cfg.currency}"
             )
     caps = {m.id: _caps(cfg, m) for m in cfg.meters}
-    policy = PolicyEngine(rules, calendar, caps, book=book, minor_digits=cfg.minor_digits)
+    policy = PolicyEngine(rules, calendar, caps, book=book, minor_digits=cfg.minor_digits,
+                          currency=cfg.currency)
     return Components(cfg, book, policy, rules, calendar)
 
 
