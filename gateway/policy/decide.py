@@ -217,13 +217,13 @@ def _while_disconnected(d: Draft, reconnect: RuleCheck, connect: Override | None
     """``fresh``: the balance alone reaches the reconnect threshold, so a reconnect starts a new cycle;
     a reconnect on emergency credit keeps the cycle (and with it the offer that granted the credit)."""
     if cut_order:
-        rc = d.check("override.disconnect", False, f"manual {cut_order.label()}")
+        rc = d.check("override.disconnect", False, "manual ", *cut_order.label())
         d.block(K.RECONNECT, [reconnect, rc], cut_order.expires_at)
         if d.meter.relay is RelayState.CLOSED:
             _manual_cut(d, cut_order, protected, prot)
         return
     if connect:
-        _reconnect(d, [d.check("override.connect", True, f"manual {connect.label()}")])
+        _reconnect(d, [d.check("override.connect", True, "manual ", *connect.label())])
         return
     if reconnect.passed:
         _reconnect(d, [reconnect], new_cycle=fresh)
@@ -285,7 +285,7 @@ def _supply_on(d: Draft, exhausted: bool, reconnect: RuleCheck, protected: bool,
             d.notice_served_at = d.reminder_sent_at = None
         in_track = False
     if connect and d.state is S.LOAD_LIMITED:
-        _reconnect(d, [d.check("override.connect", True, f"manual {connect.label()}")])
+        _reconnect(d, [d.check("override.connect", True, "manual ", *connect.label())])
         return
     if in_track and not exhausted:
         d.check("cut_track.hold", True, "credit above the cut threshold but below the reconnect threshold: state held")
@@ -390,8 +390,8 @@ def _notice(d: Draft, credit: RuleCheck) -> None:
     n, now = d.rules.notice, d.now
     delivered = d.notice_delivered_at
     if delivered is not None and n.valid_for is not None and now >= delivered + n.valid_for:
-        rc = d.check("notice.valid_for", False, f"notice delivered {delivered:%Y-%m-%d %H:%M}Z lapsed after "
-                                                f"{n.valid_for}: a fresh notice is needed")
+        rc = d.check("notice.valid_for", False, "notice delivered ", delivered,
+                     f" lapsed after {n.valid_for}: a fresh notice is needed")
         d.act(K.NOTICE_LAPSED, [credit, rc], message=f"{n.message_id} delivered {delivered:%Y-%m-%d %H:%M}Z lapsed")
         d.notice_served_at = d.notice_delivered_at = d.reminder_sent_at = None
         d.alerts_sent.pop(NOTICE_UNDELIVERED_KEY, None)
@@ -410,8 +410,8 @@ def _notice(d: Draft, credit: RuleCheck) -> None:
         if now < due:
             d.reviews.append(due)
         elif d.once(NOTICE_UNDELIVERED_KEY):
-            rc = d.check("notice.delivered", False, f"notice issued {issued:%Y-%m-%d %H:%M}Z, "
-                                                    f"no delivery confirmed within {n.escalate_after}")
+            rc = d.check("notice.delivered", False, "notice issued ", issued,
+                         f", no delivery confirmed within {n.escalate_after}")
             d.act(K.NOTICE_UNDELIVERED, [credit, rc],
                   message=f"notice_undelivered: {n.message_id} issued {issued:%Y-%m-%d %H:%M}Z "
                           "not confirmed delivered; no cut until it is")
@@ -420,7 +420,7 @@ def _notice(d: Draft, credit: RuleCheck) -> None:
 def _manual_cut(d: Draft, order: Override, protected: bool, prot: RuleCheck) -> None:
     """A head-office or technician order: windows and notice do not apply; keep-power and protection do."""
     m = d.meter
-    rc = d.check("override.disconnect", True, f"manual {order.label()}; windows and notice do not apply")
+    rc = d.check("override.disconnect", True, "manual ", *order.label(), "; windows and notice do not apply")
     if m.keep_power:
         d.block(K.DISCONNECT, [rc, d.check("keep_power", False, "keep-power (保电) forbids any trip")],
                 order.expires_at, relay=RelayAction.TRIP)

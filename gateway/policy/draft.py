@@ -10,7 +10,7 @@ from drivers.base import RelayAction
 from gateway.core.calendar import WorkCalendar
 from gateway.policy.inputs import AccountView, Hold, MeterView
 from gateway.policy.rules import Rules
-from gateway.policy.state import Action, ActionKind, EnforcementState, RuleCheck
+from gateway.policy.state import Action, ActionKind, EnforcementState, Part, RuleCheck
 from gateway.policy.texts import MoneyFormat, money_values
 
 
@@ -39,8 +39,10 @@ class Draft:
     warnings_sent: dict[int, datetime] = field(default_factory=dict)
     alerts_sent: dict[str, datetime] = field(default_factory=dict)
 
-    def check(self, rule: str, passed: bool, detail: str) -> RuleCheck:
-        rc = RuleCheck(rule, passed, detail)
+    def check(self, rule: str, passed: bool, detail: str, *more: Part) -> RuleCheck:
+        """Record a rule consulted; ``more``: the rest of the text, instants kept as instants
+        (``d.check("notice.period", ok, "ends ", end)``) so that a reader sees them in local time."""
+        rc = RuleCheck.of(rule, passed, detail, *more) if more else RuleCheck(rule, passed, detail)
         self.trace.append(rc)
         return rc
 
