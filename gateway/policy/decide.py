@@ -38,6 +38,7 @@ from gateway.policy.state import (
     EnforcementState,
     RuleCheck,
 )
+from gateway.policy.texts import MoneyFormat
 
 S = EnforcementState
 K = ActionKind
@@ -73,11 +74,17 @@ def decide(
     *,
     holds: Sequence[Hold] = (),
     overrides: Sequence[Override] = (),
+    money: MoneyFormat | None = None,
 ) -> Decision:
-    """What to do for one account and its meter at ``now`` (aware), and what the rules hold back."""
+    """What to do for one account and its meter at ``now`` (aware), and what the rules hold back.
+
+    ``money``: the gateway's configured currency and minor digits, for the figures in customer texts;
+    without it, the preset's currency in cents (as ``pmg explain`` does without a configuration).
+    """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError(f"decide: naive datetime {now.isoformat()} (an aware UTC instant is required)")
     d = Draft(account, meter, now, calendar, rules, tuple(holds), account.state,
+               money or MoneyFormat(rules.currency, 2),
                notice_served_at=account.notice_served_at, notice_delivered_at=account.notice_delivered_at,
                reminder_sent_at=account.reminder_sent_at,
                warnings_sent=dict(account.warnings_sent), alerts_sent=dict(account.alerts_sent))
@@ -95,7 +102,7 @@ def decide(
     # the decision that offers it never cuts (gateway.policy.credit; docs/enforcement.md).
     c = credit_position(account, rules,
                         may_offer=offer_allowed(account, meter, rules, cut_order=cut_order is not None))
-    available = c.available_minor
+    available = d.available_minor = c.available_minor
     exhausted = c.exhausted
     credit = d.check("credit.exhausted", exhausted,
                      f"available {available} (balance {account.balance_minor}"
@@ -210,13 +217,13 @@ def _while_disconnected(d: Draft, reconnect: RuleCheck, connect: Override | None
     """``fresh``: the balance alone reaches the reconnect threshold, so a reconnect starts a new cycle;
     a reconnect on emergency credit keeps the cycle (and with it the offer that granted the credit)."""
     if cut_order:
-        rc = d.check("override.disconnect", False, f"manual {cut_order.label()}")
+        rc = d.check("override.disconnect", False, "manual ", *cut_order.label())
         d.block(K.RECONNECT, [reconnect, rc], cut_order.expires_at)
         if d.meter.relay is RelayState.CLOSED:
             _manual_cut(d, cut_order, protected, prot)
         return
     if connect:
-        _reconnect(d, [d.check("override.connect", True, f"manual {connect.label()}")])
+        _reconnect(d, [d.check("override.connect", True, "manual ", *connect.label())])
         return
     if reconnect.passed:
         _reconnect(d, [reconnect], new_cycle=fresh)
@@ -278,7 +285,7 @@ def _supply_on(d: Draft, exhausted: bool, reconnect: RuleCheck, protected: bool,
             d.notice_served_at = d.reminder_sent_at = None
         in_track = False
     if connect and d.state is S.LOAD_LIMITED:
-        _reconnect(d, [d.check("override.connect", True, f"manual {connect.label()}")])
+        _reconnect(d, [d.check("override.connect", True, "manual ", *connect.label())])
         return
     if in_track and not exhausted:
         d.check("cut_track.hold", True, "credit above the cut threshold but below the reconnect threshold: state held")
@@ -299,7 +306,8 @@ def _warn(d: Draft, grade: int) -> None:
     if grade not in d.warnings_sent:
         rc = d.check(f"warnings.level_{grade}", True,
                      f"balance {d.account.balance_minor}, days left {d.account.days_of_credit_left}")
-        d.act(K.WARN, [rc], level=grade, message=f"{lv.message_id}: {lv.text}")
+        text = lv.message(d.money_values(), d.account.days_of_credit_left)
+        d.act(K.WARN, [rc], level=grade, message=f"{lv.message_id}: {text}")
         d.warnings_sent[grade] = d.now
 
 
@@ -308,7 +316,8 @@ def _offer_emergency_credit(d: Draft, credit: RuleCheck) -> None:
     ec, amount = d.rules.emergency_credit, d.account.emergency_credit_minor
     rc = d.check("emergency_credit", True,
                  f"balance {d.account.balance_minor} at or below the cut threshold: {amount} offered and granted")
-    d.act(K.OFFER_EMERGENCY_CREDIT, [credit, rc], level=amount, message=f"{ec.message_id}: {ec.text}")
+    text = ec.offer_text(d.money_values(), d.money.amount(amount))
+    d.act(K.OFFER_EMERGENCY_CREDIT, [credit, rc], level=amount, message=f"{ec.message_id}: {text}")
     d.alerts_sent[EMERGENCY_OFFER_KEY] = d.now
 
 
@@ -381,15 +390,15 @@ def _notice(d: Draft, credit: RuleCheck) -> None:
     n, now = d.rules.notice, d.now
     delivered = d.notice_delivered_at
     if delivered is not None and n.valid_for is not None and now >= delivered + n.valid_for:
-        rc = d.check("notice.valid_for", False, f"notice delivered {delivered:%Y-%m-%d %H:%M}Z lapsed after "
-                                                f"{n.valid_for}: a fresh notice is needed")
+        rc = d.check("notice.valid_for", False, "notice delivered ", delivered,
+                     f" lapsed after {n.valid_for}: a fresh notice is needed")
         d.act(K.NOTICE_LAPSED, [credit, rc], message=f"{n.message_id} delivered {delivered:%Y-%m-%d %H:%M}Z lapsed")
         d.notice_served_at = d.notice_delivered_at = d.reminder_sent_at = None
         d.alerts_sent.pop(NOTICE_UNDELIVERED_KEY, None)
     if d.notice_served_at is None:
         how = "delivered by the meter display" if n.delivery == "meter_display" else "served once delivery is confirmed"
         rc = d.check("notice.required", True, f"issue notice ({how}); cut not before {n.period} after delivery")
-        d.act(K.SERVE_NOTICE, [credit, rc], message=f"{n.message_id}: {n.notice_text()}")
+        d.act(K.SERVE_NOTICE, [credit, rc], message=f"{n.message_id}: {n.notice_text(d.money_values())}")
         d.notice_served_at = now
         if n.delivery == "meter_display":
             d.notice_delivered_at = now
@@ -401,8 +410,8 @@ def _notice(d: Draft, credit: RuleCheck) -> None:
         if now < due:
             d.reviews.append(due)
         elif d.once(NOTICE_UNDELIVERED_KEY):
-            rc = d.check("notice.delivered", False, f"notice issued {issued:%Y-%m-%d %H:%M}Z, "
-                                                    f"no delivery confirmed within {n.escalate_after}")
+            rc = d.check("notice.delivered", False, "notice issued ", issued,
+                         f", no delivery confirmed within {n.escalate_after}")
             d.act(K.NOTICE_UNDELIVERED, [credit, rc],
                   message=f"notice_undelivered: {n.message_id} issued {issued:%Y-%m-%d %H:%M}Z "
                           "not confirmed delivered; no cut until it is")
@@ -411,7 +420,7 @@ def _notice(d: Draft, credit: RuleCheck) -> None:
 def _manual_cut(d: Draft, order: Override, protected: bool, prot: RuleCheck) -> None:
     """A head-office or technician order: windows and notice do not apply; keep-power and protection do."""
     m = d.meter
-    rc = d.check("override.disconnect", True, f"manual {order.label()}; windows and notice do not apply")
+    rc = d.check("override.disconnect", True, "manual ", *order.label(), "; windows and notice do not apply")
     if m.keep_power:
         d.block(K.DISCONNECT, [rc, d.check("keep_power", False, "keep-power (保电) forbids any trip")],
                 order.expires_at, relay=RelayAction.TRIP)

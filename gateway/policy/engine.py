@@ -29,6 +29,7 @@ from gateway.policy.inputs import AccountView, Hold, MeterView, Override
 from gateway.policy.outcome import PaymentOutcome, payment_outcome, summarise
 from gateway.policy.rules import Rules
 from gateway.policy.state import Action, ActionKind, Decision, EnforcementState, RuleCheck
+from gateway.policy.texts import MoneyFormat
 from gateway.policy.time_hold import time_holds
 from gateway.store import events, relay_queue
 from gateway.store.db import dumps
@@ -102,7 +103,10 @@ class PolicyEngine:
         *,
         book: TariffBook | None = None,
         minor_digits: int = 2,
+        currency: str | None = None,
     ) -> None:
+        """``currency`` and ``minor_digits``: the gateway's configured money, for the figures in the
+        customer texts (without a currency, the preset's default)."""
         self.rules = rules
         self.calendar = calendar
         self.caps = dict(caps)
@@ -110,6 +114,7 @@ class PolicyEngine:
             book  # with it, days of credit follow the tariff (blocks, time of use), not last week's bill
         )
         self.minor_digits = minor_digits
+        self.money = MoneyFormat(currency or rules.currency, minor_digits)
         self._daily_cost = forecast.DailyCostCache()
 
     def _days_left(
@@ -202,14 +207,16 @@ class PolicyEngine:
     def decide_for(self, conn: sqlite3.Connection, meter_id: str, now: datetime) -> Decision:
         """The decision without applying it (``pmg explain``)."""
         account, meter, holds, overrides = self.snapshot(conn, meter_id, now)
-        return decide(account, meter, now, self.calendar, self.rules, holds=holds, overrides=overrides)
+        return decide(account, meter, now, self.calendar, self.rules, holds=holds, overrides=overrides,
+                      money=self.money)
 
     def evaluate_meter(
         self, conn: sqlite3.Connection, meter_id: str, now: datetime, *, payment_id: str | None = None
     ) -> Decision:
         """Decide for one meter and persist the outcome, inside the caller's transaction."""
         account, meter, holds, overrides, stored = self._read(conn, meter_id, now)
-        d = decide(account, meter, now, self.calendar, self.rules, holds=holds, overrides=overrides)
+        d = decide(account, meter, now, self.calendar, self.rules, holds=holds, overrides=overrides,
+                   money=self.money)
         aid = account.account_id
         decided = (
             d.state.value,

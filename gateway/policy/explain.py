@@ -3,8 +3,9 @@
 Written for a technician or a call-centre agent answering "why is my power (not) off?": each blocked
 action names the rule that holds it back and the local instant that rule stops applying.  Instants
 and amounts are shown as everywhere else (``gateway.core.present``): local time with its offset, to
-the second, and money in the site's configured currency and minor digits — the preset's own
-``currency`` is only a default (``generic`` has none: ``XXX``, ISO 4217's "no currency").
+the second — the instants inside rule traces too, which the pure policy keeps as instants
+(``RuleCheck.parts``) — and money in the site's configured currency and minor digits; the preset's
+own ``currency`` is only a default (``generic`` has none: ``XXX``, ISO 4217's "no currency").
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from gateway.core.calendar import WorkCalendar
 from gateway.core.present import Presenter
 from gateway.policy.inputs import AccountView, MeterView
 from gateway.policy.rules import Rules
-from gateway.policy.state import Action, Decision
+from gateway.policy.state import Action, Decision, RuleCheck
 
 
 def _when(t: datetime | None, show: Presenter) -> str:
@@ -23,6 +24,11 @@ def _when(t: datetime | None, show: Presenter) -> str:
         return "not by itself (needs a payment or a head-office decision)"
     weekday = t.astimezone(show.tz).strftime("%a")  # the local weekday, the day a protected window follows
     return f"{weekday} {show.when(t)}"
+
+
+def _check_line(c: RuleCheck, show: Presenter) -> str:
+    """One rule of a trace, its instants in the site's zone like every other instant here."""
+    return f"      {'ok ' if c.passed else 'NO '} {c.rule}: {c.text(show.when)}"
 
 
 def _action_line(a: Action) -> str:
@@ -61,12 +67,12 @@ def explain(decision: Decision, account: AccountView, meter: MeterView, now: dat
     lines.append("Actions now:" if decision.actions else "Actions now: none")
     for a in decision.actions:
         lines.append(f"  - {_action_line(a)}: {a.message or ''}".rstrip(": "))
-        lines.extend(f"      {'ok ' if c.passed else 'NO '} {c.rule}: {c.detail}" for c in a.trace)
+        lines.extend(_check_line(c, show) for c in a.trace)
     for a in decision.blocked:
         failing = [c for c in a.trace if not c.passed]
         names = ", ".join(dict.fromkeys(c.rule for c in failing)) or "rules"
         lines.append(f"Blocked: {_action_line(a)} by {names}; allowed from {_when(a.not_before, show)}")
-        lines.extend(f"      {'ok ' if c.passed else 'NO '} {c.rule}: {c.detail}" for c in a.trace)
+        lines.extend(_check_line(c, show) for c in a.trace)
     if decision.next_review_at is not None:
         lines.append(f"Next review: {_when(decision.next_review_at, show)}")
     return "\n".join(lines)

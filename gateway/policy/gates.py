@@ -27,22 +27,22 @@ def gates(d: Draft, base: list[RuleCheck], connect: Override | None,
     trace = list(base)
     start = now
     if connect:
-        trace.append(d.check("override.connect", False, f"manual {connect.label()}"))
+        trace.append(d.check("override.connect", False, "manual ", *connect.label()))
         start = max(start, connect.expires_at)
     lapses_at: datetime | None = None
     if r.notice.required:
         delivered = d.notice_delivered_at
         if delivered is None:
             issued = d.notice_served_at or now
-            trace.append(d.check("notice.delivered", False, f"notice issued {issued:%Y-%m-%d %H:%M}Z, delivery not "
-                                                            "confirmed: the period has not started"))
+            trace.append(d.check("notice.delivered", False, "notice issued ", issued,
+                                 ", delivery not confirmed: the period has not started"))
             return False, None, trace
         end = delivered + r.notice.period
         if delivered == now and d.account.notice_delivered_at is None:
             # Delivered in this very decision (meter display): the cut waits until it has been shown.
             end = max(end, now + NOTICE_DELIVERY_MARGIN)
-        trace.append(d.check("notice.period", now >= end, f"notice delivered {delivered:%Y-%m-%d %H:%M}Z, "
-                                                          f"period {r.notice.period} ends {end:%Y-%m-%d %H:%M}Z"))
+        trace.append(d.check("notice.period", now >= end, "notice delivered ", delivered,
+                             f", period {r.notice.period} ends ", end))
         start = max(start, end)
         if r.notice.valid_for is not None:
             lapses_at = delivered + r.notice.valid_for
@@ -50,13 +50,12 @@ def gates(d: Draft, base: list[RuleCheck], connect: Override | None,
         trace.append(d.check("notice.period", True, "no notice required by the rules"))
     if d.state is S.LOAD_LIMITED and cut:
         end = d.account.state_since + r.load_limit.before_cut
-        trace.append(d.check("load_limit.before_cut", now >= end, f"power cap since "
-                                                                  f"{d.account.state_since:%Y-%m-%d %H:%M}Z"))
+        trace.append(d.check("load_limit.before_cut", now >= end, "power cap since ", d.account.state_since))
         start = max(start, end)
     at, blockers = earliest_allowed(start, d.cal, r.windows, d.holds)
     for b in blockers:
-        until = f"until {b.until:%Y-%m-%d %H:%M}Z" if b.until else "with no end set"
-        trace.append(d.check(b.rule, False, f"{b.detail}, {until}"))
+        trace.append(d.check(b.rule, False, f"{b.detail}, until ", b.until) if b.until
+                     else d.check(b.rule, False, f"{b.detail}, with no end set"))
     if at is None:
         return False, None, trace
     if not blockers:
@@ -74,8 +73,8 @@ def _stale(d: Draft, at: datetime, lapses_at: datetime | None, trace: list[RuleC
     """A restriction the notice no longer covers by ``at``: none happens on it; it lapses then."""
     if lapses_at is None or at < lapses_at:
         return False
-    trace.append(d.check("notice.valid_for", False, f"earliest allowed {at:%Y-%m-%d %H:%M}Z is not before the "
-                                                    f"notice lapses {lapses_at:%Y-%m-%d %H:%M}Z: a fresh notice is needed"))
+    trace.append(d.check("notice.valid_for", False, "earliest allowed ", at, " is not before the notice lapses ",
+                         lapses_at, ": a fresh notice is needed"))
     d.reviews.append(lapses_at)
     return True
 
@@ -87,20 +86,20 @@ def reminder(d: Draft, cut_at: datetime, trace: list[RuleCheck]) -> datetime | N
     if sent is not None and (d.notice_served_at is None or sent >= d.notice_served_at):
         at, _ = earliest_allowed(max(cut_at, sent + n.reminder_before), d.cal, d.rules.windows, d.holds)
         if at is not None and at <= sent + n.reminder_valid_for:
-            trace.append(d.check("notice.reminder", at <= now, f"reminder sent {sent:%Y-%m-%d %H:%M}Z, "
-                                                              f"{n.reminder_before} before the cut"))
+            trace.append(d.check("notice.reminder", at <= now, "reminder sent ", sent,
+                                 f", {n.reminder_before} before the cut"))
             return at
     # The cut this reminder would announce, if it went out now:
     at_if_now, _ = earliest_allowed(max(cut_at, now + n.reminder_before), d.cal, d.rules.windows, d.holds)
     if at_if_now is None:
         return None
     if now >= cut_at - n.reminder_before and at_if_now <= now + n.reminder_valid_for:
-        rc = d.check("notice.reminder", False, f"reminder sent now; cut not before {at_if_now:%Y-%m-%d %H:%M}Z")
-        d.act(K.SEND_REMINDER, [*trace, rc], message=f"{n.reminder_message_id}: {n.reminder_message()}")
+        rc = d.check("notice.reminder", False, "reminder sent now; cut not before ", at_if_now)
+        d.act(K.SEND_REMINDER, [*trace, rc], message=f"{n.reminder_message_id}: {n.reminder_message(d.money_values())}")
         d.reminder_sent_at = now
         trace.append(rc)
         return at_if_now
     due = max(cut_at, at_if_now) - n.reminder_before
-    trace.append(d.check("notice.reminder", False, f"reminder due {due:%Y-%m-%d %H:%M}Z"))
+    trace.append(d.check("notice.reminder", False, "reminder due ", due))
     d.reviews.append(due)
     return max(cut_at, at_if_now)

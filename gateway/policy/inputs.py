@@ -82,5 +82,6 @@ class Override:
     expires_at: datetime
     allow_protected: bool = False
 
-    def label(self) -> str:
-        return f"{self.action} by {self.actor} ({self.reason}) until {self.expires_at.isoformat()}"
+    def label(self) -> tuple[str, datetime]:
+        """For a rule check's text (``Draft.check``): the expiry stays an instant, shown in the reader's zone."""
+        return f"{self.action} by {self.actor} ({self.reason}) until ", self.expires_at

@@ -12,13 +12,13 @@ from collections.abc import Mapping
 from datetime import time, timedelta
 from decimal import Decimal
 from pathlib import Path
-from string import Formatter
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from drivers.tomlsource import TomlError, read_toml, validation_to_toml_error
 from gateway.core.errors import UserError
+from gateway.policy import texts
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 PRESETS: tuple[str, ...] = ("cn", "uk", "us-tx", "generic")
@@ -40,7 +40,11 @@ class _Strict(BaseModel):
 
 
 class WarningLevel(_Strict):
-    """A warning grade triggers when *either* threshold is reached (both are "at or below")."""
+    """A warning grade triggers when *either* threshold is reached (both are "at or below").
+
+    ``text`` may say ``{balance}``, ``{available}``, ``{currency}`` and, on a level with
+    ``days_left_at_or_below``, ``{days_left}`` (``gateway.policy.texts``).
+    """
 
     balance_at_or_below_minor: int | None = None
     days_left_at_or_below: Decimal | None = Field(default=None, ge=0)
@@ -51,7 +55,16 @@ class WarningLevel(_Strict):
     def _one_threshold(self) -> WarningLevel:
         if self.balance_at_or_below_minor is None and self.days_left_at_or_below is None:
             raise ValueError("a warning level needs balance_at_or_below_minor or days_left_at_or_below")
+        texts.check("text", self.text, self.allowed_fields(),
+                    {"days_left": "{days_left} needs days_left_at_or_below on this level"})
         return self
+
+    def allowed_fields(self) -> frozenset[str]:
+        return texts.WARNING_FIELDS | ({"days_left"} if self.days_left_at_or_below is not None else set())
+
+    def message(self, money: Mapping[str, str], days_left: Decimal | None) -> str:
+        """The warning as the customer reads it, with the account's figures."""
+        return texts.fill(self.text, {**money, "days_left": texts.days_text(days_left)})
 
 
 class Warnings(_Strict):
@@ -75,21 +88,21 @@ class Warnings(_Strict):
 
 
 class EmergencyCredit(_Strict):
+    """``text`` may say ``{emergency_credit}`` (the amount offered) besides the money placeholders."""
+
     enabled: bool = False
     amount_minor: int = Field(default=0, ge=0)
     message_id: str = "emergency_credit_offer"
-    text: str = "Your credit has run out. Emergency credit is available."
+    text: str = "Your credit has run out. Emergency credit of {emergency_credit} {currency} is available."
 
+    @model_validator(mode="after")
+    def _text_fits(self) -> EmergencyCredit:
+        texts.check("text", self.text, texts.OFFER_FIELDS)
+        return self
 
-def _placeholders(template: str) -> set[str]:
-    """The ``{name}`` fields of a message template (``{{`` is a literal brace)."""
-    return {name for _, name, _, _ in Formatter().parse(template) if name is not None}
-
-
-def _amount(span: timedelta, unit: timedelta) -> str:
-    """``span`` in whole or decimal ``unit``s, as a customer reads it: 3, 1.5 (never 3.0)."""
-    value = Decimal(span // timedelta(microseconds=1)) / Decimal(unit // timedelta(microseconds=1))
-    return format(value.normalize(), "f")
+    def offer_text(self, money: Mapping[str, str], offered: str) -> str:
+        """The offer as the customer reads it; ``offered``: the amount granted, as money text."""
+        return texts.fill(self.text, {**money, "emergency_credit": offered})
 
 
 class Notice(_Strict):
@@ -100,7 +113,8 @@ class Notice(_Strict):
     where the rules allow it, the meter's display counts as delivery (``delivery = "meter_display"``).
     The period runs from delivery; ``valid_for`` (from delivery too) is how long the notice may
     still justify a cut before a fresh one is needed.  ``text`` may say ``{days}`` (the period) and
-    ``reminder_text`` ``{minutes}`` (``reminder_before``), so the text states what is enforced.
+    ``reminder_text`` ``{minutes}`` (``reminder_before``), so the text states what is enforced; both
+    may state the account's money (``gateway.policy.texts``).
     """
 
     required: bool
@@ -123,23 +137,18 @@ class Notice(_Strict):
             raise ValueError("reminder_valid_for must be at least reminder_before")
         if self.valid_for is not None and self.valid_for <= self.period:
             raise ValueError(f"valid_for ({self.valid_for}) must exceed period ({self.period})")
-        for field_name, allowed in (("text", {"days"}), ("reminder_text", {"minutes"})):
-            try:
-                names = _placeholders(getattr(self, field_name))
-            except ValueError as exc:
-                raise ValueError(f"{field_name}: {exc} (write {{{{ for a literal brace)") from None
-            if names - allowed:
-                raise ValueError(f"{field_name}: unknown placeholder(s) {sorted(names - allowed)} "
-                                 f"(allowed: {sorted(allowed)})")
+        texts.check("text", self.text, texts.NOTICE_FIELDS)
+        texts.check("reminder_text", self.reminder_text, texts.REMINDER_FIELDS)
         return self
 
-    def notice_text(self) -> str:
+    def notice_text(self, money: Mapping[str, str]) -> str:
         """The notice as the customer reads it, with the period actually enforced."""
-        return self.text.format(days=_amount(self.period, timedelta(days=1)))
+        return texts.fill(self.text, {**money, "days": texts.span_amount(self.period, timedelta(days=1))})
 
-    def reminder_message(self) -> str:
+    def reminder_message(self, money: Mapping[str, str]) -> str:
         """The reminder as the customer reads it, with the lead time actually enforced."""
-        return self.reminder_text.format(minutes=_amount(self.reminder_before, timedelta(minutes=1)))
+        return texts.fill(self.reminder_text,
+                          {**money, "minutes": texts.span_amount(self.reminder_before, timedelta(minutes=1))})
 
 
 class Disconnect(_Strict):

@@ -7,9 +7,9 @@ may change it after the fact.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from drivers.base import RelayAction
 
@@ -66,13 +66,40 @@ class ActionKind(enum.StrEnum):
     CLEAR_KEEP_POWER = "clear_keep_power"
 
 
+Part = str | datetime  # a piece of a rule check's text: words, or an instant kept as an instant
+
+
+def utc_minute(t: datetime) -> str:
+    """An instant as the audit log's rule traces state it: UTC to the minute (``2026-11-30 10:00Z``)."""
+    return f"{t.astimezone(UTC):%Y-%m-%d %H:%M}Z"
+
+
 @dataclass(frozen=True)
 class RuleCheck:
-    """One rule consulted: its name (``windows.hours``, ``notice.period``…), outcome and why."""
+    """One rule consulted: its name (``windows.hours``, ``notice.period``…), outcome and why.
+
+    ``detail`` is the text the audit log keeps (instants in UTC); ``parts`` is the same text with its
+    instants kept as instants, so a reader's view (``pmg explain``) shows them in the site's zone
+    without the pure policy knowing how things are presented.
+    """
 
     rule: str
     passed: bool
     detail: str
+    parts: tuple[Part, ...] = ()
+
+    @classmethod
+    def of(cls, rule: str, passed: bool, *parts: Part) -> RuleCheck:
+        """A check whose text mentions instants: ``RuleCheck.of(rule, ok, "ends ", end)``."""
+        return cls(rule, passed, cls._join(parts, utc_minute), tuple(parts))
+
+    def text(self, when: Callable[[datetime], str] | None = None) -> str:
+        """The detail with every instant written by ``when`` (UTC to the minute without it)."""
+        return self.detail if when is None or not self.parts else self._join(self.parts, when)
+
+    @staticmethod
+    def _join(parts: tuple[Part, ...], when: Callable[[datetime], str]) -> str:
+        return "".join(p if isinstance(p, str) else when(p) for p in parts)
 
 
 @dataclass(frozen=True)

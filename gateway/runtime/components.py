@@ -31,7 +31,9 @@ class Components:
 
 def build_components(cfg: GatewayConfig, config_path: Path, store: Store | None) -> Components:
     """Everything derived from the configuration that can fail; raises one-line errors."""
-    rules = load_preset(cfg.policy.preset, cfg.policy.overrides)
+    # The site's currency, not the preset's default: every reader of these rules (explain, the
+    # customer texts of a ``decide`` called without the engine) then states the configured money.
+    rules = load_preset(cfg.policy.preset, cfg.policy.overrides).model_copy(update={"currency": cfg.currency})
     country = cfg.policy.country or rules.country
     calendar = WorkCalendar(cfg.timezone, country, cfg.policy.subdiv or rules.subdiv)
     calendar_file = resolve(config_path, cfg.policy.calendar_file) if cfg.policy.calendar_file else None
@@ -45,7 +47,8 @@ def build_components(cfg: GatewayConfig, config_path: Path, store: Store | None)
                 f"accounts in {cfg.currency}"
             )
     caps = {m.id: _caps(cfg, m) for m in cfg.meters}
-    policy = PolicyEngine(rules, calendar, caps, book=book, minor_digits=cfg.minor_digits)
+    policy = PolicyEngine(rules, calendar, caps, book=book, minor_digits=cfg.minor_digits,
+                          currency=cfg.currency)
     return Components(cfg, book, policy, rules, calendar)
 
 

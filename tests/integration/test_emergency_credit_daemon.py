@@ -13,8 +13,10 @@ def test_a_running_gateway_offers_once_and_never_operates_the_relay(tmp_path: Pa
     """The field report end to end: a real daemon (uk, a simulated DL/T 645 meter on a pty, the clock at
     a Wednesday 11:00 GMT), £5 of emergency credit and a balance of 0.00.  Before the fix the relay was
     tripped and re-closed on every decision; now the offer is made once and the relay is left alone
-    while a dozen readings are charged and decided."""
+    while a dozen readings are charged and decided.  The texts it sends to the head office (the outbox's
+    events) state the figures in the gateway's configured money (CNY here), not the preset's (GBP)."""
     import asyncio
+    import json
 
     from support.gateway_harness import base_config, write_config
     from support.waiting import async_wait_for
@@ -35,7 +37,7 @@ def test_a_running_gateway_offers_once_and_never_operates_the_relay(tmp_path: Pa
     body += '\n[[accounts]]\nid = "acc1"\nemergency_credit = "5.00"\n'
     cfg = write_config(tmp_path / "gw.toml", body)
 
-    async def scenario() -> tuple[list[str], int]:
+    async def scenario() -> tuple[list[str], int, dict[str, str]]:
         gw = Gateway(cfg, load_config(cfg), clock=clock)
         await gw.start()
         try:
@@ -45,13 +47,19 @@ def test_a_running_gateway_offers_once_and_never_operates_the_relay(tmp_path: Pa
             )
             rows = gw.store.all("SELECT action FROM relay_commands ORDER BY id")
             offers = gw.store.scalar("SELECT COUNT(*) FROM events WHERE kind = 'policy_offer_emergency_credit'")
-            return [r["action"] for r in rows], int(offers)
+            sent = [json.loads(r["payload"]) for r in gw.store.all("SELECT payload FROM outbox WHERE topic = 'events'")]
+            texts = {e["kind"]: e["detail"]["message"] for e in sent if e["kind"].startswith("policy_")
+                     and e["detail"].get("message")}
+            return [r["action"] for r in rows], int(offers), texts
         finally:
             await gw.stop()
 
     try:
-        commands, offers = asyncio.run(scenario())
+        commands, offers, texts = asyncio.run(scenario())
     finally:
         sim.stop()
     assert commands == [], f"relay commands: {commands}"
     assert offers == 1
+    assert texts["policy_offer_emergency_credit"] == (
+        "emergency_credit_offer: Emergency credit of 5.00 CNY is available: press A on your meter.")
+    assert texts["policy_warn"] == "credit_exhausted: Your credit has run out (balance 0.00 CNY).", texts

@@ -40,13 +40,14 @@ def test_uk_defaults_follow_the_domain_doc() -> None:
 
 @pytest.mark.parametrize(("period", "days"), [("P3D", "3"), ("P7D", "7"), ("PT36H", "1.5")])
 def test_cn_notice_text_states_the_period_enforced(period: str, days: str) -> None:
+    money = {"balance": "-1.00", "available": "-1.00", "currency": "CNY"}
     r = load_preset("cn", {"notice": {"period": period, "valid_for": "P10D"}})
-    text = r.notice.notice_text()
+    text = r.notice.notice_text(money)
     assert f"送达{days}日后" in text and f"{days} day(s) after delivery" in text
     assert "三日" not in text
-    assert "30分钟后" in r.notice.reminder_message() and "in 30 minutes" in r.notice.reminder_message()
+    assert "30分钟后" in r.notice.reminder_message(money) and "in 30 minutes" in r.notice.reminder_message(money)
     hour = load_preset("cn", {"notice": {"reminder_before": "PT1H"}})
-    assert "60分钟后" in hour.notice.reminder_message()
+    assert "60分钟后" in hour.notice.reminder_message(money)
 
 
 @pytest.mark.parametrize(

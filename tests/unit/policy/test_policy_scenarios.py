@@ -353,3 +353,29 @@ def test_cn_working_hours_are_configurable() -> None:
     acc = account(0, state=S.NOTICE_SERVED, notice_served_at=fri, warnings_sent={3: fri})
     steps = walk(acc, meter(), fri, SHANGHAI, rules, utc(2026, 12, 31))
     assert SHANGHAI.local(first(steps, K.DISCONNECT)).hour == 9
+
+
+def test_explain_shows_the_instants_inside_rule_traces_in_the_sites_zone() -> None:
+    """The trace keeps its instants as instants: explain writes them like every other instant (local
+    with offset, or UTC when asked); the audit log's text stays UTC to the minute."""
+    from gateway.core.present import Presenter
+
+    friday_18 = utc(2026, 11, 20, 10)  # 18:00 in Shanghai: inside the protected evening, then a weekend
+    served = account(-50, state=S.NOTICE_SERVED, notice_served_at=utc(2026, 11, 16, 2),
+                     warnings_sent={3: utc(2026, 11, 16, 2)})
+    order = Override("M1", "connect", "hospital visit", "tech", utc(2026, 11, 20, 12))
+    d = decide(served, meter(), friday_18, SHANGHAI, CN, overrides=[order])
+    text = explain(d, served, meter(), friday_18, SHANGHAI, CN)
+    assert "windows.hours: 20:00 local is inside 17:00-08:00, until 2026-11-21 08:00:00 +08:00" in text
+    assert "windows.weekends: 2026-11-21 is a weekend day, until 2026-11-23 00:00:00 +08:00" in text
+    assert ("notice.period: notice delivered 2026-11-16 10:00:00 +08:00, period 3 days, 0:00:00 "
+            "ends 2026-11-19 10:00:00 +08:00") in text
+    assert "override.connect: manual connect by tech (hospital visit) until 2026-11-20 20:00:00 +08:00" in text
+    assert "notice.reminder: reminder due 2026-11-23 07:30:00 +08:00" in text
+    assert "Z" not in text  # no instant left in UTC
+    in_utc = explain(d, served, meter(), friday_18, SHANGHAI, CN, Presenter(SHANGHAI.tz, "CNY", 2, utc=True))
+    assert "windows.weekends: 2026-11-21 is a weekend day, until 2026-11-22 16:00:00 +00:00" in in_utc
+    (cut,) = [b for b in d.blocked if b.kind is K.DISCONNECT]
+    audit = {c.rule: c.detail for c in cut.trace}  # what the audit log keeps
+    assert audit["windows.weekends"] == "2026-11-21 is a weekend day, until 2026-11-22 16:00Z"
+    assert audit["override.connect"] == "manual connect by tech (hospital visit) until 2026-11-20 12:00Z"
