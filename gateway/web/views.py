@@ -314,7 +314,7 @@ def week(store: Store, parts: Components, meter_id: str, account: str, now: date
 def explain_text(store: Store, parts: Components, meter_id: str, now: datetime) -> str:
     """``pmg explain``'s text for this meter: the daemon's own ``decide`` on a read-only snapshot."""
     acc, meter, holds, overrides = parts.policy.snapshot(store.conn, meter_id, now)
-    d = decide(acc, meter, now, parts.calendar, parts.rules, holds=holds, overrides=overrides)
+    d = decide(acc, meter, now, parts.calendar, parts.rules, holds=holds, overrides=overrides, money=parts.policy.money)
     return explain(d, acc, meter, now, parts.calendar, parts.rules)
 
 

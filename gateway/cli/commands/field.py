@@ -95,7 +95,7 @@ def explain_cmd(account: str, at_text: str | None, config_path: Path, as_json: b
         out: list[dict[str, Any]] = []
         for meter_id in meters:
             acc, meter, holds, overrides = parts.policy.snapshot(store.conn, meter_id, at)
-            d = decide(acc, meter, at, parts.calendar, parts.rules, holds=holds, overrides=overrides)
+            d = decide(acc, meter, at, parts.calendar, parts.rules, holds=holds, overrides=overrides, money=parts.policy.money)
             text = explain(d, acc, meter, at, parts.calendar, parts.rules, presenter(cfg))
             out.append(
                 {
