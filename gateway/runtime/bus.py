@@ -119,9 +119,20 @@ class BusWorker:
     def meter(self, meter_id: str) -> Meter:
         return self.meters[meter_id].meter
 
-    def read_now(self, meter_id: str, points: frozenset[Point] = POLL_POINTS) -> asyncio.Future[Any]:
-        async def work() -> Reading:
-            return await self._read(self.meters[meter_id], points)
+    def read_now(
+        self,
+        meter_id: str,
+        points: frozenset[Point] = POLL_POINTS,
+        then: Callable[[Reading], Any] | None = None,
+    ) -> asyncio.Future[Any]:
+        """Read one meter ahead of routine polls (behind relay commands).  The reading goes to
+        ``on_reading`` like a poll's; ``then`` (when given) runs on it at once, before the bus moves
+        on, and the future carries what it returns (the daemon charges the reading there, so a
+        read request learns its reading's id)."""
+
+        async def work() -> Any:
+            reading = await self._read(self.meters[meter_id], points)
+            return reading if then is None else then(reading)
 
         return self.submit(PRIORITY_READ_NOW, work)
 

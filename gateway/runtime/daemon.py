@@ -37,6 +37,7 @@ from gateway.runtime.components import Components, build_components
 from gateway.runtime.metrics import GatewayMetrics, observe_relay_outcome
 from gateway.runtime.payment_watch import PaymentWatch
 from gateway.runtime.payment_watch import clear as clear_decision_mark
+from gateway.runtime.read_watch import ReadWatch, Served, served_of
 from gateway.runtime.relay import Enforcer, RelayCommand
 from gateway.runtime.service import InstanceLock, sd_notify, watchdog_interval_s
 from gateway.runtime.timetrust import NtpProbe, TimeTrust
@@ -55,6 +56,7 @@ UNREACHABLE_AFTER = 3  # failed polls in a row before a meter is reported unreac
 STATE_EVERY = timedelta(minutes=15)  # at least this often a meter's retained state is refreshed
 STOP_FLUSH_DEADLINE_S = 5.0
 DEFAULT_WATCHDOG_PERIOD_S = 60.0  # systemd/pmg.service's WatchdogSec, for health when no watchdog runs
+BUS_OPEN_GRACE_S = 5.0  # a read request waits this long for a bus's line to open, then fails at once
 READING_BATCH_S = 0.25  # readings of all buses are charged together, at most this long after they arrive
 
 
@@ -90,6 +92,7 @@ class Gateway:
     mqtt: MqttLink | None = None
     enforcer: Enforcer | None = None
     payment_watch: PaymentWatch | None = None
+    read_watch: ReadWatch | None = None
     on_event: Callable[[str, dict[str, Any]], None] | None = None
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -225,13 +228,42 @@ class Gateway:
 
     def _start_payment_watch(self) -> None:
         """Payments committed by other processes, or while the daemon was down, reach the relay within
-        a second (docs/enforcement.md, "Payment to power"): the backlog now, the rest as committed."""
-        self.payment_watch = PaymentWatch(self.store, self._decide_marked, self.wake, check_time=self._check_time)
+        a second (docs/enforcement.md, "Payment to power"): the backlog now, the rest as committed.
+        Read requests ride on the same watch (gateway.runtime.read_watch): at start the stale ones
+        expire and the fresh ones go to their bus, which serves them once its line is open."""
+        self.read_watch = ReadWatch(self.store, self._submit_read, self.clock, lambda: self.stopping)
+        self.payment_watch = PaymentWatch(
+            self.store, self._decide_marked, self.wake, check_time=self._check_time, on_commit=self.read_watch.drain
+        )
         try:
             self.payment_watch.drain_all()
         except StoreError as exc:  # the marks stay: the watcher's first tick tries again
             log.error("payments waiting for a decision could not be processed at start: %s", exc)
+        try:
+            self.read_watch.drain()
+        except StoreError as exc:  # they stay pending: the watcher tries again on the next commit
+            log.error("read requests could not be processed at start: %s", exc)
         self._tasks.append(asyncio.create_task(self.payment_watch.run(), name="payment-watch"))
+
+    def _submit_read(self, meter_id: str) -> asyncio.Future[Served] | str:
+        """A read request's read, at the head of its bus's queue; or why it cannot be read."""
+        mcfg = self._meter_cfg.get(meter_id)
+        worker = None if mcfg is None else self.workers.get(mcfg.bus)
+        if mcfg is None or worker is None or meter_id not in worker.meters:
+            return f"no meter '{meter_id}' is polled by this gateway"
+        if not worker.running and self.monotonic() - worker.started_at > BUS_OPEN_GRACE_S:
+            # its line did not open: the request would only wait out its time (at start it is queued,
+            # and served as soon as the line opens)
+            return f"bus {mcfg.bus} is not open (see pmg status)"
+        return worker.read_now(meter_id, then=self._charge_now)
+
+    def _charge_now(self, reading: Reading) -> Served:
+        """Charge a requested reading at once (with the batch it joined) rather than at the batch's
+        timer, so that its request is finished with the reading's id; runs on the bus's turn."""
+        for _meter_id, charged, _latency, outcome in self._flush_readings():
+            if charged is reading:
+                return served_of(outcome, reading.quality is Quality.OK, reading.error)
+        return served_of(None, reading.quality is Quality.OK, reading.error)
 
     def _decide_marked(self, conn: Any, account_id: str, payment_id: str | None) -> None:
         self.parts.policy.evaluate_account(conn, account_id, self.clock(), payment_id=payment_id)
@@ -275,6 +307,8 @@ class Gateway:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
         await self._stop_buses()
+        if self.read_watch is not None:  # requests still being served stay pending for the next start
+            await self.read_watch.stop()
         self._flush_readings()  # the readings of the last moments are charged before the store closes
         if self.enforcer is not None:
             self.enforcer.stop()
@@ -358,14 +392,15 @@ class Gateway:
             loop = asyncio.get_running_loop()
             self._flush_handle = loop.call_later(READING_BATCH_S, self._flush_readings)
 
-    def _flush_readings(self) -> None:
-        """Charge and decide the queued readings in one transaction (also on stop and reload)."""
+    def _flush_readings(self) -> list[tuple[str, Reading, float, ChargeOutcome]]:
+        """Charge and decide the queued readings in one transaction (also on stop and reload, and for
+        a read request); returns those recorded with their outcomes."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
         batch, self._pending_readings = self._pending_readings, []
         if not batch:
-            return
+            return []
         self._check_time()
         done: list[tuple[str, Reading, float, ChargeOutcome]] = []
         relay_queued = False
@@ -385,7 +420,7 @@ class Gateway:
                     done.append((meter_id, reading, latency_s, outcome))
         except StoreError as exc:
             log.error("%d readings could not be recorded: %s", len(batch), exc)
-            return
+            return []
         for meter_id, reading, latency_s, outcome in done:
             log.debug(
                 "reading",
@@ -400,6 +435,7 @@ class Gateway:
             self._track_comms(meter_id, reading)
             self._emit("reading", {"meter_id": meter_id, "outcome": outcome.outcome, "reading": reading})
         self.wake(enforcer=relay_queued)
+        return done
 
     def _charge_and_decide(self, conn: Any, meter_id: str, reading: Reading) -> tuple[ChargeOutcome, bool]:
         """Record (and charge) one reading and re-decide its account when money or the relay moved;

@@ -59,6 +59,7 @@ class PaymentWatch:
         *,
         poll_s: float = WATCH_POLL_S,
         check_time: Callable[[], object] | None = None,
+        on_commit: Callable[[], object] | None = None,
     ):
         self.store = store
         self.decide = decide
@@ -67,6 +68,9 @@ class PaymentWatch:
         # so a payment decided right after a clock step cannot cut on the stepped clock.
         self.check_time = check_time
         self.poll_s = poll_s
+        # Also told of every commit seen (the read requests' drain, gateway.runtime.read_watch): one
+        # look at data_version serves both, not a poll loop each.
+        self.on_commit = on_commit
         self._seen: tuple[int, int] | None = None
         self._again = True  # look at the inbox on the first tick whatever the counters say
 
@@ -120,7 +124,13 @@ class PaymentWatch:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.poll_s)
-            if not (self._committed() or self._again):
+            committed = self._committed()
+            if committed and self.on_commit is not None:
+                try:
+                    self.on_commit()
+                except StoreError as exc:  # the requests stay pending: the next commit tries again
+                    log.error("read requests could not be processed: %s", exc)
+            if not (committed or self._again):
                 continue
             try:
                 self.drain()

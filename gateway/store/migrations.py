@@ -386,6 +386,22 @@ MIGRATIONS: tuple[str, ...] = (
         command_id       TEXT NOT NULL         -- the signed head-office command (e.g. a top-up)
     );
     """,
+    # read_requests: "read this meter now" from another process (pmg meter read-now, the web console);
+    # the running daemon, which owns the lines, serves them (gateway.store.read_requests).
+    """
+    CREATE TABLE read_requests (
+        id           INTEGER PRIMARY KEY,
+        meter_id     TEXT NOT NULL,            -- not a foreign key: an unknown meter is failed, not refused
+        requested_at TEXT NOT NULL,
+        requested_by TEXT NOT NULL,            -- cli:NAME, web:NAME (audited)
+        status       TEXT NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'done', 'failed', 'expired')),
+        finished_at  TEXT,
+        reading_id   INTEGER,                  -- the reading taken (done; failed when the meter did not answer)
+        result       TEXT                      -- the reading's outcome, or why not
+    );
+    CREATE INDEX read_requests_pending ON read_requests(id) WHERE status = 'pending';
+    """,
 )
 
 

@@ -6,7 +6,10 @@
   (``gateway.runtime.payment_watch``);
 * a close / keep-power order is ``pmg relay METER close``'s path (``gateway.policy.orders``): a
   ``connect`` override until its expiry — the gateway's temporary keep-power, no automatic cut while
-  it lasts — and a durable close command the daemon's enforcer confirms by read-back.
+  it lasts — and a durable close command the daemon's enforcer confirms by read-back;
+* a read now is ``pmg meter read-now``'s path: a ``read_requests`` row (``gateway.store.read_requests``)
+  that the running daemon, which owns the line, serves at the head of the bus's queue and finishes
+  with the reading's id (``gateway.runtime.read_watch``); the console waits a few seconds for it.
 
 Every field is checked first; a refusal writes nothing and says which field and why.  The person's
 name goes into the audit log as ``web:NAME``.
@@ -28,6 +31,7 @@ from gateway.ledger.payments import apply_payment
 from gateway.policy.engine import outcome_json
 from gateway.policy.orders import order_trace, queue_order
 from gateway.runtime.components import Components
+from gateway.store import read_requests
 from gateway.store.db import open_store
 from gateway.store.pins import check_money_pins
 
@@ -134,5 +138,35 @@ def request_close(
             trace = order_trace("close", reason, actor, protected, m[3], bool(m[0]), False)
             until = now + timedelta(seconds=int(hours * 3600))
             return queue_order(conn, meter_id, m[1], "close", reason, actor, False, now, until, trace)
+    finally:
+        store.close()
+
+
+def request_read(cfg: GatewayConfig, db: Path, meter_id: str, who: str, now: datetime) -> int:
+    """Ask the daemon to read a polled meter now (audited as ``web:NAME``); returns the request's id."""
+    if meter_id not in {m.id for m in cfg.meters}:
+        raise Refused({"": f"meter '{meter_id}' is not polled by this gateway's configuration"})
+    store = open_store(db)
+    try:
+        with store.tx() as conn:
+            return read_requests.put(conn, meter_id, f"web:{who}", now)
+    finally:
+        store.close()
+
+
+def read_outcome(db: Path, request_id: int) -> dict[str, Any] | None:
+    """The request as the page shows it (with its reading when there is one); None while pending."""
+    store = open_store(db, readonly=True)
+    try:
+        req = read_requests.get(store.conn, request_id)
+        if req is None or req.pending:
+            return None
+        out: dict[str, Any] = {"request_id": req.id, "status": req.status, "result": req.result}
+        if req.reading_id is not None:
+            row = store.one("SELECT taken_at, register_wh, relay FROM readings WHERE id = ?", req.reading_id)
+            if row is not None:
+                out.update(reading_id=req.reading_id, taken_at=row["taken_at"], relay=row["relay"],
+                           kwh=None if row["register_wh"] is None else f"{row['register_wh'] / 1000:.3f}")
+        return out
     finally:
         store.close()

@@ -8,6 +8,7 @@ does.  Everything that is not the login page needs a session when a users file i
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -26,7 +27,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -43,6 +44,8 @@ HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "pmg_session"
 LANG_COOKIE = "pmg_lang"
 PARTS_TTL_S = 60.0  # tariffs and calendar years may change under the daemon: rebuilt this often
+READ_WAIT_S = 5.0  # how long "Read now" waits for the daemon's outcome before showing it as pending
+READ_POLL_S = 0.05  # how often the request's row is looked at meanwhile
 VERIFY_EVERY_S = 600.0  # ``pmg ledger verify`` reads the whole ledger: in the background, this often
 AUDIT_COLUMNS = ("id", "at", "kind", "severity", "account_id", "meter_id", "actor", "rules", "detail")
 SECURITY_HEADERS = {
@@ -285,6 +288,40 @@ def create_app(console: Console) -> Starlette:
     async def payment(request: Request) -> Response:
         return await act(request, "payment")
 
+    async def read_now(request: Request) -> Response:
+        """``pmg meter read-now``'s path: a request the daemon serves; the outcome is waited for up to
+        ``READ_WAIT_S`` (a bus answers in well under a second) and shown, or the request is said to be
+        still pending (is the daemon running?)."""
+        w, denied = gate(request)
+        if denied:
+            return denied
+        _fields, refused = await form_of(request, w)
+        if refused:
+            return refused
+        if not w.may_act:
+            return render(request, w, "error.html", status=403,
+                          message=translate(w.lang, "read-only: you cannot act"))
+        assert w.user is not None
+        meter_id = request.path_params["meter_id"]
+        try:
+            request_id = actions.request_read(console.cfg, console.db, meter_id, w.user.name, console.clock())
+        except actions.Refused as exc:
+            return meter_page(request, status=400, errors={"read": exc.errors})
+        deadline = time.monotonic() + READ_WAIT_S
+        outcome = actions.read_outcome(console.db, request_id)
+        while outcome is None and time.monotonic() < deadline:
+            await asyncio.sleep(READ_POLL_S)
+            outcome = actions.read_outcome(console.db, request_id)
+        result = outcome or {"request_id": request_id, "status": "pending"}
+        if "taken_at" in result:
+            result["taken_at"] = fmt.local(result["taken_at"], console.cfg.tz)
+        if w.session is not None:
+            w.session.flash = {"kind": "read", **result}
+            return finish(RedirectResponse(f"/meters/{meter_id}", status_code=303), w, request)
+        # a script (a bearer token, no session): the outcome as JSON; 200 read, 502 not read, 504 no outcome yet
+        code = {"done": 200, "pending": 504}.get(result["status"], 502)
+        return finish(JSONResponse(result, status_code=code), w, request)
+
     async def close(request: Request) -> Response:
         return await act(request, "close")
 
@@ -371,6 +408,7 @@ def create_app(console: Console) -> Starlette:
         Route("/meters/{meter_id}", meter_page),
         Route("/meters/{meter_id}/payment", payment, methods=["POST"]),
         Route("/meters/{meter_id}/close", close, methods=["POST"]),
+        Route("/meters/{meter_id}/read", read_now, methods=["POST"]),
         Route("/events", events_page),
         Route("/events.csv", events_csv),
         Route("/login", login, methods=["GET", "POST"]),

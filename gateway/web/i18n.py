@@ -110,6 +110,7 @@ ZH: dict[str, str] = {
     "Saved.": "已保存。",
     "live": "实时",
     "Read now": "立即抄表",
+    "The daemon reads the meter ahead of its routine polls.": "守护进程优先于例行轮询立即抄读此表。",
 }
 
 

@@ -203,6 +203,7 @@ UNKNOWN = [
     ("events", "--meter", "M-1"),
     ("events", "--account", "A-1"),
     ("meter", "show", "M-1"),
+    ("meter", "read-now", "M-1"),
     ("balance", "A-1"),
     ("explain", "A-1"),
     ("relay", "M-1", "open", "--reason", "x", "--actor", "ann"),

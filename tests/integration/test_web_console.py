@@ -7,6 +7,7 @@ free loopback port, and Debian's Chromium, driven by Playwright, does what a per
 - logs in and sees the gateway's meters;
 - records a cash payment for the cut meter and sees the relay confirmed closed on the page within
   2 s of submitting, without reloading (the live block);
+- reads a meter now (the daemon serves the request, the page shows the reading);
 - bad input gets a message on the form and writes nothing; a forged form without its CSRF token and
   a read-only user's post are refused and write nothing;
 - at 360 px the pages do not scroll sideways.
@@ -56,12 +57,13 @@ class Site:
             conn.close()
 
     def counts(self) -> tuple[Any, ...]:
-        """What an action would write: payments, overrides, relay commands, audit events by people."""
+        """What an action would write: payments, overrides, relay commands, audit events by people, read requests."""
         return (
             self.query("SELECT COUNT(*) FROM payments")[0][0],
             self.query("SELECT COUNT(*) FROM overrides")[0][0],
             self.query("SELECT COUNT(*) FROM relay_commands WHERE actor LIKE 'web:%'")[0][0],
             self.query("SELECT COUNT(*) FROM events WHERE actor LIKE 'web:%'")[0][0],
+            self.query("SELECT COUNT(*) FROM read_requests")[0][0],
         )
 
 
@@ -155,6 +157,22 @@ def test_an_operator_pays_for_a_cut_meter_and_sees_the_relay_close_within_2_s(ch
     page.context.close()
 
 
+def test_an_operator_reads_a_meter_now_and_sees_the_reading(chromium: Any, site: Site) -> None:
+    page = login(chromium, site, "olga")
+    page.goto(site.url + "/meters/m2")
+    page.click("#read-form button[type=submit]")
+    page.wait_for_url(site.url + "/meters/m2")
+    flash = page.inner_text("#flash")
+    [(status, reading_id, who)] = site.query(
+        "SELECT status, reading_id, requested_by FROM read_requests WHERE meter_id = 'm2' ORDER BY id DESC LIMIT 1"
+    )
+    assert (status, who) == ("done", "web:olga"), flash
+    assert f"reading {reading_id})" in flash and "kWh" in flash
+    assert site.query("SELECT meter_id, quality FROM readings WHERE id = ?", reading_id) == [("m2", "ok")]
+    assert site.query("SELECT COUNT(*) FROM events WHERE kind = 'read_requested' AND actor = 'web:olga'")[0][0] >= 1
+    page.context.close()
+
+
 def test_bad_input_gets_a_message_on_the_form_and_writes_nothing(chromium: Any, site: Site) -> None:
     page = login(chromium, site, "olga")
     page.goto(site.url + "/meters/m2")
@@ -182,6 +200,8 @@ def test_a_forged_form_without_its_csrf_token_is_refused(chromium: Any, site: Si
     r = page.request.post(site.url + "/meters/m2/payment",
                           form={"amount": "5.00", "payment_id": "forged", "csrf": "guess"})
     assert r.status == 403
+    r = page.request.post(site.url + "/meters/m2/read", form={})
+    assert r.status == 403
     assert site.counts() == before
     page.context.close()
 
@@ -190,11 +210,14 @@ def test_a_read_only_user_sees_but_cannot_act(chromium: Any, site: Site) -> None
     page = login(chromium, site, "rita")
     page.goto(site.url + "/meters/m2")
     assert page.locator("#payment-form").count() == 0 and page.locator("#close-form").count() == 0
+    assert page.locator("#read-form").count() == 0
     csrf = page.get_attribute("header input[name=csrf]", "value")
     before = site.counts()
     r = page.request.post(site.url + "/meters/m2/payment", form={"amount": "5.00", "csrf": csrf or ""})
     assert r.status == 403
     r = page.request.post(site.url + "/meters/m2/close", form={"reason": "x", "hours": "1", "csrf": csrf or ""})
+    assert r.status == 403
+    r = page.request.post(site.url + "/meters/m2/read", form={"csrf": csrf or ""})
     assert r.status == 403
     assert site.counts() == before
     page.context.close()
