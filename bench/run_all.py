@@ -1,7 +1,7 @@
 """``make bench``: run every benchmark one after another and write ``bench/results/latest.md``.
 
 Each benchmark is a separate process with its own time limit, so one that hangs or fails cannot take
-the others with it; a missing script (another engineer's, not written yet) is listed as missing.  A
+the others with it; a missing script is listed as missing.  A
 script that prints ``BENCH-RESULT {json}`` lines (``bench.common.emit``) gives table rows directly; for
 one that does not, its last output line is the figure and its exit status the verdict.
 
