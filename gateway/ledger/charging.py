@@ -175,6 +175,18 @@ def charge_detail_json(exact: Decimal, lines: Sequence[PricedLine]) -> str:
     return f'{{"exact":"{exact!s}","lines":[{",".join(parts)}]}}'
 
 
+# How much newer than a reading a stored relay read-back may be and still win over it.  A reading waits
+# well under a second between its answer and its commit at 1x; 10 minutes also covers the simulated
+# clocks of the test rigs (600x), and bounds how long a clock stepped forward at a confirmation and then
+# back could keep later readings from updating the relay state (time is untrusted meanwhile, see
+# docs/enforcement.md, "Untrusted time").
+STALE_RELAY_S = 600
+_NEWER_RELAY = (
+    "relay_at IS NOT NULL AND julianday(relay_at) > julianday(?) "
+    f"AND julianday(relay_at) <= julianday(?) + {STALE_RELAY_S}.0 / 86400"
+)
+
+
 def record_reading(
     conn: sqlite3.Connection,
     meter_id: str,
@@ -233,8 +245,20 @@ def record_reading(
 
     assert reading.energy_import_wh is not None
     register = reading.energy_import_wh
-    relay_sql = ", relay = ?, relay_at = ?" if reading.relay else ""
-    relay_params: tuple[object, ...] = (reading.relay.value, iso(now)) if reading.relay else ()
+    # A reading taken just before a relay operation can be charged just after its confirmation (readings
+    # are committed in batches): its relay state is then older than the read-back the enforcer stored and
+    # must not overwrite it.  Only a confirmation up to STALE_RELAY_S after the reading counts as newer, so
+    # that a clock stepped forward at a confirmation cannot freeze the relay state against later readings.
+    relay_sql = (
+        ", relay = CASE WHEN " + _NEWER_RELAY + " THEN relay ELSE ? END"
+        ", relay_at = CASE WHEN " + _NEWER_RELAY + " THEN relay_at ELSE ? END"
+        if reading.relay
+        else ""
+    )
+    taken = iso(now)
+    relay_params: tuple[object, ...] = (
+        (taken, taken, reading.relay.value, taken, taken, taken) if reading.relay else ()
+    )
     if "keep_power" in reading.status:
         relay_sql += ", keep_power_on_meter = ?"
         relay_params += (int(bool(reading.status["keep_power"])),)

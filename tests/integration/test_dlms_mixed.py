@@ -117,6 +117,13 @@ tariff = "flat-cn"
                     timeout=30,
                     what="every meter charged",
                 )
+                # A reading taken while the close was queued can be committed after the read-back; its
+                # older relay state must not undo the read-back (gateway.ledger.charging, STALE_RELAY_S).
+                await async_wait_for(
+                    lambda: store.scalar("SELECT COUNT(*) FROM meters WHERE relay = 'closed'") == 3,
+                    timeout=30,
+                    what="every meter stored as closed",
+                )
             finally:
                 await gateway.stop()
 
