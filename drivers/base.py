@@ -71,6 +71,7 @@ class Point(enum.StrEnum):
 
 
 BILLING_POINTS: frozenset[Point] = frozenset({Point.ENERGY_IMPORT, Point.RELAY})
+ENERGY_POINTS: tuple[Point, ...] = (Point.ENERGY_IMPORT, Point.ENERGY_EXPORT)  # totals in whole Wh
 
 # The ``Reading`` field each point fills: the key of ``Reading.errors`` when that point's value was bad.
 POINT_FIELDS: dict[Point, tuple[str, ...]] = {

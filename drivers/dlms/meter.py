@@ -25,6 +25,7 @@ from dlms_cosem import dlms_data
 
 from drivers.base import (
     BILLING_POINTS,
+    ENERGY_POINTS,
     POINT_FIELDS,
     BadFrame,
     DriverError,
@@ -48,16 +49,6 @@ DISCONNECTED, CONNECTED, READY_FOR_RECONNECTION = 0, 1, 2
 CONTROL_STATES = {DISCONNECTED: "disconnected", CONNECTED: "connected", READY_FOR_RECONNECTION: "ready_for_reconnection"}
 REMOTE_DISCONNECT, REMOTE_RECONNECT = 1, 2
 
-_FIELD = {
-    Point.ENERGY_IMPORT: "energy_import_wh",
-    Point.ENERGY_EXPORT: "energy_export_wh",
-    Point.VOLTAGE: "voltage_v",
-    Point.CURRENT: "current_a",
-    Point.POWER: "power_w",
-    Point.FREQUENCY: "frequency_hz",
-    Point.POWER_FACTOR: "power_factor",
-}
-_ENERGY = (Point.ENERGY_IMPORT, Point.ENERGY_EXPORT)
 
 
 def _utcnow() -> datetime:
@@ -147,7 +138,7 @@ class DlmsMeter:
         spec = self.profile.value_spec(point)
         assert spec is not None
         value = self._value(s, spec, Profile.quantity(point))
-        if point in _ENERGY:
+        if point in ENERGY_POINTS:
             return v.to_wh(value)
         return v.quantize(value, spec.decimals) if spec.decimals is not None else value
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from drivers.base import (
     BILLING_POINTS,
+    ENERGY_POINTS,
     POINT_FIELDS,
     BadFrame,
     DriverError,
@@ -38,17 +39,6 @@ from drivers.modbus.codec import CodecError, quantize, scaled, to_wh
 from drivers.modbus.link import LinkError, ModbusLink
 from drivers.modbus.profile import PointSpec, Profile
 
-_FIELD = {
-    Point.ENERGY_IMPORT: "energy_import_wh",
-    Point.ENERGY_EXPORT: "energy_export_wh",
-    Point.VOLTAGE: "voltage_v",
-    Point.CURRENT: "current_a",
-    Point.POWER: "power_w",
-    Point.FREQUENCY: "frequency_hz",
-    Point.POWER_FACTOR: "power_factor",
-}
-_ENERGY = (Point.ENERGY_IMPORT, Point.ENERGY_EXPORT)
-
 
 class RelayValueUnknown(BadFrame):
     """The relay register holds neither the profile's closed nor its open value."""
@@ -64,7 +54,7 @@ def convert(point: Point, spec: PointSpec, registers: list[int]) -> int | Decima
     Raises ``CodecError`` for values that must not be used (NaN, infinity, negative energy).
     """
     value = scaled(registers, spec.type, spec.word_order, spec.scale) * Profile.factor(point, spec.unit)
-    if point in _ENERGY:
+    if point in ENERGY_POINTS:
         if value < 0:
             raise CodecError(f"negative energy {value}")
         return to_wh(value)
@@ -148,7 +138,7 @@ class ModbusMeter:
             assert spec is not None
             offset = item.address - block.address
             try:
-                values[_FIELD[item.key]] = convert(item.key, spec, regs[offset : offset + item.count])
+                values[POINT_FIELDS[item.key][0]] = convert(item.key, spec, regs[offset : offset + item.count])
             except CodecError as exc:
                 problems[item.key] = (Quality.IMPLAUSIBLE, f"unit {self.unit} @{item.address:#06x}: {exc}")
 
