@@ -194,14 +194,27 @@ def create_app(console: Console) -> Starlette:
         return w, None
 
     async def form_of(request: Request, w: Who) -> tuple[dict[str, str], Response | None]:
-        """The posted fields, or a refusal: a browser session must echo its CSRF token, and only an
-        operator may act."""
+        """The posted fields, or a refusal: a browser session must echo its CSRF token."""
         form = await request.form()
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
         if w.session is not None and not secrets.compare_digest(fields.get("csrf", ""), w.session.csrf):
             return fields, finish(PlainTextResponse("refused: the form's CSRF token is missing or wrong; "
                                                     "nothing changed", status_code=403), w, request)
         return fields, None
+
+    async def operator_form(request: Request) -> tuple[Who, dict[str, str], Response | None]:
+        """An action's visitor and posted fields, or the refusal: logged in (``gate``), the form's CSRF
+        token (``form_of``), and the operator role — in that order, for every action."""
+        w, denied = gate(request)
+        if denied:
+            return w, {}, denied
+        fields, refused = await form_of(request, w)
+        if refused:
+            return w, fields, refused
+        if not w.may_act:
+            return w, fields, render(request, w, "error.html", status=403,
+                                     message=translate(w.lang, "read-only: you cannot act"))
+        return w, fields, None
 
     # -- pages -------------------------------------------------------------------------------------
     def site_page(request: Request) -> Response:
@@ -255,15 +268,9 @@ def create_app(console: Console) -> Starlette:
                       currency=console.cfg.currency)
 
     async def act(request: Request, kind: str) -> Response:
-        w, denied = gate(request)
-        if denied:
-            return denied
-        fields, refused = await form_of(request, w)
+        w, fields, refused = await operator_form(request)
         if refused:
             return refused
-        if not w.may_act:
-            return render(request, w, "error.html", status=403,
-                          message=translate(w.lang, "read-only: you cannot act"))
         assert w.user is not None
         meter_id = request.path_params["meter_id"]
         try:
@@ -292,15 +299,9 @@ def create_app(console: Console) -> Starlette:
         """``pmg meter read-now``'s path: a request the daemon serves; the outcome is waited for up to
         ``READ_WAIT_S`` (a bus answers in well under a second) and shown, or the request is said to be
         still pending (is the daemon running?)."""
-        w, denied = gate(request)
-        if denied:
-            return denied
-        _fields, refused = await form_of(request, w)
+        w, _fields, refused = await operator_form(request)
         if refused:
             return refused
-        if not w.may_act:
-            return render(request, w, "error.html", status=403,
-                          message=translate(w.lang, "read-only: you cannot act"))
         assert w.user is not None
         meter_id = request.path_params["meter_id"]
         try:
