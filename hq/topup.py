@@ -34,7 +34,7 @@ import paho.mqtt.client as paho
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.core.errors import OperationFailed, UserError
-from gateway.core.money import MoneyError, format_money, parse_money
+from gateway.core.money import MAX_PAYMENT_MINOR, MoneyError, format_money, parse_money
 from gateway.core.timeutil import iso
 from gateway.sync.signing import sign_command
 from hq.connect import Broker, ConnectFailed, close, connect
@@ -74,6 +74,8 @@ class Topup:
             raise UserError(f"--amount: {exc} (a positive decimal with at most {digits} decimals)") from None
         if minor <= 0:
             raise UserError(f"--amount {amount!r} must be positive")
+        if minor > MAX_PAYMENT_MINOR:  # the gateway would refuse it (gateway.ledger.payments)
+            raise UserError(f"--amount {amount!r} is implausibly large (at most {format_money(MAX_PAYMENT_MINOR, digits)})")
         return Topup(gateway_id, account_id, format_money(minor, digits), command_id or new_id())
 
     def command(self, now: datetime, valid_for: timedelta) -> dict[str, Any]:

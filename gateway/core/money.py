@@ -13,12 +13,16 @@ from decimal import ROUND_HALF_EVEN, Context, Decimal
 
 from gateway.core.errors import UserError
 
-_MONEY_TEXT = re.compile(r"^(-)?(\d{1,15})(?:\.(\d+))?$")
+_MONEY_TEXT = re.compile(r"^(-)?([0-9]{1,15})(?:\.([0-9]+))?$")  # ASCII digits: \d also takes "٣"
 
 
 class MoneyError(UserError, ValueError):
     """A money value that cannot be represented exactly in the account's minor units."""
 
+
+MAX_PAYMENT_MINOR = 10**11
+"""A sanity ceiling on one payment (a billion in major units at two decimals): a head office's top-up
+is refused at its command line with the same limit the gateway applies (docs/ledger.md)."""
 
 # Fifty digits hold any amount a ledger sees; ``scaleb`` moves the point exactly, ``quantize`` rounds.
 _MINOR = Context(prec=50, rounding=ROUND_HALF_EVEN)

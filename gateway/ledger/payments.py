@@ -23,14 +23,12 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 
 from gateway.core.errors import UserError
-from gateway.core.money import format_money
+from gateway.core.money import MAX_PAYMENT_MINOR, format_money
 from gateway.core.timeutil import iso
 from gateway.ledger.accounts import post_entry
 from gateway.ledger.credit import parse_share, split_payment
 from gateway.store import events
 from gateway.store.db import dumps
-
-MAX_PAYMENT_MINOR = 10**11  # a sanity ceiling: one billion in major units
 
 
 class PaymentError(UserError, ValueError):

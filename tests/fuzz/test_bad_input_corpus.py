@@ -315,6 +315,122 @@ SPECS: list[Spec] = [
         needs_config=False,
     ),
     Spec(
+        "hq topup",
+        (
+            "hq",
+            "topup",
+            "--host",
+            "{host}",
+            "--port",
+            "1",
+            "--plaintext",
+            "--gateway",
+            "{gw}",
+            "--account",
+            "{account}",
+            "--amount",
+            "{amount}",
+            "--id",
+            "{id}",
+            "--prefix",
+            "{prefix}",
+            "--deadline",
+            "{deadline}",
+            "--signing-key",
+            "{key}",
+            "--journal",
+            "{tmp}/journal.sqlite",
+        ),
+        {
+            "host": "127.0.0.1",
+            "gw": "gw-corpus",
+            "account": "A1",
+            "amount": "5.00",
+            "id": "t-corpus",
+            "prefix": "pmg",
+            "deadline": "1",
+        },
+        _ids(
+            host=["", " ", "a\nb"],
+            gw=BAD_IDS[1:],
+            account=BAD_IDS[1:],
+            amount=BAD_MONEY + BAD_NEGATIVE_MONEY + ["0", "0.00"],
+            id=["", "x" * 300, "a b"],
+            prefix=["", "a/#", "+", "a b"],
+            deadline=[*BAD_FLOATS, "0"],
+        ),
+        needs_config=False,
+    ),
+    Spec(
+        "hq ingest",
+        (
+            "hq",
+            "ingest",
+            "--dsn",
+            "{dsn}",
+            "--host",
+            "{host}",
+            "--port",
+            "1",
+            "--plaintext",
+            "--prefix",
+            "{prefix}",
+            "--group",
+            "{group}",
+            "--workers",
+            "{workers}",
+            "--batch-size",
+            "{batch}",
+            "--linger",
+            "{linger}",
+            "--run-for",
+            "0",
+        ),
+        {
+            "dsn": "postgresql://corpus@127.0.0.1:1/hq",
+            "host": "127.0.0.1",
+            "prefix": "pmg",
+            "group": "pmg-ingest",
+            "workers": "1",
+            "batch": "10",
+            "linger": "0",
+        },
+        _ids(
+            dsn=["", " ", "\n"],
+            host=["", " "],
+            prefix=["", "a/#", "+", "a b"],
+            group=["", "a/b", "+", "#", "g" * 65],
+            workers=[*BAD_INTS, "0", "65"],
+            batch=[*BAD_INTS, "0", "10001"],
+            linger=[*BAD_FLOATS, "11"],
+        ),
+        needs_config=False,
+    ),
+    Spec("hq gaps", ("hq", "gaps", "--dsn", "{dsn}"), {"dsn": "x"}, _ids(dsn=["", " ", "\t"]), needs_config=False),
+    Spec(
+        "hq reconcile", ("hq", "reconcile", "--dsn", "{dsn}"), {"dsn": "x"}, _ids(dsn=["", " "]), needs_config=False
+    ),
+    Spec(
+        "hq quarantine",
+        ("hq", "quarantine", "--dsn", "{dsn}", "--limit", "{limit}"),
+        {"dsn": "postgresql://corpus@127.0.0.1:1/hq", "limit": "5"},
+        _ids(dsn=["", " "], limit=[*BAD_INTS, "0"]),
+        needs_config=False,
+    ),
+    Spec(
+        "meter read-now",
+        ("meter", "read-now", "{meter}", "--wait", "{wait}", "--actor", "{actor}"),
+        {"meter": "m1", "wait": "1", "actor": "tech"},
+        _ids(meter=BAD_IDS, wait=[*BAD_FLOATS, "0", "301"], actor=["", " ", "a\nb"]),
+    ),
+    Spec(
+        "install-config",
+        ("install-config", "--root", "{root}", "--group", "{group}"),
+        {"root": "{tmp}", "group": "root"},
+        _ids(root=["", " ", "/nonexistent-root", "{config}"], group=["", "no-such-group-x", "a\nb"]),
+        needs_config=False,
+    ),
+    Spec(
         "sim dlt645",
         (
             "sim",
@@ -408,6 +524,10 @@ NO_CONFIG_COMMANDS: list[tuple[str, ...]] = [
     ("read",),
     ("scan",),
     ("demo", "--speed", "nan"),
+    ("hq", "ingest"),
+    ("hq", "gaps"),
+    ("hq", "topup"),
+    ("install-config",),
 ]
 
 # Configuration keys and the bad values each must refuse (``pmg run --check`` and ``pmg ledger verify``).
@@ -557,7 +677,9 @@ def _cli_cases(world: World) -> list[Case]:
         for slot, values in spec.bad.items():
             for value in values:
                 fill = {**spec.valid, slot: value}
-                argv = [a.format(**fill) for a in spec.template]
+                paths = {"key": world.key, "tmp": world.tmp, "config": world.config}
+                fill = {k: str(paths[v[1:-1]]) if v[1:-1] in paths and v[0] == "{" else v for k, v in fill.items()}
+                argv = [a.format(**fill, **paths) for a in spec.template]
                 if value == "" and slot == "mode":
                     argv = [a for a in argv if a]
                 if spec.needs_config:
@@ -780,3 +902,38 @@ def test_a_negative_adjustment_works_as_documented(world: World) -> None:
     assert "-3.50 to A2" in proc.stdout
     result = CliRunner().invoke(cli, ["balance", "A2", "--json", "-c", str(world.config)], prog_name="pmg")
     assert json.loads(result.stdout)["balance"].startswith("-3.50") or "-3.50" in result.stdout
+
+
+def test_web_accounts_refuse_bad_names_roles_and_passwords(world: World) -> None:
+    """``pmg web passwd`` / ``token``: a bad name, role or password is one line, exit 2, and the users
+    file (and the ledger) stay as they were (docs/web.md, "Accounts")."""
+    users = world.tmp / "web-users.txt"
+    config = write_config(
+        world.tmp / "gw-web.toml",
+        _config_body(world.db, world.tmp) + f'\n[web]\nusers_file = "{users}"\n',
+    )
+    runner = CliRunner()
+    made = runner.invoke(cli, ["web", "passwd", "ops", "--role", "operator", "--password-stdin", "-c", str(config)],
+                         prog_name="pmg", input="a long enough passphrase\n")
+    assert made.exit_code == 0, made.stderr
+    cases: list[tuple[list[str], str]] = [
+        *[(["web", "passwd", name, "--password-stdin"], "a long enough passphrase\n") for name in BAD_IDS[1:]],
+        *[(["web", "token", name], "") for name in BAD_IDS[1:]],
+        (["web", "passwd", "ops", "--role", "admin", "--password-stdin"], "a long enough passphrase\n"),
+        (["web", "passwd", "ops", "--role", "", "--password-stdin"], "a long enough passphrase\n"),
+        (["web", "passwd", "ops", "--password-stdin"], ""),
+        (["web", "passwd", "ops", "--password-stdin"], "short\n"),
+        (["web", "passwd", "ops", "--password-stdin"], "\n"),
+    ]
+    failures: list[str] = []
+    for argv, stdin in cases:
+        before = (ledger_hash(world.db), users.read_bytes())
+        result = runner.invoke(cli, [*argv, "-c", str(config)], prog_name="pmg", input=stdin)
+        after = (ledger_hash(world.db), users.read_bytes())
+        try:
+            assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+            _assert_bad_input(result.stdout, result.stderr, result.exit_code, before[0], after[0])
+            assert before[1] == after[1], "the users file changed"
+        except AssertionError as exc:
+            failures.append(f"{argv[:3]} {stdin[:10]!r}: {exc}"[:300])
+    assert not failures, "\n".join(failures)

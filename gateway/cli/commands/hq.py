@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from gateway.cli.common import CliFailure, FiniteFloat
+from gateway.cli.params import ConnectionText, ShareName, TopicPrefix
 from gateway.sync.signing import (
     generate_key,
     key_id_for,
@@ -102,7 +103,7 @@ def hq() -> None:
 def broker_options(fn: F) -> F:
     """The options every ``pmg hq`` command takes to reach the broker (see ``broker_from``)."""
     options = [
-        click.option("--host", required=True, help="The head office's MQTT broker."),
+        click.option("--host", required=True, type=ConnectionText(), help="The head office's MQTT broker."),
         click.option("--port", type=click.IntRange(1, 65535), default=8883, show_default=True),
         click.option("--plaintext", is_flag=True, help="Connect without TLS (must be asked for explicitly)."),
         click.option("--ca-file", type=click.Path(exists=True, dir_okay=False)),
@@ -152,8 +153,8 @@ def broker_from(kw: dict[str, Any], client_id: str, *, persistent: bool) -> Brok
 
 @hq.command("tail")
 @broker_options
-@click.option("--prefix", default="pmg", show_default=True)
-@click.option("--shared-group", help="Subscribe as $share/<group>/… to share the load with other consumers.")
+@click.option("--prefix", type=TopicPrefix(), default="pmg", show_default=True)
+@click.option("--shared-group", type=ShareName(), help="Subscribe as $share/<group>/… to share the load with other consumers.")
 @click.option(
     "--store", "store_path", type=click.Path(dir_okay=False, path_type=Path), help="Keep messages in SQLite."
 )
@@ -270,7 +271,7 @@ def hq_tail(
     show_default=True,
     help="The currency's decimals (the gateway's minor_digits).",
 )
-@click.option("--prefix", default="pmg", show_default=True)
+@click.option("--prefix", type=TopicPrefix(), default="pmg", show_default=True)
 @click.option(
     "--deadline",
     type=FiniteFloat(min=0.5, max=86400),

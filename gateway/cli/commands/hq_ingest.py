@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from gateway.cli.common import CliFailure, FiniteFloat
+from gateway.cli.params import ConnectionText, ShareName, TopicPrefix
 
 DSN_HELP = "PostgreSQL connection string, e.g. postgresql://hq@db.example/hq (or PMG_HQ_DSN)."
 
@@ -82,8 +83,8 @@ def _run_here(config: Any, group: str, prefix: str, run_for: float | None) -> No
 
 
 @click.command("ingest")
-@click.option("--dsn", envvar="PMG_HQ_DSN", required=True, help=DSN_HELP)
-@click.option("--host", required=True, help="The broker (or the broker cluster's address).")
+@click.option("--dsn", envvar="PMG_HQ_DSN", required=True, type=ConnectionText(), help=DSN_HELP)
+@click.option("--host", required=True, type=ConnectionText(), help="The broker (or the broker cluster's address).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8883, show_default=True)
 @click.option("--plaintext", is_flag=True, help="Connect without TLS (must be asked for explicitly).")
 @click.option("--ca-file", type=click.Path(exists=True, dir_okay=False))
@@ -91,8 +92,8 @@ def _run_here(config: Any, group: str, prefix: str, run_for: float | None) -> No
 @click.option("--key", "key_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--username")
 @click.option("--password", envvar="PMG_HQ_PASSWORD")
-@click.option("--prefix", default="pmg", show_default=True)
-@click.option("--group", default="pmg-ingest", show_default=True, help="Shared subscription group ($share/<group>/…).")
+@click.option("--prefix", type=TopicPrefix(), default="pmg", show_default=True)
+@click.option("--group", type=ShareName(), default="pmg-ingest", show_default=True, help="Shared subscription group ($share/<group>/…).")
 @click.option("--client-id", help="Stable id prefix (worker i is <id>-i); default pmg-ingest-<host name>.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="Worker processes.")
 @click.option("--batch-size", type=click.IntRange(1, 10_000), default=500, show_default=True)
@@ -168,7 +169,7 @@ def hq_ingest(
 
 
 @click.command("gaps")
-@click.option("--dsn", envvar="PMG_HQ_DSN", required=True, help=DSN_HELP)
+@click.option("--dsn", envvar="PMG_HQ_DSN", required=True, type=ConnectionText(), help=DSN_HELP)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.argument("gateway", required=False)
 def hq_gaps(dsn: str, as_json: bool, gateway: str | None) -> None:
@@ -199,7 +200,7 @@ def hq_gaps(dsn: str, as_json: bool, gateway: str | None) -> None:
 
 
 @click.command("reconcile")
-@click.option("--dsn", envvar="PMG_HQ_DSN", required=True, help=DSN_HELP)
+@click.option("--dsn", envvar="PMG_HQ_DSN", required=True, type=ConnectionText(), help=DSN_HELP)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.argument("gateway", required=False)
 def hq_reconcile(dsn: str, as_json: bool, gateway: str | None) -> None:
@@ -222,7 +223,7 @@ def hq_reconcile(dsn: str, as_json: bool, gateway: str | None) -> None:
 
 
 @click.command("quarantine")
-@click.option("--dsn", envvar="PMG_HQ_DSN", required=True, help=DSN_HELP)
+@click.option("--dsn", envvar="PMG_HQ_DSN", required=True, type=ConnectionText(), help=DSN_HELP)
 @click.option("--limit", type=click.IntRange(1, 10**6), default=50, show_default=True)
 def hq_quarantine(dsn: str, limit: int) -> None:
     """The latest messages the ingest refused, with the reason (JSON lines)."""

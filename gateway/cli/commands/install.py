@@ -67,19 +67,23 @@ def _place(target: Path, mode: int, gid: int | None, source: Path | None) -> boo
 @click.command("install-config")
 @click.option(
     "--root",
-    type=click.Path(file_okay=False, path_type=Path),
+    "root_text",
+    type=click.Path(file_okay=False),
     default="/",
     show_default=True,
     help="Lay out ROOT/etc/pmg (a staging tree or an image); it must exist.",
 )
 @click.option("--group", metavar="NAME", help="Give what it creates to this group (the service's: pmg).")
 @json_option
-def install_config(root: Path, group: str | None, as_json: bool) -> None:
+def install_config(root_text: str, group: str | None, as_json: bool) -> None:
     """Write /etc/pmg/gateway.toml and /etc/pmg/tariffs/ from the shipped examples; existing files are kept.
 
     Then edit gateway.toml (gateway_id, buses, meters, [mqtt]) and check it with
     `pmg run --check -c /etc/pmg/gateway.toml`.
     """
+    if not root_text.strip():  # Path("") is the current directory: a script's unset variable
+        raise CliFailure("--root: must not be empty (/ for this machine, or a staging tree)", 2)
+    root = Path(root_text)
     if not root.is_dir():
         raise CliFailure(f"--root: {root} is not a directory", 2)
     gid = _group_id(group)
