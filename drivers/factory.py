@@ -121,7 +121,15 @@ def _dlms_meter(
     options: Mapping[str, Any],
 ) -> Meter:
     """A DLMS meter: ``address`` is the HDLC physical address on a serial line, the logical device on
-    the TCP wrapper; ``options`` carries ``logical`` (HDLC), ``client``, ``auth`` and ``key_file``."""
+    the TCP wrapper; ``options`` carries ``logical`` (HDLC), ``client``, ``auth``, ``key_file`` and
+    ``invocation_counter`` (the meter's counter object for HLS-GMAC, or ``none``)."""
+    from drivers.dlms.counter import (
+        DEFAULT_OBIS,
+        ClientCounter,
+        CounterFile,
+        check_counter_obis,
+        counter_path,
+    )
     from drivers.dlms.keys import PUBLIC_CLIENT, load_security
     from drivers.dlms.link import DlmsLink, Target
     from drivers.dlms.meter import DlmsMeter
@@ -138,4 +146,8 @@ def _dlms_meter(
         target = Target(logical=int(options.get("logical", 1)), physical=int(address), security=security)
     if tz is not None:
         extra = {**extra, "tz": tz}
+    obis = check_counter_obis(options.get("invocation_counter") or DEFAULT_OBIS)
+    if security.auth == "hls-gmac":  # the counter file beside the key file: see drivers/dlms/counter.py
+        path = counter_path(options["key_file"], f"{link.url}_{target}", security.client)
+        extra = {**extra, "counter": ClientCounter(CounterFile(path)), "counter_obis": obis}
     return DlmsMeter(link, target, load_profile(profile or "generic"), **extra)

@@ -124,6 +124,9 @@ class DlmsMeterConfig(Strict):
     key_file: str | None = None
     """TOML with ``password`` (low) or ``encryption_key``/``authentication_key`` (hls-gmac, 32 hex
     digits each); relative to this file.  docs/sources/protocols.md ("DLMS/COSEM")."""
+    invocation_counter: str = "0.0.43.1.0.255"
+    """hls-gmac: the meter's invocation counter object for this client's key set (0.0.43.1.x.255),
+    read with the public client to start above it, or ``"none"`` (our record beside the key file only)."""
 
 
 class MeterConfig(Strict):
@@ -462,6 +465,7 @@ def _cross_check(cfg: GatewayConfig, file: Path, text: str) -> None:
 def _check_dlms_meter(cfg: GatewayConfig, meter: MeterConfig, i: int, fail: Any) -> None:
     """A DLMS meter's profile loads (known OBIS codes and classes) and its key file is right:
     what ``run`` would refuse, ``run --check`` refuses, in one line."""
+    from drivers.dlms.counter import check_counter_obis
     from drivers.dlms.keys import KeyFileError, load_security
     from drivers.dlms.profile import load_profile
 
@@ -474,6 +478,10 @@ def _check_dlms_meter(cfg: GatewayConfig, meter: MeterConfig, i: int, fail: Any)
         load_security(opts.auth, opts.client, opts.key_file)
     except KeyFileError as exc:
         fail(("meters", i, "dlms", "key_file"), str(exc))
+    try:
+        check_counter_obis(opts.invocation_counter)
+    except ValueError as exc:
+        fail(("meters", i, "dlms", "invocation_counter"), str(exc))
 
 
 def resolve(config_file: str | Path, value: str) -> Path:

@@ -32,9 +32,9 @@ from typing import Any
 
 from gurux_dlms.enums import DataType, Unit
 from gurux_dlms.GXDateTime import GXDateTime
-from gurux_dlms.objects import GXDLMSClock, GXDLMSDisconnectControl, GXDLMSRegister
+from gurux_dlms.objects import GXDLMSClock, GXDLMSData, GXDLMSDisconnectControl, GXDLMSRegister
 
-from simulators.dlms_peer import PeerServer
+from simulators.dlms_peer import INVOCATION_COUNTER_OBIS, HlsSecrets, PeerServer
 
 DISCONNECTED, CONNECTED, READY = 0, 1, 2
 _DIRECT_RECONNECT = {1, 3, 5, 6}  # control modes with transition d (remote_reconnect closes directly)
@@ -61,6 +61,7 @@ class DlmsMeterModel:
     _last: datetime | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
     actions: list[str] = field(default_factory=list)
+    hls: HlsSecrets | None = None  # HLS-GMAC keys and counters: the meter then accepts HLS (and the public client)
 
     @property
     def output(self) -> bool:
@@ -125,8 +126,12 @@ class DlmsSimMeter:
         self.clock = GXDLMSClock()
         self.disconnect = GXDLMSDisconnectControl("0.0.96.3.10.255")
         self._clock_sent: Any = None
+        self.counter = GXDLMSData(INVOCATION_COUNTER_OBIS)  # the client's last invocation counter (HLS)
+        self.counter.value = 0
+        self.counter.setDataType(2, DataType.UINT32)
         self.server = PeerServer(
-            [self.energy, self.export, *self.tariffs, self.voltage, self.current, self.power, self.clock, self.disconnect],
+            [self.energy, self.export, *self.tariffs, self.voltage, self.current, self.power, self.clock, self.disconnect,
+             *([self.counter] if model.hls is not None else [])],
             hdlc=hdlc,
             physical=physical if hdlc else None,
             logical=logical,
@@ -134,6 +139,7 @@ class DlmsSimMeter:
             on_action=self._action,
             on_write=self._write,
             refuse=lambda: model.fault == "refuse",
+            hls=model.hls,
         )
 
     def _raw(self, wh: Decimal) -> int:
@@ -156,6 +162,8 @@ class DlmsSimMeter:
             self.disconnect.outputState = on
             self.disconnect.controlState = m.control_state
             self.disconnect.controlMode = m.control_mode
+            if m.hls is not None:
+                self.counter.value = m.hls.client_counter or 0
 
     def _action(self, e: Any) -> None:
         if e.target is self.disconnect:

@@ -10,6 +10,11 @@ their scaler-unit (``values``), the meter's keys from a key file (``keys``) and 
 included, and structlog prints to stdout by default: its output is switched off here, once, so that
 no key or password can reach a log (``quiet_library_logs``).
 
+Its HDLC transport also mistakes the closing flag of a frame whose last check byte is 0x7E for an
+opening one and waits for a frame that never comes (a timeout on every retry, as the same reply has
+the same check sequence): ``close_hdlc_frames`` reads a lone flag as an opening one only between
+frames (found by the HLS interop test, whose ciphered replies hit it about one frame in 256).
+
 Its A-XDR decoder also takes a truncated value for a longer one and loops for ever (its "buffer
 empty" test is ``pointer == len`` and a read past the end moves the pointer beyond): a garbled reply
 would hang the bus.  ``guard_axdr_reads`` makes a read past the end raise instead, which the link
@@ -24,6 +29,8 @@ from typing import Any
 
 import structlog
 from dlms_cosem import a_xdr
+from dlms_cosem.hdlc.frames import HDLC_FLAG
+from dlms_cosem.io import HdlcTransport
 
 
 def _drop(logger: Any, method: str, event: Any) -> Any:
@@ -54,6 +61,21 @@ def guard_axdr_reads() -> None:
     """Reads past the end of an A-XDR buffer raise ``AxdrOverrun`` instead of looping."""
     a_xdr.AXdrDecoder.get_bytes = _get_bytes
 
+
+def _recv_frame(self: HdlcTransport) -> bytes:
+    in_bytes = self.io.recv_until(end=HDLC_FLAG)
+    if in_bytes == HDLC_FLAG and not self.hdlc_connection.buffer:  # an opening flag: read up to the closing one
+        in_bytes += self.io.recv_until(HDLC_FLAG)
+    return bytes(in_bytes)
+
+
+def close_hdlc_frames() -> None:
+    """A lone 0x7E after part of a frame is that frame's closing flag (IEC 62056-46 frames are
+    delimited by their length, so a flag inside one is data)."""
+    HdlcTransport.recv_frame = _recv_frame
+
+
+close_hdlc_frames()
 
 quiet_library_logs()
 guard_axdr_reads()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import binascii
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -37,6 +38,13 @@ class DlmsSecurity:
     encryption_key: bytes | None = field(default=None, repr=False)
     authentication_key: bytes | None = field(default=None, repr=False)
     system_title: bytes = b"PMG00001"
+    counter: Callable[[], int] | None = field(default=None, repr=False, compare=False)
+    """HLS-GMAC: hands each association attempt its first invocation counter (``drivers.dlms.counter``)."""
+
+    def first_invocation_counter(self) -> int:
+        """The invocation counter the next association starts at (0 without a counter: a meter that
+        remembers its counter then refuses every association after the first)."""
+        return self.counter() if self.counter is not None and self.auth == "hls-gmac" else 0
 
     def __post_init__(self) -> None:
         if self.auth not in AUTHS:

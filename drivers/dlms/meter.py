@@ -11,15 +11,20 @@ control state (attribute 3) back in the same association.  In control modes 2 an
 reconnect does not close the relay: it leaves it ``ready_for_reconnection`` and the customer closes
 it with the meter's button (IEC 62056-6-2, 4.5.8, transitions a and e) — what the enforcer calls
 ``close_permitted``, as for a DL/T 645 meter's 1B command.
+
+With HLS-GMAC every conversation starts at a fresh block of invocation counters
+(``drivers.dlms.counter``): above the meter's own counter object, read with the public client once
+after start and again after a refused association, and above our record next to the key file.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from dlms_cosem import dlms_data
 
@@ -41,6 +46,8 @@ from drivers.base import (
     RelayState,
 )
 from drivers.dlms import values as v
+from drivers.dlms.counter import DEFAULT_OBIS, ClientCounter, CounterError
+from drivers.dlms.keys import DlmsSecurity
 from drivers.dlms.link import DlmsLink, Session, Target
 from drivers.dlms.profile import DISCONNECT_CLASS, Profile, ValueSpec
 
@@ -48,7 +55,10 @@ from drivers.dlms.profile import DISCONNECT_CLASS, Profile, ValueSpec
 DISCONNECTED, CONNECTED, READY_FOR_RECONNECTION = 0, 1, 2
 CONTROL_STATES = {DISCONNECTED: "disconnected", CONNECTED: "connected", READY_FOR_RECONNECTION: "ready_for_reconnection"}
 REMOTE_DISCONNECT, REMOTE_RECONNECT = 1, 2
+DATA_CLASS = 1  # the invocation counter object is a class 1 Data (IEC 62056-6-2)
 
+log = logging.getLogger("pmg.dlms")
+T = TypeVar("T")
 
 
 def _utcnow() -> datetime:
@@ -103,6 +113,8 @@ class DlmsMeter:
         *,
         clock: Callable[[], datetime] = _utcnow,
         tz: tzinfo = UTC,
+        counter: ClientCounter | None = None,
+        counter_obis: str = DEFAULT_OBIS,
     ) -> None:
         self.link = link
         self.target = target
@@ -111,6 +123,9 @@ class DlmsMeter:
         self._clock = clock
         self._tz = tz
         self._scalers: dict[str, v.ScalerUnit] = {}
+        hls = target.security.auth == "hls-gmac"
+        self.counter = (counter or ClientCounter(None)) if hls else None
+        self.counter_obis = None if counter_obis == "none" else counter_obis
 
     def __repr__(self) -> str:
         return f"DlmsMeter({self.link.url!r}, {self.address}, profile={self.profile.name!r}, {self.target.security!r})"
@@ -118,6 +133,62 @@ class DlmsMeter:
     @property
     def controllable(self) -> bool:
         return self.profile.relay is not None
+
+    # -- conversations --------------------------------------------------------------------------------
+    async def _converse(self, work: Callable[[Session], T]) -> T:
+        """``work`` in one association with the meter.  For HLS-GMAC: the meter's counter object read
+        first if it has not been, and after a refusal read again and tried once more if the meter had
+        seen counters above the ones we started at (our record lost, or another head-end on the client)."""
+        counter = self.counter
+        if counter is None:
+            return await self.link.converse(self.target, work)
+        if self.counter_obis and not counter.meter_read:
+            await self._read_meter_counter(counter, self.counter_obis)
+        try:
+            return await self._hls(counter, work)
+        except CounterError:
+            raise  # our record, not the meter's answer
+        except MeterRefused:
+            start = counter.last_start
+            if not self.counter_obis or start is None:
+                raise
+            await self._read_meter_counter(counter, self.counter_obis)
+            if counter.meter_floor <= start:
+                raise  # not a stale counter: another key, client or refusal
+            log.warning("meter=%s invocation counter behind the meter's (%d); associating again above it",
+                        self.address, counter.meter_floor)
+            return await self._hls(counter, work)
+
+    async def _hls(self, counter: ClientCounter, work: Callable[[Session], T]) -> T:
+        first = counter.block(self.link.retries + 1)
+        target = replace(self.target, security=replace(self.target.security, counter=first))
+
+        def counted(s: Session) -> T:
+            try:
+                return work(s)
+            finally:  # +1: the release request to come is ciphered too
+                counter.used(int(s.client.client_invocation_counter) + 1)
+
+        return await self.link.converse(target, counted)
+
+    async def _read_meter_counter(self, counter: ClientCounter, obis: str) -> None:
+        """The meter's last accepted invocation counter for our client, read by the public client."""
+        public = replace(self.target, security=DlmsSecurity())
+
+        def work(s: Session) -> Any:
+            return v.decode(s.get(DATA_CLASS, obis, 2))
+
+        try:
+            value = await self.link.converse(public, work)
+        except MeterRefused as exc:
+            counter.meter_read = True  # it will not change its mind: the record alone then
+            log.warning("meter=%s invocation counter %s not readable by the public client (%s)", self.address, obis, exc)
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            counter.meter_read = True
+            log.warning("meter=%s invocation counter %s is not a counter: %r", self.address, obis, value)
+            return
+        counter.saw_meter(value)
 
     # -- reading ------------------------------------------------------------------------------------
     def _value(self, s: Session, spec: ValueSpec, quantity: str) -> Decimal:
@@ -180,7 +251,7 @@ class DlmsMeter:
                     problems[point] = (Quality.IMPLAUSIBLE, f"{self.address} {point.value}: {exc}")
 
         try:
-            await self.link.converse(self.target, work)
+            await self._converse(work)
         except (MeterTimeout, LinkError) as exc:
             return Reading(self.address, taken_at, Quality.TIMEOUT, error=str(exc))
         except MeterRefused as exc:
@@ -201,7 +272,7 @@ class DlmsMeter:
     async def read_disconnector(self) -> Disconnector:
         if self.profile.relay is None:
             raise NotControllable(f"DLMS meter {self.address} ({self.profile.meter.name}): profile has no relay")
-        return await self.link.converse(self.target, self._disconnector)
+        return await self._converse(self._disconnector)
 
     async def read_relay(self) -> RelayState | None:
         if self.profile.relay is None:
@@ -235,7 +306,7 @@ class DlmsMeter:
 
         sent_error: DriverError | None = None
         try:
-            after = await self.link.converse(self.target, work)
+            after = await self._converse(work)
         except (MeterTimeout, BadFrame) as exc:  # it may have been executed: the read-back decides
             sent_error = exc
             try:
@@ -268,7 +339,7 @@ class DlmsMeter:
         clock = self.profile.clock
         if clock is None:
             raise NotControllable(f"DLMS meter {self.address}: profile has no clock")
-        return await self.link.converse(self.target, lambda s: v.clock_time(s.get(8, clock.obis, 2), self._tz))
+        return await self._converse(lambda s: v.clock_time(s.get(8, clock.obis, 2), self._tz))
 
     async def set_clock(self, when: datetime) -> datetime:
         """SET the clock's time (attribute 2) to ``when`` (aware), then read it back."""
@@ -281,7 +352,7 @@ class DlmsMeter:
             s.set(8, clock.obis, 2, data)
             return v.clock_time(s.get(8, clock.obis, 2), self._tz)
 
-        return await self.link.converse(self.target, work)
+        return await self._converse(work)
 
     async def close(self) -> None:
         """Nothing to release: the link belongs to the bus worker."""
