@@ -437,6 +437,7 @@ class DlmsLink:
             authentication_key=sec.authentication_key if hls else None,
             security_suite=0,
             client_system_title=sec.system_title if hls else None,
+            client_initial_invocation_counter=sec.first_invocation_counter(),
         )
         try:
             transport.connect()

@@ -6,7 +6,6 @@ moved on behind our back; and ``run --check`` on the counter object's code."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections.abc import Iterator
 from decimal import Decimal
@@ -18,7 +17,6 @@ from click.testing import CliRunner
 from support.gateway_harness import base_config, write_config
 
 from drivers.base import Point, Quality
-from drivers.dlms.link import DlmsLink
 from drivers.dlms.meter import DlmsMeter
 from drivers.factory import LinkSettings, make_link, make_meter
 from gateway.cli.main import cli
@@ -26,12 +24,6 @@ from simulators.dlms_meter import DlmsMeterModel, DlmsPtyServer, DlmsTcpServer
 from simulators.dlms_peer import HlsSecrets
 
 EK, AK = "0f1e2d3c4b5a69788796a5b4c3d2e1f0", "a1b2c3d4e5f60718293a4b5c6d7e8f90"
-
-needs_link_counter = pytest.mark.skipif(
-    "first_invocation_counter" not in inspect.getsource(DlmsLink._once),
-    reason="the link does not start the client at DlmsSecurity.first_invocation_counter() yet",
-)
-
 
 @pytest.fixture(params=["tcp", "hdlc"])
 def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
@@ -71,7 +63,6 @@ def records(rig: dict[str, Any]) -> list[Path]:
     return sorted(rig["dir"].glob("meter.keys.toml.ic-*"))
 
 
-@needs_link_counter
 def test_associations_in_a_row_and_across_a_restart(rig: dict[str, Any]) -> None:
     hls = rig["hls"]
     first = reads(new_driver(rig), 3)
@@ -85,7 +76,6 @@ def test_associations_in_a_row_and_across_a_restart(rig: dict[str, Any]) -> None
     assert hls.client_counter > seen and hls.refused_counters == 0
 
 
-@needs_link_counter
 def test_without_a_record_the_meter_is_asked(rig: dict[str, Any]) -> None:
     hls = rig["hls"]
     assert reads(new_driver(rig), 1)[0].quality is Quality.OK
@@ -102,7 +92,6 @@ def test_without_a_record_the_meter_is_asked(rig: dict[str, Any]) -> None:
     assert r.quality is Quality.OK, r.error
 
 
-@needs_link_counter
 def test_a_meter_that_moved_on_is_read_again_and_the_association_retried(
     rig: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
