@@ -75,6 +75,7 @@ class DlmsLine:
         emulate_timing: bool = False,
         logical: int = 1,
         password: bytes | None = None,
+        passwords: dict[int, bytes] | None = None,
         manufacturer: str = "PMG",
     ) -> None:
         if not models:
@@ -91,7 +92,11 @@ class DlmsLine:
         self.emulate_timing = emulate_timing
         self.ident = f"/{manufacturer[:3]}{BAUD_CHARS.get(baud, '5')}" + ("\\2" if opening == "iec62056-21" else "")
         self.ident += f"SIM{next(iter(models)):05d}\r\n"
-        self.meters = [DlmsSimMeter(m, hdlc=True, physical=a, logical=logical, password=password) for a, m in models.items()]
+        own = passwords or {}
+        self.meters = [
+            DlmsSimMeter(m, hdlc=True, physical=a, logical=logical, password=own.get(a, password))
+            for a, m in models.items()
+        ]
         self.state = "hdlc" if opening is None else "idle"
         self.openings = 0  # sign-ons answered (for the tests and the log)
         self.ignored = 0  # chunks of bytes the meters could not take (wrong speed or state)
