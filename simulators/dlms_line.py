@@ -63,6 +63,26 @@ def is_disc(frame: bytes) -> bool:
     return at < len(frame) and frame[0] == 0x7E and frame[at] & 0xEF == 0x43
 
 
+def hdlc_lower_address(frame: bytes) -> int | None:
+    """The destination's lower (physical) HDLC address of a frame (IEC 62056-46: 1, 2 or 4 address
+    bytes, seven bits each, the last with bit 0 set); None when the bytes do not start a frame or
+    name no lower address."""
+    if len(frame) < 4 or frame[0] != 0x7E:
+        return None
+    parts: list[int] = []
+    for b in frame[3:7]:
+        parts.append(b >> 1)
+        if b & 1:
+            break
+    else:
+        return None
+    if len(parts) == 2:
+        return parts[1]
+    if len(parts) == 4:
+        return (parts[2] << 7) | parts[3]
+    return None
+
+
 class DlmsLine:
     """Meters by HDLC physical address on one line; ``start_pty()`` or ``start_tcp()``, then ``stop()``."""
 
@@ -93,10 +113,11 @@ class DlmsLine:
         self.ident = f"/{manufacturer[:3]}{BAUD_CHARS.get(baud, '5')}" + ("\\2" if opening == "iec62056-21" else "")
         self.ident += f"SIM{next(iter(models)):05d}\r\n"
         own = passwords or {}
-        self.meters = [
-            DlmsSimMeter(m, hdlc=True, physical=a, logical=logical, password=own.get(a, password))
+        self.by_address = {
+            a: DlmsSimMeter(m, hdlc=True, physical=a, logical=logical, password=own.get(a, password))
             for a, m in models.items()
-        ]
+        }
+        self.meters = list(self.by_address.values())
         self.state = "hdlc" if opening is None else "idle"
         self.openings = 0  # sign-ons answered (for the tests and the log)
         self.ignored = 0  # chunks of bytes the meters could not take (wrong speed or state)
@@ -111,13 +132,22 @@ class DlmsLine:
     def _silent(self) -> bool:
         return all(m.fault == "silent" for m in self.models.values())
 
+    def _hdlc(self, data: bytes) -> bytes:
+        """Each frame reaches the meter it names (Gurux's server, once one association was set up,
+        answers frames for other addresses too: the line's addressing is done here)."""
+        lower = hdlc_lower_address(data)
+        if lower is None or lower in (0x7F, 0x3FFF):
+            return b"".join(m.answer(data) for m in self.meters)
+        meter = self.by_address.get(lower)
+        return meter.answer(data) if meter is not None else b""
+
     def handle(self, data: bytes, speed: int | None) -> bytes:
         """The line's answer to ``data`` received at ``speed`` baud (None: not knowable, TCP)."""
         if self.opening is None:
-            return b"".join(m.answer(data) for m in self.meters)
+            return self._hdlc(data)
         if self.state == "hdlc":
             if speed is None or speed == self.baud:
-                reply = b"".join(m.answer(data) for m in self.meters)
+                reply = self._hdlc(data)
                 if is_disc(data):
                     self.state = "idle"
                     self._buf.clear()

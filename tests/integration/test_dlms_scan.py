@@ -1,6 +1,7 @@
 """``pmg scan --protocol dlms``: simulated DLMS meters sharing one HDLC line (``simulators.dlms_line``)
 over TCP (as a serial device server carries it) and on a pty with the mode E opening are found by
-HDLC physical address, silent addresses skipped; ``--write-config`` gives entries ``pmg run --check`` accepts; bad options are one line, exit 2."""
+HDLC physical address, silent addresses skipped, a meter that refuses the public client listed as
+such; ``--write-config`` gives entries ``pmg run --check`` accepts; bad options are one line, exit 2."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def one_line(result: Result, status: int, needle: str) -> None:
 @pytest.fixture
 def line() -> Iterator[DlmsLine]:
     models = {17: DlmsMeterModel(), 20: DlmsMeterModel(power_w=Decimal(300)), 23: DlmsMeterModel()}
-    sim = DlmsLine(models, passwords={23: b"12345678"})  # 23 lets the public client associate, no more
+    sim = DlmsLine(models, passwords={23: b"12345678"})  # 23 refuses the public client
     sim.start_tcp()
     yield sim
     sim.stop()
@@ -47,18 +48,19 @@ def test_scan_finds_the_meters_of_a_line_and_skips_silent_addresses(line: DlmsLi
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["found"] == ["17", "20", "23"]
-    assert [m["association"] for m in report["meters"]] == ["accepted"] * 3
+    assert [m["association"] for m in report["meters"]] == ["accepted", "accepted", "refused"]
     assert report["probes"] == 9 and report["opening"] == "none"
     assert took < 9 * 0.1 + 3  # six silent addresses at the probe timeout, three conversations
 
     table = run(*common)
-    assert table.exit_code == 0 and "3 meter(s)" in table.stdout and "accepted" in table.stdout
+    assert table.exit_code == 0 and "3 meter(s)" in table.stdout and "refused" in table.stdout
 
     written = run(*common, "--write-config", "--bus-id", "hdlc-1")
     assert written.exit_code == 0, written.output
     parsed = tomllib.loads(written.stdout)
     assert parsed["buses"][0]["protocol"] == "dlms" and parsed["buses"][0]["url"] == line.url
     assert [m["address"] for m in parsed["meters"]] == ["17", "20", "23"]
+    assert "set [meters.dlms]" in written.stdout  # the meter that refused the public client
     cfg = write_config(tmp_path / "gw.toml", base_config(tmp_path / "pmg.db") + "\n" + written.stdout)
     check = run("run", "--check", "-c", str(cfg))
     assert check.exit_code == 0, check.output
