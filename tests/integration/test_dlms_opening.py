@@ -123,3 +123,12 @@ def test_run_check_accepts_opening(tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "gw.toml", body)
     result = CliRunner().invoke(cli, ["run", "--config", str(cfg), "--check"], prog_name="pmg")
     assert result.exit_code == 0, result.output
+
+
+def test_pmg_read_through_the_opening(line: DlmsLine) -> None:
+    args = ["read", "--protocol", "dlms", "--port", line.url, "--address", "17", "--timeout", "0.3"]
+    result = CliRunner().invoke(cli, [*args, "--opening", "iec62056-21", "--json"], prog_name="pmg")
+    assert result.exit_code == 0, result.output
+    assert line.openings == 1 and '"relay"' in result.stdout
+    refused = CliRunner().invoke(cli, ["read", "--protocol", "modbus", "--port", line.url, "--opening", "iec62056-21"])
+    assert refused.exit_code == 2 and "--opening applies to DLMS" in refused.output
