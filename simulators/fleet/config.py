@@ -79,6 +79,8 @@ class FleetBus(_Strict):
         elif self.profile is not None:
             raise ValueError("profile applies to Modbus buses only")
         elif self.protocol == "dlms":
+            if "parity" not in self.model_fields_set:  # HDLC lines are 8N1 (IEC 62056-46); E is DL/T 645's
+                object.__setattr__(self, "parity", "N")
             if self.start_address + self.meters - 1 > 0x3FFD:
                 raise ValueError(
                     f"DLMS HDLC addresses {self.start_address}..{self.start_address + self.meters - 1} exceed 16381"

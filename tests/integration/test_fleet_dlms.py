@@ -26,7 +26,6 @@ gateway_id = "gw-fleet-dlms"
 id = "h1"
 protocol = "dlms"
 serve = "pty"
-parity = "N"
 start_address = 17
 meters = 2
 poll_interval_s = 0.3
@@ -64,6 +63,7 @@ def test_dlms_fleet_serves_a_real_gateway(tmp_path: Path) -> None:
         assert check.exit_code == 0, check.output
         gw_cfg = load_config(out)
         assert {m.address for m in gw_cfg.meters} == {"17", "18", "40", "41"}
+        assert {b.line_parity for b in gw_cfg.buses} == {"N"}  # the DLMS default, not DL/T 645's E
 
         async def scenario() -> None:
             gateway = Gateway(out, gw_cfg)
