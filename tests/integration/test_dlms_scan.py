@@ -50,7 +50,7 @@ def test_scan_finds_the_meters_of_a_line_and_skips_silent_addresses(line: DlmsLi
     assert report["found"] == ["17", "20", "23"]
     assert [m["association"] for m in report["meters"]] == ["accepted", "accepted", "refused"]
     assert report["probes"] == 9 and report["opening"] == "none"
-    assert took < 9 * 0.1 + 3  # six silent addresses at the probe timeout, three conversations
+    assert took < 9 * 0.1 + 6  # silent addresses cost the probe timeout (at the bus default of 1 s: over 9 s)
 
     table = run(*common)
     assert table.exit_code == 0 and "3 meter(s)" in table.stdout and "refused" in table.stdout
