@@ -41,6 +41,8 @@ class LinkSettings:
     timeout_s: float = 1.0
     retries: int = 2
     inter_frame_gap_s: float = 0.02
+    opening: str = "none"
+    """DLMS on HDLC: ``iec62056-21`` for the mode E opening (``drivers.dlms.opening``)."""
 
 
 def make_link(s: LinkSettings) -> Link:
@@ -77,6 +79,7 @@ def make_link(s: LinkSettings) -> Link:
             timeout_s=s.timeout_s,
             retries=s.retries,
             inter_frame_gap_s=s.inter_frame_gap_s,
+            opening=s.opening,
         )
     raise ValueError(f"unknown protocol '{s.protocol}' (known: {', '.join(PROTOCOLS)})")
 

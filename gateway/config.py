@@ -94,8 +94,22 @@ class BusConfig(Strict):
     """Quiet time between frames; default 3.5 character times at the bus's baud (as Modbus RTU requires)."""
     poll_interval_s: float = Field(60.0, gt=0, le=86400)
     unhealthy_after_s: float = Field(300.0, gt=0, le=86400)
+    opening: Literal["none", "iec62056-21"] = "none"
+    """DLMS on a serial line: ``iec62056-21`` starts each conversation with the IEC 62056-21 mode E
+    opening (sign-on at 300 baud 7E1, then HDLC at the baud the meter names; ``baud`` is then unused).
+    A bus setting because it changes the line's speed, which every station on it shares.
+    docs/sources/protocols.md ("IEC 62056-21 mode E opening")."""
     """The bus is unhealthy (``pmg status``, ``pmg doctor``, metrics) once none of its meters answered
     for this long: a dead link or cable, not one dead meter."""
+
+    @model_validator(mode="after")
+    def _opening_is_hdlc(self) -> BusConfig:
+        if self.opening != "none" and (self.protocol != "dlms" or self.url.startswith("tcp://")):
+            raise ValueError(
+                f"opening = \"{self.opening}\" applies to DLMS buses on a serial line (HDLC), not to "
+                + ("the TCP wrapper" if self.protocol == "dlms" else f"{self.protocol}")
+            )
+        return self
 
     @property
     def line_baud(self) -> int:

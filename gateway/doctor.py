@@ -75,7 +75,7 @@ async def _probe_bus(bus: BusConfig, cfg: GatewayConfig) -> Check:
         return Check(name, SKIP, "no meters configured on this bus")
     link = make_link(
         LinkSettings(
-            bus.protocol, bus.url, bus.line_baud, bus.line_parity, bus.timeout_s, bus.retries, bus.frame_gap_s
+            bus.protocol, bus.url, bus.line_baud, bus.line_parity, bus.timeout_s, bus.retries, bus.frame_gap_s, bus.opening
         )
     )
     try:

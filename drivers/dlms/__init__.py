@@ -81,29 +81,48 @@ quiet_library_logs()
 guard_axdr_reads()
 
 
-async def scan(
-    link: Any, addresses: Iterable[int], security: Any = None, progress: Callable[[int, int], None] | None = None
-) -> list[int]:
-    """HDLC physical addresses that answer on a line (``pmg scan`` for DLMS), in the order probed.
+ACCEPTED, REFUSED = "accepted", "refused"
 
-    Each address gets one association attempt without retries (the public client unless ``security``
-    says otherwise); a meter that refuses the association answered, so it is present.  A silent
-    address costs the link's timeout: give the link a short one for scanning."""
+
+async def probe(link: Any, address: int, security: Any = None) -> str | None:
+    """One association attempt, without retries, with the meter at HDLC physical ``address`` (the
+    public client unless ``security`` says otherwise): ``"accepted"``, ``"refused"`` (it answered, so
+    it is there, but wants another client, a password or a key) or None (silence or garbage);
+    ``ModeENotOffered`` from a mode E opening is raised: it is the port's answer, not the address's.  A
+    silent address costs the link's timeout: give the link a short one for scanning."""
     from drivers.base import BadFrame, MeterRefused, MeterTimeout
     from drivers.dlms.keys import DlmsSecurity
     from drivers.dlms.link import Target
+    from drivers.dlms.opening import ModeENotOffered
 
+    target = Target(1, address, security or DlmsSecurity())
+    try:
+        await link.converse(target, lambda _s: None, retries=0)
+    except ModeENotOffered:
+        raise  # the port, not this address: no address will do better
+    except MeterRefused:
+        return REFUSED
+    except (MeterTimeout, BadFrame):
+        return None
+    return ACCEPTED
+
+
+async def scan(
+    link: Any, addresses: Iterable[int], security: Any = None, progress: Callable[[int, int], None] | None = None
+) -> list[int]:
+    """HDLC physical addresses that answer on a line (``pmg scan`` for DLMS), in the order probed:
+    those whose ``probe`` is accepted or refused."""
+    return [a for a, answer in (await scan_answers(link, addresses, security, progress)).items() if answer]
+
+
+async def scan_answers(
+    link: Any, addresses: Iterable[int], security: Any = None, progress: Callable[[int, int], None] | None = None
+) -> dict[int, str | None]:
+    """Every address probed, in order, with its ``probe`` answer."""
     todo = list(addresses)
-    found: list[int] = []
+    out: dict[int, str | None] = {}
     for i, address in enumerate(todo, start=1):
-        target = Target(1, address, security or DlmsSecurity())
-        try:
-            await link.converse(target, lambda _s: None, retries=0)
-            found.append(address)
-        except MeterRefused:
-            found.append(address)
-        except (MeterTimeout, BadFrame):
-            pass
+        out[address] = await probe(link, address, security)
         if progress:
             progress(i, len(todo))
-    return found
+    return out

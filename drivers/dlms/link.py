@@ -11,6 +11,11 @@ the port is reopened on the schedule of ``drivers.backoff``, as the other links 
 The frames, APDUs and ciphering are the ``dlms-cosem`` library's (its sans-I/O HDLC and DLMS state
 machines); this module only moves their bytes over the port, with the timeouts.
 
+``opening = "iec62056-21"`` (a bus setting: it sets the line's speed) starts every conversation with
+the IEC 62056-21 mode E opening that optical ports and some serial lines need: the sign-on ``/?!`` CR LF
+at 300 baud 7E1, the meter's identification ``/XXXZ\\2…`` (``Z`` its baud, ``\\2`` mode E: HDLC), the
+acknowledgement ``ACK 2 Z 2`` CR LF, then HDLC at ``Z`` baud 8N1 (``_ModeE``).
+
 URLs: ``tcp://host[:port]`` is the DLMS/COSEM TCP wrapper (IEC 62056-9-7, port 4059 by default);
 anything else is a pyserial URL carrying HDLC (IEC 62056-46): ``/dev/ttyUSB0``, ``socket://host:port``
 (a serial device server), ``rfc2217://``.
@@ -39,6 +44,7 @@ from dlms_cosem.io import HdlcTransport, TcpTransport
 from drivers.backoff import Backoff
 from drivers.base import BadFrame, DriverError, LinkError, MeterRefused, MeterTimeout
 from drivers.dlms.keys import DlmsSecurity
+from drivers.dlms.opening import OPENINGS, open_mode_e
 
 TCP_PORT = 4059  # IEC 62056-9-7: the DLMS/COSEM wrapper's registered port
 POLL_S = 0.01
@@ -63,6 +69,7 @@ class LinkStats:
     link_errors: int = 0
     reopens: int = 0
     unanswered_goodbyes: int = 0  # DISC/RLRQ without a valid answer: each cost a timeout
+    openings: int = 0  # IEC 62056-21 mode E openings completed
     last_link_error: str | None = None
 
 
@@ -222,6 +229,7 @@ class DlmsLink:
         timeout_s: float = 1.0,
         retries: int = 2,
         inter_frame_gap_s: float = 0.0,
+        opening: str = "none",
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
@@ -232,8 +240,13 @@ class DlmsLink:
                 f"invalid link settings: baud={baud} timeout_s={timeout_s} retries={retries} "
                 f"inter_frame_gap_s={inter_frame_gap_s}"
             )
+        if opening not in OPENINGS:
+            raise ValueError(f"opening must be one of {', '.join(OPENINGS)}, got {opening!r}")
         self.url = url
         self.tcp = _parse_tcp(url)
+        if opening != "none" and self.tcp is not None:
+            raise ValueError(f"the IEC 62056-21 opening is for serial lines, not the TCP wrapper ({url})")
+        self.opening = opening
         self.baud = baud
         self.parity = parity
         self.timeout_s = timeout_s
@@ -414,6 +427,11 @@ class DlmsLink:
             self._serial.reset_input_buffer()
         except PORT_ERRORS as exc:
             raise LinkError(f"DLMS link {self.url}: {exc}") from None
+        if self.opening == "iec62056-21":
+            opened = open_mode_e(self._serial, where, wait_s=self.timeout_s, monotonic=self.monotonic)
+            self.stats.bytes_out += opened.sent
+            self.stats.bytes_in += opened.received
+            self.stats.openings += 1
         sec = target.security
         transport: Any
         if self.tcp is not None:

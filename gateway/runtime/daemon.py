@@ -179,6 +179,7 @@ class Gateway:
                     bus.timeout_s,
                     bus.retries,
                     bus.frame_gap_s,
+                    bus.opening,
                 )
             )
             polled = [

@@ -1,7 +1,7 @@
 """``pmg demo``: the whole story on simulated meters, in a few minutes of fast clock.
 
-Four households on real pseudo-terminals — three DL/T 645 meters on one bus and a relay-capable Modbus
-meter on another — are polled by the real daemon under the ``cn`` rules (notice shortened to one day
+Five households on real pseudo-terminals — three DL/T 645 meters on one bus, a relay-capable Modbus
+meter on another and a DLMS/COSEM meter (HDLC, the Gurux peer) on a third — are polled by the real daemon under the ``cn`` rules (notice shortened to one day
 so the story fits).  Credit runs down; warnings go out; a notice is issued on Friday evening and
 counts only once the head office confirms its delivery (a signed ``notice`` command over MQTT; with no
 broker the operator records a hand delivery locally); the weekend is protected and cuts start in
@@ -19,7 +19,8 @@ import signal
 import tempfile
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -57,12 +58,16 @@ HOUSEHOLDS = (
         "M-03", "A-03", "Grain mill (保电 keep-power)", "dlt645", "000000000003", 200, 1500, keep_power=True
     ),
     Household("M-04", "A-04", "Li shop (Modbus DDS238)", "modbus", "1", 6000, 400),
+    Household("M-05", "A-05", "Zhao workshop (DLMS/COSEM)", "dlms", "17", 6000, 300),
 )
+BUSES = {"dlt645": "rs485-1", "modbus": "rs485-2", "dlms": "rs485-3"}
 TOPUP = ("A-01", "pay-demo-0001", "50.00")
 TOPUP_AFTER_CUT = timedelta(hours=2)  # simulated time the Wang household stays off before paying
 
 
-def _config(workdir: Path, dlt_port: str, modbus_port: str, mqtt_port: int | None, keys: str) -> str:
+def _config(
+    workdir: Path, dlt_port: str, modbus_port: str, mqtt_port: int | None, keys: str, dlms_port: str
+) -> str:
     mqtt = ""
     if mqtt_port:
         mqtt = (
@@ -82,13 +87,15 @@ def _config(workdir: Path, dlt_port: str, modbus_port: str, mqtt_port: int | Non
         f'[[buses]]\nid = "rs485-1"\nprotocol = "dlt645"\nurl = "{dlt_port}"\nbaud = 9600\npoll_interval_s = 1\n',
         f'[[buses]]\nid = "rs485-2"\nprotocol = "modbus"\nurl = "{modbus_port}"\nbaud = 9600\nparity = "N"\n'
         "poll_interval_s = 1\n",
+        f'[[buses]]\nid = "rs485-3"\nprotocol = "dlms"\nurl = "{dlms_port}"\nbaud = 9600\nparity = "N"\n'
+        "poll_interval_s = 1\n",
     ]
     for h in HOUSEHOLDS:
         lines.append(
             f'[[accounts]]\nid = "{h.account}"\nname = "{h.name}"\nprotected = {str(h.protected).lower()}\n'
             + ('protected_category = "medical_equipment"\n' if h.protected else "")
         )
-        bus = "rs485-1" if h.protocol == "dlt645" else "rs485-2"
+        bus = BUSES[h.protocol]
         lines.append(
             f'[[meters]]\nid = "{h.meter_id}"\nbus = "{bus}"\naddress = "{h.address}"\naccount = "{h.account}"\n'
             f'tariff = "flat-cn"\nkeep_power = {str(h.keep_power).lower()}\n'
@@ -110,6 +117,8 @@ class Story:
 def run_demo(*, speed: float, minutes: float, workdir: Path | None, broker: bool, plain: bool) -> int:
     """Run the demo; returns the exit status (0 when the story reached its end)."""
     from drivers.modbus.profile import load_profile
+    from simulators.dlms_line import DlmsLine
+    from simulators.dlms_meter import DlmsMeterModel
     from simulators.dlt645 import SimulatedDlt645Bus
     from simulators.modbus import SimulatedModbusBus
 
@@ -120,7 +129,17 @@ def run_demo(*, speed: float, minutes: float, workdir: Path | None, broker: bool
     models = {
         h.meter_id: MeterModel(h.address, clock=sim_clock, profile=LoadProfile((h.watts,)))
         for h in HOUSEHOLDS
+        if h.protocol != "dlms"
     }
+    dlms = DlmsLine(
+        {
+            int(h.address): DlmsMeterModel(
+                power_w=Decimal(h.watts), now=lambda: datetime.fromtimestamp(sim_clock(), UTC)
+            )
+            for h in HOUSEHOLDS
+            if h.protocol == "dlms"
+        }
+    )
     dlt = SimulatedDlt645Bus(
         [models[h.meter_id] for h in HOUSEHOLDS if h.protocol == "dlt645"], baud=9600, response_delay_s=0.01
     )
@@ -136,6 +155,7 @@ def run_demo(*, speed: float, minutes: float, workdir: Path | None, broker: bool
     try:
         dlt_port = dlt.start_pty()
         modbus_port = modbus.start_pty()
+        dlms_port = dlms.start_pty()
         if broker:
             mosquitto = _start_broker(workdir)
         keys = ""
@@ -144,7 +164,7 @@ def run_demo(*, speed: float, minutes: float, workdir: Path | None, broker: bool
             keys = hq.config_keys() if hq is not None else ""
         cfg_path = workdir / "gateway.toml"
         cfg_path.write_text(
-            _config(workdir, dlt_port, modbus_port, mosquitto.port if mosquitto else None, keys)
+            _config(workdir, dlt_port, modbus_port, mosquitto.port if mosquitto else None, keys, dlms_port)
         )
         view = DemoView(plain=plain, broker=mosquitto is not None, workdir=workdir)
         return asyncio.run(_run(cfg_path, clock, models, view, minutes, hq))
@@ -153,6 +173,7 @@ def run_demo(*, speed: float, minutes: float, workdir: Path | None, broker: bool
             hq.close()
         dlt.stop()
         modbus.stop()
+        dlms.stop()
         if mosquitto is not None:
             mosquitto.stop()
 

@@ -33,10 +33,11 @@ class _Strict(BaseModel):
 
 class FleetBus(_Strict):
     """One simulated line.  DL/T 645 addresses are 12 digits from ``start_address``; Modbus unit ids
-    are ``start_address`` … ``start_address + meters - 1``."""
+    and DLMS HDLC physical addresses are ``start_address`` … ``start_address + meters - 1`` (DLMS meters
+    share one HDLC line, ``simulators.dlms_line``; the gateway opens it as a pty or ``socket://``)."""
 
     id: str = Field(pattern=_ID)
-    protocol: Literal["dlt645", "modbus"]
+    protocol: Literal["dlt645", "modbus", "dlms"]
     serve: Literal["tcp", "pty"] = "tcp"
     port: int = Field(0, ge=0, le=65535)
     """TCP port to listen on (0: any free port); ignored for ``serve = "pty"``."""
@@ -77,6 +78,15 @@ class FleetBus(_Strict):
                 )
         elif self.profile is not None:
             raise ValueError("profile applies to Modbus buses only")
+        elif self.protocol == "dlms":
+            if "parity" not in self.model_fields_set:  # HDLC lines are 8N1 (IEC 62056-46); E is DL/T 645's
+                object.__setattr__(self, "parity", "N")
+            if self.start_address + self.meters - 1 > 0x3FFD:
+                raise ValueError(
+                    f"DLMS HDLC addresses {self.start_address}..{self.start_address + self.meters - 1} exceed 16381"
+                )
+            if len(self.load_w) != 1:
+                raise ValueError("a DLMS bus takes one load_w value (the simulated DLMS meter has no hourly profile)")
         elif self.start_address + self.meters - 1 > 999_999_999_999:
             raise ValueError("DL/T 645 addresses exceed 12 digits")
         return self
@@ -85,6 +95,10 @@ class FleetBus(_Strict):
         """Meter addresses as the gateway configures them (12 digits, or a unit id)."""
         span = range(self.start_address, self.start_address + self.meters)
         return [f"{a:012d}" for a in span] if self.protocol == "dlt645" else [str(a) for a in span]
+
+
+DLMS_FAULTS = {"no_answer": "silent", "bad_checksum": "bad_fcs", "garbage": "bad_fcs", "late_answer": "slow"}
+"""The fleet's faults a simulated DLMS meter can show, and its own name for each."""
 
 
 class FleetFault(_Strict):
@@ -143,6 +157,11 @@ def _cross_check(cfg: FleetConfig, file: Path, text: str) -> None:
         if fault.bus not in buses:
             fail(("faults", i, "bus"), f"no bus '{fault.bus}' (buses: {', '.join(sorted(buses))})")
         bus = buses[fault.bus]
+        if bus.protocol == "dlms" and fault.fault.value not in DLMS_FAULTS:
+            fail(
+                ("faults", i, "fault"),
+                f"fault '{fault.fault.value}' is not simulated on DLMS buses ({', '.join(DLMS_FAULTS)} are)",
+            )
         if fault.meter not in bus.addresses():
             first, last = bus.addresses()[0], bus.addresses()[-1]
             fail(("faults", i, "meter"), f"no meter '{fault.meter}' on bus '{bus.id}' ({first}..{last})")

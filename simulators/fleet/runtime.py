@@ -12,10 +12,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
 
 from drivers.modbus.profile import load_profile
+from simulators.dlms_line import DlmsLine
+from simulators.dlms_meter import DlmsMeterModel
 from simulators.dlt645.bus import SimulatedDlt645Bus
-from simulators.fleet.config import FleetBus, FleetConfig, FleetFault
+from simulators.fleet.config import DLMS_FAULTS, FleetBus, FleetConfig, FleetFault
 from simulators.modbus.bus import SimulatedModbusBus
 from simulators.model import FastClock, Fault, LoadProfile, MeterModel
 
@@ -42,9 +46,12 @@ class Fleet:
     clock: Callable[[], float] | None = None
     monotonic: Callable[[], float] = time.monotonic
     models: dict[str, dict[str, MeterModel]] = field(default_factory=dict)
+    dlms_models: dict[str, dict[str, DlmsMeterModel]] = field(default_factory=dict)
+    """DLMS buses' meters (the Gurux peer's model), by bus and address; ``models`` holds the others."""
     endpoints: dict[str, str] = field(default_factory=dict)
     _dlt: list[SimulatedDlt645Bus] = field(default_factory=list)
     _modbus: list[SimulatedModbusBus] = field(default_factory=list)
+    _dlms: list[DlmsLine] = field(default_factory=list)
     _t0: float | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -53,6 +60,15 @@ class Fleet:
     def __post_init__(self) -> None:
         clock = self.clock or FastClock(self.cfg.speed)
         for bus in self.cfg.buses:
+            if bus.protocol == "dlms":
+                self.dlms_models[bus.id] = {
+                    address: DlmsMeterModel(
+                        power_w=Decimal(_load(bus, i).watts_by_hour[0]),
+                        now=lambda: datetime.fromtimestamp(clock(), UTC),
+                    )
+                    for i, address in enumerate(bus.addresses())
+                }
+                continue
             self.models[bus.id] = {
                 address: MeterModel(address, clock=clock, profile=_load(bus, i))
                 for i, address in enumerate(bus.addresses())
@@ -77,8 +93,16 @@ class Fleet:
         return dict(self.endpoints)
 
     def _serve(self, bus: FleetBus) -> str:
-        models = self.models[bus.id]
         host = self.cfg.host
+        if bus.protocol == "dlms":
+            line = DlmsLine(
+                {int(a): m for a, m in self.dlms_models[bus.id].items()},
+                baud=bus.baud,
+                emulate_timing=bus.emulate_timing,
+            )
+            self._dlms.append(line)
+            return line.start_pty() if bus.serve == "pty" else f"socket://{host}:{line.start_tcp(host, bus.port)}"
+        models = self.models[bus.id]
         if bus.protocol == "dlt645":
             sim = SimulatedDlt645Bus(
                 list(models.values()),
@@ -105,6 +129,9 @@ class Fleet:
             sim.stop()
         for mb in self._modbus:
             mb.stop()
+        for line in self._dlms:
+            line.stop()
+        self._dlms.clear()
         self._dlt.clear()
         self._modbus.clear()
 
@@ -123,10 +150,16 @@ class Fleet:
         want = active_faults(self.cfg.faults, elapsed_s)
         changes = []
         for bus, meter, fault in sorted(want - self._applied):
-            self.models[bus][meter].faults.add(fault)
+            if bus in self.dlms_models:
+                self.dlms_models[bus][meter].fault = DLMS_FAULTS[fault.value]
+            else:
+                self.models[bus][meter].faults.add(fault)
             changes.append(f"+{fault.value} {bus}/{meter}")
         for bus, meter, fault in sorted(self._applied - want):
-            self.models[bus][meter].faults.discard(fault)
+            if bus in self.dlms_models:
+                self.dlms_models[bus][meter].fault = None
+            else:
+                self.models[bus][meter].faults.discard(fault)
             changes.append(f"-{fault.value} {bus}/{meter}")
         self._applied = want
         return changes

@@ -134,7 +134,7 @@ def test_scan_refuses_bad_options_and_reports_a_bus_it_cannot_open(tmp_path: Pat
     dlt = ("scan", "--protocol", "dlt645", "--port", tty)
     mb = ("scan", "--protocol", "modbus", "--port", tty)
     one_line(run(*dlt, "--units", "1-3"), 2, "--units apply to Modbus only")
-    one_line(run(*mb, "--addresses", "1-3"), 2, "--addresses applies to DL/T 645 only")
+    one_line(run(*mb, "--addresses", "1-3"), 2, "--addresses applies to DL/T 645 and DLMS only")
     one_line(run(*dlt, "--json", "--write-config"), 2, "exclusive")
     one_line(run(*dlt, "--bus-id", "bad id"), 2, "is not an id")
     one_line(run(*dlt, "--probe-timeout", "0"), 2, "--probe-timeout")

@@ -37,6 +37,7 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
     assert "signed top-up" in out, "the top-up should travel over MQTT, signed"
     assert "M-01 power restored, confirmed by read-back" in out
     assert "policy_escalate" in out, "the clinic is escalated, not cut"
+    assert any("policy_warn" in line and "M-05" in line for line in out.splitlines()), "the DLMS meter is billed"
     verify = subprocess.run(
         [
             sys.executable,

@@ -67,7 +67,9 @@ def test_example_fleet_file_loads_and_its_gateway_config_is_valid(tmp_path: Path
     endpoints = {b.id: f"socket://127.0.0.1:{7000 + i}" for i, b in enumerate(cfg.buses)}
     out = write(tmp_path, gateway_toml(cfg, endpoints, base_dir=tmp_path), "gw.toml")
     gw = load_config(out)
-    assert len(gw.meters) == cfg.meter_count == 75
+    assert len(gw.meters) == cfg.meter_count == 80
+    assert {m.address for m in gw.meters_on("dlms-1")} == {"17", "18", "19", "20", "21"}
+    assert gw.bus("dlms-1").protocol == "dlms" and gw.bus("dlms-1").line_parity == "N"
     assert {m.address for m in gw.meters_on("dlt-2")} == {f"{a:012d}" for a in range(1001, 1021)}
     assert {m.profile for m in gw.meters_on("mb-rtu-1")} == {"dds238"}
     assert gw.bus("dlt-1").baud == 9600 and gw.bus("dlt-2").baud == 2400

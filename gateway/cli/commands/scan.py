@@ -3,7 +3,9 @@
 DL/T 645: a collision-aware search over the address's digit pairs (``drivers.dlt645.search``); each
 meter found is identified by its meter number, asset number, model and meter type.  Modbus: every unit
 probed at a short timeout, the ones that answered confirmed at ``--timeout`` and named by the profile
-whose identifying registers answer (``drivers.modbus.scan``).  ``--write-config`` prints the ``[[buses]]``
+whose identifying registers answer (``drivers.modbus.scan``).  DLMS: one association attempt per HDLC
+physical address (``drivers.dlms.probe``) at the probe timeout, optionally after the IEC 62056-21 mode E
+opening; a meter that refuses the public client answered and is listed as such.  ``--write-config`` prints the ``[[buses]]``
 and ``[[meters]]`` entries to paste into the gateway's configuration.  Progress goes to stderr, so that
 stdout carries only the table, the JSON or the TOML.
 """
@@ -45,6 +47,24 @@ def parse_units(text: str) -> list[int]:
     return list(dict.fromkeys(out))
 
 
+DLMS_DEFAULT_ADDRESSES = "16-125"  # one-byte HDLC server addresses from 0x10; 0x7E and 0x7F are reserved
+DLMS_PROBE_TIMEOUT_S = 0.3
+
+
+def parse_hdlc_addresses(text: str) -> list[int]:
+    """``"16-125,300"`` → HDLC physical addresses, each 0..16383 (IEC 62056-46: 14 bits at most)."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()) or not lo.isascii() or not hi.isascii():
+            raise click.BadParameter(f"'{part}' is not an HDLC address or range like 16-125", param_hint="--addresses")
+        a, b = int(lo), int(hi or lo)
+        if not (0 <= a <= b <= 0x3FFF):
+            raise click.BadParameter(f"'{part}' is outside 0-16383", param_hint="--addresses")
+        out.extend(range(a, b + 1))
+    return list(dict.fromkeys(out))
+
+
 def parse_addresses(text: str) -> list[str]:
     """``"1-4,000000000161"`` → 12-digit DL/T 645 addresses (a range spans at most 10,000)."""
     out: list[str] = []
@@ -60,7 +80,7 @@ def parse_addresses(text: str) -> list[str]:
 
 
 @click.command()
-@click.option("--protocol", type=click.Choice(["dlt645", "modbus"]), required=True, help="Meter protocol.")
+@click.option("--protocol", type=click.Choice(["dlt645", "modbus", "dlms"]), required=True, help="Meter protocol.")
 @click.option(
     "--port",
     "url",
@@ -86,11 +106,19 @@ def parse_addresses(text: str) -> list[str]:
     "probe_timeout_s",
     type=FiniteFloat(0.01, 30),
     help="How long each probe waits: DL/T 645 listening window (default 0.3 s; the standard lets a meter "
-    "take 500 ms), Modbus first pass (default 0.15 s).",
+    "take 500 ms), Modbus first pass (default 0.15 s), DLMS each address (default 0.3 s).",
 )
 @click.option(
     "--addresses",
-    help="DL/T 645: ask only these addresses (comma-separated, or ranges A-B) instead of searching.",
+    help="DL/T 645: ask only these addresses (comma-separated, or ranges A-B) instead of searching; "
+    f"DLMS: the HDLC physical addresses to probe (default {DLMS_DEFAULT_ADDRESSES}).",
+)
+@click.option(
+    "--opening",
+    type=click.Choice(["none", "iec62056-21"]),
+    default="none",
+    show_default=True,
+    help="DLMS: open each conversation with the IEC 62056-21 mode E sign-on (optical ports).",
 )
 @click.option("--units", help="Modbus unit ids to probe, e.g. 1-10,20 (default 1-247).")
 @click.option(
@@ -125,6 +153,7 @@ def scan(
     timeout_s: float,
     probe_timeout_s: float | None,
     addresses: str | None,
+    opening: str,
     units: str | None,
     profiles: tuple[str, ...],
     profile_dirs: tuple[Path, ...],
@@ -146,7 +175,22 @@ def scan(
     for value, what in ((bus_id, "--bus-id"), (tariff, "--tariff")):
         if not _ID.fullmatch(value):
             raise click.BadParameter(f"'{value}' is not an id (letters, digits, _ . -)", param_hint=what)
-    if protocol == "dlt645":
+    if opening != "none" and protocol != "dlms":
+        raise click.UsageError("--opening applies to DLMS only")
+    if protocol == "dlms":
+        misplaced = [
+            n for n, v in (("--units", units), ("--profile", profiles), ("--profile-dir", profile_dirs)) if v
+        ]
+        if misplaced:
+            raise click.UsageError(f"{', '.join(misplaced)} apply to Modbus only")
+        if url.startswith("tcp://"):
+            raise click.UsageError(
+                "a DLMS scan probes HDLC addresses on a serial line (or socket://): the TCP wrapper has one "
+                "meter per connection (pmg read --address N asks one logical device)"
+            )
+        hdlc = parse_hdlc_addresses(DLMS_DEFAULT_ADDRESSES if addresses is None else addresses)
+        report = asyncio.run(_dlms(url, baud, parity, probe_timeout_s, hdlc, opening, as_json))
+    elif protocol == "dlt645":
         misplaced = [
             n for n, v in (("--units", units), ("--profile", profiles), ("--profile-dir", profile_dirs)) if v
         ]
@@ -156,17 +200,19 @@ def scan(
         report = asyncio.run(_dlt645(url, baud, parity, timeout_s, probe_timeout_s, todo, as_json))
     else:
         if addresses is not None:
-            raise click.UsageError("--addresses applies to DL/T 645 only")
+            raise click.UsageError("--addresses applies to DL/T 645 and DLMS only")
         unit_list = parse_units("1-247" if units is None else units)
         loaded = _profiles(profiles, profile_dirs)
         report = asyncio.run(
             _modbus(url, baud, parity, timeout_s, probe_timeout_s, unit_list, loaded, as_json)
         )
     link = {"protocol": protocol, "port": url, "baud": report["baud"], "parity": report["parity"]}
+    if protocol == "dlms":
+        link["opening"] = opening
     if as_json:
         emit_json({**link, **{k: v for k, v in report.items() if k not in ("baud", "parity", "hint")}})
     elif write_config:
-        click.echo(config_entries(protocol, url, report, bus_id, tariff), nl=False)
+        click.echo(config_entries(protocol, url, report, bus_id, tariff, opening), nl=False)
     else:
         _print_table(protocol, url, report)
     if not report["found"]:
@@ -286,6 +332,49 @@ async def _modbus(
     }
 
 
+async def _dlms(
+    url: str,
+    baud: int | None,
+    parity: str | None,
+    probe_timeout_s: float | None,
+    addresses: list[int],
+    opening: str,
+    quiet: bool,
+) -> dict[str, Any]:
+    from drivers.base import DriverError
+    from drivers.dlms import scan_answers
+    from drivers.dlms.link import DlmsLink
+
+    timeout_s = probe_timeout_s or DLMS_PROBE_TIMEOUT_S
+    link = make_link(LinkSettings("dlms", url, baud, parity, timeout_s, retries=0, inter_frame_gap_s=0, opening=opening))
+    assert isinstance(link, DlmsLink)
+    await link.open()
+    try:
+        with _progress(quiet) as progress:
+            task = progress.add_task("probing", total=len(addresses))
+            found = 0
+
+            def tick(i: int, n: int) -> None:
+                progress.update(task, completed=i, description=f"address {addresses[i - 1]}: {found} found")
+
+            try:
+                answers = await scan_answers(link, addresses, progress=tick)
+            except DriverError as exc:
+                raise CliFailure(str(exc)) from None
+    finally:
+        await link.close()
+    meters = [{"address": a, "association": answer} for a, answer in answers.items() if answer]
+    return {
+        "baud": link.baud,
+        "parity": link.parity,
+        "found": [str(m["address"]) for m in meters],
+        "meters": meters,
+        "probes": len(addresses),
+        "hint": f"no DLMS meter answered on {url} ({len(addresses)} HDLC addresses probed at {link.baud} baud "
+        f"8{link.parity}1; check the wiring, the baud rate and the addresses)",
+    }
+
+
 def _print_table(protocol: str, url: str, report: dict[str, Any]) -> None:
     title = f"{len(report['found'])} meter(s) on {url}"
     if protocol == "dlt645":
@@ -299,6 +388,9 @@ def _print_table(protocol: str, url: str, report: dict[str, Any]) -> None:
                 click.echo(f"{m['address']}: {note}")
         for address in report["suspects"]:
             click.echo(f"{address}: replies kept colliding: two meters with this address, or a noisy line")
+    elif protocol == "dlms":
+        said = {"accepted": "accepted (public client)", "refused": "refused: needs another client, a password or a key"}
+        emit_table(title, ["HDLC address", "association"], [(m["address"], said[m["association"]]) for m in report["meters"]])
     else:
         unit_rows: list[tuple[Any, ...]] = [
             (u["unit"], u["profile"] or ("ambiguous" if u["matches"] else "unknown"), ", ".join(u["matches"]))
@@ -311,7 +403,9 @@ def _toml_str(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def config_entries(protocol: str, url: str, report: dict[str, Any], bus_id: str, tariff: str) -> str:
+def config_entries(
+    protocol: str, url: str, report: dict[str, Any], bus_id: str, tariff: str, opening: str = "none"
+) -> str:
     """``[[buses]]`` and ``[[meters]]`` entries for what the scan found (``pmg run --check`` accepts them
     in a configuration whose ``tariff_dir`` holds ``tariff``).  Accounts are placeholders named after the
     meter: give each the customer's account before the gateway bills."""
@@ -319,6 +413,8 @@ def config_entries(protocol: str, url: str, report: dict[str, Any], bus_id: str,
     lines += ["[[buses]]", f"id = {_toml_str(bus_id)}", f'protocol = "{protocol}"', f"url = {_toml_str(url)}"]
     if report["baud"] is not None:
         lines += [f"baud = {report['baud']}", f'parity = "{report["parity"]}"']
+    if opening != "none":
+        lines.append(f'opening = "{opening}"')
     entries: list[tuple[str, str, str | None, str]] = []  # id, address, profile, comment
     if protocol == "dlt645":
         for m in report["meters"]:
@@ -328,6 +424,12 @@ def config_entries(protocol: str, url: str, report: dict[str, Any], bus_id: str,
                 if m[k]
             ]
             entries.append((f"M-{m['address']}", m["address"], None, "; ".join(said)))
+    elif protocol == "dlms":
+        for m in report["meters"]:
+            note = "" if m["association"] == "accepted" else (
+                "refused the public client: set [meters.dlms] client, auth and key_file"
+            )
+            entries.append((f"{bus_id}-D{m['address']}", str(m["address"]), None, note))
     else:
         for u in report["units"]:
             entries.append((f"{bus_id}-U{u['unit']}", str(u["unit"]), u["profile"], ", ".join(u["matches"])))

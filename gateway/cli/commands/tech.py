@@ -61,6 +61,13 @@ def _link_options(f: Any) -> Any:
 @click.option("--address", help="DL/T 645 meter address (12 digits).")
 @click.option("--unit", type=click.IntRange(1, 247), help="Modbus unit id.")
 @click.option("--profile", help="Modbus meter profile (e.g. sdm120, dds238).")
+@click.option(
+    "--opening",
+    type=click.Choice(["none", "iec62056-21"]),
+    default="none",
+    show_default=True,
+    help="DLMS: start with the IEC 62056-21 mode E sign-on (an optical probe).",
+)
 @json_option
 def read(
     protocol: str,
@@ -71,6 +78,7 @@ def read(
     address: str | None,
     unit: int | None,
     profile: str | None,
+    opening: str,
     as_json: bool,
 ) -> None:
     """Read a meter live: energy (total, import, export, per tariff), V, I, P, clock, relay, status.
@@ -78,6 +86,8 @@ def read(
     An optional field the meter answers badly is shown as null (``--json``: with its error under
     ``errors``; text: one line per bad field); the read still succeeds when the energy is good.
     """
+    if opening != "none" and (protocol != "dlms" or url.startswith("tcp://")):
+        raise click.UsageError("--opening applies to DLMS on a serial line (HDLC)")
     if protocol == "dlt645":
         if not address:
             raise click.UsageError("--address is required for DL/T 645")
@@ -92,7 +102,7 @@ def read(
         meter_address = str(unit)
 
     async def go() -> Any:
-        link = make_link(LinkSettings(protocol, url, baud, parity, timeout_s, retries=1))
+        link = make_link(LinkSettings(protocol, url, baud, parity, timeout_s, retries=1, opening=opening))
         meter = make_meter(protocol, link, meter_address, profile)
         await link.open()
         try:
