@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -24,8 +23,9 @@ class PostedEntry(NamedTuple):
     balance_minor: int  # the account's cached balance after the entry
 
 
-@dataclass(frozen=True)
-class MeterRow:
+class MeterRow(NamedTuple):
+    """A meter as the ledger reads it (a NamedTuple: immutable and cheap to build, once per reading)."""
+
     id: str
     account_id: str
     bus_id: str

@@ -27,11 +27,10 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from json.encoder import encode_basestring
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from drivers.base import Reading
 from gateway.core.errors import UserError
@@ -60,6 +59,7 @@ PLAUSIBILITY_SLACK_WH = 20
 # Every amount is a SQLite INTEGER (64-bit); a charge or cumulative position this large is refused
 # before anything is written, rather than failing inside the posting transaction.
 LEDGER_LIMIT_MINOR = 2**62
+_ZERO = Decimal(0)
 # The detail of a reading quarantined because it could not be priced starts with this (the kind of a
 # quarantine lives in the reading's detail and its event; nothing else distinguishes the causes).
 UNPRICEABLE = "unpriceable: "
@@ -79,8 +79,12 @@ class PricedLine(Protocol):
     def amount(self) -> Decimal: ...
 
 
-@dataclass(frozen=True)
-class AccountPosition:
+# The records of the per-reading path are NamedTuples, not frozen dataclasses: as immutable, and a
+# frozen dataclass's __init__ sets each field through object.__setattr__, which made building the
+# half-dozen records of a reading about a tenth of its instructions (bench/instructions.py).
+
+
+class AccountPosition(NamedTuple):
     """What pricing needs of an account: its tariff and where it stands in its block cycle."""
 
     id: str
@@ -89,8 +93,7 @@ class AccountPosition:
     cycle_used_wh: int
 
 
-@dataclass(frozen=True)
-class Priced:
+class Priced(NamedTuple):
     """A pricer's answer: the exact lines, and the account's block position after them.
 
     The pricer writes nothing; the charge that posts these lines stores ``cycle`` in the same UPDATE
@@ -104,8 +107,7 @@ Pricer = Callable[[AccountPosition, datetime, datetime, int, Mapping[str, int] |
 """(account, start, end, energy_wh, register_split_wh) -> exact priced lines and the new position."""
 
 
-@dataclass(frozen=True)
-class ChargeOutcome:
+class ChargeOutcome(NamedTuple):
     meter_id: str
     account_id: str
     outcome: str  # baseline | charged | quarantined | failed | ignored
@@ -201,12 +203,14 @@ def record_reading(
     meter, account, position_check = _meter_and_account(conn, meter_id)
     now = reading.taken_at
     clock_note: str | None = None
+    last_seen: datetime | None = None
     if meter.last_reading_at is not None:
         last_seen = parse_iso(meter.last_reading_at)
         if now <= last_seen:  # the wall clock stepped back: the interval must not run backwards
             placed = last_seen + CLOCK_BEHIND_STEP
             clock_note = f"clock read {iso(now)}, not after the last reading: placed at {iso(placed)}"
             now = placed
+    taken = iso(now)  # the reading's instant as stored: its row, the meter's position, the entry, the message
     tariffs_json = (
         json.dumps(list(reading.energy_import_tariffs_wh)) if reading.energy_import_tariffs_wh else None
     )
@@ -219,7 +223,7 @@ def record_reading(
             "outcome, delta_wh, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 meter_id,
-                iso(now),
+                taken,
                 reading.quality.value,
                 reading.energy_import_wh,
                 reading.energy_export_wh,
@@ -237,7 +241,7 @@ def record_reading(
         rid = insert("failed", detail=reading.error or reading.quality.value)
         conn.execute(
             "UPDATE meters SET comms_failed = comms_failed + 1, last_comms_error = ?, updated_at = ? WHERE id = ?",
-            (reading.error or reading.quality.value, iso(now), meter_id),
+            (reading.error or reading.quality.value, taken, meter_id),
         )
         return ChargeOutcome(
             meter_id, meter.account_id, "failed", rid, reason=reading.error, relay_before=meter.relay
@@ -255,7 +259,6 @@ def record_reading(
         if reading.relay
         else ""
     )
-    taken = iso(now)
     relay_params: tuple[object, ...] = (
         (taken, taken, reading.relay.value, taken, taken, taken) if reading.relay else ()
     )
@@ -275,7 +278,7 @@ def record_reading(
 
     if meter.last_register_wh is None or meter.last_reading_at is None:
         rid = insert("baseline", 0)
-        _advance(conn, meter_id, register, tariffs_json, now, rid, comms_sql, relay_params)
+        _advance(conn, meter_id, register, tariffs_json, taken, rid, comms_sql, relay_params)
         held = cached_balance_minor(conn, meter.account_id)
         body = usage_json(meter_id, meter.account_id, None, now, register, 0, 0, held, minor_digits)
         _queue_usage(conn, meter_id, now, body)
@@ -288,9 +291,13 @@ def record_reading(
             relay_before=meter.relay,
         )
 
-    meter = _checked_position(conn, meter, position_check, now)
+    checked = _checked_position(conn, meter, position_check, now)
+    if checked is not meter or last_seen is None:  # the ledger's position won: parse its instant
+        meter = checked
+        assert meter.last_reading_at is not None
+        last_seen = parse_iso(meter.last_reading_at)
+    last_at = last_seen
     assert meter.last_register_wh is not None and meter.last_reading_at is not None
-    last_at = parse_iso(meter.last_reading_at)
     delta, wrapped = register_delta(meter.last_register_wh, register, register_modulus_wh)
     elapsed_s = max((now - last_at).total_seconds(), MIN_PLAUSIBILITY_WINDOW_S)
     bound_wh = max_power_w * elapsed_s / 3600 + PLAUSIBILITY_SLACK_WH  # float only for a bound, never money
@@ -306,7 +313,7 @@ def record_reading(
             _release(conn, held, f"superseded by quarantined reading {rid}")
         conn.execute(
             f"UPDATE meters SET {comms_sql}, quarantined_reading_id = ?, updated_at = ? WHERE id = ?",
-            (*relay_params, rid, iso(now), meter_id),
+            (*relay_params, rid, taken, meter_id),
         )
         events.record(
             conn,
@@ -364,7 +371,7 @@ def record_reading(
             meter_id=meter_id,
             detail={"reading_id": held, "charged_by_reading_id": rid, "charged_wh": delta},
         )
-    _advance(conn, meter_id, register, tariffs_json, now, rid, extra_sql, extra_params)
+    _advance(conn, meter_id, register, tariffs_json, taken, rid, extra_sql, extra_params)
     if balance is None:
         balance = cached_balance_minor(conn, meter.account_id)
     body = usage_json(meter_id, meter.account_id, last_at, now, register, delta, charge_minor, balance, minor_digits)
@@ -410,8 +417,7 @@ def charge_delta(
     return priced.charge_minor
 
 
-@dataclass(frozen=True)
-class PricedCharge:
+class PricedCharge(NamedTuple):
     """A priced interval, before anything is written: the lines, and the meter's new cumulative
     position (exact and posted) from which the charge is the difference (rounding once, on totals)."""
 
@@ -442,9 +448,14 @@ def price_charge(
     try:
         priced = pricer(account, start, end, delta_wh, register_split)
         lines = priced.lines
-        if sum(line.energy_wh for line in lines) != delta_wh:
-            raise ArithmeticError(f"tariff split {delta_wh} Wh into lines that do not add up")
-        exact = sum((line.amount for line in lines), Decimal(0))
+        if len(lines) == 1:  # the usual reading: one stretch, one block (the same sums, without generators)
+            if lines[0].energy_wh != delta_wh:
+                raise ArithmeticError(f"tariff split {delta_wh} Wh into lines that do not add up")
+            exact = _ZERO + lines[0].amount
+        else:
+            if sum(line.energy_wh for line in lines) != delta_wh:
+                raise ArithmeticError(f"tariff split {delta_wh} Wh into lines that do not add up")
+            exact = sum((line.amount for line in lines), _ZERO)
         cumulative_exact = position[0] + exact
         cumulative_minor = to_minor(cumulative_exact, minor_digits)
     except (ValueError, LookupError, ArithmeticError) as exc:
@@ -558,8 +569,7 @@ _METER_AND_ACCOUNT = (
 )
 
 
-@dataclass(frozen=True)
-class _PositionCheck:
+class _PositionCheck(NamedTuple):
     """What the meter query says about the meter's billing position (``_checked_position``)."""
 
     reading_id: int | None  # the reading the meter row's position cites
@@ -611,8 +621,7 @@ def _checked_position(conn: sqlite3.Connection, meter: MeterRow, check: _Positio
             "ledger_reading_id": ledger.reading_id,
         },
     )
-    return replace(
-        meter,
+    return meter._replace(
         last_register_wh=ledger.register_wh,
         last_reading_at=ledger.taken_at,
         last_tariffs_json=ledger.tariffs_json if ledger.tariffs_json is not None else meter.last_tariffs_json,
@@ -644,16 +653,17 @@ def _advance(
     meter_id: str,
     register: int,
     tariffs_json: str | None,
-    now: datetime,
+    taken: str,
     rid: int,
     extra_sql: str,
     extra_params: tuple[object, ...],
 ) -> None:
-    """The meter's new position, comms counters and cumulative charge: one UPDATE per reading."""
+    """The meter's new position, comms counters and cumulative charge: one UPDATE per reading
+    (``taken``: the reading's instant as stored)."""
     conn.execute(
         f"UPDATE meters SET {extra_sql}, last_register_wh = ?, last_tariffs_json = COALESCE(?, last_tariffs_json), "
         "last_reading_at = ?, last_reading_id = ?, updated_at = ? WHERE id = ?",
-        (*extra_params, register, tariffs_json, iso(now), rid, iso(now), meter_id),
+        (*extra_params, register, tariffs_json, taken, rid, taken, meter_id),
     )
 
 

@@ -136,8 +136,9 @@ class TariffVersion:
         if not self.blocks or self.blocks[-1].up_to_wh is not None:
             raise ValueError(f"version {self.version}: needs at least one block and an unbounded last block")
 
-    @property
+    @cached_property
     def zone(self) -> ZoneInfo:
+        """The version's zone, looked up once (pricing a reading asks for it several times)."""
         return ZoneInfo(self.timezone)
 
     def price(self, block: int, period: str | None) -> Decimal:
