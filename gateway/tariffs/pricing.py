@@ -28,7 +28,7 @@ _EXACT = Context(prec=80, traps=[Inexact, Rounded, InvalidOperation])
 _THOUSAND = Decimal(1000)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ChargeLine:
     """One priced piece: ``amount == energy_wh * unit_price / 1000`` exactly (or the day's charge).
 
@@ -50,6 +50,37 @@ class ChargeLine:
     # The start of the block cycle the line counts in (``None`` without blocks): carried so the ledger
     # can move the account's block position without working it out again.  Not part of the value.
     cycle: datetime | None = field(default=None, compare=False, repr=False)
+
+    def __init__(
+        self,
+        tariff_id: str,
+        version: int,
+        start: datetime,
+        end: datetime,
+        period: str | None,
+        block: int | None,
+        energy_wh: int,
+        unit_price: Decimal,
+        amount: Decimal,
+        kind: Literal["energy", "standing"] = "energy",
+        cycle: datetime | None = None,
+    ) -> None:
+        # The fields go into the instance in one step: the generated __init__ of a frozen dataclass
+        # sets each through object.__setattr__, eleven calls for every line of every reading.
+        # Still frozen: assignment after construction raises as before.
+        self.__dict__.update(
+            tariff_id=tariff_id,
+            version=version,
+            start=start,
+            end=end,
+            period=period,
+            block=block,
+            energy_wh=energy_wh,
+            unit_price=unit_price,
+            amount=amount,
+            kind=kind,
+            cycle=cycle,
+        )
 
 
 def exact_amount(energy_wh: int, unit_price: Decimal) -> Decimal:

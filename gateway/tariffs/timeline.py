@@ -10,11 +10,12 @@ first instant holds for all of it.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from itertools import pairwise
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from gateway.tariffs.values import DAY_MINUTES, Tariff, TariffVersion
@@ -22,9 +23,11 @@ from gateway.tariffs.values import DAY_MINUTES, Tariff, TariffVersion
 _US = timedelta(microseconds=1)
 
 
-@dataclass(frozen=True)
-class Segment:
-    """A stretch of time with one version, one TOU period and one block cycle; instants in UTC."""
+class Segment(NamedTuple):
+    """A stretch of time with one version, one TOU period and one block cycle; instants in UTC.
+
+    A NamedTuple (immutable, and built without a frozen dataclass's per-field ``object.__setattr__``):
+    pricing a reading builds a few."""
 
     start: datetime
     end: datetime
@@ -210,13 +213,14 @@ def segments(
     constant inside (no edge, midnight or offset change falls within it), so clipping keeps its class.
     """
     start, end = require_aware("start", start), require_aware("end", end)
-    first = tariff.version_at(start)
+    first = tariff.version_index(start)
+    starts = tariff.starts_utc  # the versions that begin inside the interval follow the first
+    after = max(first + 1, bisect_left(starts, end, first + 1))
     out: list[Segment] = []
-    versions = [v for v in tariff.versions if v.effective_from > start and v.effective_from < end]
-    spans = [first, *versions]
-    for index, version in enumerate(spans):
-        lo = start if index == 0 else version.effective_from.astimezone(UTC)
-        hi = spans[index + 1].effective_from.astimezone(UTC) if index + 1 < len(spans) else end
+    for index in range(first, after):
+        version = tariff.versions[index]
+        lo = start if index == first else starts[index]
+        hi = starts[index + 1] if index + 1 < after else end
         if version.tou is None and version.cycle is None:
             _append(out, Segment(lo, hi, version, None, None))
             continue

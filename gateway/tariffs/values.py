@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from functools import cached_property
 from itertools import pairwise
@@ -160,17 +160,24 @@ class Tariff:
             if later.version <= earlier.version or later.effective_from <= earlier.effective_from:
                 raise ValueError(f"tariff {self.id}: versions must increase in number and effective_from")
 
-    def version_at(self, instant: datetime) -> TariffVersion:
-        """The version in force at ``instant`` (aware); before the first version there is none."""
+    @cached_property
+    def starts_utc(self) -> tuple[datetime, ...]:
+        """Each version's ``effective_from`` in UTC, in order: comparing instants that share one
+        tzinfo is a field comparison, comparing across zones works out both offsets every time."""
+        return tuple(version.effective_from.astimezone(UTC) for version in self.versions)
+
+    def version_index(self, instant: datetime) -> int:
+        """The index in ``versions`` of the version in force at ``instant`` (aware)."""
         if instant.tzinfo is None or instant.utcoffset() is None:
             raise ValueError(f"tariff {self.id}: instant {instant.isoformat()} has no time zone")
-        found = None
-        for version in self.versions:
-            if version.effective_from <= instant:
-                found = version
-        if found is None:
+        index = bisect.bisect_right(self.starts_utc, instant if instant.tzinfo is UTC else instant.astimezone(UTC))
+        if index == 0:
             raise LookupError(
                 f"tariff {self.id} has no version in force at {instant.isoformat()} "
                 f"(first is from {self.versions[0].effective_from.isoformat()})"
             )
-        return found
+        return index - 1
+
+    def version_at(self, instant: datetime) -> TariffVersion:
+        """The version in force at ``instant`` (aware); before the first version there is none."""
+        return self.versions[self.version_index(instant)]
