@@ -40,7 +40,6 @@ from gateway.ledger.accounts import (
     METER_COLUMN_COUNT,
     METER_COLUMNS,
     MeterRow,
-    cached_balance_minor,
     meter_row,
     post_entry,
 )
@@ -200,7 +199,7 @@ def record_reading(
     minor_digits: int = 2,
 ) -> ChargeOutcome:
     """Store one reading and charge it if it is good.  Call inside ``store.tx()``."""
-    meter, account, position_check = _meter_and_account(conn, meter_id)
+    meter, account, position_check, balance_before = _meter_and_account(conn, meter_id)
     now = reading.taken_at
     clock_note: str | None = None
     last_seen: datetime | None = None
@@ -279,7 +278,7 @@ def record_reading(
     if meter.last_register_wh is None or meter.last_reading_at is None:
         rid = insert("baseline", 0)
         _advance(conn, meter_id, register, tariffs_json, taken, rid, comms_sql, relay_params)
-        held = cached_balance_minor(conn, meter.account_id)
+        held = balance_before  # a baseline charges nothing: the balance the meter query read
         body = usage_json(meter_id, meter.account_id, None, now, register, 0, 0, held, minor_digits)
         _queue_usage(conn, meter_id, now, body)
         return ChargeOutcome(
@@ -354,9 +353,9 @@ def record_reading(
     rid = insert("charged", delta, "rollover" if wrapped else None)
     charge_minor = 0
     extra_sql, extra_params = comms_sql, relay_params
-    balance: int | None = None
+    balance = balance_before  # nothing else in this reading moves the balance but its charge
     if priced is not None:
-        balance = _post(conn, meter_id, account.id, last_at, now, delta, priced, reading_id=rid)
+        balance = _post(conn, meter_id, account.id, last_at, now, delta, priced, reading_id=rid, balance_before=balance)
         charge_minor = priced.charge_minor
         extra_sql += ", charged_exact = ?, charged_minor = ?"
         extra_params += (str(priced.cumulative_exact), priced.cumulative_minor)
@@ -372,8 +371,6 @@ def record_reading(
             detail={"reading_id": held, "charged_by_reading_id": rid, "charged_wh": delta},
         )
     _advance(conn, meter_id, register, tariffs_json, taken, rid, extra_sql, extra_params)
-    if balance is None:
-        balance = cached_balance_minor(conn, meter.account_id)
     body = usage_json(meter_id, meter.account_id, last_at, now, register, delta, charge_minor, balance, minor_digits)
     _queue_usage(conn, meter_id, now, body)
     return ChargeOutcome(
@@ -478,11 +475,13 @@ def _post(
     priced: PricedCharge,
     *,
     reading_id: int | None,
+    balance_before: int | None = None,
 ) -> int:
     """Post the charge entry; returns the account's balance after it.
 
     The caller writes the meter's new cumulative position in the same transaction (``record_reading``
-    folds it into its one meter update).
+    folds it into its one meter update).  ``balance_before``: the cached balance the caller read in
+    this transaction (``post_entry`` then need not read it back).
     """
     return post_entry(
         conn,
@@ -497,6 +496,7 @@ def _post(
         period_end=end,
         detail_json=charge_detail_json(priced.exact, priced.lines),
         cycle=priced.cycle,
+        balance_before=balance_before,
     ).balance_minor
 
 
@@ -561,7 +561,7 @@ def _hold_unpriceable(
 
 _METER_AND_ACCOUNT = (
     "SELECT " + ", ".join(f"m.{column.strip()}" for column in METER_COLUMNS.split(","))
-    + ", a.tariff_id, a.cycle_start, a.cycle_used_wh, m.last_reading_id, "
+    + ", a.tariff_id, a.cycle_start, a.cycle_used_wh, a.balance_minor, m.last_reading_id, "
     # the billing-position check's two seeks (``gateway.ledger.position``), in the same statement
     + LAST_CHARGED_READING_SQL
     + ", (SELECT r.register_wh FROM readings r WHERE r.id = m.last_reading_id AND r.meter_id = m.id) "
@@ -579,15 +579,20 @@ class _PositionCheck(NamedTuple):
 
 def _meter_and_account(
     conn: sqlite3.Connection, meter_id: str
-) -> tuple[MeterRow, AccountPosition, _PositionCheck]:
-    """The meter, its account's pricing position and what its billing position is checked with, in
-    one read (the per-reading hot path)."""
+) -> tuple[MeterRow, AccountPosition, _PositionCheck, int]:
+    """The meter, its account's pricing position, what its billing position is checked with and the
+    account's cached balance, in one read (the per-reading hot path)."""
     r = conn.execute(_METER_AND_ACCOUNT, (meter_id,)).fetchone()
     if r is None:
         raise LookupError(f"no meter '{meter_id}'")
     meter = meter_row(r)
-    tariff_id, cycle_start, cycle_used_wh, *check = r[METER_COLUMN_COUNT:]
-    return meter, AccountPosition(meter.account_id, tariff_id, cycle_start, int(cycle_used_wh)), _PositionCheck(*check)
+    tariff_id, cycle_start, cycle_used_wh, balance, *check = r[METER_COLUMN_COUNT:]
+    return (
+        meter,
+        AccountPosition(meter.account_id, tariff_id, cycle_start, int(cycle_used_wh)),
+        _PositionCheck(*check),
+        int(balance),
+    )
 
 
 def _checked_position(conn: sqlite3.Connection, meter: MeterRow, check: _PositionCheck, now: datetime) -> MeterRow:
