@@ -36,13 +36,7 @@ from drivers.base import Reading
 from gateway.core.errors import UserError
 from gateway.core.money import format_money, to_minor
 from gateway.core.timeutil import iso, parse_iso
-from gateway.ledger.accounts import (
-    METER_COLUMN_COUNT,
-    METER_COLUMNS,
-    MeterRow,
-    meter_row,
-    post_entry,
-)
+from gateway.ledger.accounts import post_entry
 from gateway.ledger.position import LAST_CHARGED_READING_SQL, disagreement
 from gateway.store import events, outbox
 from gateway.store.db import dumps
@@ -515,7 +509,7 @@ def _release(conn: sqlite3.Connection, reading_id: int, note: str) -> None:
 
 def _hold_unpriceable(
     conn: sqlite3.Connection,
-    meter: MeterRow,
+    meter: _Meter,
     meter_id: str,
     reason: str,
     register_and_delta: tuple[int, int],
@@ -559,9 +553,25 @@ def _hold_unpriceable(
     return ChargeOutcome(meter_id, meter.account_id, "quarantined", rid, reason=reason, relay_before=meter.relay)
 
 
+class _Meter(NamedTuple):
+    """What charging a reading needs of its meter row (not the wiring ``accounts.MeterRow`` also
+    holds: every column read costs a Python object per reading)."""
+
+    id: str
+    account_id: str
+    last_register_wh: int | None
+    last_reading_at: str | None
+    relay: str | None
+    quarantined_reading_id: int | None
+    charged_exact: str  # cumulative exact charge (Decimal text)
+    charged_minor: int  # cumulative posted charge
+    last_tariffs_json: str | None  # the per-tariff registers (T1..Tn) of the last accepted reading
+
+
 _METER_AND_ACCOUNT = (
-    "SELECT " + ", ".join(f"m.{column.strip()}" for column in METER_COLUMNS.split(","))
-    + ", a.tariff_id, a.cycle_start, a.cycle_used_wh, a.balance_minor, m.last_reading_id, "
+    "SELECT m.account_id, m.last_register_wh, m.last_reading_at, m.relay, m.quarantined_reading_id, "
+    "m.charged_exact, m.charged_minor, m.last_tariffs_json, "
+    "a.tariff_id, a.cycle_start, a.cycle_used_wh, a.balance_minor, m.last_reading_id, "
     # the billing-position check's two seeks (``gateway.ledger.position``), in the same statement
     + LAST_CHARGED_READING_SQL
     + ", (SELECT r.register_wh FROM readings r WHERE r.id = m.last_reading_id AND r.meter_id = m.id) "
@@ -579,23 +589,22 @@ class _PositionCheck(NamedTuple):
 
 def _meter_and_account(
     conn: sqlite3.Connection, meter_id: str
-) -> tuple[MeterRow, AccountPosition, _PositionCheck, int]:
+) -> tuple[_Meter, AccountPosition, _PositionCheck, int]:
     """The meter, its account's pricing position, what its billing position is checked with and the
     account's cached balance, in one read (the per-reading hot path)."""
     r = conn.execute(_METER_AND_ACCOUNT, (meter_id,)).fetchone()
     if r is None:
         raise LookupError(f"no meter '{meter_id}'")
-    meter = meter_row(r)
-    tariff_id, cycle_start, cycle_used_wh, balance, *check = r[METER_COLUMN_COUNT:]
+    account_id = r[0]
     return (
-        meter,
-        AccountPosition(meter.account_id, tariff_id, cycle_start, int(cycle_used_wh)),
-        _PositionCheck(*check),
-        int(balance),
+        _Meter(meter_id, account_id, r[1], r[2], r[3], r[4], r[5], int(r[6]), r[7]),
+        AccountPosition(account_id, r[8], r[9], int(r[10])),
+        _PositionCheck(r[12], r[13], r[14]),
+        int(r[11]),
     )
 
 
-def _checked_position(conn: sqlite3.Connection, meter: MeterRow, check: _PositionCheck, now: datetime) -> MeterRow:
+def _checked_position(conn: sqlite3.Connection, meter: _Meter, check: _PositionCheck, now: datetime) -> _Meter:
     """The meter with its billing position checked against the ledger (``gateway.ledger.position``).
 
     The usual case is settled by the meter query's own columns: the row cites the last charged
