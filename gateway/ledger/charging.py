@@ -158,16 +158,25 @@ def charge_detail_json(exact: Decimal, lines: Sequence[PricedLine]) -> str:
     Built by hand for the tariff engine's own lines — every charged reading stores one, and
     ``dumps`` of the nested dicts was a tenth of a reading's cost; other lines take ``dumps``.
     Decimal and instant texts need no escaping; names go through the JSON string encoder."""
+    if len(lines) == 1:  # the usual reading: one line, no generator or list
+        line = lines[0]
+        if type(line) is ChargeLine:
+            return f'{{"exact":"{exact!s}","lines":[{_charge_line_json(line)}]}}'
     if not all(type(line) is ChargeLine for line in lines):
         return dumps({"exact": str(exact), "lines": [_line_json(line) for line in lines]})
-    parts = [
-        f'{{"amount":"{line.amount!s}","block":{_json_int(line.block)},"end":"{iso(line.end)}",'
-        f'"energy_wh":{line.energy_wh},"period":{_json_text(line.period)},"start":"{iso(line.start)}",'
-        f'"tariff_id":{_json_text(line.tariff_id)},"unit_price":"{line.unit_price!s}","version":{line.version}}}'
-        for line in lines
-        if isinstance(line, ChargeLine)
-    ]
+    parts = [_charge_line_json(line) for line in lines if isinstance(line, ChargeLine)]
     return f'{{"exact":"{exact!s}","lines":[{",".join(parts)}]}}'
+
+
+def _charge_line_json(line: ChargeLine) -> str:
+    """One tariff-engine line as ``dumps`` writes it (``_json_int`` and ``_json_text`` inlined)."""
+    block, period, tariff_id = line.block, line.period, line.tariff_id
+    return (
+        f'{{"amount":"{line.amount!s}","block":{"null" if block is None else int(block)},"end":"{iso(line.end)}",'
+        f'"energy_wh":{line.energy_wh},"period":{"null" if period is None else encode_basestring(period)},'
+        f'"start":"{iso(line.start)}","tariff_id":{"null" if tariff_id is None else encode_basestring(tariff_id)},'
+        f'"unit_price":"{line.unit_price!s}","version":{line.version}}}'
+    )
 
 
 # How much newer than a reading a stored relay read-back may be and still win over it.  A reading waits
