@@ -17,7 +17,7 @@ from typing import Literal
 
 from gateway.tariffs.apportion import apportion, split_blocks
 from gateway.tariffs.spec import REGISTERS
-from gateway.tariffs.timeline import Segment, cycle_start, require_aware, segments, wall_to_instant
+from gateway.tariffs.timeline import Segment, cycle_start, require_aware, segments_utc, wall_to_instant
 from gateway.tariffs.values import Tariff, TariffVersion
 
 __all__ = ["ChargeLine", "cycle_start", "exact_amount", "price_interval", "standing_charge"]
@@ -192,7 +192,7 @@ def price_interval(
         raise ValueError(
             f"interval end {end.isoformat()} is not after start {start.isoformat()} but carries {energy_wh} Wh"
         )
-    segs = segments(tariff, start_utc, end_utc, day_type)
+    segs = segments_utc(tariff, start_utc, end_utc, day_type)
     shares = (
         _time_shares(segs, energy_wh)
         if register_split_wh is None

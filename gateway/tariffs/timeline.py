@@ -212,7 +212,13 @@ def segments(
     Each local day's stretches come from its cached plan, clipped to the interval; a stretch is
     constant inside (no edge, midnight or offset change falls within it), so clipping keeps its class.
     """
-    start, end = require_aware("start", start), require_aware("end", end)
+    return segments_utc(tariff, require_aware("start", start), require_aware("end", end), day_type)
+
+
+def segments_utc(
+    tariff: Tariff, start: datetime, end: datetime, day_type: Callable[[date], str]
+) -> list[Segment]:
+    """``segments`` of instants already converted by ``require_aware`` (pricing checks them once)."""
     first = tariff.version_index(start)
     starts = tariff.starts_utc  # the versions that begin inside the interval follow the first
     after = max(first + 1, bisect_left(starts, end, first + 1))
@@ -224,7 +230,7 @@ def segments(
         if version.tou is None and version.cycle is None:
             _append(out, Segment(lo, hi, version, None, None))
             continue
-        day = lo.astimezone(version.zone).date()
+        day, day_end = _local_day(version, lo)
         while True:
             plan = _day_plan(version, day, day_type)
             for piece in plan:
@@ -235,7 +241,32 @@ def segments(
                 _append(
                     out, Segment(max(piece.start, lo), min(piece.end, hi), version, piece.period, piece.cycle)
                 )
-            day += timedelta(days=1)
-            if wall_to_instant(day, 0, version.zone) >= hi:  # (a skipped local day has an empty plan)
+            if day_end >= hi:  # the next local day starts at or after the end (a skipped day has no plan)
                 break
+            day += _DAY
+            day_end = wall_to_instant(day + _DAY, 0, version.zone)
     return out
+
+
+# Per version (by id, the version itself kept and compared): the local day an instant was last placed
+# in, with its first instant and the next day's.  Readings come minutes apart, so nearly every interval
+# starts in the day the previous one did; converting its start to local time was a tenth of pricing it.
+_LAST_DAY: dict[int, tuple[TariffVersion, datetime, datetime, date]] = {}
+_LAST_DAYS_KEPT = 64
+_DAY = timedelta(days=1)
+
+
+def _local_day(version: TariffVersion, instant: datetime) -> tuple[date, datetime]:
+    """The local date of ``instant`` (UTC) under ``version`` and the first instant of the next local
+    day.  Only a day of constant UTC offset is remembered: all its instants have that local date."""
+    memo = _LAST_DAY.get(id(version))
+    if memo is not None and memo[0] is version and memo[1] <= instant < memo[2]:
+        return memo[3], memo[2]
+    zone = version.zone
+    day = instant.astimezone(zone).date()
+    begins, ends = wall_to_instant(day, 0, zone), wall_to_instant(day + _DAY, 0, zone)
+    if ends - begins == _DAY and _offset(begins, zone) == _offset(ends, zone) and begins <= instant < ends:
+        if len(_LAST_DAY) >= _LAST_DAYS_KEPT:
+            _LAST_DAY.clear()
+        _LAST_DAY[id(version)] = (version, begins, ends, day)
+    return day, ends
