@@ -4,7 +4,7 @@
 verbatim, into a fresh database of the gateway's schema, one durable transaction per reading — the
 reading, its charge entry and its usage message (``replay_rate``).  The ledger side runs
 ``record_reading``: the meter's position, exact pricing (block position, time-of-use split), the
-cumulative-rounding charge entry, the balance cache and the usage message, so the ratio (target ≥ 0.5)
+cumulative-rounding charge entry, the balance cache and the usage message, so the ratio (target ≥ 0.7)
 is the share of the storage's durable throughput the ledger's logic keeps.  Both sides use the
 gateway's store settings (WAL, ``synchronous=FULL``) and commit each reading alone: the daemon's worst
 case (it charges whatever arrives within 250 ms in one commit).
@@ -43,6 +43,7 @@ from gateway.store.db import open_store
 from gateway.tariffs.model import load_tariff_dir
 
 REPO = Path(__file__).resolve().parent.parent
+TARGET = 0.7  # the share of the same-run baseline the issue asks for (it was 0.5 before the efficiency round)
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 
 
@@ -209,7 +210,7 @@ def main() -> None:
     )
     print(f"readings charged/s   {ledger:10.1f}   (record_reading, one durable commit each)")
     print(f"same rows raw/s      {replay:10.1f}   (its reading, entry and message rows inserted verbatim)")
-    print(f"ratio                {ratio:10.3f}   (target >= 0.5)")
+    print(f"ratio                {ratio:10.3f}   (target >= 0.7)")
     print(
         f"  with the updates/s {pages:10.1f}   (also the meter and balance updates: ledger at {ledger / pages:.3f})"
     )
@@ -220,8 +221,8 @@ def main() -> None:
             f"{ledger:,.0f} /s",
             f"the same rows inserted raw, same durability: {replay:,.0f} /s",
             ratio,
-            ">= 0.5",
-            ratio >= 0.5,
+            ">= 0.7",
+            ratio >= TARGET,
             f"with the meter and balance updates too {pages:,.0f} /s (ledger at {ledger / pages:.2f}); "
             f"the reading row alone {one_row:,.0f} /s (ledger at {ledger / one_row:.2f}); {where}",
         )
