@@ -209,10 +209,9 @@ def price_interval(
         seen.append((seg.start, energy))
         if energy == 0:
             continue
-        blocks = seg.version.blocks
         done = 0
         line_start = seg.start
-        for block, part in split_blocks(used, energy, [b.up_to_wh for b in blocks]):
+        for block, part in split_blocks(used, energy, seg.version.block_bounds):
             done += part
             line_end = seg.end if done == energy else seg.start + (seg.micros * done // energy) * _US
             price = seg.version.price(block, seg.period)

@@ -42,6 +42,8 @@ class Segment(NamedTuple):
 
 def require_aware(name: str, value: datetime) -> datetime:
     """``value`` in UTC; a naive datetime is refused because its instant is unknown."""
+    if type(value) is datetime and value.tzinfo is UTC:  # already UTC (every instant the ledger passes)
+        return value
     if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{name} must be an aware datetime (got {value!r})")
     return value.astimezone(UTC)

@@ -145,6 +145,11 @@ class TariffVersion:
         """Unit price (currency per kWh) in 1-based ``block`` and TOU ``period``."""
         return self.blocks[block - 1].price(period)
 
+    @cached_property
+    def block_bounds(self) -> tuple[int | None, ...]:
+        """Each block's cumulative upper bound (Wh, ``None``: unbounded), for ``apportion.split_blocks``."""
+        return tuple(block.up_to_wh for block in self.blocks)
+
 
 @dataclass(frozen=True)
 class Tariff:
