@@ -51,7 +51,6 @@ from gateway.store.db import open_store
 from gateway.sync.mqtt import WINDOW, MqttLink
 from simulators.mosquitto import Mosquitto
 
-
 TARGET = 0.7  # the share of raw paho the issue asks for (it was 0.5 before the efficiency round)
 
 
