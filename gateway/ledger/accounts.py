@@ -196,13 +196,6 @@ def balance_minor(conn: sqlite3.Connection, account_id: str) -> int:
     )
 
 
-def cached_balance_minor(conn: sqlite3.Connection, account_id: str) -> int:
-    row = conn.execute("SELECT balance_minor FROM accounts WHERE id = ?", (account_id,)).fetchone()
-    if row is None:
-        raise LookupError(f"no account '{account_id}'")
-    return int(row[0])
-
-
 def post_entry(
     conn: sqlite3.Connection,
     account_id: str,

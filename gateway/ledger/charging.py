@@ -148,10 +148,6 @@ def _json_text(value: str | None) -> str:
     return "null" if value is None else encode_basestring(value)
 
 
-def _json_int(value: int | None) -> str:
-    return "null" if value is None else str(int(value))
-
-
 def charge_detail_json(exact: Decimal, lines: Sequence[PricedLine]) -> str:
     """The charge entry's detail, exactly as ``dumps`` writes it (sorted keys, compact).
 
@@ -169,7 +165,7 @@ def charge_detail_json(exact: Decimal, lines: Sequence[PricedLine]) -> str:
 
 
 def _charge_line_json(line: ChargeLine) -> str:
-    """One tariff-engine line as ``dumps`` writes it (``_json_int`` and ``_json_text`` inlined)."""
+    """One tariff-engine line as ``dumps`` writes it (an integer or ``null``, a JSON string or ``null``)."""
     block, period, tariff_id = line.block, line.period, line.tariff_id
     return (
         f'{{"amount":"{line.amount!s}","block":{"null" if block is None else int(block)},"end":"{iso(line.end)}",'
