@@ -3,7 +3,7 @@
 Both sides publish the same N payloads at QoS 1 with the same in-flight window to a private Mosquitto
 and count a message only when its PUBACK has arrived; the outbox side additionally reads every
 message from SQLite, publishes it in order and marks it delivered on acknowledgement (a durable
-write).  The ratio outbox/raw says what durability costs (target >= 0.5).
+write).  The ratio outbox/raw says what durability costs (target >= 0.7).
 
 The trickle figure is what the daemon pays in steady state: messages committed one per transaction
 (``synchronous=FULL``, as the ledger does) at ``--rate`` per second, each followed by ``notify()``.
@@ -50,6 +50,8 @@ from gateway.store import outbox
 from gateway.store.db import open_store
 from gateway.sync.mqtt import WINDOW, MqttLink
 from simulators.mosquitto import Mosquitto
+
+TARGET = 0.7  # the share of raw paho the issue asks for (it was 0.5 before the efficiency round)
 
 
 def payload(i: int) -> dict[str, Any]:
@@ -334,15 +336,15 @@ def main() -> None:
         print(f"burst: messages={args.messages} (best of {args.rounds})")
         print(f"raw paho QoS 1     {raw:10,.0f} msg/s")
         print(f"outbox drain QoS 1 {out:10,.0f} msg/s")
-        print(f"ratio outbox/raw   {out / raw:10.2f}  (target >= 0.5)")
+        print(f"ratio outbox/raw   {out / raw:10.2f}  (target >= 0.7)")
         emit(
             Result(
                 "Outbox drain, QoS 1, to a local Mosquitto",
                 f"{out:,.0f} msg/s",
                 f"raw paho QoS 1, same messages and window: {raw:,.0f} msg/s",
                 out / raw,
-                ">= 0.5",
-                out / raw >= 0.5,
+                ">= 0.7",
+                out / raw >= TARGET,
                 f"{args.messages} messages, best of {args.rounds}; per round outbox/raw "
                 + ", ".join(f"{o / r:.2f}" for o, r in zip(outs, raws, strict=True)),
             )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -24,8 +23,9 @@ class PostedEntry(NamedTuple):
     balance_minor: int  # the account's cached balance after the entry
 
 
-@dataclass(frozen=True)
-class MeterRow:
+class MeterRow(NamedTuple):
+    """A meter as the ledger reads it (a NamedTuple: immutable and cheap to build, once per reading)."""
+
     id: str
     account_id: str
     bus_id: str
@@ -196,13 +196,6 @@ def balance_minor(conn: sqlite3.Connection, account_id: str) -> int:
     )
 
 
-def cached_balance_minor(conn: sqlite3.Connection, account_id: str) -> int:
-    row = conn.execute("SELECT balance_minor FROM accounts WHERE id = ?", (account_id,)).fetchone()
-    if row is None:
-        raise LookupError(f"no account '{account_id}'")
-    return int(row[0])
-
-
 def post_entry(
     conn: sqlite3.Connection,
     account_id: str,
@@ -219,6 +212,7 @@ def post_entry(
     detail_json: str = "{}",
     debt_minor: int = 0,
     cycle: tuple[str, int] | None = None,
+    balance_before: int | None = None,
 ) -> PostedEntry:
     """Append one ledger entry and move the cached balance (and debt) with it, in the caller's transaction.
 
@@ -226,7 +220,10 @@ def post_entry(
     pocket (a ``debt`` entry raises it, a ``debt_recovery`` entry lowers both).  Both caches are the sums
     of their entry columns, which ``verify`` checks.  ``cycle`` is the account's new block position
     (cycle start, energy used in it) when the entry charges energy: stored in the same UPDATE.  The
-    balance after the entry comes back from that UPDATE too (a charged reading's usage message needs it).
+    balance after the entry comes back from that UPDATE too (a charged reading's usage message needs it),
+    or, when the caller read the cached balance earlier in this transaction (``balance_before``: a
+    charged reading's meter query does), is that plus the amount — the UPDATE then has no RETURNING,
+    which doubled its cost.
     """
     cur = conn.execute(
         "INSERT INTO entries(account_id, kind, amount_minor, energy_wh, meter_id, reading_id, external_id, "
@@ -249,12 +246,18 @@ def post_entry(
     )
     entry_id = cur.lastrowid
     cycle_sql, cycle_params = (", cycle_start = ?, cycle_used_wh = ?", cycle) if cycle else ("", ())
-    rows = conn.execute(  # fetchall: a RETURNING statement must run to its end before the commit
+    update = (
         "UPDATE accounts SET balance_minor = balance_minor + ?, debt_minor = debt_minor + ?, updated_at = ?"
-        f"{cycle_sql} WHERE id = ? RETURNING balance_minor",
-        (amount_minor, debt_minor, iso(now), *cycle_params, account_id),
-    ).fetchall()
+        f"{cycle_sql} WHERE id = ?"
+    )
+    params = (amount_minor, debt_minor, iso(now), *cycle_params, account_id)
     assert entry_id is not None
+    if balance_before is not None:
+        if conn.execute(update, params).rowcount != 1:
+            raise LookupError(f"no account '{account_id}'")
+        return PostedEntry(entry_id, balance_before + amount_minor)
+    # fetchall: a RETURNING statement must run to its end before the commit
+    rows = conn.execute(update + " RETURNING balance_minor", params).fetchall()
     if not rows:
         raise LookupError(f"no account '{account_id}'")
     return PostedEntry(entry_id, int(rows[0][0]))

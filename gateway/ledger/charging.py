@@ -27,24 +27,16 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from json.encoder import encode_basestring
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from drivers.base import Reading
 from gateway.core.errors import UserError
 from gateway.core.money import format_money, to_minor
 from gateway.core.timeutil import iso, parse_iso
-from gateway.ledger.accounts import (
-    METER_COLUMN_COUNT,
-    METER_COLUMNS,
-    MeterRow,
-    cached_balance_minor,
-    meter_row,
-    post_entry,
-)
+from gateway.ledger.accounts import post_entry
 from gateway.ledger.position import LAST_CHARGED_READING_SQL, disagreement
 from gateway.store import events, outbox
 from gateway.store.db import dumps
@@ -60,6 +52,7 @@ PLAUSIBILITY_SLACK_WH = 20
 # Every amount is a SQLite INTEGER (64-bit); a charge or cumulative position this large is refused
 # before anything is written, rather than failing inside the posting transaction.
 LEDGER_LIMIT_MINOR = 2**62
+_ZERO = Decimal(0)
 # The detail of a reading quarantined because it could not be priced starts with this (the kind of a
 # quarantine lives in the reading's detail and its event; nothing else distinguishes the causes).
 UNPRICEABLE = "unpriceable: "
@@ -79,8 +72,12 @@ class PricedLine(Protocol):
     def amount(self) -> Decimal: ...
 
 
-@dataclass(frozen=True)
-class AccountPosition:
+# The records of the per-reading path are NamedTuples, not frozen dataclasses: as immutable, and a
+# frozen dataclass's __init__ sets each field through object.__setattr__, which made building the
+# half-dozen records of a reading about a tenth of its instructions (bench/instructions.py).
+
+
+class AccountPosition(NamedTuple):
     """What pricing needs of an account: its tariff and where it stands in its block cycle."""
 
     id: str
@@ -89,8 +86,7 @@ class AccountPosition:
     cycle_used_wh: int
 
 
-@dataclass(frozen=True)
-class Priced:
+class Priced(NamedTuple):
     """A pricer's answer: the exact lines, and the account's block position after them.
 
     The pricer writes nothing; the charge that posts these lines stores ``cycle`` in the same UPDATE
@@ -104,8 +100,7 @@ Pricer = Callable[[AccountPosition, datetime, datetime, int, Mapping[str, int] |
 """(account, start, end, energy_wh, register_split_wh) -> exact priced lines and the new position."""
 
 
-@dataclass(frozen=True)
-class ChargeOutcome:
+class ChargeOutcome(NamedTuple):
     meter_id: str
     account_id: str
     outcome: str  # baseline | charged | quarantined | failed | ignored
@@ -153,26 +148,31 @@ def _json_text(value: str | None) -> str:
     return "null" if value is None else encode_basestring(value)
 
 
-def _json_int(value: int | None) -> str:
-    return "null" if value is None else str(int(value))
-
-
 def charge_detail_json(exact: Decimal, lines: Sequence[PricedLine]) -> str:
     """The charge entry's detail, exactly as ``dumps`` writes it (sorted keys, compact).
 
     Built by hand for the tariff engine's own lines — every charged reading stores one, and
     ``dumps`` of the nested dicts was a tenth of a reading's cost; other lines take ``dumps``.
     Decimal and instant texts need no escaping; names go through the JSON string encoder."""
+    if len(lines) == 1:  # the usual reading: one line, no generator or list
+        line = lines[0]
+        if type(line) is ChargeLine:
+            return f'{{"exact":"{exact!s}","lines":[{_charge_line_json(line)}]}}'
     if not all(type(line) is ChargeLine for line in lines):
         return dumps({"exact": str(exact), "lines": [_line_json(line) for line in lines]})
-    parts = [
-        f'{{"amount":"{line.amount!s}","block":{_json_int(line.block)},"end":"{iso(line.end)}",'
-        f'"energy_wh":{line.energy_wh},"period":{_json_text(line.period)},"start":"{iso(line.start)}",'
-        f'"tariff_id":{_json_text(line.tariff_id)},"unit_price":"{line.unit_price!s}","version":{line.version}}}'
-        for line in lines
-        if isinstance(line, ChargeLine)
-    ]
+    parts = [_charge_line_json(line) for line in lines if isinstance(line, ChargeLine)]
     return f'{{"exact":"{exact!s}","lines":[{",".join(parts)}]}}'
+
+
+def _charge_line_json(line: ChargeLine) -> str:
+    """One tariff-engine line as ``dumps`` writes it (an integer or ``null``, a JSON string or ``null``)."""
+    block, period, tariff_id = line.block, line.period, line.tariff_id
+    return (
+        f'{{"amount":"{line.amount!s}","block":{"null" if block is None else int(block)},"end":"{iso(line.end)}",'
+        f'"energy_wh":{line.energy_wh},"period":{"null" if period is None else encode_basestring(period)},'
+        f'"start":"{iso(line.start)}","tariff_id":{"null" if tariff_id is None else encode_basestring(tariff_id)},'
+        f'"unit_price":"{line.unit_price!s}","version":{line.version}}}'
+    )
 
 
 # How much newer than a reading a stored relay read-back may be and still win over it.  A reading waits
@@ -198,15 +198,17 @@ def record_reading(
     minor_digits: int = 2,
 ) -> ChargeOutcome:
     """Store one reading and charge it if it is good.  Call inside ``store.tx()``."""
-    meter, account, position_check = _meter_and_account(conn, meter_id)
+    meter, account, position_check, balance_before = _meter_and_account(conn, meter_id)
     now = reading.taken_at
     clock_note: str | None = None
+    last_seen: datetime | None = None
     if meter.last_reading_at is not None:
         last_seen = parse_iso(meter.last_reading_at)
         if now <= last_seen:  # the wall clock stepped back: the interval must not run backwards
             placed = last_seen + CLOCK_BEHIND_STEP
             clock_note = f"clock read {iso(now)}, not after the last reading: placed at {iso(placed)}"
             now = placed
+    taken = iso(now)  # the reading's instant as stored: its row, the meter's position, the entry, the message
     tariffs_json = (
         json.dumps(list(reading.energy_import_tariffs_wh)) if reading.energy_import_tariffs_wh else None
     )
@@ -219,7 +221,7 @@ def record_reading(
             "outcome, delta_wh, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 meter_id,
-                iso(now),
+                taken,
                 reading.quality.value,
                 reading.energy_import_wh,
                 reading.energy_export_wh,
@@ -237,7 +239,7 @@ def record_reading(
         rid = insert("failed", detail=reading.error or reading.quality.value)
         conn.execute(
             "UPDATE meters SET comms_failed = comms_failed + 1, last_comms_error = ?, updated_at = ? WHERE id = ?",
-            (reading.error or reading.quality.value, iso(now), meter_id),
+            (reading.error or reading.quality.value, taken, meter_id),
         )
         return ChargeOutcome(
             meter_id, meter.account_id, "failed", rid, reason=reading.error, relay_before=meter.relay
@@ -255,7 +257,6 @@ def record_reading(
         if reading.relay
         else ""
     )
-    taken = iso(now)
     relay_params: tuple[object, ...] = (
         (taken, taken, reading.relay.value, taken, taken, taken) if reading.relay else ()
     )
@@ -275,8 +276,8 @@ def record_reading(
 
     if meter.last_register_wh is None or meter.last_reading_at is None:
         rid = insert("baseline", 0)
-        _advance(conn, meter_id, register, tariffs_json, now, rid, comms_sql, relay_params)
-        held = cached_balance_minor(conn, meter.account_id)
+        _advance(conn, meter_id, register, tariffs_json, taken, rid, comms_sql, relay_params)
+        held = balance_before  # a baseline charges nothing: the balance the meter query read
         body = usage_json(meter_id, meter.account_id, None, now, register, 0, 0, held, minor_digits)
         _queue_usage(conn, meter_id, now, body)
         return ChargeOutcome(
@@ -288,9 +289,13 @@ def record_reading(
             relay_before=meter.relay,
         )
 
-    meter = _checked_position(conn, meter, position_check, now)
+    checked = _checked_position(conn, meter, position_check, now)
+    if checked is not meter or last_seen is None:  # the ledger's position won: parse its instant
+        meter = checked
+        assert meter.last_reading_at is not None
+        last_seen = parse_iso(meter.last_reading_at)
+    last_at = last_seen
     assert meter.last_register_wh is not None and meter.last_reading_at is not None
-    last_at = parse_iso(meter.last_reading_at)
     delta, wrapped = register_delta(meter.last_register_wh, register, register_modulus_wh)
     elapsed_s = max((now - last_at).total_seconds(), MIN_PLAUSIBILITY_WINDOW_S)
     bound_wh = max_power_w * elapsed_s / 3600 + PLAUSIBILITY_SLACK_WH  # float only for a bound, never money
@@ -306,7 +311,7 @@ def record_reading(
             _release(conn, held, f"superseded by quarantined reading {rid}")
         conn.execute(
             f"UPDATE meters SET {comms_sql}, quarantined_reading_id = ?, updated_at = ? WHERE id = ?",
-            (*relay_params, rid, iso(now), meter_id),
+            (*relay_params, rid, taken, meter_id),
         )
         events.record(
             conn,
@@ -347,9 +352,9 @@ def record_reading(
     rid = insert("charged", delta, "rollover" if wrapped else None)
     charge_minor = 0
     extra_sql, extra_params = comms_sql, relay_params
-    balance: int | None = None
+    balance = balance_before  # nothing else in this reading moves the balance but its charge
     if priced is not None:
-        balance = _post(conn, meter_id, account.id, last_at, now, delta, priced, reading_id=rid)
+        balance = _post(conn, meter_id, account.id, last_at, now, delta, priced, reading_id=rid, balance_before=balance)
         charge_minor = priced.charge_minor
         extra_sql += ", charged_exact = ?, charged_minor = ?"
         extra_params += (str(priced.cumulative_exact), priced.cumulative_minor)
@@ -364,9 +369,7 @@ def record_reading(
             meter_id=meter_id,
             detail={"reading_id": held, "charged_by_reading_id": rid, "charged_wh": delta},
         )
-    _advance(conn, meter_id, register, tariffs_json, now, rid, extra_sql, extra_params)
-    if balance is None:
-        balance = cached_balance_minor(conn, meter.account_id)
+    _advance(conn, meter_id, register, tariffs_json, taken, rid, extra_sql, extra_params)
     body = usage_json(meter_id, meter.account_id, last_at, now, register, delta, charge_minor, balance, minor_digits)
     _queue_usage(conn, meter_id, now, body)
     return ChargeOutcome(
@@ -410,8 +413,7 @@ def charge_delta(
     return priced.charge_minor
 
 
-@dataclass(frozen=True)
-class PricedCharge:
+class PricedCharge(NamedTuple):
     """A priced interval, before anything is written: the lines, and the meter's new cumulative
     position (exact and posted) from which the charge is the difference (rounding once, on totals)."""
 
@@ -442,9 +444,14 @@ def price_charge(
     try:
         priced = pricer(account, start, end, delta_wh, register_split)
         lines = priced.lines
-        if sum(line.energy_wh for line in lines) != delta_wh:
-            raise ArithmeticError(f"tariff split {delta_wh} Wh into lines that do not add up")
-        exact = sum((line.amount for line in lines), Decimal(0))
+        if len(lines) == 1:  # the usual reading: one stretch, one block (the same sums, without generators)
+            if lines[0].energy_wh != delta_wh:
+                raise ArithmeticError(f"tariff split {delta_wh} Wh into lines that do not add up")
+            exact = _ZERO + lines[0].amount
+        else:
+            if sum(line.energy_wh for line in lines) != delta_wh:
+                raise ArithmeticError(f"tariff split {delta_wh} Wh into lines that do not add up")
+            exact = sum((line.amount for line in lines), _ZERO)
         cumulative_exact = position[0] + exact
         cumulative_minor = to_minor(cumulative_exact, minor_digits)
     except (ValueError, LookupError, ArithmeticError) as exc:
@@ -467,11 +474,13 @@ def _post(
     priced: PricedCharge,
     *,
     reading_id: int | None,
+    balance_before: int | None = None,
 ) -> int:
     """Post the charge entry; returns the account's balance after it.
 
     The caller writes the meter's new cumulative position in the same transaction (``record_reading``
-    folds it into its one meter update).
+    folds it into its one meter update).  ``balance_before``: the cached balance the caller read in
+    this transaction (``post_entry`` then need not read it back).
     """
     return post_entry(
         conn,
@@ -486,6 +495,7 @@ def _post(
         period_end=end,
         detail_json=charge_detail_json(priced.exact, priced.lines),
         cycle=priced.cycle,
+        balance_before=balance_before,
     ).balance_minor
 
 
@@ -504,7 +514,7 @@ def _release(conn: sqlite3.Connection, reading_id: int, note: str) -> None:
 
 def _hold_unpriceable(
     conn: sqlite3.Connection,
-    meter: MeterRow,
+    meter: _Meter,
     meter_id: str,
     reason: str,
     register_and_delta: tuple[int, int],
@@ -548,9 +558,25 @@ def _hold_unpriceable(
     return ChargeOutcome(meter_id, meter.account_id, "quarantined", rid, reason=reason, relay_before=meter.relay)
 
 
+class _Meter(NamedTuple):
+    """What charging a reading needs of its meter row (not the wiring ``accounts.MeterRow`` also
+    holds: every column read costs a Python object per reading)."""
+
+    id: str
+    account_id: str
+    last_register_wh: int | None
+    last_reading_at: str | None
+    relay: str | None
+    quarantined_reading_id: int | None
+    charged_exact: str  # cumulative exact charge (Decimal text)
+    charged_minor: int  # cumulative posted charge
+    last_tariffs_json: str | None  # the per-tariff registers (T1..Tn) of the last accepted reading
+
+
 _METER_AND_ACCOUNT = (
-    "SELECT " + ", ".join(f"m.{column.strip()}" for column in METER_COLUMNS.split(","))
-    + ", a.tariff_id, a.cycle_start, a.cycle_used_wh, m.last_reading_id, "
+    "SELECT m.account_id, m.last_register_wh, m.last_reading_at, m.relay, m.quarantined_reading_id, "
+    "m.charged_exact, m.charged_minor, m.last_tariffs_json, "
+    "a.tariff_id, a.cycle_start, a.cycle_used_wh, a.balance_minor, m.last_reading_id, "
     # the billing-position check's two seeks (``gateway.ledger.position``), in the same statement
     + LAST_CHARGED_READING_SQL
     + ", (SELECT r.register_wh FROM readings r WHERE r.id = m.last_reading_id AND r.meter_id = m.id) "
@@ -558,8 +584,7 @@ _METER_AND_ACCOUNT = (
 )
 
 
-@dataclass(frozen=True)
-class _PositionCheck:
+class _PositionCheck(NamedTuple):
     """What the meter query says about the meter's billing position (``_checked_position``)."""
 
     reading_id: int | None  # the reading the meter row's position cites
@@ -569,18 +594,22 @@ class _PositionCheck:
 
 def _meter_and_account(
     conn: sqlite3.Connection, meter_id: str
-) -> tuple[MeterRow, AccountPosition, _PositionCheck]:
-    """The meter, its account's pricing position and what its billing position is checked with, in
-    one read (the per-reading hot path)."""
+) -> tuple[_Meter, AccountPosition, _PositionCheck, int]:
+    """The meter, its account's pricing position, what its billing position is checked with and the
+    account's cached balance, in one read (the per-reading hot path)."""
     r = conn.execute(_METER_AND_ACCOUNT, (meter_id,)).fetchone()
     if r is None:
         raise LookupError(f"no meter '{meter_id}'")
-    meter = meter_row(r)
-    tariff_id, cycle_start, cycle_used_wh, *check = r[METER_COLUMN_COUNT:]
-    return meter, AccountPosition(meter.account_id, tariff_id, cycle_start, int(cycle_used_wh)), _PositionCheck(*check)
+    account_id = r[0]
+    return (
+        _Meter(meter_id, account_id, r[1], r[2], r[3], r[4], r[5], int(r[6]), r[7]),
+        AccountPosition(account_id, r[8], r[9], int(r[10])),
+        _PositionCheck(r[12], r[13], r[14]),
+        int(r[11]),
+    )
 
 
-def _checked_position(conn: sqlite3.Connection, meter: MeterRow, check: _PositionCheck, now: datetime) -> MeterRow:
+def _checked_position(conn: sqlite3.Connection, meter: _Meter, check: _PositionCheck, now: datetime) -> _Meter:
     """The meter with its billing position checked against the ledger (``gateway.ledger.position``).
 
     The usual case is settled by the meter query's own columns: the row cites the last charged
@@ -611,8 +640,7 @@ def _checked_position(conn: sqlite3.Connection, meter: MeterRow, check: _Positio
             "ledger_reading_id": ledger.reading_id,
         },
     )
-    return replace(
-        meter,
+    return meter._replace(
         last_register_wh=ledger.register_wh,
         last_reading_at=ledger.taken_at,
         last_tariffs_json=ledger.tariffs_json if ledger.tariffs_json is not None else meter.last_tariffs_json,
@@ -644,16 +672,17 @@ def _advance(
     meter_id: str,
     register: int,
     tariffs_json: str | None,
-    now: datetime,
+    taken: str,
     rid: int,
     extra_sql: str,
     extra_params: tuple[object, ...],
 ) -> None:
-    """The meter's new position, comms counters and cumulative charge: one UPDATE per reading."""
+    """The meter's new position, comms counters and cumulative charge: one UPDATE per reading
+    (``taken``: the reading's instant as stored)."""
     conn.execute(
         f"UPDATE meters SET {extra_sql}, last_register_wh = ?, last_tariffs_json = COALESCE(?, last_tariffs_json), "
         "last_reading_at = ?, last_reading_id = ?, updated_at = ? WHERE id = ?",
-        (*extra_params, register, tariffs_json, iso(now), rid, iso(now), meter_id),
+        (*extra_params, register, tariffs_json, taken, rid, taken, meter_id),
     )
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from gateway.core.calendar import WorkCalendar
@@ -24,6 +24,11 @@ from gateway.core.timeutil import iso, parse_iso
 from gateway.ledger.charging import AccountPosition, Priced
 from gateway.tariffs.model import Tariff, load_tariff_dir, tariff_from_dict
 from gateway.tariffs.pricing import ChargeLine, cycle_start, price_interval
+from gateway.tariffs.timeline import wall_to_instant
+from gateway.tariffs.values import TariffVersion
+
+_DAY = timedelta(days=1)
+_CYCLE_DAYS_KEPT = 64  # versions whose current day is remembered (a gateway prices under a handful)
 
 
 class TariffBook:
@@ -32,6 +37,8 @@ class TariffBook:
     def __init__(self, tariffs: Mapping[str, Tariff], calendar: WorkCalendar) -> None:
         self.tariffs = dict(tariffs)
         self.calendar = calendar
+        # id(version) -> (version, local day's first instant, next day's, cycle start, its text)
+        self._cycle_days: dict[int, tuple[TariffVersion, datetime, datetime, datetime | None, str | None]] = {}
 
     @classmethod
     def load(cls, directory: Path, conn: sqlite3.Connection | None, calendar: WorkCalendar) -> TariffBook:
@@ -51,6 +58,26 @@ class TariffBook:
 
     def day_type(self, local_day: date) -> str:
         return str(self.calendar.day_type(local_day))
+
+    def cycle_of(self, version: TariffVersion, instant: datetime) -> tuple[datetime | None, str | None]:
+        """``cycle_start(version, instant)`` and its instant text, remembered for the local day.
+
+        A block cycle starts at a local midnight, so every instant of one local day has the same
+        cycle start; readings come minutes apart, so the day's answer serves the next reading too.
+        Only a day of constant UTC offset is remembered (its instants all have that local date)."""
+        memo = self._cycle_days.get(id(version))
+        if memo is not None and memo[0] is version and memo[1] <= instant < memo[2]:
+            return memo[3], memo[4]
+        begins = cycle_start(version, instant)
+        text = iso(begins) if begins is not None else None
+        zone = version.zone
+        day = instant.astimezone(zone).date()
+        lo, hi = wall_to_instant(day, 0, zone), wall_to_instant(day + _DAY, 0, zone)
+        if hi - lo == _DAY and lo.astimezone(zone).utcoffset() == hi.astimezone(zone).utcoffset() and lo <= instant < hi:
+            if len(self._cycle_days) >= _CYCLE_DAYS_KEPT:
+                self._cycle_days.clear()
+            self._cycle_days[id(version)] = (version, lo, hi, begins, text)
+        return begins, text
 
     def pricer(self, conn: sqlite3.Connection) -> _Pricer:
         """A pricer for one transaction (it reads past entries only when a block position is stale)."""
@@ -78,10 +105,10 @@ class _Pricer:
     ) -> Priced:
         tariff = self.book.get(account.tariff_id)
         version = tariff.version_at(start)
-        begins = cycle_start(version, start)
+        begins, begins_text = self.book.cycle_of(version, start)
         if begins is None:
             used = 0
-        elif account.cycle_start == iso(begins):
+        elif account.cycle_start == begins_text:
             used = account.cycle_used_wh
         else:
             used = cycle_usage_wh(self.conn, account.id, begins, start)
@@ -104,7 +131,10 @@ def _advanced(
     key = lines[-1].cycle
     if key is None:
         return None
-    since = sum(line.energy_wh for line in lines if line.start >= key)
+    if len(lines) == 1:  # the usual reading: its one line starts in its own cycle
+        since = lines[0].energy_wh if lines[0].start >= key else 0
+    else:
+        since = sum(line.energy_wh for line in lines if line.start >= key)
     key_text = iso(key)
     if account.cycle_start == key_text:  # same cycle: the counter holds its energy before these lines
         return key_text, account.cycle_used_wh + since

@@ -439,16 +439,16 @@ class MqttLink:
             self._dirty = True  # the window filled: there may be more behind it
         if batch:
             self._record_published(batch[-1])
+        prefix, gateway_id, inflight, published = self.prefix + "/", self.gateway_id, self._inflight, 0
         for msg in batch:
-            info = client.publish(
-                f"{self.prefix}/{msg.topic}", msg.envelope(self.gateway_id), qos=msg.qos, retain=msg.retain
-            )
+            info = client.publish(prefix + msg.topic, msg.envelope(gateway_id), qos=msg.qos, retain=msg.retain)
             if info.rc != paho.MQTT_ERR_SUCCESS:
                 self._dirty = True
                 break  # disconnected meanwhile; the reconnect restarts from the oldest undelivered
-            self._inflight[info.mid] = msg.seq
+            inflight[info.mid] = msg.seq
             self._next_after = msg.seq
-            self.stats.published += 1
+            published += 1
+        self.stats.published += published
 
     def _record_published(self, last: outbox.OutboxMessage) -> None:
         """Before a seq first leaves, say so beside the database: a restored backup that never

@@ -17,7 +17,7 @@ from typing import Literal
 
 from gateway.tariffs.apportion import apportion, split_blocks
 from gateway.tariffs.spec import REGISTERS
-from gateway.tariffs.timeline import Segment, cycle_start, require_aware, segments, wall_to_instant
+from gateway.tariffs.timeline import Segment, cycle_start, require_aware, segments_utc, wall_to_instant
 from gateway.tariffs.values import Tariff, TariffVersion
 
 __all__ = ["ChargeLine", "cycle_start", "exact_amount", "price_interval", "standing_charge"]
@@ -28,7 +28,7 @@ _EXACT = Context(prec=80, traps=[Inexact, Rounded, InvalidOperation])
 _THOUSAND = Decimal(1000)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ChargeLine:
     """One priced piece: ``amount == energy_wh * unit_price / 1000`` exactly (or the day's charge).
 
@@ -50,6 +50,37 @@ class ChargeLine:
     # The start of the block cycle the line counts in (``None`` without blocks): carried so the ledger
     # can move the account's block position without working it out again.  Not part of the value.
     cycle: datetime | None = field(default=None, compare=False, repr=False)
+
+    def __init__(
+        self,
+        tariff_id: str,
+        version: int,
+        start: datetime,
+        end: datetime,
+        period: str | None,
+        block: int | None,
+        energy_wh: int,
+        unit_price: Decimal,
+        amount: Decimal,
+        kind: Literal["energy", "standing"] = "energy",
+        cycle: datetime | None = None,
+    ) -> None:
+        # The fields go into the instance in one step: the generated __init__ of a frozen dataclass
+        # sets each through object.__setattr__, eleven calls for every line of every reading.
+        # Still frozen: assignment after construction raises as before.
+        self.__dict__.update(
+            tariff_id=tariff_id,
+            version=version,
+            start=start,
+            end=end,
+            period=period,
+            block=block,
+            energy_wh=energy_wh,
+            unit_price=unit_price,
+            amount=amount,
+            kind=kind,
+            cycle=cycle,
+        )
 
 
 def exact_amount(energy_wh: int, unit_price: Decimal) -> Decimal:
@@ -161,7 +192,7 @@ def price_interval(
         raise ValueError(
             f"interval end {end.isoformat()} is not after start {start.isoformat()} but carries {energy_wh} Wh"
         )
-    segs = segments(tariff, start_utc, end_utc, day_type)
+    segs = segments_utc(tariff, start_utc, end_utc, day_type)
     shares = (
         _time_shares(segs, energy_wh)
         if register_split_wh is None
@@ -178,10 +209,9 @@ def price_interval(
         seen.append((seg.start, energy))
         if energy == 0:
             continue
-        blocks = seg.version.blocks
         done = 0
         line_start = seg.start
-        for block, part in split_blocks(used, energy, [b.up_to_wh for b in blocks]):
+        for block, part in split_blocks(used, energy, seg.version.block_bounds):
             done += part
             line_end = seg.end if done == energy else seg.start + (seg.micros * done // energy) * _US
             price = seg.version.price(block, seg.period)

@@ -10,11 +10,12 @@ first instant holds for all of it.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from itertools import pairwise
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from gateway.tariffs.values import DAY_MINUTES, Tariff, TariffVersion
@@ -22,9 +23,11 @@ from gateway.tariffs.values import DAY_MINUTES, Tariff, TariffVersion
 _US = timedelta(microseconds=1)
 
 
-@dataclass(frozen=True)
-class Segment:
-    """A stretch of time with one version, one TOU period and one block cycle; instants in UTC."""
+class Segment(NamedTuple):
+    """A stretch of time with one version, one TOU period and one block cycle; instants in UTC.
+
+    A NamedTuple (immutable, and built without a frozen dataclass's per-field ``object.__setattr__``):
+    pricing a reading builds a few."""
 
     start: datetime
     end: datetime
@@ -39,6 +42,8 @@ class Segment:
 
 def require_aware(name: str, value: datetime) -> datetime:
     """``value`` in UTC; a naive datetime is refused because its instant is unknown."""
+    if type(value) is datetime and value.tzinfo is UTC:  # already UTC (every instant the ledger passes)
+        return value
     if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{name} must be an aware datetime (got {value!r})")
     return value.astimezone(UTC)
@@ -209,18 +214,25 @@ def segments(
     Each local day's stretches come from its cached plan, clipped to the interval; a stretch is
     constant inside (no edge, midnight or offset change falls within it), so clipping keeps its class.
     """
-    start, end = require_aware("start", start), require_aware("end", end)
-    first = tariff.version_at(start)
+    return segments_utc(tariff, require_aware("start", start), require_aware("end", end), day_type)
+
+
+def segments_utc(
+    tariff: Tariff, start: datetime, end: datetime, day_type: Callable[[date], str]
+) -> list[Segment]:
+    """``segments`` of instants already converted by ``require_aware`` (pricing checks them once)."""
+    first = tariff.version_index(start)
+    starts = tariff.starts_utc  # the versions that begin inside the interval follow the first
+    after = max(first + 1, bisect_left(starts, end, first + 1))
     out: list[Segment] = []
-    versions = [v for v in tariff.versions if v.effective_from > start and v.effective_from < end]
-    spans = [first, *versions]
-    for index, version in enumerate(spans):
-        lo = start if index == 0 else version.effective_from.astimezone(UTC)
-        hi = spans[index + 1].effective_from.astimezone(UTC) if index + 1 < len(spans) else end
+    for index in range(first, after):
+        version = tariff.versions[index]
+        lo = start if index == first else starts[index]
+        hi = starts[index + 1] if index + 1 < after else end
         if version.tou is None and version.cycle is None:
             _append(out, Segment(lo, hi, version, None, None))
             continue
-        day = lo.astimezone(version.zone).date()
+        day, day_end = _local_day(version, lo)
         while True:
             plan = _day_plan(version, day, day_type)
             for piece in plan:
@@ -231,7 +243,32 @@ def segments(
                 _append(
                     out, Segment(max(piece.start, lo), min(piece.end, hi), version, piece.period, piece.cycle)
                 )
-            day += timedelta(days=1)
-            if wall_to_instant(day, 0, version.zone) >= hi:  # (a skipped local day has an empty plan)
+            if day_end >= hi:  # the next local day starts at or after the end (a skipped day has no plan)
                 break
+            day += _DAY
+            day_end = wall_to_instant(day + _DAY, 0, version.zone)
     return out
+
+
+# Per version (by id, the version itself kept and compared): the local day an instant was last placed
+# in, with its first instant and the next day's.  Readings come minutes apart, so nearly every interval
+# starts in the day the previous one did; converting its start to local time was a tenth of pricing it.
+_LAST_DAY: dict[int, tuple[TariffVersion, datetime, datetime, date]] = {}
+_LAST_DAYS_KEPT = 64
+_DAY = timedelta(days=1)
+
+
+def _local_day(version: TariffVersion, instant: datetime) -> tuple[date, datetime]:
+    """The local date of ``instant`` (UTC) under ``version`` and the first instant of the next local
+    day.  Only a day of constant UTC offset is remembered: all its instants have that local date."""
+    memo = _LAST_DAY.get(id(version))
+    if memo is not None and memo[0] is version and memo[1] <= instant < memo[2]:
+        return memo[3], memo[2]
+    zone = version.zone
+    day = instant.astimezone(zone).date()
+    begins, ends = wall_to_instant(day, 0, zone), wall_to_instant(day + _DAY, 0, zone)
+    if ends - begins == _DAY and _offset(begins, zone) == _offset(ends, zone) and begins <= instant < ends:
+        if len(_LAST_DAY) >= _LAST_DAYS_KEPT:
+            _LAST_DAY.clear()
+        _LAST_DAY[id(version)] = (version, begins, ends, day)
+    return day, ends

@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from functools import cached_property
 from itertools import pairwise
@@ -136,13 +136,19 @@ class TariffVersion:
         if not self.blocks or self.blocks[-1].up_to_wh is not None:
             raise ValueError(f"version {self.version}: needs at least one block and an unbounded last block")
 
-    @property
+    @cached_property
     def zone(self) -> ZoneInfo:
+        """The version's zone, looked up once (pricing a reading asks for it several times)."""
         return ZoneInfo(self.timezone)
 
     def price(self, block: int, period: str | None) -> Decimal:
         """Unit price (currency per kWh) in 1-based ``block`` and TOU ``period``."""
         return self.blocks[block - 1].price(period)
+
+    @cached_property
+    def block_bounds(self) -> tuple[int | None, ...]:
+        """Each block's cumulative upper bound (Wh, ``None``: unbounded), for ``apportion.split_blocks``."""
+        return tuple(block.up_to_wh for block in self.blocks)
 
 
 @dataclass(frozen=True)
@@ -159,17 +165,24 @@ class Tariff:
             if later.version <= earlier.version or later.effective_from <= earlier.effective_from:
                 raise ValueError(f"tariff {self.id}: versions must increase in number and effective_from")
 
-    def version_at(self, instant: datetime) -> TariffVersion:
-        """The version in force at ``instant`` (aware); before the first version there is none."""
+    @cached_property
+    def starts_utc(self) -> tuple[datetime, ...]:
+        """Each version's ``effective_from`` in UTC, in order: comparing instants that share one
+        tzinfo is a field comparison, comparing across zones works out both offsets every time."""
+        return tuple(version.effective_from.astimezone(UTC) for version in self.versions)
+
+    def version_index(self, instant: datetime) -> int:
+        """The index in ``versions`` of the version in force at ``instant`` (aware)."""
         if instant.tzinfo is None or instant.utcoffset() is None:
             raise ValueError(f"tariff {self.id}: instant {instant.isoformat()} has no time zone")
-        found = None
-        for version in self.versions:
-            if version.effective_from <= instant:
-                found = version
-        if found is None:
+        index = bisect.bisect_right(self.starts_utc, instant if instant.tzinfo is UTC else instant.astimezone(UTC))
+        if index == 0:
             raise LookupError(
                 f"tariff {self.id} has no version in force at {instant.isoformat()} "
                 f"(first is from {self.versions[0].effective_from.isoformat()})"
             )
-        return found
+        return index - 1
+
+    def version_at(self, instant: datetime) -> TariffVersion:
+        """The version in force at ``instant`` (aware); before the first version there is none."""
+        return self.versions[self.version_index(instant)]
