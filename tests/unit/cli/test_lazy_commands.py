@@ -1,9 +1,8 @@
 """``pmg``'s commands load lazily (gateway/cli/lazy.py): ``pmg run`` imports only the daemon's modules,
 and ``pmg --help`` still lists every command with its one-line help.
 
-The import checks run in fresh interpreters (``sys.modules`` of this test process holds whatever other
-tests imported); the daemon's check starts a real ``pmg run`` and reads the modules it imported from
-``python -X importtime``, which lists every import, lazy ones included, as it happens.
+The import check runs in a fresh interpreter (``sys.modules`` of this test process holds whatever other
+tests imported); tests/integration/test_daemon_imports.py checks a running daemon the same way.
 """
 
 from __future__ import annotations
@@ -11,38 +10,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import click
 from click.testing import CliRunner
-from support.gateway_harness import offline_config
+from support.daemon_imports import forbidden_in
 
 from gateway.cli.main import COMMANDS, PmgGroup, cli
 
 REPO = Path(__file__).resolve().parents[3]
-
-# What the daemon must not carry: the web console and its server, the head office (PostgreSQL), the
-# simulators, the CLI's tables, sqlite-utils (the technician's commands), pymodbus without a Modbus bus.
-FORBIDDEN = (
-    "rich",
-    "starlette",
-    "jinja2",
-    "uvicorn",
-    "psycopg",
-    "psycopg_pool",
-    "simulators",
-    "hq",
-    "gateway.web",
-    "gateway.cli.commands.hq",
-    "gateway.cli.commands.sim",
-    "sqlite_utils",
-    "pymodbus",
-)
-
-
-def forbidden_in(modules: set[str]) -> list[str]:
-    return sorted(m for m in modules if any(m == f or m.startswith(f + ".") for f in FORBIDDEN))
 
 
 def fresh_modules(code: str) -> set[str]:
@@ -63,35 +39,6 @@ def test_loading_the_run_command_imports_none_of_the_other_commands_parts() -> N
     assert forbidden_in(modules) == []
     others = {m for m in modules if m.startswith("gateway.cli.commands.")} - {"gateway.cli.commands.run"}
     assert others == set()
-
-
-def test_the_running_daemon_imports_none_of_it(tmp_path: Path) -> None:
-    config = offline_config(tmp_path, 3)
-    log = tmp_path / "run.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-X", "importtime", "-m", "gateway.cli.main", "run", "-c", str(config)],
-            cwd=REPO,
-            stdout=out,
-            stderr=out,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while "bus stopped" not in log.read_text():  # started, then its first bus attempt came back
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.1)
-    finally:
-        proc.terminate()
-        proc.wait(30)
-    lines = log.read_text().splitlines()
-    imported = {
-        line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:") and "|" in line
-    }
-    assert (
-        "gateway.runtime.daemon" in imported and "drivers.dlt645.link" in imported
-    )  # the probe saw the start
-    assert forbidden_in(imported) == []
 
 
 def fresh_group() -> PmgGroup:
