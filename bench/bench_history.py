@@ -12,10 +12,12 @@ other ``--days`` (120) — and times, in each, what the daemon does again and ag
 - the hourly downsampling pass of housekeeping (after the one catch-up pass of a first start).
 
 The ratio is long-history throughput ÷ short-history throughput, same run; target ≥ 0.8 for each (the
-work must not grow with the history).  Rows are seeded directly in the ledger's shapes (no pricing), so a
+work must not grow with the history).  Both databases are seeded and settled (WAL emptied, dirty pages
+written out) before anything is timed, then timed in ``--rounds`` rounds alternating between them; a
+figure is its task's best round (docs/benchmarks.md, "How it is timed").  Rows are seeded directly in the ledger's shapes (no pricing), so a
 four-month database of 10 accounts takes seconds to build.
 
-    .venv/bin/python -m bench.bench_history [--accounts 10] [--days 120] [--short-days 40] [--repeat 20] [--dir DIR]
+    .venv/bin/python -m bench.bench_history [--accounts 10] [--days 120] [--short-days 40] [--repeat 20] [--rounds 5] [--dir DIR]
 """
 
 from __future__ import annotations
