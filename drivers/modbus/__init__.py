@@ -5,12 +5,28 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from drivers.base import BadFrame, MeterRefused, MeterTimeout
-from drivers.modbus.link import LinkError, ModbusLink
-from drivers.modbus.meter import ModbusMeter
 from drivers.modbus.profile import Profile, list_profiles, load_profile
+
+if TYPE_CHECKING:
+    from drivers.modbus.link import LinkError, ModbusLink
+    from drivers.modbus.meter import ModbusMeter
+
+# The link and the meter import pymodbus (about 10 MB resident): they load on first use, so that a
+# gateway that only reads a configuration's Modbus profiles (every gateway does, to check the file)
+# or polls DL/T 645 meters does not carry it.
+_LAZY = {"LinkError": "drivers.modbus.link", "ModbusLink": "drivers.modbus.link", "ModbusMeter": "drivers.modbus.meter"}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 __all__ = ["LinkError", "ModbusLink", "ModbusMeter", "Profile", "list_profiles", "load_profile", "scan"]
 
@@ -35,6 +51,8 @@ async def scan(
             function, address = offered[0].function, offered[0].address
         elif profile.relay is not None and profile.relay.state.function in (3, 4):
             function, address = profile.relay.state.function, profile.relay.state.address
+    from drivers.modbus.link import LinkError
+
     found: list[int] = []
     for unit in units:
         try:

@@ -17,6 +17,7 @@ from drivers.base import DriverError
 from drivers.tomlsource import TomlError
 from gateway import __version__
 from gateway.cli.common import utc_option
+from gateway.cli.lazy import LazyCommand, LazyGroup
 from gateway.core.errors import PmgError
 from gateway.core.textsafe import one_line
 from gateway.store.db import StoreError
@@ -26,7 +27,7 @@ EXIT_USAGE = 2
 EXIT_LOCKED = 3  # gateway.runtime.service.AlreadyRunning.exit_status
 
 
-class PmgGroup(click.Group):
+class PmgGroup(LazyGroup):
     """Turns the product's errors into one line on stderr and an exit status."""
 
     def make_context(
@@ -78,7 +79,87 @@ def _fail(message: str, status: int) -> NoReturn:
     sys.exit(status)
 
 
-@click.group(cls=PmgGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+_C = "gateway.cli.commands."
+
+# Every command of ``pmg``: name -> where it lives and the one line ``pmg --help`` shows for it.  A
+# command's module is imported only when that command runs (gateway.cli.lazy: the daemon stays
+# small); tests/unit/cli/test_lazy_commands.py holds this table equal to the commands themselves.
+COMMANDS: dict[str, LazyCommand] = {
+    "audit": LazyCommand(
+        _C + "field:audit", "The audit log: every relay action, blocked action, notice, override and alarm."
+    ),
+    "balance": LazyCommand(
+        _C + "ledger:balance",
+        "Show an account's balance (derived from its entries) and its recent entries, newest first.",
+    ),
+    "command": LazyCommand(_C + "hq:command_group", "Head-office commands to gateways."),
+    "demo": LazyCommand(
+        _C + "run:demo",
+        "Run the whole flow on simulated meters: credit runs down, warnings, notice, cut, top-up, power back.",
+    ),
+    "doctor": LazyCommand(
+        _C + "ops:doctor_cmd",
+        "Check the installation: database integrity, disk, clock sync, serial permissions, buses, broker.",
+    ),
+    "events": LazyCommand(
+        _C + "ops:events_cmd", "The audit log, newest first (--reverse: oldest first; --json: an array)."
+    ),
+    "explain": LazyCommand(
+        _C + "field:explain_cmd",
+        "Why ACCOUNT's power is (not) off: state, the rules that apply, what happens next and when.",
+    ),
+    "hq": LazyCommand(
+        _C + "hq_ingest:hq_group", "The head office's side: a reference consumer and an operator's top-up."
+    ),
+    "install-config": LazyCommand(
+        _C + "install:install_config",
+        "Write /etc/pmg/gateway.toml and /etc/pmg/tariffs/ from the shipped examples; existing files are kept.",
+    ),
+    "keys": LazyCommand(_C + "hq:keys", "Head-office command signing keys."),
+    "ledger": LazyCommand(_C + "ledger:ledger", "Check the ledger."),
+    "meter": LazyCommand(
+        _C + "meter:meter",
+        "One meter: its detail, and resolving a quarantined reading or a replaced meter (audited).",
+    ),
+    "meters": LazyCommand(
+        _C + "ops:meters",
+        "Table of meters (by id): account, balance, state, relay, last reading, comms health.",
+    ),
+    "notice": LazyCommand(_C + "notice:notice", "Disconnection notices: record their delivery to the customer."),
+    "payment": LazyCommand(_C + "ledger:payment", "Record payments taken locally (cash at a mini-grid office)."),
+    "read": LazyCommand(
+        _C + "tech:read",
+        "Read a meter live: energy (total, import, export, per tariff), V, I, P, clock, relay, status.",
+    ),
+    "relay": LazyCommand(
+        _C + "field:relay_cmd",
+        "A technician's manual order to open (trip) or close METER's relay, through the daemon's queue.",
+    ),
+    "report": LazyCommand(
+        _C + "reports:report",
+        "Energy, charges, payments and closing balance per account and period, in local time: newest period "
+        "first, each period's accounts by id (--json wins over --format).",
+    ),
+    "run": LazyCommand(_C + "run:run", "Run the gateway daemon (under systemd: Type=notify, watchdog)."),
+    "scan": LazyCommand(
+        _C + "scan:scan", "Find the meters on a bus and identify them, with progress and the count found so far."
+    ),
+    "sim": LazyCommand(_C + "sim:sim", "Serve simulated meters that speak the real protocols (with faults)."),
+    "status": LazyCommand(
+        _C + "ops:status_cmd",
+        "Gateway health at a glance: daemon, buses, unreachable meters, outbox, broker, settlement.",
+    ),
+    "web": LazyCommand(
+        _C + "web:web", "Serve the web console (default 127.0.0.1:8080; [web] in the configuration)."
+    ),
+}
+
+
+@click.group(
+    cls=PmgGroup,
+    lazy_commands=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+)
 @click.version_option(__version__, "--version", prog_name="pmg")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @utc_option
@@ -94,30 +175,6 @@ def cli(verbose: int) -> None:
     from gateway.runtime.logfmt import setup_logging
 
     setup_logging(verbose)  # key=value lines; under systemd with journald priorities
-
-
-def _register() -> None:
-    from gateway.cli.commands import (
-        field,
-        hq,
-        hq_ingest,
-        install,
-        ledger,
-        meter,
-        notice,
-        ops,
-        reports,
-        run,
-        sim,
-        tech,
-        web,
-    )
-
-    for module in (run, tech, sim, ledger, meter, ops, notice, hq, hq_ingest, reports, field, install, web):
-        module.register(cli)
-
-
-_register()
 
 
 def main() -> None:

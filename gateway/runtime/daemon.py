@@ -52,6 +52,14 @@ log = logging.getLogger("pmg.daemon")
 POLICY_REVIEW_S = 30.0  # a slice of the accounts is re-decided this often ...
 POLICY_SWEEP_S = 600.0  # ... so that every account is re-decided at least this often
 REVIEW_POLL_S = 1.0  # how often accounts whose next_review_at has come are looked for
+# The meters whose account's next review has come.  Accounts first (CROSS JOIN fixes SQLite's join
+# order): otherwise it walks every meter and looks its account up, once a second — 1 ms at 2,000
+# meters on the development machine, ten times that on a concentrator's core; this way it reads the
+# accounts table once (0.1 ms) and seeks the meters of the few that are due.
+DUE_FOR_REVIEW = (
+    "SELECT m.id FROM accounts a CROSS JOIN meters m ON m.account_id = a.id "
+    "WHERE a.next_review_at <= ? ORDER BY m.id"
+)
 UNREACHABLE_AFTER = 3  # failed polls in a row before a meter is reported unreachable
 STATE_EVERY = timedelta(minutes=15)  # at least this often a meter's retained state is refreshed
 STOP_FLUSH_DEADLINE_S = 5.0
@@ -613,11 +621,7 @@ class Gateway:
             now = self.clock()
             try:
                 with self.store.tx() as conn:
-                    due = conn.execute(
-                        "SELECT m.id FROM meters m JOIN accounts a ON a.id = m.account_id "
-                        "WHERE a.next_review_at IS NOT NULL AND a.next_review_at <= ? ORDER BY m.id",
-                        (iso(now),),
-                    ).fetchall()
+                    due = conn.execute(DUE_FOR_REVIEW, (iso(now),)).fetchall()
                     for (meter_id,) in due:
                         if meter_id in self._meter_cfg:
                             self.parts.policy.evaluate_meter(conn, meter_id, now)

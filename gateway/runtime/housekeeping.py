@@ -36,6 +36,11 @@ log = logging.getLogger("pmg.housekeeping")
 
 BACKUP_PREFIX = "pmg-"
 BACKUP_SUFFIX = ".db"
+# Page cache of each of the backup's two connections.  SQLite's default (2 MiB each) filled both while
+# streaming a 2,000-meter database through them: 4 MB more at the daemon's peak (its start runs a
+# backup), kept by the allocator afterwards; with 256 KiB the backup's peak is under 1 MB, and it takes
+# the same 40 ms (the operating system's cache serves the pages).
+BACKUP_CACHE_KIB = 256
 META_LAST_BACKUP = "last_backup_at"
 META_LAST_HOUSEKEEPING = "last_housekeeping_at"
 
@@ -172,6 +177,8 @@ def backup_database(database: Path, directory: Path, now: datetime, keep: int) -
         source = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
         dest = sqlite3.connect(partial)
         try:
+            for conn in (source, dest):  # copying and checking stream every page through both caches:
+                conn.execute(f"PRAGMA cache_size = -{BACKUP_CACHE_KIB}")  # keep them small (see below)
             source.backup(dest)
             if dest.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise BackupError(f"backup {partial} failed its integrity check")

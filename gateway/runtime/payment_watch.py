@@ -87,6 +87,7 @@ class PaymentWatch:
         transaction; returns how many.  Payments go first, oldest first."""
         conn = self.store.conn
         if conn.execute("SELECT 1 FROM policy_inbox LIMIT 1").fetchone() is None:
+            self._again = False  # nothing left: the next look waits for a commit (it looked 10 times a second)
             return 0
         if self.check_time is not None:
             self.check_time()

@@ -12,13 +12,14 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from gateway.core.errors import OperationFailed
 from gateway.store import chain, epochs
 from gateway.store.migrations import migrate
+
+if TYPE_CHECKING:  # imported on first use of ``Store.db``: the daemon never uses it
+    import sqlite_utils
 
 
 class StoreError(OperationFailed, RuntimeError):
@@ -31,8 +32,19 @@ class Store:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self.conn = conn
         self.path = path
-        self.db = sqlite_utils.Database(conn)
+        self._db: sqlite_utils.Database | None = None
         self._depth = 0
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite-utils' view of the connection, made on first use: the daemon never asks for it, and
+        importing sqlite-utils (with its plugin manager and date parser) costs a running daemon about
+        5 MB of memory for nothing."""
+        if self._db is None:
+            import sqlite_utils
+
+            self._db = sqlite_utils.Database(self.conn)
+        return self._db
 
     @contextmanager
     def tx(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:

@@ -37,7 +37,7 @@ from gateway.core.timeutil import iso, parse_iso
 from gateway.ledger.payments import apply_payment
 from gateway.policy.notices import notice_id
 from gateway.runtime import timeguard
-from gateway.runtime.daemon import Gateway
+from gateway.runtime.daemon import DUE_FOR_REVIEW, Gateway
 from gateway.runtime.payment_watch import PaymentWatch
 from gateway.runtime.relay import Enforcer
 from gateway.store.db import Store, open_store
@@ -414,11 +414,7 @@ class Rig:
         assert self.gw is not None
         now = self.clock.gateway()
         with self.gw.store.tx() as conn:
-            due = conn.execute(
-                "SELECT m.id FROM meters m JOIN accounts a ON a.id = m.account_id "
-                "WHERE a.next_review_at IS NOT NULL AND a.next_review_at <= ? ORDER BY m.id",
-                (iso(now),),
-            ).fetchall()
+            due = conn.execute(DUE_FOR_REVIEW, (iso(now),)).fetchall()
             for (meter_id,) in due:
                 if meter_id in self.gw._meter_cfg:
                     self.gw.parts.policy.evaluate_meter(conn, meter_id, now)

@@ -44,12 +44,6 @@ MAX_ORDER_HOURS = 24 * 92  # the head office's override limit (gateway.sync.comm
 FIRST_YEAR, LAST_YEAR = 1970, 2199
 
 
-def register(cli: click.Group) -> None:
-    cli.add_command(explain_cmd)
-    cli.add_command(relay_cmd)
-    cli.add_command(audit)
-
-
 def parse_instant(text: str, tz: str, option: str) -> datetime:
     """ISO 8601 date or date-time; without an offset it is the gateway's local time (``timezone``)."""
     try:

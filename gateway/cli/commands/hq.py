@@ -388,8 +388,3 @@ def _topup_lines(command_id: str, ack: dict[str, Any], power: dict[str, Any] | N
         lines.append(line)
     return lines
 
-
-def register(cli: click.Group) -> None:
-    cli.add_command(keys)
-    cli.add_command(command_group)
-    cli.add_command(hq)

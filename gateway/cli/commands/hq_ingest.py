@@ -238,9 +238,11 @@ def hq_quarantine(dsn: str, limit: int) -> None:
                               ensure_ascii=False))
 
 
-def register(cli: click.Group) -> None:
-    group = cli.commands.get("hq")
-    if not isinstance(group, click.Group):
-        raise RuntimeError("the `pmg hq` group must be registered first")
+def hq_group() -> click.Group:
+    """``pmg hq`` with these commands added: the group lives in ``hq.py``, these beside it, and neither
+    is imported until ``pmg hq`` runs (gateway.cli.lazy)."""
+    from gateway.cli.commands.hq import hq
+
     for command in (hq_ingest, hq_gaps, hq_reconcile, hq_quarantine):
-        group.add_command(command)
+        hq.add_command(command)
+    return hq

@@ -29,10 +29,6 @@ DIR_MODE = 0o750  # root:pmg — the service reads it, nobody else (the MQTT key
 FILE_MODE = 0o640
 
 
-def register(cli: click.Group) -> None:
-    cli.add_command(install_config)
-
-
 def example_config() -> Path:
     """The example configuration shipped in the wheel (package data of ``gateway``)."""
     return Path(str(resources.files("gateway") / "examples" / "gateway.example.toml"))

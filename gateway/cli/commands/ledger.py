@@ -30,12 +30,6 @@ from gateway.ledger.verify import verify
 from gateway.store.chain import head
 
 
-def register(cli: click.Group) -> None:
-    cli.add_command(ledger)
-    cli.add_command(balance)
-    cli.add_command(payment)
-
-
 @click.group()
 def ledger() -> None:
     """Check the ledger."""

@@ -134,6 +134,3 @@ def meter_read_now(meter_id: str, config_path: Path, wait_s: float, actor: str |
 for command in (meter_show, meter_read_now, meter_accept, meter_replace):
     meter.add_command(command)
 
-
-def register(cli: click.Group) -> None:
-    cli.add_command(meter)

@@ -82,6 +82,3 @@ def deliver(
             "its period runs from then"
         )
 
-
-def register(cli: click.Group) -> None:
-    cli.add_command(notice)

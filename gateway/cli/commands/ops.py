@@ -41,13 +41,6 @@ METER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 FOLLOW_INTERVAL_S = 0.5
 
 
-def register(cli: click.Group) -> None:
-    cli.add_command(meters)
-    cli.add_command(events_cmd)
-    cli.add_command(status_cmd)
-    cli.add_command(doctor_cmd)
-
-
 def _comms(ok: int, failed: int, error: str | None) -> str:
     total = ok + failed
     health = f"{ok * 100 // total}% ok" if total else "never polled"

@@ -32,10 +32,6 @@ from gateway.ledger.reports import PERIODS, Period, collection_report, usage_rep
 FORMATS = ("table", "csv", "json")
 
 
-def register(cli: click.Group) -> None:
-    cli.add_command(report)
-
-
 def _kwh(wh: int) -> str:
     return f"{'-' if wh < 0 else ''}{abs(wh) // 1000}.{abs(wh) % 1000:03d}"
 

@@ -16,11 +16,6 @@ if TYPE_CHECKING:  # the CLI imports the daemon's parts only when a command need
     from gateway.runtime.components import Components
 
 
-def register(cli: click.Group) -> None:
-    cli.add_command(run)
-    cli.add_command(demo)
-
-
 @click.command()
 @config_option
 @click.option("--check", is_flag=True, help="Validate the configuration (and tariffs, rules) and exit.")

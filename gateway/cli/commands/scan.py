@@ -26,10 +26,6 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")  # the configuration's i
 DEFAULT_TARIFF = "flat-cn"  # a shipped example tariff (gateway/tariffs/examples/)
 
 
-def register(cli: click.Group) -> None:
-    cli.add_command(scan)
-
-
 def parse_units(text: str) -> list[int]:
     """``"1-10,20"`` → unit ids, each 1..247."""
     out: list[int] = []

@@ -16,10 +16,6 @@ from simulators.fleet.__main__ import command as fleet_command
 from simulators.modbus.cli import command as modbus_command
 
 
-def register(cli: click.Group) -> None:
-    cli.add_command(sim)
-
-
 @click.group()
 def sim() -> None:
     """Serve simulated meters that speak the real protocols (with faults)."""

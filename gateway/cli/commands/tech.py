@@ -15,13 +15,6 @@ from gateway.cli.common import CliFailure, Col, FiniteFloat, emit_json, emit_tab
 ALL_POINTS = frozenset(Point)
 
 
-def register(cli: click.Group) -> None:
-    from gateway.cli.commands import scan
-
-    cli.add_command(read)
-    scan.register(cli)
-
-
 def _link_options(f: Any) -> Any:
     f = click.option(
         "--protocol", type=click.Choice(["dlt645", "modbus", "dlms"]), required=True, help="Meter protocol."

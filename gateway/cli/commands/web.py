@@ -10,10 +10,6 @@ import click
 from gateway.cli.common import CliFailure, config_option, load
 
 
-def register(cli: click.Group) -> None:
-    cli.add_command(web)
-
-
 @click.group(invoke_without_command=True)
 @config_option
 @click.pass_context

@@ -176,3 +176,29 @@ def test_at_start_every_mark_is_processed(tmp_path: Path) -> None:
     assert pending(store.conn) == 0 and len(wakes) == 3
     assert decided[0] == ("a0", "p0")  # by time, then account: a stable order
     store.close()
+
+
+def test_with_nothing_committed_the_inbox_is_not_read_again(tmp_path: Path) -> None:
+    """An idle gateway's watcher asks only ``data_version``; it read the inbox on every tick (10 a
+    second) because an empty inbox left the "look again" flag of the first tick set."""
+    store = open_store(tmp_path / "pmg.db")
+    _accounts(store, 1)
+    store.conn.execute("DELETE FROM policy_inbox")
+    watch = _watch(store, [], [])
+    statements: list[str] = []
+    store.conn.set_trace_callback(statements.append)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(watch.run())
+        try:
+            await async_wait_for(
+                lambda: sum("data_version" in s for s in statements) >= 10, timeout=5, what="ten ticks"
+            )
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+    store.conn.set_trace_callback(None)
+    assert sum("policy_inbox" in s for s in statements) == 1  # the first tick's look only
+    store.close()
