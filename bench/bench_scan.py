@@ -25,9 +25,9 @@ import time
 from bench.common import Result, emit
 from drivers.dlt645.link import Dlt645Link
 from drivers.dlt645.search import DEFAULT_WINDOW_S, search
-from drivers.modbus import scan as single_pass
 from drivers.modbus.link import ModbusLink
 from drivers.modbus.profile import list_profiles, load_profile
+from drivers.modbus.scan import scan_single_pass as single_pass
 from drivers.modbus.scan import scan_units
 from simulators.dlt645 import SimulatedDlt645Bus
 from simulators.modbus import SimulatedModbusBus

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.base import BadFrame, MeterRefused, MeterTimeout
-from drivers.modbus.link import ModbusLink
+from drivers.modbus.link import LinkError, ModbusLink
 from drivers.modbus.profile import Profile, RegisterProbe
 
 DEFAULT_PROBE_TIMEOUT_S = 0.15
@@ -163,3 +163,42 @@ async def scan_units(
         link.set_timing(timeout_s, retries)
     result.elapsed_s = monotonic() - began
     return result
+
+
+ProbeSeen = Callable[[int, bool], None]  # (unit, present)
+
+
+async def scan_single_pass(
+    link: ModbusLink, units: Iterable[int], profile: Profile | None = None, progress: ProbeSeen | None = None
+) -> list[int]:
+    """Unit ids that answer, in the order probed: one pass at the link's timeout (``scan_units``' baseline).
+
+    A unit is present when it replies at all, even with an exception (it heard us and answered).
+    With a profile the probe reads the profile's first register (import energy when offered), so
+    a found unit is likely that model; without one it reads holding register 0.  A dead unit costs
+    the link's full timeout budget, so give the link a short timeout for scanning.
+    ``progress(unit, found)`` is called after each probe.
+    """
+    function, address = 3, 0
+    if profile is not None:
+        offered = [spec for p in profile.offered() if (spec := profile.point(p)) is not None]
+        if offered:
+            function, address = offered[0].function, offered[0].address
+        elif profile.relay is not None and profile.relay.state.function in (3, 4):
+            function, address = profile.relay.state.function, profile.relay.state.address
+    found: list[int] = []
+    for unit in units:
+        try:
+            await link.read_registers(unit, function, address, 1)
+            present = True
+        except MeterRefused:
+            present = True
+        except (MeterTimeout, BadFrame):
+            present = False
+        except LinkError:
+            raise
+        if present:
+            found.append(unit)
+        if progress is not None:
+            progress(unit, present)
+    return found

@@ -29,8 +29,9 @@ from drivers.base import (
     RelayNotConfirmed,
     RelayState,
 )
-from drivers.modbus import ModbusLink, ModbusMeter, scan
+from drivers.modbus import ModbusLink, ModbusMeter
 from drivers.modbus.profile import builtin_dir, load_profile
+from drivers.modbus.scan import scan_single_pass as scan
 from simulators.model import Fault, LoadProfile, MeterModel
 
 __all__ = ["sim_bus"]
