@@ -18,6 +18,27 @@ from typing import Any
 
 import click
 
+from gateway.core.errors import OperationFailed
+
+OUR_PACKAGES = frozenset({"gateway", "drivers", "simulators", "hq"})
+EXTRAS = {  # pyproject.toml's optional dependencies, by the package a command imports
+    "gurux_dlms": "dlms",
+    "psycopg": "hq",
+    "psycopg_pool": "hq",
+    "starlette": "web",
+    "jinja2": "web",
+    "uvicorn": "web",
+    "multipart": "web",
+}
+
+
+class MissingExtra(OperationFailed):
+    """A command whose optional library is not installed (``pip install 'prepaid-meter-gateway[dlms]'``)."""
+
+
+class CommandImportError(RuntimeError):
+    """Our own command module failed to import: a defect, shown as one (a traceback), never as bad input."""
+
 
 @dataclass(frozen=True)
 class LazyCommand:
@@ -30,8 +51,20 @@ class LazyCommand:
     help: str
 
     def load(self) -> click.Command:
+        """The command; a library of an extra that is not installed is one line (exit 1), and any other
+        error while importing our own module is a programming error, never taken for bad input."""
         module_name, _, attribute = self.target.partition(":")
-        found: Any = getattr(importlib.import_module(module_name), attribute)
+        try:
+            found: Any = getattr(importlib.import_module(module_name), attribute)
+        except ModuleNotFoundError as exc:
+            top = (exc.name or "").partition(".")[0]
+            if top in OUR_PACKAGES or not top:
+                raise CommandImportError(f"{self.target}: {exc}") from exc
+            extra = EXTRAS.get(top)
+            hint = f"pip install 'prepaid-meter-gateway[{extra}]'" if extra else "an optional dependency"
+            raise MissingExtra(f"this command needs the Python package '{top}', which is not installed: {hint}") from None
+        except Exception as exc:  # a ValueError at import must not reach the CLI's bad-input backstop
+            raise CommandImportError(f"{self.target}: {type(exc).__name__}: {exc}") from exc
         command = found if isinstance(found, click.Command) else found()
         if not isinstance(command, click.Command):
             raise TypeError(f"{self.target} is not a click command")

@@ -26,6 +26,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from gateway.config import load_config
+from gateway.core.errors import OperationFailed
 from gateway.core.timeutil import ScaledClock, iso, parse_iso
 from gateway.runtime.daemon import Gateway
 from gateway.tariffs.model import example_dir
@@ -117,8 +118,14 @@ class Story:
 def run_demo(*, speed: float, minutes: float, workdir: Path | None, broker: bool, plain: bool) -> int:
     """Run the demo; returns the exit status (0 when the story reached its end)."""
     from drivers.modbus.profile import load_profile
-    from simulators.dlms_line import DlmsLine
-    from simulators.dlms_meter import DlmsMeterModel
+    try:  # the fifth household's meter is built on Gurux (the dlms extra, installed by `make demo`)
+        from simulators.dlms_line import DlmsLine
+        from simulators.dlms_meter import DlmsMeterModel
+    except ModuleNotFoundError as exc:
+        raise OperationFailed(
+            f"the demo's DLMS meter needs {(exc.name or '').partition('.')[0]!r}, which is not installed: "
+            "pip install 'prepaid-meter-gateway[dlms]'"
+        ) from None
     from simulators.dlt645 import SimulatedDlt645Bus
     from simulators.modbus import SimulatedModbusBus
 

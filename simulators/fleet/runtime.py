@@ -14,14 +14,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from drivers.modbus.profile import load_profile
-from simulators.dlms_line import DlmsLine
-from simulators.dlms_meter import DlmsMeterModel
 from simulators.dlt645.bus import SimulatedDlt645Bus
 from simulators.fleet.config import DLMS_FAULTS, FleetBus, FleetConfig, FleetFault
 from simulators.modbus.bus import SimulatedModbusBus
 from simulators.model import FastClock, Fault, LoadProfile, MeterModel
+
+if TYPE_CHECKING:  # the DLMS meter is built on Gurux (the dlms extra): loaded only for a DLMS bus
+    from simulators.dlms_line import DlmsLine
+    from simulators.dlms_meter import DlmsMeterModel
 
 FAULT_TICK_S = 0.05
 
@@ -61,6 +64,8 @@ class Fleet:
         clock = self.clock or FastClock(self.cfg.speed)
         for bus in self.cfg.buses:
             if bus.protocol == "dlms":
+                from simulators.dlms_meter import DlmsMeterModel
+
                 self.dlms_models[bus.id] = {
                     address: DlmsMeterModel(
                         power_w=Decimal(_load(bus, i).watts_by_hour[0]),
@@ -95,6 +100,8 @@ class Fleet:
     def _serve(self, bus: FleetBus) -> str:
         host = self.cfg.host
         if bus.protocol == "dlms":
+            from simulators.dlms_line import DlmsLine
+
             line = DlmsLine(
                 {int(a): m for a, m in self.dlms_models[bus.id].items()},
                 baud=bus.baud,

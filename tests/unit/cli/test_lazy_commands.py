@@ -86,3 +86,37 @@ def test_an_unknown_command_is_one_line_and_exit_2() -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["pmg: error: No such command 'nope'."]
+
+
+def test_each_simulator_is_named_and_helped_as_its_own_command() -> None:
+    from gateway.cli.commands.sim import SIMULATORS
+
+    for name, entry in SIMULATORS.items():
+        command = entry.load()
+        assert command.name == name
+        assert (command.help or "").split("\n")[0] == entry.help
+
+
+def _without_gurux(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``pmg ARGV`` in a fresh interpreter where the dlms extra (Gurux) is not installed."""
+    code = (
+        "import sys\nsys.modules['gurux_dlms'] = None\nsys.argv = ['pmg', *sys.argv[1:]]\n"
+        "from gateway.cli.main import main\nmain()"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_without_the_dlms_extra_the_other_simulators_run_and_the_dlms_one_says_what_is_missing() -> None:
+    """The DLMS meter is built on Gurux, an optional extra: ``pmg sim dlt645`` must not need it, and
+    ``pmg sim dlms`` says in one line which package to install (exit 1), never a traceback."""
+    for argv in (("sim", "dlt645", "--help"), ("sim", "modbus", "--help"), ("sim", "fleet", "--help")):
+        ok = _without_gurux(*argv)
+        assert ok.returncode == 0, ok.stderr
+    missing = _without_gurux("sim", "dlms", "--help")
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines() == [
+        "pmg: error: this command needs the Python package 'gurux_dlms', which is not installed: "
+        "pip install 'prepaid-meter-gateway[dlms]'"
+    ]
