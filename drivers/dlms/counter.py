@@ -32,7 +32,7 @@ from drivers.base import MeterRefused
 MAX_COUNTER = 2**32 - 1  # 4 octets (IEC 62056-5-3)
 MARGIN = 64  # counters one association may use: AARQ, HLS answer, every request, RLRQ (a full read: ~25)
 DEFAULT_OBIS = "0.0.43.1.0.255"
-_OBIS = re.compile(r"^0\.0\.43\.1\.(\d{1,3})\.255$")
+_OBIS = re.compile(r"0\.0\.43\.1\.([0-9]{1,3})\.255")
 
 
 class CounterError(MeterRefused):
@@ -45,7 +45,7 @@ def check_counter_obis(text: str) -> str:
     meter whose public client cannot read it), else ``ValueError`` in one line."""
     if text == "none":
         return text
-    m = _OBIS.match(text)
+    m = _OBIS.fullmatch(text)
     if m is None or int(m.group(1)) > 255:
         raise ValueError(
             f"invocation_counter {text!r} is not an invocation counter object: expected 0.0.43.1.x.255 "
@@ -110,7 +110,8 @@ class ClientCounter:
         self._next: int | None = None  # the next counter no association has had (None: not loaded)
         self.meter_floor = 0  # above the meter's last accepted counter, as last read
         self.meter_read = False
-        self.last_start: int | None = None  # where the last block began
+        self.last_start: int | None = None  # where the last attempt began
+        self._high_water = 0  # above every counter an attempt reported using
         self._lock = threading.Lock()  # the meter's conversations run on its link's thread
 
     @property
@@ -131,32 +132,47 @@ class ClientCounter:
 
     def block(self, attempts: int) -> Callable[[], int]:
         """Reserve ``attempts`` associations' worth of counters (recorded before any is used) and
-        return what hands each attempt its first counter."""
+        return what hands each attempt its first counter.
+
+        An attempt starts at the next counter of the block or above the highest counter any earlier
+        attempt reported using (``used``), whichever is larger: a retry after an attempt that went
+        past its share never repeats a counter (the same counter under the same key is the same
+        GCM nonce).  Past the reserved end, the new end is recorded before the attempt starts."""
         with self._lock:
-            start = max(self._loaded(), self.meter_floor)
+            start = max(self._loaded(), self.meter_floor, self._high_water)
             end = start + attempts * self.margin
-            if end > MAX_COUNTER:
-                raise CounterError(
-                    f"the invocation counter is spent ({start} of {MAX_COUNTER}): the meter's keys must be changed"
-                )
-            if self.store is not None:
-                self.store.save(end)
-            self._next = end
-            self.last_start = start
-        starts = iter(range(start, end, self.margin))
+            self._reserve(start, end)
+        planned = iter(range(start, end, self.margin))
 
         def first() -> int:
-            at = next(starts, None)
+            at = next(planned, None)
             if at is None:
                 raise CounterError(f"more association attempts than the {attempts} reserved")
+            with self._lock:
+                at = max(at, self._high_water, self.meter_floor)
+                if at + self.margin > self._loaded():
+                    self._reserve(at, at + self.margin)
+                self.last_start = at
             return at
 
         return first
+
+    def _reserve(self, start: int, end: int) -> None:
+        """Record ``end`` (exclusive) as the first counter not yet handed out; the lock is held."""
+        if end > MAX_COUNTER:
+            raise CounterError(
+                f"the invocation counter is spent ({start} of {MAX_COUNTER}): the meter's keys must be changed"
+            )
+        if self.store is not None:
+            self.store.save(end)
+        self._next = end
+        self.last_start = start
 
     def used(self, next_free: int) -> None:
         """An association went on to ``next_free`` (its next unused counter): if that is past the
         block, record it too, so that nothing used is ever above the record."""
         with self._lock:
+            self._high_water = max(self._high_water, next_free)
             if next_free > self._loaded():
                 if self.store is not None:
                     self.store.save(next_free)

@@ -16,8 +16,8 @@ from typing import Any
 import click
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9_\-/]{1,200}$")  # as the gateway's [mqtt] topic_prefix
-_SHARE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_TOPIC_PREFIX = re.compile(r"[A-Za-z0-9_\-/]{1,200}")  # as the gateway's [mqtt] topic_prefix
+_SHARE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # both whole: fullmatch ($ lets "x\n" by)
 
 
 class ConnectionText(click.ParamType):
@@ -43,7 +43,7 @@ class TopicPrefix(click.ParamType):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         text = str(value)
-        if not _TOPIC_PREFIX.match(text):
+        if not _TOPIC_PREFIX.fullmatch(text):
             self.fail(f"{text[:40]!r} is not a topic prefix (A-Z a-z 0-9 _ - /, as the gateway's [mqtt] topic_prefix)", param, ctx)
         return text
 
@@ -55,6 +55,6 @@ class ShareName(click.ParamType):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         text = str(value)
-        if not _SHARE_NAME.match(text):
+        if not _SHARE_NAME.fullmatch(text):
             self.fail(f"{text[:40]!r} is not a share name (1-64 of A-Z a-z 0-9 _ . -)", param, ctx)
         return text

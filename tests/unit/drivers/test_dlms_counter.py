@@ -37,6 +37,23 @@ def test_a_block_is_recorded_before_any_counter_of_it_is_handed_out(tmp_path: Pa
     assert nxt() == 3 * MARGIN and store.load() == 4 * MARGIN
 
 
+def test_a_retry_after_an_attempt_that_went_past_its_share_repeats_no_counter(tmp_path: Path) -> None:
+    """The link retries a whole conversation after a timeout; the first attempt reported (``used``,
+    in a ``finally``) how far it got.  The same counter under the same key is the same GCM nonce."""
+    store = CounterFile(tmp_path / "m.keys.ic")
+    c = ClientCounter(store)
+    first = c.block(attempts=3)
+    sent: list[range] = []
+    for _ in range(3):
+        at = first()
+        went_to = at + MARGIN + 10  # a conversation longer than its share, then a timeout
+        c.used(went_to)
+        sent.append(range(at, went_to))
+        assert store.load() >= went_to  # the record covers every counter sent
+    every = [n for r in sent for n in r]
+    assert len(every) == len(set(every))
+
+
 def test_a_restart_continues_above_the_record_and_the_meter(tmp_path: Path) -> None:
     store = CounterFile(tmp_path / "m.keys.ic")
     ClientCounter(store).block(attempts=1)
@@ -129,7 +146,10 @@ def test_counter_object_codes(good: str) -> None:
     assert check_counter_obis(good) == good
 
 
-@pytest.mark.parametrize("bad", ["1.0.1.8.0.255", "0.0.43.1.256.255", "0.0.43.1.x.255", "0.0.43.0.0.255", ""])
+@pytest.mark.parametrize(
+    "bad",
+    ["1.0.1.8.0.255", "0.0.43.1.256.255", "0.0.43.1.x.255", "0.0.43.0.0.255", "", "0.0.43.1.0.255\n", "0.0.43.1.٣.255"],
+)
 def test_other_codes_are_refused_in_one_line(bad: str) -> None:
     with pytest.raises(ValueError, match=re.escape("0.0.43.1.x.255")) as exc:
         check_counter_obis(bad)
