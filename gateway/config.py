@@ -8,6 +8,7 @@ refuses to start on any of these; on SIGHUP the old configuration is kept.
 
 from __future__ import annotations
 
+import os
 import re
 from decimal import Decimal
 from pathlib import Path
@@ -94,13 +95,14 @@ class BusConfig(Strict):
     """Quiet time between frames; default 3.5 character times at the bus's baud (as Modbus RTU requires)."""
     poll_interval_s: float = Field(60.0, gt=0, le=86400)
     unhealthy_after_s: float = Field(300.0, gt=0, le=86400)
+    """The bus is unhealthy (``pmg status``, ``pmg doctor``, metrics) once none of its meters answered
+    for this long: a dead link or cable, not one dead meter."""
     opening: Literal["none", "iec62056-21"] = "none"
     """DLMS on a serial line: ``iec62056-21`` starts each conversation with the IEC 62056-21 mode E
     opening (sign-on at 300 baud 7E1, then HDLC at the baud the meter names; ``baud`` is then unused).
-    A bus setting because it changes the line's speed, which every station on it shares.
+    A bus setting because it changes the line's speed, which every station on it shares; one meter
+    per such bus, since the sign-on names no device and every meter on the line would answer it.
     docs/sources/protocols.md ("IEC 62056-21 mode E opening")."""
-    """The bus is unhealthy (``pmg status``, ``pmg doctor``, metrics) once none of its meters answered
-    for this long: a dead link or cable, not one dead meter."""
 
     @model_validator(mode="after")
     def _opening_is_hdlc(self) -> BusConfig:
@@ -461,6 +463,14 @@ def _cross_check(cfg: GatewayConfig, file: Path, text: str) -> None:
                 f"'{addresses[key]}': one physical meter would be billed to two accounts",
             )
         addresses[key] = meter.id
+        if meter_bus.opening != "none":
+            others = [m.id for m in cfg.meters[:i] if m.bus == meter.bus]
+            if others:
+                fail(
+                    ("meters", i, "bus"),
+                    f"bus {meter.bus} opens with {meter_bus.opening}, whose sign-on names no meter: one meter "
+                    f"per such bus ('{others[0]}' is already on it; an optical port reads one meter)",
+                )
     acc_ids: set[str] = set()
     for i, acc in enumerate(cfg.accounts):
         if acc.id in acc_ids:
@@ -492,6 +502,13 @@ def _check_dlms_meter(cfg: GatewayConfig, meter: MeterConfig, i: int, fail: Any)
         load_security(opts.auth, opts.client, opts.key_file)
     except KeyFileError as exc:
         fail(("meters", i, "dlms", "key_file"), str(exc))
+    if opts.auth == "hls-gmac" and opts.key_file is not None:
+        folder = Path(opts.key_file).resolve().parent  # the invocation counter's record lives beside the key
+        if not os.access(folder, os.W_OK):
+            fail(
+                ("meters", i, "dlms", "key_file"),
+                f"{folder} is not writable: HLS-GMAC records its invocation counter beside the key file",
+            )
     try:
         check_counter_obis(opts.invocation_counter)
     except ValueError as exc:

@@ -115,6 +115,19 @@ def test_run_check_validates_opening(tmp_path: Path, bus_extra: str, url: str, r
     assert result.exit_code == 2 and len(lines) == 1 and reason in lines[0], lines
 
 
+def test_run_check_refuses_a_second_meter_behind_an_opening(tmp_path: Path) -> None:
+    """The sign-on names no device: two meters on the line would both answer it."""
+    body = base_config(tmp_path / "pmg.db")
+    body += '\n[[buses]]\nid = "d1"\nprotocol = "dlms"\nurl = "/dev/ttyS9"\nopening = "iec62056-21"\n'
+    for n in (1, 2):
+        body += f'\n[[meters]]\nid = "m{n}"\nbus = "d1"\naddress = "{16 + n}"\naccount = "a{n}"\ntariff = "flat-cn"\n'
+        body += f'\n[[accounts]]\nid = "a{n}"\n'
+    cfg = write_config(tmp_path / "gw.toml", body)
+    result = CliRunner().invoke(cli, ["run", "--config", str(cfg), "--check"], prog_name="pmg")
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and "one meter per such bus" in lines[0], lines
+
+
 def test_run_check_accepts_opening(tmp_path: Path) -> None:
     body = base_config(tmp_path / "pmg.db")
     body += '\n[[buses]]\nid = "d1"\nprotocol = "dlms"\nurl = "/dev/ttyS9"\nopening = "iec62056-21"\n'

@@ -96,7 +96,10 @@ def test_scan_of_a_port_without_mode_e_is_one_line() -> None:
 def test_dlms_scan_refuses_bad_options(tmp_path: Path) -> None:
     tty = str(tmp_path / "no-such-tty")
     dlms = ("scan", "--protocol", "dlms", "--port", tty)
-    one_line(run(*dlms, "--addresses", "16-20000"), 2, "outside 0-16383")
+    one_line(run(*dlms, "--addresses", "16-20000"), 2, "not within 16-125 or 128-16381")
+    for station_less in ("0", "127", "126", "16383", "5-20"):  # no station, calling, all stations, reserved
+        one_line(run(*dlms, "--addresses", station_less), 2, "a single station's HDLC address")
+    one_line(run(*dlms, "--addresses", "16-"), 2, "not an HDLC address")
     one_line(run(*dlms, "--addresses", "x"), 2, "not an HDLC address")
     one_line(run(*dlms, "--units", "1-3"), 2, "--units apply to Modbus only")
     one_line(run(*dlms, "--opening", "mode-e"), 2, "--opening")

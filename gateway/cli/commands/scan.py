@@ -47,17 +47,27 @@ DLMS_DEFAULT_ADDRESSES = "16-125"  # one-byte HDLC server addresses from 0x10; 0
 DLMS_PROBE_TIMEOUT_S = 0.3
 
 
+def _station(n: int) -> bool:
+    """A server's own lower HDLC address (IEC 62056-46, "Address field"): one byte 0x10-0x7D, two
+    bytes up to 0x3FFD.  0x00-0x0F are "no station" and reserved; 0x7E/0x3FFE call, 0x7F/0x3FFF are
+    every station at once, so a probe there would have every meter on the line answer together."""
+    return 0x10 <= n <= 0x7D or 0x80 <= n <= 0x3FFD
+
+
 def parse_hdlc_addresses(text: str) -> list[int]:
-    """``"16-125,300"`` → HDLC physical addresses, each 0..16383 (IEC 62056-46: 14 bits at most)."""
+    """``"16-125,300"`` → HDLC physical addresses of single stations (16-125, or 128-16381)."""
     out: list[int] = []
     for part in text.split(","):
-        lo, _, hi = part.strip().partition("-")
-        if not lo.isdigit() or (hi and not hi.isdigit()) or not lo.isascii() or not hi.isascii():
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()) or not lo.isascii() or not hi.isascii():
             raise click.BadParameter(f"'{part}' is not an HDLC address or range like 16-125", param_hint="--addresses")
         a, b = int(lo), int(hi or lo)
-        if not (0 <= a <= b <= 0x3FFF):
-            raise click.BadParameter(f"'{part}' is outside 0-16383", param_hint="--addresses")
-        out.extend(range(a, b + 1))
+        if not (a <= b <= 0x3FFF) or not (_station(a) and _station(b)):
+            raise click.BadParameter(
+                f"'{part}' is not within 16-125 or 128-16381 (a single station's HDLC address)",
+                param_hint="--addresses",
+            )
+        out.extend(n for n in range(a, b + 1) if _station(n))
     return list(dict.fromkeys(out))
 
 
@@ -348,10 +358,8 @@ async def _dlms(
     try:
         with _progress(quiet) as progress:
             task = progress.add_task("probing", total=len(addresses))
-            found = 0
-
             def tick(i: int, n: int) -> None:
-                progress.update(task, completed=i, description=f"address {addresses[i - 1]}: {found} found")
+                progress.update(task, completed=i, description=f"address {addresses[i - 1]}")
 
             try:
                 answers = await scan_answers(link, addresses, progress=tick)
