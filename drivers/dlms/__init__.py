@@ -88,17 +88,18 @@ async def probe(link: Any, address: int, security: Any = None) -> str | None:
     """One association attempt, without retries, with the meter at HDLC physical ``address`` (the
     public client unless ``security`` says otherwise): ``"accepted"``, ``"refused"`` (it answered, so
     it is there, but wants another client, a password or a key) or None (silence or garbage);
-    ``ModeENotOffered`` from a mode E opening is raised: it is the port's answer, not the address's.  A
+    ``ModeENotOffered`` or ``SignOnUnanswered`` from a mode E opening is raised: it is the port's answer,
+    not the address's.  A
     silent address costs the link's timeout: give the link a short one for scanning."""
     from drivers.base import BadFrame, MeterRefused, MeterTimeout
     from drivers.dlms.keys import DlmsSecurity
     from drivers.dlms.link import Target
-    from drivers.dlms.opening import ModeENotOffered
+    from drivers.dlms.opening import ModeENotOffered, SignOnUnanswered
 
     target = Target(1, address, security or DlmsSecurity())
     try:
         await link.converse(target, lambda _s: None, retries=0)
-    except ModeENotOffered:
+    except (ModeENotOffered, SignOnUnanswered):
         raise  # the port, not this address: no address will do better
     except MeterRefused:
         return REFUSED

@@ -43,6 +43,12 @@ _PORT_ERRORS: tuple[type[BaseException], ...] = (serial.SerialException, OSError
 _IDENT = re.compile(rb"/([A-Za-z]{2}[A-Za-z0-9])([0-9A-Za-z])((?:\\[0-9A-Za-z])*)([\x20-\x7e]{0,16})\r\n")
 
 
+class SignOnUnanswered(MeterTimeout):
+    """Nothing answered the sign-on: the sign-on names no device, so this is the port's silence (no
+    probe on the head, a dead line), not one meter's; a scan stops at the first rather than wait
+    ``MIN_WAIT_S`` at every address."""
+
+
 class ModeENotOffered(MeterRefused):
     """The meter answered the sign-on but offers no HDLC (mode E) on this port: retrying will not help."""
 
@@ -140,7 +146,9 @@ def open_mode_e(
         raise LinkError(f"write failed during the IEC 62056-21 opening: {exc}") from None
     line = _read_line(ser, wait_s, monotonic)
     if not line:
-        raise MeterTimeout(f"{where}: no identification within {wait_s:g} s of the IEC 62056-21 sign-on at 300 baud")
+        raise SignOnUnanswered(
+            f"{where}: no identification within {wait_s:g} s of the IEC 62056-21 sign-on at 300 baud"
+        )
     if not line.endswith(b"\n"):
         raise BadFrame(f"{where}: {len(line)} byte(s) after the IEC 62056-21 sign-on but no complete identification")
     start = line.rfind(with_parity(b"/"))

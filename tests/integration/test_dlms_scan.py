@@ -93,6 +93,19 @@ def test_scan_of_a_port_without_mode_e_is_one_line() -> None:
         sim.stop()
 
 
+def test_a_port_silent_to_the_sign_on_stops_the_scan_at_once() -> None:
+    """No probe on the optical head: the sign-on names no meter, so its silence is the port's, and a
+    scan of 110 addresses must not wait two seconds at each (about 4 minutes) to say so."""
+    sim = DlmsLine({42: DlmsMeterModel(fault="silent")}, opening="iec62056-21")
+    try:
+        url = sim.start_pty()
+        t0 = time.monotonic()
+        one_line(run("scan", "--protocol", "dlms", "--port", url, "--opening", "iec62056-21"), 1, "no identification")
+        assert time.monotonic() - t0 < 15  # one sign-on's wait, not 110
+    finally:
+        sim.stop()
+
+
 def test_dlms_scan_refuses_bad_options(tmp_path: Path) -> None:
     tty = str(tmp_path / "no-such-tty")
     dlms = ("scan", "--protocol", "dlms", "--port", tty)
