@@ -36,10 +36,6 @@ class MissingExtra(OperationFailed):
     """A command whose optional library is not installed (``pip install 'prepaid-meter-gateway[dlms]'``)."""
 
 
-class CommandImportError(RuntimeError):
-    """Our own command module failed to import: a defect, shown as one (a traceback), never as bad input."""
-
-
 @dataclass(frozen=True)
 class LazyCommand:
     """Where a command lives and what ``pmg --help`` says of it before it is imported.
@@ -59,12 +55,13 @@ class LazyCommand:
         except ModuleNotFoundError as exc:
             top = (exc.name or "").partition(".")[0]
             if top in OUR_PACKAGES or not top:
-                raise CommandImportError(f"{self.target}: {exc}") from exc
+                raise ImportError(f"{self.target}: {exc}") from exc  # ours: a defect, shown as one
             extra = EXTRAS.get(top)
             hint = f"pip install 'prepaid-meter-gateway[{extra}]'" if extra else "an optional dependency"
             raise MissingExtra(f"this command needs the Python package '{top}', which is not installed: {hint}") from None
-        except Exception as exc:  # a ValueError at import must not reach the CLI's bad-input backstop
-            raise CommandImportError(f"{self.target}: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # a ValueError at import must not reach the CLI's bad-input backstop:
+            # an ImportError is none of the classes it maps, so a broken module is a traceback
+            raise ImportError(f"{self.target}: {type(exc).__name__}: {exc}") from exc
         command = found if isinstance(found, click.Command) else found()
         if not isinstance(command, click.Command):
             raise TypeError(f"{self.target} is not a click command")
