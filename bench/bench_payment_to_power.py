@@ -21,8 +21,8 @@ Two buses:
 
     .venv/bin/python bench/bench_payment_to_power.py [--payments 15] [--meters 100] [--seed 1]
 
-Target (docs/enforcement.md, "Payment to power"): p99 <= 1 s on an idle bus for every channel; the
-next round's: <= 0.5 s idle, <= 1 s busy.
+Target (docs/enforcement.md, "Payment to power"): p99 <= 0.5 s on an idle bus and <= 1 s on the busy
+bus, for every channel (it was <= 1 s idle before the efficiency round).
 """
 
 from __future__ import annotations
@@ -57,11 +57,15 @@ from simulators.mosquitto import Mosquitto
 REPO = Path(__file__).resolve().parent.parent
 TOPUP_MINOR = 1_000
 CHANNELS = ("mqtt", "cli", "account")
-TARGET_IDLE_S = 1.0
+TARGET_IDLE_S = 0.5
+TARGET_BUSY_S = 1.0
 HQ_KEY = generate_key()
 HQ_KEY_ID = key_id_for(HQ_KEY.public_key())
-# Emergency credit restores supply (the UK rule), so an account command can reconnect.
-POLICY = IMMEDIATE_POLICY_TOML.replace('mode = "direct_close"\n', 'mode = "direct_close"\non_emergency_credit = true\n')
+# Emergency credit restores supply (the UK rule), so an account command can reconnect.  It must be
+# enabled too: the generic rules lend none, whatever amount an account is given (docs/enforcement.md).
+POLICY = IMMEDIATE_POLICY_TOML.replace(
+    'mode = "direct_close"\n', 'mode = "direct_close"\non_emergency_credit = true\n'
+) + "[policy.overrides.emergency_credit]\nenabled = true\n"
 
 
 def config(tmp: Path, url: str, meters: int, poll_s: float, mqtt_port: int) -> Path:
@@ -232,19 +236,19 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     for channel in CHANNELS:
         idle_p99, busy_p99 = p99(idle[channel]), p99(busy[channel])
-        passed = idle_p99 <= TARGET_IDLE_S
+        passed = idle_p99 <= TARGET_IDLE_S and busy_p99 <= TARGET_BUSY_S
         ok = ok and passed
         emit(
             Result(
                 f"Payment to power ({channel})",
                 f"p99 {idle_p99:.3f} s idle, {busy_p99:.3f} s busy",
                 f"median {statistics.median(idle[channel]):.3f} s idle, {statistics.median(busy[channel]):.3f} s busy",
-                idle_p99 / TARGET_IDLE_S,
-                f"<= {TARGET_IDLE_S:g} s idle",
+                max(idle_p99 / TARGET_IDLE_S, busy_p99 / TARGET_BUSY_S),
+                f"<= {TARGET_IDLE_S:g} s idle, <= {TARGET_BUSY_S:g} s busy",
                 passed,
             )
         )
-    print(f"idle p99 per channel (target <= {TARGET_IDLE_S:g} s): {'ok' if ok else 'MISSED'}")
+    print(f"p99 per channel (target <= {TARGET_IDLE_S:g} s idle, <= {TARGET_BUSY_S:g} s busy): {'ok' if ok else 'MISSED'}")
     return 0 if ok else 1
 
 
