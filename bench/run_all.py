@@ -87,7 +87,8 @@ def run_one(bench: Bench) -> tuple[list[Result], float, str]:
         row = Result(bench.title, "timed out", "-", None, "-", False, f"over {bench.timeout_s:.0f} s")
         return [row], time.monotonic() - t0, out
     took = time.monotonic() - t0
-    output = proc.stdout + proc.stderr
+    # The report is committed: paths of this checkout (a traceback's) are written relative to it.
+    output = (proc.stdout + proc.stderr).replace(f"{REPO}/", "")
     rows = parse_results(proc.stdout)
     if not rows:
         lines = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
