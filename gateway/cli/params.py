@@ -15,25 +15,18 @@ from typing import Any
 
 import click
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+from gateway.cli.common import AuditText
+
 _TOPIC_PREFIX = re.compile(r"[A-Za-z0-9_\-/]{1,200}")  # as the gateway's [mqtt] topic_prefix
 _SHARE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # both whole: fullmatch ($ lets "x\n" by)
 
 
-class ConnectionText(click.ParamType):
-    """A connection string or host name: not blank, no control characters, bounded."""
+class ConnectionText(AuditText):
+    """A connection string or host name: not blank, no control characters, bounded (the checks of an
+    audited text, with room for a DSN)."""
 
-    name = "text"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        text = str(value)
-        if not text.strip():
-            self.fail("must not be empty", param, ctx)
-        if _CONTROL.search(text):
-            self.fail("must not contain control characters", param, ctx)
-        if len(text) > 2000:
-            self.fail("is longer than 2000 characters", param, ctx)
-        return text
+    def __init__(self) -> None:
+        super().__init__(max_length=2000)
 
 
 class TopicPrefix(click.ParamType):
