@@ -30,6 +30,7 @@ import json
 import sqlite3
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from gateway.core.calendar import WorkCalendar
 from gateway.ledger.accounts import ensure_account, ensure_meter
 from gateway.ledger.charging import record_reading
 from gateway.ledger.tariff_book import TariffBook
-from gateway.store.db import open_store
+from gateway.store.db import Store, open_store
 from gateway.tariffs.model import load_tariff_dir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -136,13 +137,11 @@ def _ledger_rows(path: Path) -> list[tuple[tuple[object, ...], tuple[object, ...
     return out
 
 
-def replay_rate(
-    directory: Path, rows: list[tuple[tuple[object, ...], ...]], meters: int, *, updates: bool
-) -> float:
-    """The same rows inserted raw (no logic), one durable transaction per reading, into the same schema.
-
-    With ``updates`` each transaction also moves the meter's position and the account's balance, as
-    the ledger does: every page a charged reading writes."""
+def open_replay(
+    directory: Path, rows: list[tuple[tuple[object, ...], ...]], meters: int
+) -> tuple[Store, Callable[[tuple[object, ...], tuple[object, ...], tuple[object, ...]], None]]:
+    """The replay's database (``replay.db``, the same schema and meters as the ledger's) and what inserts
+    one reading's rows verbatim — its reading, entry and message — in the caller's transaction."""
     store = open_store(directory / "replay.db")
     conn = store.conn
     with store.tx():
@@ -152,12 +151,28 @@ def replay_rate(
     insert_reading = f"INSERT INTO readings VALUES ({marks(len(rows[0][0]))})"
     insert_entry = f"INSERT INTO entries VALUES ({marks(len(rows[0][1]))})"
     insert_message = f"INSERT INTO outbox VALUES ({marks(len(rows[0][2]))})"
-    start = time.perf_counter()
-    for reading, entry, message in rows:
-        conn.execute("BEGIN IMMEDIATE")
+
+    def insert_rows(reading: tuple[object, ...], entry: tuple[object, ...], message: tuple[object, ...]) -> None:
         conn.execute(insert_reading, reading)
         conn.execute(insert_entry, entry)
         conn.execute(insert_message, message)
+
+    return store, insert_rows
+
+
+def replay_rate(
+    directory: Path, rows: list[tuple[tuple[object, ...], ...]], meters: int, *, updates: bool
+) -> float:
+    """The same rows inserted raw (no logic), one durable transaction per reading, into the same schema.
+
+    With ``updates`` each transaction also moves the meter's position and the account's balance, as
+    the ledger does: every page a charged reading writes."""
+    store, insert_rows = open_replay(directory, rows, meters)
+    conn = store.conn
+    start = time.perf_counter()
+    for reading, entry, message in rows:
+        conn.execute("BEGIN IMMEDIATE")
+        insert_rows(reading, entry, message)
         if updates:
             conn.execute(
                 "UPDATE meters SET last_register_wh = ?, last_reading_at = ?, last_reading_id = ?, "

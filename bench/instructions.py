@@ -87,7 +87,7 @@ def _reading(i: int) -> tuple[str, Any]:
 def ledger_child(readings: int, workdir: Path) -> None:
     """Warm-up, then two segments of ``readings`` charged readings, then the raw replay of the same rows
     (warm-up and two segments): six markers after the warm-ups."""
-    from bench.bench_ledger import T0, _ledger_rows, seed_meter
+    from bench.bench_ledger import T0, _ledger_rows, open_replay, seed_meter
     from drivers.base import Quality, Reading
     from gateway.ledger.charging import record_reading
     from gateway.store.db import open_store
@@ -122,22 +122,13 @@ def ledger_child(readings: int, workdir: Path) -> None:
     store.close()
 
     rows = _ledger_rows(workdir / "ledger.db")
-    replay = open_store(workdir / "replay.db")
+    replay, insert_rows = open_replay(workdir, rows, METERS)
     conn = replay.conn
-    with replay.tx():
-        for m in range(METERS):
-            seed_meter(conn, m, "flat-cn")
-    marks = lambda n: ", ".join("?" * n)  # noqa: E731
-    insert_reading = f"INSERT INTO readings VALUES ({marks(len(rows[0][0]))})"
-    insert_entry = f"INSERT INTO entries VALUES ({marks(len(rows[0][1]))})"
-    insert_message = f"INSERT INTO outbox VALUES ({marks(len(rows[0][2]))})"
 
     def insert(first: int, count: int) -> None:
         for reading, entry, message in rows[first : first + count]:
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute(insert_reading, reading)
-            conn.execute(insert_entry, entry)
-            conn.execute(insert_message, message)
+            insert_rows(reading, entry, message)
             conn.execute("COMMIT")
 
     insert(0, WARM_READINGS)
