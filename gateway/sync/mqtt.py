@@ -5,13 +5,14 @@ the outbox (is marked delivered) only when the broker's PUBACK for it arrives.  
 the publisher starts again from the oldest undelivered sequence number, so delivery is at least once
 and in order; the head office deduplicates by (gateway_id, seq).
 
-paho runs its network loop on its own thread; every callback only hands a value to the asyncio loop
-— no database access happens off the loop thread.
+paho's socket is served by the asyncio loop (``gateway.sync.paho_loop``), not by a thread of paho's
+own: every paho callback runs on the loop thread, with the database; only a connection attempt (a
+blocking connect and TLS handshake) runs on a worker thread, and touches nothing of ours.
 
 Trickle economy.  The daemon commits a message or two per second per hundred meters, each on its own,
 so the per-message overhead of delivery matters more than the burst rate:
 
-- PUBACKs are queued by paho's thread on a deque without waking the loop; the loop collects them
+- PUBACKs are queued on a deque as paho reads them, without waking the pump; the pump collects them
   when it runs anyway (every ``notify()``), when ``ACK_WAKE`` of them wait (a burst needs its window
   back), at once during ``drain``/``stop`` or for a refusal, and at the latest every ``ACK_FLUSH_S``.
 - Acknowledged seqs are marked delivered in batches — when ``ACK_BATCH`` wait or ``ACK_FLUSH_S``
@@ -31,7 +32,6 @@ import collections
 import json
 import logging
 import math
-import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -50,6 +50,7 @@ from gateway.core.logfields import kv
 from gateway.core.timeutil import Clock, iso
 from gateway.store import chain, epochs, outbox, outbox_bound
 from gateway.store.db import Store
+from gateway.sync.paho_loop import PahoOnLoop
 
 log = logging.getLogger("pmg.mqtt")
 
@@ -58,7 +59,7 @@ CommandHandler = Callable[[str, bytes], Awaitable[object]]
 
 SESSION_EXPIRY_S = 7 * 24 * 3600  # keep our command subscription a week while we are offline
 WINDOW = 200  # messages on the wire to the broker and not yet acknowledged (paho's in-flight limit)
-# Messages handed to paho and not yet acknowledged: twice its window, so while the loop thread is busy
+# Messages handed to paho and not yet acknowledged: twice its window, so while the pump is busy
 # elsewhere paho's own queue refills the broker's window the moment a PUBACK frees a slot.
 HANDED = 2 * WINDOW
 BOUND_CHECK_S = 10.0  # how often the backlog bound is enforced (a COUNT on an index)
@@ -69,7 +70,7 @@ LINGER_S = 0.2  # at a trickle, a freshly committed message waits this long afte
 # The retained status is republished with a fresh ledger chain head (docs/ledger.md, "Tamper
 # evidence") at most this often while connected, and only when the head moved.
 STATUS_REPUBLISH_S = 300.0
-ACK_WAKE = WINDOW // 4  # paho's thread wakes the loop once this many PUBACKs queue up (window back)
+ACK_WAKE = WINDOW // 4  # the pump is woken once this many PUBACKs queue up (window back)
 
 
 @dataclass
@@ -118,9 +119,9 @@ class MqttLink:
         self._connected = asyncio.Event()
         self._acked: list[int] = []  # acknowledged seqs not yet marked delivered
         self._last_flush = -math.inf  # monotonic time acks were last marked
-        # (mid, refused) appended by paho's thread, taken by the loop; deque ops are atomic
+        # (mid, refused) appended as paho reads each PUBACK, taken by the pump
         self._ack_queue: collections.deque[tuple[int, bool]] = collections.deque()
-        self._ack_wake_scheduled = False  # paho's thread has asked the loop to take the queue
+        self._ack_wake_scheduled = False  # a wake-up of the pump to take the queue is scheduled
         self._prompt_acks = False  # drain/stop: wake the loop for every PUBACK
         self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
         self._next_after = 0
@@ -129,10 +130,10 @@ class MqttLink:
         self._window_full = False  # the last outbox read filled the in-flight window (a backlog)
         self._generation = 0
         self._client: paho.Client | None = None
+        self._driver: PahoOnLoop | None = None  # serves the client's socket from the loop
         self._stopping = False
         self._handlers: set[asyncio.Future[Any]] = set()
         self._tls_context: ssl.SSLContext | None = None
-        self._probing = False
         self._bound_checked = -BOUND_CHECK_S
         self._refusal: str | None = (
             None  # the broker's CONNACK refusal: more telling than the disconnect after it
@@ -176,7 +177,6 @@ class MqttLink:
         if cfg.username:
             client.username_pw_set(cfg.username, password)
         client.will_set(f"{self.prefix}/status", self._status_payload("offline"), qos=1, retain=True)
-        client.reconnect_delay_set(1, 60)
         client.max_inflight_messages_set(WINDOW)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
@@ -184,14 +184,13 @@ class MqttLink:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
-        client.on_connect_fail = self._on_connect_fail
         return client
 
     def refresh_chain_head(self) -> None:
         """Read the hash chain's head for the next status message (docs/ledger.md, "Tamper evidence").
 
         Called from the event loop (``run``, and the daemon's status loop every few seconds): the
-        status message is built in paho's thread, which must not touch the store."""
+        status message is built in paho's CONNACK callback, which reads only this attribute."""
         self.chain_head = chain.head(self.store.conn)
         self.epoch = epochs.current(self.store.conn)
 
@@ -225,10 +224,11 @@ class MqttLink:
             body["chain_length"] = head.length
         return json.dumps(body, separators=(",", ":")).encode()
 
-    # -- paho callbacks (paho's thread: hand over only) ----------------------------------------
+    # -- paho callbacks (on the loop thread, inside paho's loop_read/loop_write/loop_misc) ------------
     def _call(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn`` on the loop's next turn, not inside paho's read of the socket."""
         if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(fn, *args)
+            self._loop.call_soon(fn, *args)
 
     def _on_connect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
@@ -238,9 +238,6 @@ class MqttLink:
         client.publish(f"{self.prefix}/status", self._status_payload("online"), qos=1, retain=True)
         client.subscribe(f"{self.prefix}/commands/+", qos=1)
         self._call(self._set_connected, True)
-
-    def _on_connect_fail(self, _c: paho.Client, _u: Any) -> None:
-        self._call(self._connect_failed)
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self._call(self._set_connected, False, str(reason))
@@ -271,23 +268,12 @@ class MqttLink:
         self.stats.last_error = text
         log.warning("mqtt error", extra=kv(error=text))
 
-    def _connect_failed(self) -> None:
-        """paho does not say why a connection failed; find out once (a TLS handshake shows the reason)."""
+    def _connect_failed(self, exc: BaseException) -> None:
+        """A connection attempt failed before the broker could answer: the socket or TLS error says
+        why (a refused port, an unknown host, a certificate the CA file does not vouch for)."""
         self.stats.connect_failures += 1
-        if self._probing:
-            return
-        self._probing = True
-
-        async def probe() -> None:
-            try:
-                reason = await asyncio.to_thread(_probe, self.cfg.host, self.cfg.port, self._tls_context)
-                self._set_error(f"cannot connect to {self.cfg.host}:{self.cfg.port}: {reason}")
-            finally:
-                self._probing = False
-
-        task = asyncio.ensure_future(probe())
-        self._handlers.add(task)
-        task.add_done_callback(self._handlers.discard)
+        reason = str(exc) or type(exc).__name__
+        self._set_error(f"cannot connect to {self.cfg.host}:{self.cfg.port}: {reason}")
 
     def _refused(self, text: str) -> None:
         self._refusal = text
@@ -298,6 +284,8 @@ class MqttLink:
         if up:
             self._refusal = None
             self.stats.connects += 1
+            if self._driver is not None:
+                self._driver.accepted()
             self._connected.set()
             log.info("mqtt connected", extra=kv(host=self.cfg.host, port=self.cfg.port))
         else:
@@ -321,7 +309,7 @@ class MqttLink:
         self._wakeup()
 
     def _take_acks(self) -> None:
-        """Move the PUBACKs paho's thread queued into ``_acked`` (seqs), freeing window room."""
+        """Move the PUBACKs paho read into ``_acked`` (seqs), freeing window room."""
         self._ack_wake_scheduled = False  # first: a PUBACK queued from now on may wake us again
         queue = self._ack_queue
         rewound = False
@@ -360,23 +348,27 @@ class MqttLink:
         self._loop = asyncio.get_running_loop()
         self.refresh_chain_head()  # the last will built next carries the head as of this connection
         self._client = self._make_client()
+        self._driver = PahoOnLoop(self._client, on_connect_failed=self._connect_failed)
+        # connect_async only records where to connect; the driver's attempts (reconnect) connect
+        if self.cfg.protocol == "3.1.1":  # the session is kept by clean_session=False (_make_client)
+            self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        else:
+            self._client.connect_async(
+                self.cfg.host,
+                self.cfg.port,
+                keepalive=self.cfg.keepalive_s,
+                clean_start=False,
+                properties=self._connect_properties(),
+            )
+        network = asyncio.create_task(self._driver.run())
         try:
-            if self.cfg.protocol == "3.1.1":  # the session is kept by clean_session=False (_make_client)
-                self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
-            else:
-                self._client.connect_async(
-                    self.cfg.host,
-                    self.cfg.port,
-                    keepalive=self.cfg.keepalive_s,
-                    clean_start=False,
-                    properties=self._connect_properties(),
-                )
-            self._client.loop_start()
             while not self._stopping:
                 await self._pump()
                 await self._wait()
                 await self._linger()
         finally:
+            await self._driver.stop()
+            await asyncio.gather(network, return_exceptions=True)
             self._take_acks()
             self._flush_acks(force=True)
             self._recorder.close()
@@ -405,7 +397,7 @@ class MqttLink:
 
     async def _linger(self) -> None:
         """At a trickle (a usage message per reading, dozens a second across the buses), publishing
-        each message the moment it is committed costs a wake-up of paho's thread and a PUBACK round
+        each message the moment it is committed costs a socket write and a PUBACK round
         per message.  Reading the outbox at most every ``LINGER_S`` lets the messages of that moment
         go out together: the same bytes, a fraction of the wake-ups, at most ``LINGER_S`` later.  A
         backlog (the last read filled the window) is drained without pause, and so is a stop."""
@@ -557,7 +549,8 @@ class MqttLink:
                 except (TimeoutError, RuntimeError, ValueError):
                     pass
             client.disconnect()
-            client.loop_stop()
+        if self._driver is not None:
+            await self._driver.stop()  # sends the DISCONNECT; no reconnect after it
         self._take_acks()
         self._flush_acks(force=True)
 
@@ -567,15 +560,3 @@ class MqttLink:
             self._client.publish(
                 f"{self.prefix}/{topic}", json.dumps(payload, separators=(",", ":")), qos=1, retain=retain
             )
-
-
-def _probe(host: str, port: int, context: ssl.SSLContext | None) -> str:
-    """Why a connection to the broker fails: the socket or TLS error, as one line."""
-    try:
-        with socket.create_connection((host, port), timeout=5) as sock:
-            if context is None:
-                return "connection failed after TCP connect"
-            with context.wrap_socket(sock, server_hostname=host):
-                return "connection failed after the TLS handshake"
-    except (OSError, ssl.SSLError) as exc:
-        return str(exc) or type(exc).__name__

@@ -66,8 +66,16 @@ def test_the_replicated_ledger_agrees_with_the_gateways_reports(
     r = _reconcile(pg_dsn)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "0 mismatch(es)" in r.stdout and "chain head" in r.stdout, r.stdout
-    with psycopg.connect(pg_dsn) as conn:  # one usage row altered at the head office: found
-        conn.execute("UPDATE usage SET charge = charge + 0.01 WHERE (gateway_id, epoch, seq) = "
-                     "(SELECT gateway_id, epoch, min(seq) FROM usage GROUP BY 1, 2 LIMIT 1)")
+    # One usage row altered at the head office: found.  The row must lie in a reported day: the first
+    # usage message (the baseline) can fall before the first day a report covers, depending on the
+    # hour of the day the test starts at.
+    with psycopg.connect(pg_dsn) as conn:
+        altered = conn.execute(
+            "UPDATE usage SET charge = charge + 0.01 WHERE (gateway_id, epoch, seq) = "
+            "(SELECT u.gateway_id, u.epoch, min(u.seq) FROM usage u JOIN received r ON r.kind = 'report' "
+            "AND r.body->>'period' = 'day' AND u.interval_end >= (r.body->>'period_start')::timestamptz "
+            "AND u.interval_end < (r.body->>'period_end')::timestamptz GROUP BY 1, 2 LIMIT 1)"
+        ).rowcount
+    assert altered == 1
     r = _reconcile(pg_dsn)
     assert r.returncode == 1 and ": charges report " in r.stdout and "head office" in r.stdout, r.stdout
