@@ -30,7 +30,8 @@ from gateway.policy.outcome import PaymentOutcome, payment_outcome, summarise
 from gateway.policy.rules import Rules
 from gateway.policy.state import Action, ActionKind, Decision, EnforcementState, RuleCheck
 from gateway.policy.texts import MoneyFormat
-from gateway.policy.time_hold import time_holds
+from gateway.policy.time_hold import META_KEY as TIME_TRUST_KEY
+from gateway.policy.time_hold import time_holds, time_holds_from
 from gateway.store import events, relay_queue
 from gateway.store.db import dumps
 
@@ -74,12 +75,42 @@ def outcome_json(outcome: PaymentOutcome, minor_digits: int) -> dict[str, object
 
 
 def active_holds(conn: sqlite3.Connection, now: datetime) -> list[Hold]:
+    # While the clock is doubted, a gateway-wide hold: no new automatic cut (docs/enforcement.md).
+    return _hold_rows(conn, now) + time_holds(conn)
+
+
+def _hold_rows(conn: sqlite3.Connection, now: datetime) -> list[Hold]:
     rows = conn.execute(
         "SELECT kind, reason, actor, starts_at, expires_at FROM holds WHERE cleared_at IS NULL AND expires_at > ?",
         (iso(now),),
     ).fetchall()
-    # While the clock is doubted, a gateway-wide hold: no new automatic cut (docs/enforcement.md).
-    return [Hold(r[0], r[1], r[2], parse_iso(r[3]), parse_iso(r[4])) for r in rows] + time_holds(conn)
+    return [Hold(r[0], r[1], r[2], parse_iso(r[3]), parse_iso(r[4])) for r in rows]
+
+
+# Everything a decision reads about one meter, in one statement: its row and its account's, the relay
+# command it waits for, its last close command, whether any hold or override is in force (their rows
+# are read only then: nearly always there are none) and the time guard's verdict.  Six statements
+# before: at capacity each reading's re-decision paid for six executions and their Python rows.
+_DECISION_INPUTS = (
+    "SELECT m.relay, m.keep_power, m.keep_power_on_meter, a.id, a.balance_minor, "
+    "a.emergency_credit_minor, a.protected, a.protected_category, a.policy_state, "
+    "a.policy_state_since, a.notice_served_at, a.reminder_sent_at, a.warnings_json, a.alerts_json, "
+    "a.created_at, a.earliest_cut_at, a.next_review_at, a.notice_delivered_at, "
+    # A command that failed recently counts as still pending: a stuck relay has been alarmed; asking
+    # again on every reading would only flood the bus and the audit log.  It is retried hourly.
+    "(SELECT action FROM relay_commands WHERE meter_id = m.id AND (status IN ('pending', 'sending') "
+    "OR (status = 'failed' AND actor = 'policy' AND updated_at > :failed_since)) ORDER BY id DESC LIMIT 1) "
+    "AS pending_action, "
+    "(SELECT status FROM relay_commands WHERE meter_id = m.id AND action IN (:close1, :close2) "
+    "ORDER BY id DESC LIMIT 1) AS close_status, "
+    "(SELECT updated_at FROM relay_commands WHERE meter_id = m.id AND action IN (:close1, :close2) "
+    "ORDER BY id DESC LIMIT 1) AS close_updated_at, "
+    "EXISTS (SELECT 1 FROM holds WHERE cleared_at IS NULL AND expires_at > :now) AS any_hold, "
+    "EXISTS (SELECT 1 FROM overrides WHERE cleared_at IS NULL AND expires_at > :now "
+    "AND target IN (m.id, a.id)) AS any_override, "
+    "(SELECT value FROM meta WHERE key = :time_key) AS time_trust "
+    "FROM meters m JOIN accounts a ON a.id = m.account_id WHERE m.id = :meter"
+)
 
 
 def active_overrides(conn: sqlite3.Connection, targets: tuple[str, ...], now: datetime) -> list[Override]:
@@ -136,13 +167,17 @@ class PolicyEngine:
         self, conn: sqlite3.Connection, meter_id: str, now: datetime
     ) -> tuple[AccountView, MeterView, list[Hold], list[Override], tuple[object, ...]]:
         """The policy's inputs, and the decision fields as stored (to skip rewriting them unchanged)."""
+        now_text = iso(now)
         a = conn.execute(
-            "SELECT m.relay, m.keep_power, m.keep_power_on_meter, a.id, a.balance_minor, "
-            "a.emergency_credit_minor, a.protected, a.protected_category, a.policy_state, "
-            "a.policy_state_since, a.notice_served_at, a.reminder_sent_at, a.warnings_json, a.alerts_json, "
-            "a.created_at, a.earliest_cut_at, a.next_review_at, a.notice_delivered_at "
-            "FROM meters m JOIN accounts a ON a.id = m.account_id WHERE m.id = ?",
-            (meter_id,),
+            _DECISION_INPUTS,
+            {
+                "meter": meter_id,
+                "now": now_text,
+                "failed_since": iso(now - FAILED_COMMAND_BACKOFF),
+                "close1": RelayAction.DIRECT_CLOSE.value,
+                "close2": RelayAction.CLOSE_PERMITTED.value,
+                "time_key": TIME_TRUST_KEY,
+            },
         ).fetchone()
         if a is None:
             raise LookupError(f"no meter '{meter_id}'")
@@ -166,18 +201,6 @@ class PolicyEngine:
             alerts_sent=alerts,
             notice_delivered_at=parse_iso(a["notice_delivered_at"]) if a["notice_delivered_at"] else None,
         )
-        # A command that failed recently counts as still pending: a stuck relay has been alarmed; asking
-        # again on every reading would only flood the bus and the audit log.  It is retried hourly.
-        pending = conn.execute(
-            "SELECT action FROM relay_commands WHERE meter_id = ? AND (status IN ('pending', 'sending') "
-            "OR (status = 'failed' AND actor = 'policy' AND updated_at > ?)) ORDER BY id DESC LIMIT 1",
-            (meter_id, iso(now - FAILED_COMMAND_BACKOFF)),
-        ).fetchone()
-        last_close = conn.execute(
-            "SELECT status, updated_at FROM relay_commands WHERE meter_id = ? AND action IN (?, ?) "
-            "ORDER BY id DESC LIMIT 1",
-            (meter_id, RelayAction.DIRECT_CLOSE.value, RelayAction.CLOSE_PERMITTED.value),
-        ).fetchone()
         caps = self.caps.get(meter_id, MeterCaps())
         meter = MeterView(
             meter_id=meter_id,
@@ -187,9 +210,9 @@ class PolicyEngine:
             supports_keep_power=caps.supports_keep_power,
             keep_power=bool(a["keep_power"]),
             keep_power_on_meter=None if a["keep_power_on_meter"] is None else bool(a["keep_power_on_meter"]),
-            pending_relay_action=RelayAction(pending[0]) if pending else None,
-            close_failed=last_close is not None and last_close[0] == "failed"
-            and parse_iso(last_close[1]) <= now - FAILED_COMMAND_BACKOFF,
+            pending_relay_action=RelayAction(a["pending_action"]) if a["pending_action"] else None,
+            close_failed=a["close_status"] == "failed"
+            and parse_iso(a["close_updated_at"]) <= now - FAILED_COMMAND_BACKOFF,
         )
         stored = (
             a["policy_state"],
@@ -202,7 +225,9 @@ class PolicyEngine:
             a["next_review_at"],
             a["notice_delivered_at"],
         )
-        return account, meter, active_holds(conn, now), active_overrides(conn, (meter_id, a["id"]), now), stored
+        holds = (_hold_rows(conn, now) if a["any_hold"] else []) + time_holds_from(a["time_trust"])
+        overrides = active_overrides(conn, (meter_id, a["id"]), now) if a["any_override"] else []
+        return account, meter, holds, overrides, stored
 
     def decide_for(self, conn: sqlite3.Connection, meter_id: str, now: datetime) -> Decision:
         """The decision without applying it (``pmg explain``)."""

@@ -21,9 +21,15 @@ _SINCE_EVER = datetime(1970, 1, 1, tzinfo=UTC)  # the hold is in force whatever 
 def time_holds(conn: sqlite3.Connection) -> list[Hold]:
     """The policy's gateway-wide hold while time is untrusted (none otherwise)."""
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (META_KEY,)).fetchone()
-    if row is None:
+    return time_holds_from(None if row is None else row[0])
+
+
+def time_holds_from(value: str | None) -> list[Hold]:
+    """``time_holds`` of the ``META_KEY`` row's value as read (None: no row), for a caller that read it
+    with its own query (the engine reads it in its one query per decision)."""
+    if value is None:
         return []
-    state = json.loads(row[0])
+    state = json.loads(value)
     if state.get("trusted", True):
         return []
     reasons = "; ".join(state.get("reasons", {}).values()) or "untrusted"
