@@ -21,7 +21,9 @@ file) covers it.  Rule-based calendars (GB, US) know every year.
 from __future__ import annotations
 
 import enum
+import importlib.util
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -35,6 +37,29 @@ _SUBSTITUTED = re.compile(r"substituted from (\d{2})/(\d{2})/(\d{4})")
 
 # Countries whose days off and working days are announced year by year rather than following a rule.
 ANNOUNCED_YEARLY = frozenset({"CN", "CHN"})
+
+
+def _one_country_at_a_time() -> None:
+    """Let ``holidays`` import a country's module without importing every other country's.
+
+    ``holidays`` loads a country lazily (``holidays.registry``) by importing its module
+    ``holidays.countries.<name>``, and Python first runs the package's ``__init__``, which imports
+    all of the ~250 countries: 8 MB of a running gateway's memory (279 modules, measured with
+    holidays 0.109) for the one table it reads.  The package is therefore registered bare — its
+    module object with its search path and nothing run — so that importing one country's module
+    runs that module alone (and what it imports itself, another country included).  Done only
+    while nothing has imported the package yet; if ``holidays`` ever stops being laid out this way,
+    the normal import happens instead.
+    """
+    name = f"{holidays.__name__}.countries"
+    if name in sys.modules:
+        return
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.submodule_search_locations is None:
+        return  # pragma: no cover - depends on the installed package's layout
+    package = importlib.util.module_from_spec(spec)  # created, not executed
+    sys.modules[name] = package
+    holidays.countries = package  # what the import system would set
 
 
 def _announced_years(country: str) -> frozenset[int]:
@@ -112,6 +137,8 @@ class WorkCalendar:
         self._years: dict[int, _Year] = {}
         self._weekend: frozenset[int] = frozenset({5, 6})
         self._official: dict[int, OfficialYear] = {}
+        if country is not None:
+            _one_country_at_a_time()
         self._announced = _announced_years(country) if country is not None else frozenset()
         if country is not None:
             # Build one year now so a wrong country or region fails at start-up, not mid-decision.
