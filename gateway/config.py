@@ -37,9 +37,9 @@ class Strict(BaseModel):
 
 def _check_public_key(text: str) -> str:
     """A bad head-office key stops the daemon at load, with its line, not at the first command."""
-    from gateway.core.keys import parse_public_key
+    from gateway.core.keys import public_key_bytes
 
-    parse_public_key(text, "")
+    public_key_bytes(text, "")
     return text
 
 

@@ -19,13 +19,16 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from gateway.core.keys import SigningError, parse_public_key, public_key_bytes
 
-from gateway.core.keys import SigningError, parse_public_key
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+# cryptography is imported inside the functions that use it: the daemon imports this module for the
+# Verifier, and a gateway that has not had a command to verify yet need not hold cryptography's
+# compiled part in memory (about 6.5 MB; gateway.core.keys.public_key_bytes).
 
 
 def canonical(command: Mapping[str, Any]) -> bytes:
@@ -58,22 +61,30 @@ def digest(command: Mapping[str, Any]) -> str:
 
 
 def public_key_b64(key: Ed25519PublicKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.b64encode(raw).decode("ascii")
 
 
 def key_id_for(key: Ed25519PublicKey) -> str:
     """A stable short name for a public key (first 16 hex digits of sha256 of the raw key)."""
+    from cryptography.hazmat.primitives import serialization
+
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return "hq-" + hashlib.sha256(raw).hexdigest()[:16]
 
 
 def generate_key() -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     return Ed25519PrivateKey.generate()
 
 
 def write_private_key(path: Path, key: Ed25519PrivateKey) -> None:
     """PKCS#8 PEM, created with mode 0600 (never readable by others, not even for a moment)."""
+    from cryptography.hazmat.primitives import serialization
+
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -83,6 +94,9 @@ def write_private_key(path: Path, key: Ed25519PrivateKey) -> None:
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except ValueError as exc:
@@ -104,7 +118,16 @@ class Verifier:
     """The head-office public keys a gateway accepts (several, for rotation)."""
 
     def __init__(self, keys: Mapping[str, str]) -> None:
-        self.keys = {key_id: parse_public_key(b64, key_id) for key_id, b64 in keys.items()}
+        for key_id, b64 in keys.items():
+            public_key_bytes(b64, key_id)  # a bad key is refused now, as before (without cryptography)
+        self._texts = dict(keys)
+        self._keys: dict[str, Ed25519PublicKey] = {}  # parsed on first use (cryptography imported then)
+
+    def _key(self, key_id: str) -> Ed25519PublicKey | None:
+        key = self._keys.get(key_id)
+        if key is None and key_id in self._texts:
+            key = self._keys[key_id] = parse_public_key(self._texts[key_id], key_id)
+        return key
 
     def verify(self, command: Mapping[str, Any]) -> None:
         """Raise ``SigningError`` saying why unless ``sig`` is a valid signature by a known key."""
@@ -115,7 +138,7 @@ class Verifier:
             raise SigningError("no 'key_id'")
         if not isinstance(sig, str):
             raise SigningError("'sig' must be a base64 string")
-        key = self.keys.get(key_id)
+        key = self._key(key_id)
         if key is None:
             raise SigningError(f"unknown key_id '{key_id[:64]}'")
         try:
@@ -124,6 +147,8 @@ class Verifier:
             raise SigningError("'sig' is not base64") from None
         if len(raw) != 64:
             raise SigningError(f"'sig' is {len(raw)} bytes, an Ed25519 signature has 64")
+        from cryptography.exceptions import InvalidSignature
+
         try:
             key.verify(raw, canonical(command))
         except InvalidSignature:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 # What the daemon must not carry: the web console and its server, the head office (PostgreSQL), the
-# simulators, the CLI's tables, sqlite-utils (the technician's commands), pymodbus without a Modbus bus.
+# simulators, the CLI's tables, sqlite-utils (the technician's commands), pymodbus without a Modbus bus,
+# cryptography before a command has to be verified (gateway.core.keys.public_key_bytes).
 FORBIDDEN = (
     "rich",
     "starlette",
@@ -18,6 +19,7 @@ FORBIDDEN = (
     "gateway.cli.commands.sim",
     "sqlite_utils",
     "pymodbus",
+    "cryptography",
 )
 
 
