@@ -126,7 +126,10 @@ class Verifier:
     def _key(self, key_id: str) -> Ed25519PublicKey | None:
         key = self._keys.get(key_id)
         if key is None and key_id in self._texts:
-            key = self._keys[key_id] = parse_public_key(self._texts[key_id], key_id)
+            try:
+                key = self._keys[key_id] = parse_public_key(self._texts[key_id], key_id)
+            except ValueError as exc:  # a library that checks the point at load: the command is refused
+                raise SigningError(f"command key '{key_id}' is not usable: {exc}") from None
         return key
 
     def verify(self, command: Mapping[str, Any]) -> None:
