@@ -216,24 +216,7 @@ def record_reading(
     def insert(outcome: str, delta: int | None = None, detail: str | None = None) -> int:
         if clock_note is not None:
             detail = clock_note if detail is None else f"{detail}; {clock_note}"
-        cur = conn.execute(
-            "INSERT INTO readings(meter_id, taken_at, quality, register_wh, export_wh, tariffs_json, relay, "
-            "outcome, delta_wh, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                meter_id,
-                taken,
-                reading.quality.value,
-                reading.energy_import_wh,
-                reading.energy_export_wh,
-                tariffs_json,
-                reading.relay.value if reading.relay else None,
-                outcome,
-                delta,
-                detail,
-            ),
-        )
-        assert cur.lastrowid is not None
-        return cur.lastrowid
+        return _insert_reading(conn, meter_id, taken, reading, tariffs_json, outcome, delta, detail)
 
     if not reading.chargeable:
         rid = insert("failed", detail=reading.error or reading.quality.value)
@@ -251,19 +234,22 @@ def record_reading(
     # are committed in batches): its relay state is then older than the read-back the enforcer stored and
     # must not overwrite it.  Only a confirmation up to STALE_RELAY_S after the reading counts as newer, so
     # that a clock stepped forward at a confirmation cannot freeze the relay state against later readings.
-    relay_sql = (
-        ", relay = CASE WHEN " + _NEWER_RELAY + " THEN relay ELSE ? END"
-        ", relay_at = CASE WHEN " + _NEWER_RELAY + " THEN relay_at ELSE ? END"
-        if reading.relay
-        else ""
-    )
-    relay_params: tuple[object, ...] = (
-        (taken, taken, reading.relay.value, taken, taken, taken) if reading.relay else ()
-    )
-    if "keep_power" in reading.status:
-        relay_sql += ", keep_power_on_meter = ?"
-        relay_params += (int(bool(reading.status["keep_power"])),)
-    comms_sql = f"comms_ok = comms_ok + 1, last_comms_error = NULL{relay_sql}"
+    relay = reading.relay
+    relay_params: tuple[object, ...] = ()
+    if relay is None and "keep_power" not in reading.status:  # the usual reading: the SQL is a constant
+        comms_sql = _COMMS
+    else:
+        relay_sql = (
+            ", relay = CASE WHEN " + _NEWER_RELAY + " THEN relay ELSE ? END"
+            ", relay_at = CASE WHEN " + _NEWER_RELAY + " THEN relay_at ELSE ? END"
+            if relay
+            else ""
+        )
+        relay_params = (taken, taken, relay.value, taken, taken, taken) if relay else ()
+        if "keep_power" in reading.status:
+            relay_sql += ", keep_power_on_meter = ?"
+            relay_params += (int(bool(reading.status["keep_power"])),)
+        comms_sql = _COMMS + relay_sql
 
     held = meter.quarantined_reading_id
     if held is not None and not is_unpriceable(conn, held):
@@ -356,7 +342,7 @@ def record_reading(
     if priced is not None:
         balance = _post(conn, meter_id, account.id, last_at, now, delta, priced, reading_id=rid, balance_before=balance)
         charge_minor = priced.charge_minor
-        extra_sql += ", charged_exact = ?, charged_minor = ?"
+        extra_sql = _COMMS_CHARGED if comms_sql is _COMMS else comms_sql + _CHARGED
         extra_params += (str(priced.cumulative_exact), priced.cumulative_minor)
     if held is not None:  # the interval the held reading could not price is in this charge
         _release(conn, held, f"priced now: its energy is charged with reading {rid}")
@@ -679,11 +665,77 @@ def _advance(
 ) -> None:
     """The meter's new position, comms counters and cumulative charge: one UPDATE per reading
     (``taken``: the reading's instant as stored)."""
-    conn.execute(
-        f"UPDATE meters SET {extra_sql}, last_register_wh = ?, last_tariffs_json = COALESCE(?, last_tariffs_json), "
-        "last_reading_at = ?, last_reading_id = ?, updated_at = ? WHERE id = ?",
-        (*extra_params, register, tariffs_json, taken, rid, taken, meter_id),
+    sql = _ADVANCE_NO_TARIFFS.get(extra_sql) if tariffs_json is None else None
+    if sql is not None:
+        conn.execute(sql, (*extra_params, register, taken, rid, taken, meter_id))
+        return
+    conn.execute(_advance_sql(extra_sql, "?"), (*extra_params, register, tariffs_json, taken, rid, taken, meter_id))
+
+
+def _advance_sql(extra_sql: str, tariffs: str) -> str:
+    """``_advance``'s UPDATE after the ``extra_sql`` assignments; ``tariffs``: ``?`` or ``NULL``."""
+    return (
+        f"UPDATE meters SET {extra_sql}, last_register_wh = ?, last_tariffs_json = COALESCE({tariffs}, last_tariffs_json), "
+        "last_reading_at = ?, last_reading_id = ?, updated_at = ? WHERE id = ?"
     )
+
+
+# The meter's comms counters after a reading that answered, and its cumulative charge after a charge
+# (``record_reading`` adds the relay read-back and the keep-power flag when the reading has them).
+_COMMS = "comms_ok = comms_ok + 1, last_comms_error = NULL"
+_CHARGED = ", charged_exact = ?, charged_minor = ?"
+_COMMS_CHARGED = _COMMS + _CHARGED
+# ``_advance`` for the usual readings (no per-tariff registers): the SQL text is a constant, and the
+# NULL is written in it rather than bound — sqlite3 binds a None only after a failed adapter lookup
+# (an AttributeError formatted and cleared, about 3,000 instructions per None).  The same statement.
+_ADVANCE_NO_TARIFFS = {extra: _advance_sql(extra, "NULL") for extra in (_COMMS, _COMMS_CHARGED)}
+_INSERT_READING = (
+    "INSERT INTO readings(meter_id, taken_at, quality, register_wh, export_wh, tariffs_json, relay, "
+    "outcome, delta_wh, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# The usual reading's row (no export register, per-tariff registers, relay state or detail): its NULLs
+# in the SQL text rather than bound (see ``_ADVANCE_NO_TARIFFS``).
+_INSERT_PLAIN_READING = (
+    "INSERT INTO readings(meter_id, taken_at, quality, register_wh, export_wh, tariffs_json, relay, "
+    "outcome, delta_wh, detail) VALUES (?, ?, ?, ?, NULL, NULL, NULL, ?, ?, NULL)"
+)
+
+
+def _insert_reading(
+    conn: sqlite3.Connection,
+    meter_id: str,
+    taken: str,
+    reading: Reading,
+    tariffs_json: str | None,
+    outcome: str,
+    delta: int | None,
+    detail: str | None,
+) -> int:
+    """Insert the reading's row (``taken``: its instant as stored); returns its id."""
+    relay = reading.relay
+    if detail is None and relay is None and tariffs_json is None and reading.energy_export_wh is None:
+        cur = conn.execute(
+            _INSERT_PLAIN_READING,
+            (meter_id, taken, reading.quality.value, reading.energy_import_wh, outcome, delta),
+        )
+    else:
+        cur = conn.execute(
+            _INSERT_READING,
+            (
+                meter_id,
+                taken,
+                reading.quality.value,
+                reading.energy_import_wh,
+                reading.energy_export_wh,
+                tariffs_json,
+                relay.value if relay else None,
+                outcome,
+                delta,
+                detail,
+            ),
+        )
+    assert cur.lastrowid is not None
+    return cur.lastrowid
 
 
 def usage_json(
