@@ -17,7 +17,14 @@ from typing import Literal
 
 from gateway.tariffs.apportion import apportion, split_blocks
 from gateway.tariffs.spec import REGISTERS
-from gateway.tariffs.timeline import Segment, cycle_start, require_aware, segments_utc, wall_to_instant
+from gateway.tariffs.timeline import (
+    Segment,
+    cycle_start,
+    one_stretch,
+    require_aware,
+    segments_utc,
+    wall_to_instant,
+)
 from gateway.tariffs.values import Tariff, TariffVersion
 
 __all__ = ["ChargeLine", "cycle_start", "exact_amount", "price_interval", "standing_charge"]
@@ -192,6 +199,31 @@ def price_interval(
         raise ValueError(
             f"interval end {end.isoformat()} is not after start {start.isoformat()} but carries {energy_wh} Wh"
         )
+    if register_split_wh is None:
+        piece = one_stretch(tariff, start_utc, end_utc, day_type)
+        if piece is not None:
+            version = piece.version
+            parts = split_blocks(used, energy_wh, version.block_bounds)
+            if len(parts) == 1:
+                # The usual reading: one stretch, one block, one line — the general loop below would
+                # price it the same (start to end, all the energy), without its lists and bookkeeping.
+                block = parts[0][0]
+                price = version.price(block, piece.period)
+                return [
+                    ChargeLine(
+                        tariff.id,
+                        version.version,
+                        start_utc,
+                        end_utc,
+                        piece.period,
+                        block if version.cycle is not None else None,
+                        energy_wh,
+                        price,
+                        exact_amount(energy_wh, price),
+                        "energy",
+                        piece.cycle,
+                    )
+                ]
     segs = segments_utc(tariff, start_utc, end_utc, day_type)
     shares = (
         _time_shares(segs, energy_wh)

@@ -250,6 +250,33 @@ def segments_utc(
     return out
 
 
+def one_stretch(
+    tariff: Tariff, start: datetime, end: datetime, day_type: Callable[[date], str]
+) -> Segment | None:
+    """The stretch of ``segments_utc`` that holds all of ``start``..``end`` (UTC), if one does: the usual
+    reading (minutes inside one version, one local day and one time-of-use window).  ``None`` otherwise,
+    and the caller cuts the interval with ``segments_utc``.
+
+    The same stretch as ``segments_utc`` would return alone, found without building the list: the
+    version by one bisection, the day's plan from its cache and the piece holding ``start`` in it.
+    The returned segment is the plan's piece itself (its start and end are the piece's, not the
+    interval's); its version, period and cycle are the interval's."""
+    first = tariff.version_index(start)
+    starts = tariff.starts_utc
+    if first + 1 < len(starts) and starts[first + 1] < end:
+        return None  # a later version begins inside the interval
+    version = tariff.versions[first]
+    if version.tou is None and version.cycle is None:
+        return Segment(start, end, version, None, None)
+    day, day_end = _local_day(version, start)
+    if end > day_end:
+        return None  # the interval crosses a local midnight
+    for piece in _day_plan(version, day, day_type):
+        if piece.end > start:  # the first piece ending after the start holds it (the plan tiles the day)
+            return piece if end <= piece.end else None
+    return None
+
+
 # Per version (by id, the version itself kept and compared): the local day an instant was last placed
 # in, with its first instant and the next day's.  Readings come minutes apart, so nearly every interval
 # starts in the day the previous one did; converting its start to local time was a tenth of pricing it.
