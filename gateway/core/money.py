@@ -53,4 +53,6 @@ def format_money(minor: int, digits: int = 2) -> str:
     """Integer minor units → decimal string ("-0.05")."""
     sign = "-" if minor < 0 else ""
     q, r = divmod(abs(minor), 10**digits)
+    if digits == 2:  # nearly every currency: a constant format spec (two per charged reading)
+        return f"{sign}{q}.{r:02d}"
     return f"{sign}{q}.{r:0{digits}d}" if digits else f"{sign}{q}"

@@ -275,7 +275,7 @@ def record_reading(
             relay_before=meter.relay,
         )
 
-    checked = _checked_position(conn, meter, position_check, now)
+    checked = meter if position_check is None else _checked_position(conn, meter, position_check, now)
     if checked is not meter or last_seen is None:  # the ledger's position won: parse its instant
         meter = checked
         assert meter.last_reading_at is not None
@@ -326,7 +326,7 @@ def record_reading(
                 last_at,
                 now,
                 delta,
-                _register_split(meter.last_tariffs_json, reading),
+                _register_split(meter.last_tariffs_json, reading) if reading.energy_import_tariffs_wh else None,
                 pricer,
                 (Decimal(meter.charged_exact), meter.charged_minor),
                 minor_digits=minor_digits,
@@ -358,9 +358,7 @@ def record_reading(
     _advance(conn, meter_id, register, tariffs_json, taken, rid, extra_sql, extra_params)
     body = usage_json(meter_id, meter.account_id, last_at, now, register, delta, charge_minor, balance, minor_digits)
     _queue_usage(conn, meter_id, now, body)
-    return ChargeOutcome(
-        meter_id, meter.account_id, "charged", rid, delta, charge_minor, balance, relay_before=meter.relay
-    )
+    return ChargeOutcome(meter_id, meter.account_id, "charged", rid, delta, charge_minor, balance, None, meter.relay)
 
 
 def charge_delta(
@@ -580,17 +578,22 @@ class _PositionCheck(NamedTuple):
 
 def _meter_and_account(
     conn: sqlite3.Connection, meter_id: str
-) -> tuple[_Meter, AccountPosition, _PositionCheck, int]:
+) -> tuple[_Meter, AccountPosition, _PositionCheck | None, int]:
     """The meter, its account's pricing position, what its billing position is checked with and the
-    account's cached balance, in one read (the per-reading hot path)."""
+    account's cached balance, in one read (the per-reading hot path).
+
+    The check is ``None`` when the row settles it (``_checked_position``'s usual case: the row cites
+    the last charged reading or a later one of this meter, with that reading's register)."""
     r = conn.execute(_METER_AND_ACCOUNT, (meter_id,)).fetchone()
     if r is None:
         raise LookupError(f"no meter '{meter_id}'")
     account_id = r[0]
+    cites, last_charged = r[12], r[13]
+    settled = cites is None or (r[14] == r[1] and (last_charged is None or cites >= last_charged))
     return (
         _Meter(meter_id, account_id, r[1], r[2], r[3], r[4], r[5], int(r[6]), r[7]),
         AccountPosition(account_id, r[8], r[9], int(r[10])),
-        _PositionCheck(r[12], r[13], r[14]),
+        None if settled else _PositionCheck(cites, last_charged, r[14]),
         int(r[11]),
     )
 
