@@ -244,7 +244,7 @@ def post_entry(
     """
     start_text = iso(period_start) if period_start else None
     end_text = iso(period_end) if period_end else None
-    at = iso(now)
+    at = end_text if now is period_end else iso(now)  # a charge is posted at its period's end
     if external_id is None:
         cur = conn.execute(
             _INSERT_ENTRY_NO_EXTERNAL,

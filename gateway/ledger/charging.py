@@ -29,6 +29,7 @@ import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from json.encoder import encode_basestring
 from typing import NamedTuple, Protocol
 
@@ -74,7 +75,10 @@ class PricedLine(Protocol):
 
 # The records of the per-reading path are NamedTuples, not frozen dataclasses: as immutable, and a
 # frozen dataclass's __init__ sets each field through object.__setattr__, which made building the
-# half-dozen records of a reading about a tenth of its instructions (bench/instructions.py).
+# half-dozen records of a reading about a tenth of its instructions (bench/instructions.py).  The
+# hottest are built with ``_record(Cls, (fields...))`` (``tuple.__new__``): the same record, without
+# the Python-level ``__new__`` a NamedTuple class runs for every instance (less than half the cost).
+_record = tuple.__new__
 
 
 class AccountPosition(NamedTuple):
@@ -213,10 +217,8 @@ def record_reading(
         json.dumps(list(reading.energy_import_tariffs_wh)) if reading.energy_import_tariffs_wh else None
     )
 
-    def insert(outcome: str, delta: int | None = None, detail: str | None = None) -> int:
-        if clock_note is not None:
-            detail = clock_note if detail is None else f"{detail}; {clock_note}"
-        return _insert_reading(conn, meter_id, taken, reading, tariffs_json, outcome, delta, detail)
+    # insert(outcome, delta=None, detail=None) -> the reading's row id (a partial: no Python frame of its own)
+    insert = partial(_insert_reading, conn, meter_id, taken, reading, tariffs_json, clock_note)
 
     if not reading.chargeable:
         rid = insert("failed", detail=reading.error or reading.quality.value)
@@ -358,7 +360,9 @@ def record_reading(
     _advance(conn, meter_id, register, tariffs_json, taken, rid, extra_sql, extra_params)
     body = usage_json(meter_id, meter.account_id, last_at, now, register, delta, charge_minor, balance, minor_digits)
     _queue_usage(conn, meter_id, now, body)
-    return ChargeOutcome(meter_id, meter.account_id, "charged", rid, delta, charge_minor, balance, None, meter.relay)
+    return _record(
+        ChargeOutcome, (meter_id, meter.account_id, "charged", rid, delta, charge_minor, balance, None, meter.relay)
+    )
 
 
 def charge_delta(
@@ -445,7 +449,7 @@ def price_charge(
         raise Unpriceable(
             f"{delta_wh} Wh would cost {format_money(charge_minor, minor_digits)}, beyond what the ledger can hold"
         )
-    return PricedCharge(lines, exact, cumulative_exact, cumulative_minor, charge_minor, priced.cycle)
+    return _record(PricedCharge, (lines, exact, cumulative_exact, cumulative_minor, charge_minor, priced.cycle))
 
 
 def _post(
@@ -591,8 +595,8 @@ def _meter_and_account(
     cites, last_charged = r[12], r[13]
     settled = cites is None or (r[14] == r[1] and (last_charged is None or cites >= last_charged))
     return (
-        _Meter(meter_id, account_id, r[1], r[2], r[3], r[4], r[5], int(r[6]), r[7]),
-        AccountPosition(account_id, r[8], r[9], int(r[10])),
+        _record(_Meter, (meter_id, account_id, r[1], r[2], r[3], r[4], r[5], int(r[6]), r[7])),
+        _record(AccountPosition, (account_id, r[8], r[9], int(r[10]))),
         None if settled else _PositionCheck(cites, last_charged, r[14]),
         int(r[11]),
     )
@@ -710,16 +714,21 @@ def _insert_reading(
     taken: str,
     reading: Reading,
     tariffs_json: str | None,
+    clock_note: str | None,
     outcome: str,
-    delta: int | None,
-    detail: str | None,
+    delta: int | None = None,
+    detail: str | None = None,
 ) -> int:
-    """Insert the reading's row (``taken``: its instant as stored); returns its id."""
+    """Insert the reading's row (``taken``: its instant as stored, ``clock_note``: why it is not the
+    instant the reading says, appended to the detail); returns its id."""
+    if clock_note is not None:
+        detail = clock_note if detail is None else f"{detail}; {clock_note}"
     relay = reading.relay
     if detail is None and relay is None and tariffs_json is None and reading.energy_export_wh is None:
         cur = conn.execute(
             _INSERT_PLAIN_READING,
-            (meter_id, taken, reading.quality.value, reading.energy_import_wh, outcome, delta),
+            # ``_value_``: the member's own attribute (``.value`` goes through two Python-level descriptor calls)
+            (meter_id, taken, reading.quality._value_, reading.energy_import_wh, outcome, delta),
         )
     else:
         cur = conn.execute(
