@@ -33,6 +33,8 @@ _US = timedelta(microseconds=1)
 # Wide enough for any price a file can sensibly hold times any energy; a loss would raise, not round.
 _EXACT = Context(prec=80, traps=[Inexact, Rounded, InvalidOperation])
 _THOUSAND = Decimal(1000)
+# Bound once: a Context looks its attributes up through its own getattr, on every line of every reading.
+_multiply, _divide = _EXACT.multiply, _EXACT.divide
 
 
 @dataclass(frozen=True, init=False)
@@ -92,7 +94,7 @@ class ChargeLine:
 
 def exact_amount(energy_wh: int, unit_price: Decimal) -> Decimal:
     """``energy_wh × unit_price / 1000`` with no rounding (raises rather than lose a digit)."""
-    return _EXACT.divide(_EXACT.multiply(energy_wh, unit_price), _THOUSAND)  # an int converts exactly
+    return _divide(_multiply(energy_wh, unit_price), _THOUSAND)  # an int converts exactly
 
 
 def _check_int(name: str, value: object) -> int:
