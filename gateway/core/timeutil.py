@@ -50,7 +50,10 @@ def iso(dt: datetime) -> str:
     text = dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
     if len(_ISO_TEXTS) >= _ISO_KEPT:
         _ISO_TEXTS.clear()
+        _PARSED.clear()
     _ISO_TEXTS[dt] = text
+    if type(dt) is datetime and dt.tzinfo is UTC and not dt.fold:
+        _PARSED[text] = dt  # exactly what parse_iso(text) returns
     return text
 
 
@@ -62,10 +65,16 @@ def iso(dt: datetime) -> str:
 # instant.  Bounded by clearing: the live instants come back within a reading.
 _ISO_TEXTS: dict[datetime, str] = {}
 _ISO_KEPT = 4096
+# The other way round, for the instants formatted here: a reading parses its meter's last reading
+# instant, which the previous reading formatted.  Only plain UTC datetimes (what ``parse_iso`` returns).
+_PARSED: dict[str, datetime] = {}
 
 
 def parse_iso(text: str) -> datetime:
     """Parse an RFC 3339 instant; naive input is refused (it would be ambiguous)."""
+    known = _PARSED.get(text)
+    if known is not None:
+        return known
     dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if dt.tzinfo is None:
         raise ValueError(f"time '{text}' has no UTC offset")
