@@ -23,6 +23,11 @@ class PostedEntry(NamedTuple):
     balance_minor: int  # the account's cached balance after the entry
 
 
+def _posted(fields: tuple[int, int]) -> PostedEntry:
+    """``PostedEntry(*fields)`` without the NamedTuple's Python-level ``__new__`` (once per charged reading)."""
+    return tuple.__new__(PostedEntry, fields)
+
+
 class MeterRow(NamedTuple):
     """A meter as the ledger reads it (a NamedTuple: immutable and cheap to build, once per reading)."""
 
@@ -279,7 +284,7 @@ def post_entry(
     if balance_before is not None:
         if conn.execute(update, params).rowcount != 1:
             raise LookupError(f"no account '{account_id}'")
-        return PostedEntry(entry_id, balance_before + amount_minor)
+        return _posted((entry_id, balance_before + amount_minor))
     # fetchall: a RETURNING statement must run to its end before the commit
     rows = conn.execute(update + " RETURNING balance_minor", params).fetchall()
     if not rows:

@@ -148,8 +148,9 @@ def _line_json(line: PricedLine) -> dict[str, object]:
     return out
 
 
-def _json_text(value: str | None) -> str:
-    return "null" if value is None else encode_basestring(value)
+def _quoted_iso(instant: datetime) -> str:
+    """An instant as a JSON string: its text needs no escaping (digits, ``-``, ``:``, ``T``, ``.``, ``Z``)."""
+    return f'"{iso(instant)}"'
 
 
 def charge_detail_json(exact: Decimal, lines: Sequence[PricedLine]) -> str:
@@ -766,7 +767,7 @@ def usage_json(
     return (
         f'{{"account_id":{encode_basestring(account_id)},"balance":"{format_money(balance, minor_digits)}",'
         f'"charge":"{format_money(charge_minor, minor_digits)}","energy_wh":{int(delta_wh)},'
-        f'"interval_end":"{iso(end)}","interval_start":{_json_text(iso(start) if start else None)},'
+        f'"interval_end":"{iso(end)}","interval_start":{_quoted_iso(start) if start else "null"},'
         f'"meter_id":{encode_basestring(meter_id)},"register_wh":{int(register_wh)},"schema":"pmg.usage/1"}}'
     )
 

@@ -129,7 +129,8 @@ class _Pricer:
             cycle_usage_wh=used,
             register_split_wh=register_split if version.tou is not None else None,
         )
-        return Priced(lines, _advanced(account, lines, begins, used) if lines else None)
+        # tuple.__new__: the record without the NamedTuple's Python-level __new__ (once per reading)
+        return tuple.__new__(Priced, (lines, _advanced(account, lines, begins, used) if lines else None))
 
 
 def _advanced(
