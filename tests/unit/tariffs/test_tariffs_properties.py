@@ -310,13 +310,26 @@ def test_one_stretch_is_the_whole_cut_when_it_finds_one(
 ) -> None:
     """Pricing's shortcut for the usual reading: a stretch that holds the whole interval is what the
     full cut returns alone (same version, period and cycle), and the shortcut never claims one the
-    cut does not."""
+    cut does not.  Asked again for intervals inside, around and after the first (the remembered
+    stretch answers some of them)."""
     start += timedelta(microseconds=micros)
     end = start + length
-    piece = one_stretch(tariff, start, end, calendar)
-    if piece is not None:
-        assert segments(tariff, start, end, calendar) == [Segment(start, end, piece.version, piece.period, piece.cycle)]
-        assert piece.start <= start and end <= piece.end
+    third = length / 3
+    for lo, hi in [
+        (start, end),
+        (start + third, end),
+        (start, start + third),
+        (start - third, end),
+        (start, end + third),
+        (end, end + length),
+        (start + third, end - third),
+    ]:
+        if hi <= lo:
+            continue  # pricing refuses an empty interval before it asks
+        piece = one_stretch(tariff, lo, hi, calendar)
+        if piece is not None:
+            assert segments(tariff, lo, hi, calendar) == [Segment(lo, hi, piece.version, piece.period, piece.cycle)]
+            assert piece.start <= lo and hi <= piece.end
 
 
 def test_a_skipped_local_day_does_not_end_the_stretches() -> None:
