@@ -285,7 +285,11 @@ def record_reading(
         last_seen = parse_iso(meter.last_reading_at)
     last_at = last_seen
     assert meter.last_register_wh is not None and meter.last_reading_at is not None
-    delta, wrapped = register_delta(meter.last_register_wh, register, register_modulus_wh)
+    last_register = meter.last_register_wh
+    if register >= last_register:  # register_delta's usual answer, without the call
+        delta, wrapped = register - last_register, False
+    else:
+        delta, wrapped = register_delta(last_register, register, register_modulus_wh)
     elapsed_s = max((now - last_at).total_seconds(), MIN_PLAUSIBILITY_WINDOW_S)
     bound_wh = max_power_w * elapsed_s / 3600 + PLAUSIBILITY_SLACK_WH  # float only for a bound, never money
     if delta > bound_wh:
