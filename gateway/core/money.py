@@ -56,9 +56,12 @@ def parse_money(text: str, digits: int = 2) -> int:
 
 def format_money(minor: int, digits: int = 2) -> str:
     """Integer minor units → decimal string ("-0.05")."""
-    sign = "-" if minor < 0 else ""
     if digits == 2:  # nearly every currency (two per charged reading): the fraction from a table
-        q, r = divmod(abs(minor), 100)
-        return f"{sign}{q}.{_CENTS[r]}"
+        if minor >= 0:
+            q, r = divmod(minor, 100)
+            return f"{q}.{_CENTS[r]}"
+        q, r = divmod(-minor, 100)
+        return f"-{q}.{_CENTS[r]}"
+    sign = "-" if minor < 0 else ""
     q, r = divmod(abs(minor), 10**digits)
     return f"{sign}{q}.{r:0{digits}d}" if digits else f"{sign}{q}"
