@@ -198,7 +198,11 @@ def record_reading(
     minor_digits: int = 2,
 ) -> ChargeOutcome:
     """Store one reading and charge it if it is good.  Call inside ``store.tx()``."""
-    meter, account, position_check, balance_before = _meter_and_account(conn, meter_id)
+    # One cursor for the reading's own statements (``conn.execute`` makes a cursor per statement),
+    # answering plain tuples (no sqlite3.Row to build or index).
+    cur = conn.cursor()
+    cur.row_factory = None
+    meter, account, position_check, balance_before = _meter_and_account(cur, meter_id)
     now = reading.taken_at
     clock_note: str | None = None
     last_seen: datetime | None = None
@@ -214,7 +218,7 @@ def record_reading(
     )
 
     # insert(outcome, delta=None, detail=None) -> the reading's row id (a partial: no Python frame of its own)
-    insert = partial(_insert_reading, conn, meter_id, taken, reading, tariffs_json, clock_note)
+    insert = partial(_insert_reading, cur, meter_id, taken, reading, tariffs_json, clock_note)
 
     if not reading.chargeable:
         rid = insert("failed", detail=reading.error or reading.quality.value)
@@ -260,7 +264,7 @@ def record_reading(
 
     if meter.last_register_wh is None or meter.last_reading_at is None:
         rid = insert("baseline", 0)
-        _advance(conn, meter_id, register, tariffs_json, taken, rid, comms_sql, relay_params)
+        _advance(cur, meter_id, register, tariffs_json, taken, rid, comms_sql, relay_params)
         held = balance_before  # a baseline charges nothing: the balance the meter query read
         body = usage_json(meter_id, meter.account_id, None, now, register, 0, 0, held, minor_digits)
         _queue_usage(conn, meter_id, now, body)
@@ -357,7 +361,7 @@ def record_reading(
             meter_id=meter_id,
             detail={"reading_id": held, "charged_by_reading_id": rid, "charged_wh": delta},
         )
-    _advance(conn, meter_id, register, tariffs_json, taken, rid, extra_sql, extra_params)
+    _advance(cur, meter_id, register, tariffs_json, taken, rid, extra_sql, extra_params)
     body = usage_json(meter_id, meter.account_id, last_at, now, register, delta, charge_minor, balance, minor_digits)
     _queue_usage(conn, meter_id, now, body)
     return _record(
@@ -581,15 +585,13 @@ class _PositionCheck(NamedTuple):
 
 
 def _meter_and_account(
-    conn: sqlite3.Connection, meter_id: str
+    cur: sqlite3.Cursor, meter_id: str
 ) -> tuple[_Meter, AccountPosition, _PositionCheck | None, int]:
     """The meter, its account's pricing position, what its billing position is checked with and the
     account's cached balance, in one read (the per-reading hot path).
 
     The check is ``None`` when the row settles it (``_checked_position``'s usual case: the row cites
     the last charged reading or a later one of this meter, with that reading's register)."""
-    cur = conn.cursor()
-    cur.row_factory = None  # a plain tuple: no Row to build, and a tuple's items are cheaper to index
     r = cur.execute(_METER_AND_ACCOUNT, (meter_id,)).fetchone()
     if r is None:
         raise LookupError(f"no meter '{meter_id}'")
@@ -663,7 +665,7 @@ def _register_split(last_tariffs_json: str | None, reading: Reading) -> dict[str
 
 
 def _advance(
-    conn: sqlite3.Connection,
+    cur: sqlite3.Cursor,
     meter_id: str,
     register: int,
     tariffs_json: str | None,
@@ -676,9 +678,9 @@ def _advance(
     (``taken``: the reading's instant as stored)."""
     sql = _ADVANCE_NO_TARIFFS.get(extra_sql) if tariffs_json is None else None
     if sql is not None:
-        conn.execute(sql, (*extra_params, register, taken, rid, taken, meter_id))
+        cur.execute(sql, (*extra_params, register, taken, rid, taken, meter_id))
         return
-    conn.execute(_advance_sql(extra_sql, "?"), (*extra_params, register, tariffs_json, taken, rid, taken, meter_id))
+    cur.execute(_advance_sql(extra_sql, "?"), (*extra_params, register, tariffs_json, taken, rid, taken, meter_id))
 
 
 def _advance_sql(extra_sql: str, tariffs: str) -> str:
@@ -711,7 +713,7 @@ _INSERT_PLAIN_READING = (
 
 
 def _insert_reading(
-    conn: sqlite3.Connection,
+    cur: sqlite3.Cursor,
     meter_id: str,
     taken: str,
     reading: Reading,
@@ -727,13 +729,13 @@ def _insert_reading(
         detail = clock_note if detail is None else f"{detail}; {clock_note}"
     relay = reading.relay
     if detail is None and relay is None and tariffs_json is None and reading.energy_export_wh is None:
-        cur = conn.execute(
+        cur.execute(
             _INSERT_PLAIN_READING,
             # ``_value_``: the member's own attribute (``.value`` goes through two Python-level descriptor calls)
             (meter_id, taken, reading.quality._value_, reading.energy_import_wh, outcome, delta),
         )
     else:
-        cur = conn.execute(
+        cur.execute(
             _INSERT_READING,
             (
                 meter_id,
