@@ -217,11 +217,12 @@ def record_reading(
         json.dumps(list(reading.energy_import_tariffs_wh)) if reading.energy_import_tariffs_wh else None
     )
 
-    # insert(outcome, delta=None, detail=None) -> the reading's row id (a partial: no Python frame of its own)
-    insert = partial(_insert_reading, cur, meter_id, taken, reading, tariffs_json, clock_note)
+    # The reading's row: _insert_reading(*row, outcome, delta, detail) -> its id.  A tuple rather than a
+    # closure or partial: the usual reading inserts once, and building either cost more than it saved.
+    row = (cur, meter_id, taken, reading, tariffs_json, clock_note)
 
     if not reading.chargeable:
-        rid = insert("failed", detail=reading.error or reading.quality.value)
+        rid = _insert_reading(*row, "failed", None, reading.error or reading.quality.value)
         conn.execute(
             "UPDATE meters SET comms_failed = comms_failed + 1, last_comms_error = ?, updated_at = ? WHERE id = ?",
             (reading.error or reading.quality.value, taken, meter_id),
@@ -256,14 +257,14 @@ def record_reading(
     held = meter.quarantined_reading_id
     if held is not None and not is_unpriceable(conn, held):
         conn.execute(f"UPDATE meters SET {comms_sql} WHERE id = ?", (*relay_params, meter_id))
-        rid = insert("ignored", detail=f"awaiting technician for reading {held}")
+        rid = _insert_reading(*row, "ignored", None, f"awaiting technician for reading {held}")
         return ChargeOutcome(
             meter_id, meter.account_id, "ignored", rid, reason="meter quarantined", relay_before=meter.relay
         )
     # Held for a price only: this reading tries again, from the last charged reading.
 
     if meter.last_register_wh is None or meter.last_reading_at is None:
-        rid = insert("baseline", 0)
+        rid = _insert_reading(*row, "baseline", 0)
         _advance(cur, meter_id, register, tariffs_json, taken, rid, comms_sql, relay_params)
         held = balance_before  # a baseline charges nothing: the balance the meter query read
         body = usage_json(meter_id, meter.account_id, None, now, register, 0, 0, held, minor_digits)
@@ -298,7 +299,7 @@ def record_reading(
             if wrapped
             else f"{delta} Wh in {elapsed_s:.0f} s exceeds max power {max_power_w} W"
         )
-        rid = insert("quarantined", delta if not wrapped else register - meter.last_register_wh, reason)
+        rid = _insert_reading(*row, "quarantined", delta if not wrapped else register - meter.last_register_wh, reason)
         if held is not None:
             _release(conn, held, f"superseded by quarantined reading {rid}")
         conn.execute(
@@ -339,9 +340,9 @@ def record_reading(
             )
         except Unpriceable as exc:
             return _hold_unpriceable(
-                conn, meter, meter_id, str(exc), (register, delta), now, insert, comms_sql, relay_params
+                conn, meter, meter_id, str(exc), (register, delta), now, partial(_insert_reading, *row), comms_sql, relay_params
             )
-    rid = insert("charged", delta, "rollover" if wrapped else None)
+    rid = _insert_reading(*row, "charged", delta, "rollover" if wrapped else None)
     charge_minor = 0
     extra_sql, extra_params = comms_sql, relay_params
     balance = balance_before  # nothing else in this reading moves the balance but its charge
