@@ -154,10 +154,17 @@ def charge_detail_json(exact: Decimal, lines: Sequence[PricedLine]) -> str:
     Built by hand for the tariff engine's own lines — every charged reading stores one, and
     ``dumps`` of the nested dicts was a tenth of a reading's cost; other lines take ``dumps``.
     Decimal and instant texts need no escaping; names go through the JSON string encoder."""
-    if len(lines) == 1:  # the usual reading: one line, no generator or list
+    if len(lines) == 1:  # the usual reading: one line, in one piece (``_charge_line_json``'s text, inline)
         line = lines[0]
         if type(line) is ChargeLine:
-            return f'{{"exact":"{exact!s}","lines":[{_charge_line_json(line)}]}}'
+            block, period, tariff_id = line.block, line.period, line.tariff_id
+            return (
+                f'{{"exact":"{exact!s}","lines":[{{"amount":"{line.amount!s}",'
+                f'"block":{"null" if block is None else int(block)},"end":"{iso(line.end)}",'
+                f'"energy_wh":{line.energy_wh},"period":{"null" if period is None else encode_basestring(period)},'
+                f'"start":"{iso(line.start)}","tariff_id":{"null" if tariff_id is None else encode_basestring(tariff_id)},'
+                f'"unit_price":"{line.unit_price!s}","version":{line.version}}}]}}'
+            )
     if not all(type(line) is ChargeLine for line in lines):
         return dumps({"exact": str(exact), "lines": [_line_json(line) for line in lines]})
     parts = [_charge_line_json(line) for line in lines if isinstance(line, ChargeLine)]

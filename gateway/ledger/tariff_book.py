@@ -112,7 +112,7 @@ class _Pricer:
     ) -> Priced:
         book = self.book
         tariff = book.tariffs.get(account.tariff_id) or book.get(account.tariff_id)  # get() explains a miss
-        version = tariff.version_at(start)
+        version = tariff.versions[tariff.version_index(start)]  # version_at, without its frame
         begins, begins_text = book.cycle_of(version, start)
         if begins is None:
             used = 0
