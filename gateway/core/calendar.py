@@ -109,6 +109,9 @@ class DayType(enum.StrEnum):
     HOLIDAY = "holiday"
 
 
+_DAY_TYPES_KEPT = 1024  # dates whose day type is remembered (pricing asks about today, mostly)
+
+
 class CalendarError(UserError, ValueError):
     """The calendar cannot be built (unknown time zone, country or region); one line."""
 
@@ -139,6 +142,10 @@ class WorkCalendar:
         self._official: dict[int, OfficialYear] = {}
         if country is not None:
             _one_country_at_a_time()
+        # Each date's day type, as last worked out.  The answer depends only on the official years and
+        # the loaded ones (and the weekend their tables set), so it is forgotten whenever either
+        # changes; pricing asks for the same day on every reading.
+        self._day_types: dict[date, DayType] = {}
         self._announced = _announced_years(country) if country is not None else frozenset()
         if country is not None:
             # Build one year now so a wrong country or region fails at start-up, not mid-decision.
@@ -164,6 +171,7 @@ class WorkCalendar:
         found = self._years.get(year)
         if found is None:
             found = self._years[year] = self._load(year)
+            self._day_types.clear()  # a new year's table may change the weekend
         return found
 
     def local(self, now: datetime) -> datetime:
@@ -178,6 +186,7 @@ class WorkCalendar:
         if self.country is None or year.country.upper() != self.country.upper():
             raise CalendarError(f"calendar: {year.country} arrangement given to a {self.country} calendar")
         self._official[year.year] = year
+        self._day_types.clear()
 
     def is_official(self, year: int) -> bool:
         """Whether some source has the official arrangement of ``year`` for this country."""
@@ -227,6 +236,15 @@ class WorkCalendar:
         return any(d in self._year(y).adjusted_workdays for y in (d.year - 1, d.year, d.year + 1))
 
     def day_type(self, d: date) -> DayType:
+        found = self._day_types.get(d)
+        if found is None:
+            found = self._day_type(d)
+            if len(self._day_types) >= _DAY_TYPES_KEPT:
+                self._day_types.clear()
+            self._day_types[d] = found
+        return found
+
+    def _day_type(self, d: date) -> DayType:
         if self.is_public_holiday(d):
             return DayType.HOLIDAY
         if d.weekday() in self._weekend_days(d) and not self.is_adjusted_workday(d):

@@ -27,11 +27,16 @@ is refused at its command line with the same limit the gateway applies (docs/led
 # Fifty digits hold any amount a ledger sees; ``scaleb`` moves the point exactly, ``quantize`` rounds.
 _MINOR = Context(prec=50, rounding=ROUND_HALF_EVEN)
 _ONE = Decimal(1)
+# The context's methods bound once: a Context looks its attributes up through its own getattr (it
+# special-cases ``traps`` and ``flags``), a few hundred instructions per call on every charged reading.
+_scaleb, _quantize = _MINOR.scaleb, _MINOR.quantize
+# The two-digit fractions "00".."99": the usual currency's minor units without a format spec per call.
+_CENTS = tuple(f"{i:02d}" for i in range(100))
 
 
 def to_minor(amount: Decimal, digits: int = 2) -> int:
     """Exact Decimal → integer minor units, ROUND_HALF_EVEN (the one rounding a charge gets)."""
-    return int(_MINOR.quantize(_MINOR.scaleb(amount, digits), _ONE))
+    return int(_quantize(_scaleb(amount, digits), _ONE))
 
 
 def parse_money(text: str, digits: int = 2) -> int:
@@ -51,6 +56,12 @@ def parse_money(text: str, digits: int = 2) -> int:
 
 def format_money(minor: int, digits: int = 2) -> str:
     """Integer minor units → decimal string ("-0.05")."""
+    if digits == 2:  # nearly every currency (two per charged reading): the fraction from a table
+        if minor >= 0:
+            q, r = divmod(minor, 100)
+            return f"{q}.{_CENTS[r]}"
+        q, r = divmod(-minor, 100)
+        return f"-{q}.{_CENTS[r]}"
     sign = "-" if minor < 0 else ""
     q, r = divmod(abs(minor), 10**digits)
     return f"{sign}{q}.{r:0{digits}d}" if digits else f"{sign}{q}"

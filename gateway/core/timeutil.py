@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import lru_cache
 
 Clock = Callable[[], datetime]
 
@@ -43,23 +42,41 @@ class ScaledClock:
 
 def iso(dt: datetime) -> str:
     """RFC 3339 UTC with a Z, second precision kept to microseconds when present."""
-    if dt.tzinfo is None:
+    text = _ISO_TEXTS.get(dt)
+    if text is not None:
+        return text
+    if dt.tzinfo is None:  # never in the memo: a naive datetime is not equal to any aware one
         raise ValueError("naive datetime: every stored instant must be timezone-aware")
-    return _iso_utc(dt)
+    text = dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if len(_ISO_TEXTS) >= _ISO_KEPT:
+        _ISO_TEXTS.clear()
+        _PARSED.clear()
+    _ISO_TEXTS[dt] = text
+    if type(dt) is datetime and dt.tzinfo is UTC and not dt.fold:
+        _PARSED[text] = dt  # exactly what parse_iso(text) returns
+    return text
 
 
-@lru_cache(maxsize=512)
-def _iso_utc(dt: datetime) -> str:
-    """Cached: one reading formats the same few instants a dozen times (the reading row, the entry,
-    the meter's position, the outbox message, the audit trail).  Equal aware datetimes are the same
-    instant whatever their zone, and the text depends only on the instant.  512 entries hold a
-    commit's batch of readings many times over; every reading brings new instants, so a larger cache
-    only fills (4,096 entries were about 1 MB of a running gateway's memory)."""
-    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+# The texts of recently formatted instants: one reading formats the same few instants a dozen times
+# (the reading row, the entry, the meter's position, the outbox message, the audit trail).  A plain
+# dict rather than ``lru_cache``: a datetime keeps its hash once computed, so a hit is one lookup,
+# where the cache's wrapper built a key and moved the entry to the front of its list on every call.
+# Equal aware datetimes are the same instant whatever their zone, and the text depends only on the
+# instant.  Bounded by clearing: the live instants come back within a reading.  1,024 texts hold a
+# commit's batch of readings many times over; every reading brings new instants, so a larger memo only
+# fills (4,096 cost a running gateway about 1.4 MB, with the parsed instants below).
+_ISO_TEXTS: dict[datetime, str] = {}
+_ISO_KEPT = 1024
+# The other way round, for the instants formatted here: a reading parses its meter's last reading
+# instant, which the previous reading formatted.  Only plain UTC datetimes (what ``parse_iso`` returns).
+_PARSED: dict[str, datetime] = {}
 
 
 def parse_iso(text: str) -> datetime:
     """Parse an RFC 3339 instant; naive input is refused (it would be ambiguous)."""
+    known = _PARSED.get(text)
+    if known is not None:
+        return known
     dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if dt.tzinfo is None:
         raise ValueError(f"time '{text}' has no UTC offset")

@@ -29,6 +29,7 @@ import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from json.encoder import encode_basestring
 from typing import NamedTuple, Protocol
 
@@ -74,7 +75,10 @@ class PricedLine(Protocol):
 
 # The records of the per-reading path are NamedTuples, not frozen dataclasses: as immutable, and a
 # frozen dataclass's __init__ sets each field through object.__setattr__, which made building the
-# half-dozen records of a reading about a tenth of its instructions (bench/instructions.py).
+# half-dozen records of a reading about a tenth of its instructions (bench/instructions.py).  The
+# hottest are built with ``_record(Cls, (fields...))`` (``tuple.__new__``): the same record, without
+# the Python-level ``__new__`` a NamedTuple class runs for every instance (less than half the cost).
+_record = tuple.__new__
 
 
 class AccountPosition(NamedTuple):
@@ -144,20 +148,23 @@ def _line_json(line: PricedLine) -> dict[str, object]:
     return out
 
 
-def _json_text(value: str | None) -> str:
-    return "null" if value is None else encode_basestring(value)
-
-
 def charge_detail_json(exact: Decimal, lines: Sequence[PricedLine]) -> str:
     """The charge entry's detail, exactly as ``dumps`` writes it (sorted keys, compact).
 
     Built by hand for the tariff engine's own lines — every charged reading stores one, and
     ``dumps`` of the nested dicts was a tenth of a reading's cost; other lines take ``dumps``.
     Decimal and instant texts need no escaping; names go through the JSON string encoder."""
-    if len(lines) == 1:  # the usual reading: one line, no generator or list
+    if len(lines) == 1:  # the usual reading: one line, in one piece (``_charge_line_json``'s text, inline)
         line = lines[0]
         if type(line) is ChargeLine:
-            return f'{{"exact":"{exact!s}","lines":[{_charge_line_json(line)}]}}'
+            block, period, tariff_id = line.block, line.period, line.tariff_id
+            return (
+                f'{{"exact":"{exact!s}","lines":[{{"amount":"{line.amount!s}",'
+                f'"block":{"null" if block is None else int(block)},"end":"{iso(line.end)}",'
+                f'"energy_wh":{line.energy_wh},"period":{"null" if period is None else encode_basestring(period)},'
+                f'"start":"{iso(line.start)}","tariff_id":{"null" if tariff_id is None else encode_basestring(tariff_id)},'
+                f'"unit_price":"{line.unit_price!s}","version":{line.version}}}]}}'
+            )
     if not all(type(line) is ChargeLine for line in lines):
         return dumps({"exact": str(exact), "lines": [_line_json(line) for line in lines]})
     parts = [_charge_line_json(line) for line in lines if isinstance(line, ChargeLine)]
@@ -198,7 +205,11 @@ def record_reading(
     minor_digits: int = 2,
 ) -> ChargeOutcome:
     """Store one reading and charge it if it is good.  Call inside ``store.tx()``."""
-    meter, account, position_check, balance_before = _meter_and_account(conn, meter_id)
+    # One cursor for the reading's own statements (``conn.execute`` makes a cursor per statement),
+    # answering plain tuples (no sqlite3.Row to build or index).
+    cur = conn.cursor()
+    cur.row_factory = None
+    meter, account, position_check, balance_before = _meter_and_account(cur, meter_id)
     now = reading.taken_at
     clock_note: str | None = None
     last_seen: datetime | None = None
@@ -213,30 +224,12 @@ def record_reading(
         json.dumps(list(reading.energy_import_tariffs_wh)) if reading.energy_import_tariffs_wh else None
     )
 
-    def insert(outcome: str, delta: int | None = None, detail: str | None = None) -> int:
-        if clock_note is not None:
-            detail = clock_note if detail is None else f"{detail}; {clock_note}"
-        cur = conn.execute(
-            "INSERT INTO readings(meter_id, taken_at, quality, register_wh, export_wh, tariffs_json, relay, "
-            "outcome, delta_wh, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                meter_id,
-                taken,
-                reading.quality.value,
-                reading.energy_import_wh,
-                reading.energy_export_wh,
-                tariffs_json,
-                reading.relay.value if reading.relay else None,
-                outcome,
-                delta,
-                detail,
-            ),
-        )
-        assert cur.lastrowid is not None
-        return cur.lastrowid
+    # The reading's row: _insert_reading(*row, outcome, delta, detail) -> its id.  A tuple rather than a
+    # closure or partial: the usual reading inserts once, and building either cost more than it saved.
+    row = (cur, meter_id, taken, reading, tariffs_json, clock_note)
 
     if not reading.chargeable:
-        rid = insert("failed", detail=reading.error or reading.quality.value)
+        rid = _insert_reading(*row, "failed", None, reading.error or reading.quality.value)
         conn.execute(
             "UPDATE meters SET comms_failed = comms_failed + 1, last_comms_error = ?, updated_at = ? WHERE id = ?",
             (reading.error or reading.quality.value, taken, meter_id),
@@ -251,32 +244,35 @@ def record_reading(
     # are committed in batches): its relay state is then older than the read-back the enforcer stored and
     # must not overwrite it.  Only a confirmation up to STALE_RELAY_S after the reading counts as newer, so
     # that a clock stepped forward at a confirmation cannot freeze the relay state against later readings.
-    relay_sql = (
-        ", relay = CASE WHEN " + _NEWER_RELAY + " THEN relay ELSE ? END"
-        ", relay_at = CASE WHEN " + _NEWER_RELAY + " THEN relay_at ELSE ? END"
-        if reading.relay
-        else ""
-    )
-    relay_params: tuple[object, ...] = (
-        (taken, taken, reading.relay.value, taken, taken, taken) if reading.relay else ()
-    )
-    if "keep_power" in reading.status:
-        relay_sql += ", keep_power_on_meter = ?"
-        relay_params += (int(bool(reading.status["keep_power"])),)
-    comms_sql = f"comms_ok = comms_ok + 1, last_comms_error = NULL{relay_sql}"
+    relay = reading.relay
+    relay_params: tuple[object, ...] = ()
+    if relay is None and "keep_power" not in reading.status:  # the usual reading: the SQL is a constant
+        comms_sql = _COMMS
+    else:
+        relay_sql = (
+            ", relay = CASE WHEN " + _NEWER_RELAY + " THEN relay ELSE ? END"
+            ", relay_at = CASE WHEN " + _NEWER_RELAY + " THEN relay_at ELSE ? END"
+            if relay
+            else ""
+        )
+        relay_params = (taken, taken, relay.value, taken, taken, taken) if relay else ()
+        if "keep_power" in reading.status:
+            relay_sql += ", keep_power_on_meter = ?"
+            relay_params += (int(bool(reading.status["keep_power"])),)
+        comms_sql = _COMMS + relay_sql
 
     held = meter.quarantined_reading_id
     if held is not None and not is_unpriceable(conn, held):
         conn.execute(f"UPDATE meters SET {comms_sql} WHERE id = ?", (*relay_params, meter_id))
-        rid = insert("ignored", detail=f"awaiting technician for reading {held}")
+        rid = _insert_reading(*row, "ignored", None, f"awaiting technician for reading {held}")
         return ChargeOutcome(
             meter_id, meter.account_id, "ignored", rid, reason="meter quarantined", relay_before=meter.relay
         )
     # Held for a price only: this reading tries again, from the last charged reading.
 
     if meter.last_register_wh is None or meter.last_reading_at is None:
-        rid = insert("baseline", 0)
-        _advance(conn, meter_id, register, tariffs_json, taken, rid, comms_sql, relay_params)
+        rid = _insert_reading(*row, "baseline", 0)
+        _advance(cur, meter_id, register, tariffs_json, taken, rid, comms_sql, relay_params)
         held = balance_before  # a baseline charges nothing: the balance the meter query read
         body = usage_json(meter_id, meter.account_id, None, now, register, 0, 0, held, minor_digits)
         _queue_usage(conn, meter_id, now, body)
@@ -289,14 +285,18 @@ def record_reading(
             relay_before=meter.relay,
         )
 
-    checked = _checked_position(conn, meter, position_check, now)
+    checked = meter if position_check is None else _checked_position(conn, meter, position_check, now)
     if checked is not meter or last_seen is None:  # the ledger's position won: parse its instant
         meter = checked
         assert meter.last_reading_at is not None
         last_seen = parse_iso(meter.last_reading_at)
     last_at = last_seen
     assert meter.last_register_wh is not None and meter.last_reading_at is not None
-    delta, wrapped = register_delta(meter.last_register_wh, register, register_modulus_wh)
+    last_register = meter.last_register_wh
+    if register >= last_register:  # register_delta's usual answer, without the call
+        delta, wrapped = register - last_register, False
+    else:
+        delta, wrapped = register_delta(last_register, register, register_modulus_wh)
     elapsed_s = max((now - last_at).total_seconds(), MIN_PLAUSIBILITY_WINDOW_S)
     bound_wh = max_power_w * elapsed_s / 3600 + PLAUSIBILITY_SLACK_WH  # float only for a bound, never money
     if delta > bound_wh:
@@ -306,7 +306,7 @@ def record_reading(
             if wrapped
             else f"{delta} Wh in {elapsed_s:.0f} s exceeds max power {max_power_w} W"
         )
-        rid = insert("quarantined", delta if not wrapped else register - meter.last_register_wh, reason)
+        rid = _insert_reading(*row, "quarantined", delta if not wrapped else register - meter.last_register_wh, reason)
         if held is not None:
             _release(conn, held, f"superseded by quarantined reading {rid}")
         conn.execute(
@@ -340,23 +340,23 @@ def record_reading(
                 last_at,
                 now,
                 delta,
-                _register_split(meter.last_tariffs_json, reading),
+                _register_split(meter.last_tariffs_json, reading) if reading.energy_import_tariffs_wh else None,
                 pricer,
                 (Decimal(meter.charged_exact), meter.charged_minor),
                 minor_digits=minor_digits,
             )
         except Unpriceable as exc:
             return _hold_unpriceable(
-                conn, meter, meter_id, str(exc), (register, delta), now, insert, comms_sql, relay_params
+                conn, meter, meter_id, str(exc), (register, delta), now, partial(_insert_reading, *row), comms_sql, relay_params
             )
-    rid = insert("charged", delta, "rollover" if wrapped else None)
+    rid = _insert_reading(*row, "charged", delta, "rollover" if wrapped else None)
     charge_minor = 0
     extra_sql, extra_params = comms_sql, relay_params
     balance = balance_before  # nothing else in this reading moves the balance but its charge
     if priced is not None:
         balance = _post(conn, meter_id, account.id, last_at, now, delta, priced, reading_id=rid, balance_before=balance)
         charge_minor = priced.charge_minor
-        extra_sql += ", charged_exact = ?, charged_minor = ?"
+        extra_sql = _COMMS_CHARGED if comms_sql is _COMMS else comms_sql + _CHARGED
         extra_params += (str(priced.cumulative_exact), priced.cumulative_minor)
     if held is not None:  # the interval the held reading could not price is in this charge
         _release(conn, held, f"priced now: its energy is charged with reading {rid}")
@@ -369,11 +369,11 @@ def record_reading(
             meter_id=meter_id,
             detail={"reading_id": held, "charged_by_reading_id": rid, "charged_wh": delta},
         )
-    _advance(conn, meter_id, register, tariffs_json, taken, rid, extra_sql, extra_params)
+    _advance(cur, meter_id, register, tariffs_json, taken, rid, extra_sql, extra_params)
     body = usage_json(meter_id, meter.account_id, last_at, now, register, delta, charge_minor, balance, minor_digits)
     _queue_usage(conn, meter_id, now, body)
-    return ChargeOutcome(
-        meter_id, meter.account_id, "charged", rid, delta, charge_minor, balance, relay_before=meter.relay
+    return _record(
+        ChargeOutcome, (meter_id, meter.account_id, "charged", rid, delta, charge_minor, balance, None, meter.relay)
     )
 
 
@@ -461,7 +461,7 @@ def price_charge(
         raise Unpriceable(
             f"{delta_wh} Wh would cost {format_money(charge_minor, minor_digits)}, beyond what the ledger can hold"
         )
-    return PricedCharge(lines, exact, cumulative_exact, cumulative_minor, charge_minor, priced.cycle)
+    return _record(PricedCharge, (lines, exact, cumulative_exact, cumulative_minor, charge_minor, priced.cycle))
 
 
 def _post(
@@ -593,18 +593,23 @@ class _PositionCheck(NamedTuple):
 
 
 def _meter_and_account(
-    conn: sqlite3.Connection, meter_id: str
-) -> tuple[_Meter, AccountPosition, _PositionCheck, int]:
+    cur: sqlite3.Cursor, meter_id: str
+) -> tuple[_Meter, AccountPosition, _PositionCheck | None, int]:
     """The meter, its account's pricing position, what its billing position is checked with and the
-    account's cached balance, in one read (the per-reading hot path)."""
-    r = conn.execute(_METER_AND_ACCOUNT, (meter_id,)).fetchone()
+    account's cached balance, in one read (the per-reading hot path).
+
+    The check is ``None`` when the row settles it (``_checked_position``'s usual case: the row cites
+    the last charged reading or a later one of this meter, with that reading's register)."""
+    r = cur.execute(_METER_AND_ACCOUNT, (meter_id,)).fetchone()
     if r is None:
         raise LookupError(f"no meter '{meter_id}'")
     account_id = r[0]
+    cites, last_charged = r[12], r[13]
+    settled = cites is None or (r[14] == r[1] and (last_charged is None or cites >= last_charged))
     return (
-        _Meter(meter_id, account_id, r[1], r[2], r[3], r[4], r[5], int(r[6]), r[7]),
-        AccountPosition(account_id, r[8], r[9], int(r[10])),
-        _PositionCheck(r[12], r[13], r[14]),
+        _record(_Meter, (meter_id, account_id, r[1], r[2], r[3], r[4], r[5], int(r[6]), r[7])),
+        _record(AccountPosition, (account_id, r[8], r[9], int(r[10]))),
+        None if settled else _PositionCheck(cites, last_charged, r[14]),
         int(r[11]),
     )
 
@@ -668,7 +673,7 @@ def _register_split(last_tariffs_json: str | None, reading: Reading) -> dict[str
 
 
 def _advance(
-    conn: sqlite3.Connection,
+    cur: sqlite3.Cursor,
     meter_id: str,
     register: int,
     tariffs_json: str | None,
@@ -679,11 +684,82 @@ def _advance(
 ) -> None:
     """The meter's new position, comms counters and cumulative charge: one UPDATE per reading
     (``taken``: the reading's instant as stored)."""
-    conn.execute(
-        f"UPDATE meters SET {extra_sql}, last_register_wh = ?, last_tariffs_json = COALESCE(?, last_tariffs_json), "
-        "last_reading_at = ?, last_reading_id = ?, updated_at = ? WHERE id = ?",
-        (*extra_params, register, tariffs_json, taken, rid, taken, meter_id),
+    sql = _ADVANCE_NO_TARIFFS.get(extra_sql) if tariffs_json is None else None
+    if sql is not None:
+        cur.execute(sql, (*extra_params, register, taken, rid, taken, meter_id))
+        return
+    cur.execute(_advance_sql(extra_sql, "?"), (*extra_params, register, tariffs_json, taken, rid, taken, meter_id))
+
+
+def _advance_sql(extra_sql: str, tariffs: str) -> str:
+    """``_advance``'s UPDATE after the ``extra_sql`` assignments; ``tariffs``: ``?`` or ``NULL``."""
+    return (
+        f"UPDATE meters SET {extra_sql}, last_register_wh = ?, last_tariffs_json = COALESCE({tariffs}, last_tariffs_json), "
+        "last_reading_at = ?, last_reading_id = ?, updated_at = ? WHERE id = ?"
     )
+
+
+# The meter's comms counters after a reading that answered, and its cumulative charge after a charge
+# (``record_reading`` adds the relay read-back and the keep-power flag when the reading has them).
+_COMMS = "comms_ok = comms_ok + 1, last_comms_error = NULL"
+_CHARGED = ", charged_exact = ?, charged_minor = ?"
+_COMMS_CHARGED = _COMMS + _CHARGED
+# ``_advance`` for the usual readings (no per-tariff registers): the SQL text is a constant, and the
+# NULL is written in it rather than bound — sqlite3 binds a None only after a failed adapter lookup
+# (an AttributeError formatted and cleared, about 3,000 instructions per None).  The same statement.
+_ADVANCE_NO_TARIFFS = {extra: _advance_sql(extra, "NULL") for extra in (_COMMS, _COMMS_CHARGED)}
+_INSERT_READING = (
+    "INSERT INTO readings(meter_id, taken_at, quality, register_wh, export_wh, tariffs_json, relay, "
+    "outcome, delta_wh, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# The usual reading's row (no export register, per-tariff registers, relay state or detail): its NULLs
+# in the SQL text rather than bound (see ``_ADVANCE_NO_TARIFFS``).
+_INSERT_PLAIN_READING = (
+    "INSERT INTO readings(meter_id, taken_at, quality, register_wh, export_wh, tariffs_json, relay, "
+    "outcome, delta_wh, detail) VALUES (?, ?, ?, ?, NULL, NULL, NULL, ?, ?, NULL)"
+)
+
+
+def _insert_reading(
+    cur: sqlite3.Cursor,
+    meter_id: str,
+    taken: str,
+    reading: Reading,
+    tariffs_json: str | None,
+    clock_note: str | None,
+    outcome: str,
+    delta: int | None = None,
+    detail: str | None = None,
+) -> int:
+    """Insert the reading's row (``taken``: its instant as stored, ``clock_note``: why it is not the
+    instant the reading says, appended to the detail); returns its id."""
+    if clock_note is not None:
+        detail = clock_note if detail is None else f"{detail}; {clock_note}"
+    relay = reading.relay
+    if detail is None and relay is None and tariffs_json is None and reading.energy_export_wh is None:
+        cur.execute(
+            _INSERT_PLAIN_READING,
+            # ``_value_``: the member's own attribute (``.value`` goes through two Python-level descriptor calls)
+            (meter_id, taken, reading.quality._value_, reading.energy_import_wh, outcome, delta),
+        )
+    else:
+        cur.execute(
+            _INSERT_READING,
+            (
+                meter_id,
+                taken,
+                reading.quality.value,
+                reading.energy_import_wh,
+                reading.energy_export_wh,
+                tariffs_json,
+                relay.value if relay else None,
+                outcome,
+                delta,
+                detail,
+            ),
+        )
+    assert cur.lastrowid is not None
+    return cur.lastrowid
 
 
 def usage_json(
@@ -698,11 +774,13 @@ def usage_json(
     minor_digits: int = 2,
 ) -> str:
     """The ``pmg.usage/1`` message body, exactly as ``dumps`` writes it (sorted keys, compact): one
-    per reading, so built directly rather than through a dict and the encoder."""
+    per reading, so built directly rather than through a dict and the encoder.  Instant texts need no
+    JSON escaping (digits, ``-``, ``:``, ``T``, ``.``, ``Z``)."""
+    start_json = f'"{iso(start)}"' if start else "null"
     return (
         f'{{"account_id":{encode_basestring(account_id)},"balance":"{format_money(balance, minor_digits)}",'
         f'"charge":"{format_money(charge_minor, minor_digits)}","energy_wh":{int(delta_wh)},'
-        f'"interval_end":"{iso(end)}","interval_start":{_json_text(iso(start) if start else None)},'
+        f'"interval_end":"{iso(end)}","interval_start":{start_json},'
         f'"meter_id":{encode_basestring(meter_id)},"register_wh":{int(register_wh)},"schema":"pmg.usage/1"}}'
     )
 

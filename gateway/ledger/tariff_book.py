@@ -39,6 +39,7 @@ class TariffBook:
         self.calendar = calendar
         # id(version) -> (version, local day's first instant, next day's, cycle start, its text)
         self._cycle_days: dict[int, tuple[TariffVersion, datetime, datetime, datetime | None, str | None]] = {}
+        self._pricer: _Pricer | None = None  # the last one handed out (``pricer``)
 
     @classmethod
     def load(cls, directory: Path, conn: sqlite3.Connection | None, calendar: WorkCalendar) -> TariffBook:
@@ -80,8 +81,14 @@ class TariffBook:
         return begins, text
 
     def pricer(self, conn: sqlite3.Connection) -> _Pricer:
-        """A pricer for one transaction (it reads past entries only when a block position is stale)."""
-        return _Pricer(self, conn)
+        """A pricer for one transaction (it reads past entries only when a block position is stale).
+
+        The same one again while the connection is the same: it holds only the book and the
+        connection, and the daemon asks for one per reading."""
+        pricer = self._pricer
+        if pricer is None or pricer.conn is not conn:  # one per connection: it holds nothing else
+            pricer = self._pricer = _Pricer(self, conn)
+        return pricer
 
 
 class _Pricer:
@@ -103,9 +110,10 @@ class _Pricer:
         energy_wh: int,
         register_split: Mapping[str, int] | None,
     ) -> Priced:
-        tariff = self.book.get(account.tariff_id)
-        version = tariff.version_at(start)
-        begins, begins_text = self.book.cycle_of(version, start)
+        book = self.book
+        tariff = book.tariffs.get(account.tariff_id) or book.get(account.tariff_id)  # get() explains a miss
+        version = tariff.versions[tariff.version_index(start)]  # version_at, without its frame
+        begins, begins_text = book.cycle_of(version, start)
         if begins is None:
             used = 0
         elif account.cycle_start == begins_text:
@@ -117,11 +125,12 @@ class _Pricer:
             start,
             end,
             energy_wh,
-            day_type=self.book.day_type,
+            day_type=book.day_type,
             cycle_usage_wh=used,
             register_split_wh=register_split if version.tou is not None else None,
         )
-        return Priced(lines, _advanced(account, lines, begins, used) if lines else None)
+        # tuple.__new__: the record without the NamedTuple's Python-level __new__ (once per reading)
+        return tuple.__new__(Priced, (lines, _advanced(account, lines, begins, used) if lines else None))
 
 
 def _advanced(

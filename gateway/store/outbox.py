@@ -92,6 +92,14 @@ def put(
     return put_text(conn, topic, dumps(payload), now, billing=billing, retain=retain, qos=qos)
 
 
+_INSERT_MESSAGE = "INSERT INTO outbox(topic, payload, qos, retain, billing, created_at) VALUES (?, ?, ?, ?, ?, ?)"
+# The same insert for the usual message (QoS 1, not retained, billing): its constants in the SQL text
+# rather than bound, each a parameter less for sqlite3 to convert and bind.
+_INSERT_BILLING_MESSAGE = (
+    "INSERT INTO outbox(topic, payload, qos, retain, billing, created_at) VALUES (?, ?, 1, 0, 1, ?)"
+)
+
+
 def put_text(
     conn: sqlite3.Connection,
     topic: str,
@@ -103,10 +111,10 @@ def put_text(
     qos: int = 1,
 ) -> int:
     """``put`` of a body already serialised as compact JSON (an object), for the per-reading path."""
-    cur = conn.execute(
-        "INSERT INTO outbox(topic, payload, qos, retain, billing, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-        (topic, payload, qos, int(retain), int(billing), iso(now)),
-    )
+    if billing is True and retain is False and type(qos) is int and qos == 1:  # the usual message: constants
+        cur = conn.execute(_INSERT_BILLING_MESSAGE, (topic, payload, iso(now)))
+    else:
+        cur = conn.execute(_INSERT_MESSAGE, (topic, payload, qos, int(retain), int(billing), iso(now)))
     assert cur.lastrowid is not None
     return cur.lastrowid
 

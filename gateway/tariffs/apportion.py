@@ -37,6 +37,18 @@ def apportion(total: int, weights: Sequence[int]) -> list[int]:
     return parts
 
 
+def one_block(used_wh: int, energy_wh: int, upper_bounds_wh: Sequence[int | None]) -> int | None:
+    """The block (1-based) that takes all of ``energy_wh`` after ``used_wh``, or ``None`` when the
+    energy crosses a bound: ``split_blocks`` then gives the parts.  The usual reading stays in one
+    block, and this answers it without building the list of parts (both non-negative, as there)."""
+    for index, bound in enumerate(upper_bounds_wh, start=1):
+        if bound is None:
+            return index
+        if used_wh < bound:
+            return index if used_wh + energy_wh <= bound else None
+    return None  # no unbounded last block: ``split_blocks`` says so
+
+
 def split_blocks(
     used_wh: int, energy_wh: int, upper_bounds_wh: Sequence[int | None]
 ) -> list[tuple[int, int]]:

@@ -11,13 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Context, Decimal, Inexact, InvalidOperation, Rounded
 from typing import Literal
 
-from gateway.tariffs.apportion import apportion, split_blocks
+from gateway.tariffs.apportion import apportion, one_block, split_blocks
 from gateway.tariffs.spec import REGISTERS
-from gateway.tariffs.timeline import Segment, cycle_start, require_aware, segments_utc, wall_to_instant
+from gateway.tariffs.timeline import (
+    Segment,
+    cycle_start,
+    one_stretch,
+    require_aware,
+    segments_utc,
+    wall_to_instant,
+)
 from gateway.tariffs.values import Tariff, TariffVersion
 
 __all__ = ["ChargeLine", "cycle_start", "exact_amount", "price_interval", "standing_charge"]
@@ -26,6 +33,8 @@ _US = timedelta(microseconds=1)
 # Wide enough for any price a file can sensibly hold times any energy; a loss would raise, not round.
 _EXACT = Context(prec=80, traps=[Inexact, Rounded, InvalidOperation])
 _THOUSAND = Decimal(1000)
+# Bound once: a Context looks its attributes up through its own getattr, on every line of every reading.
+_multiply, _divide = _EXACT.multiply, _EXACT.divide
 
 
 @dataclass(frozen=True, init=False)
@@ -65,27 +74,27 @@ class ChargeLine:
         kind: Literal["energy", "standing"] = "energy",
         cycle: datetime | None = None,
     ) -> None:
-        # The fields go into the instance in one step: the generated __init__ of a frozen dataclass
-        # sets each through object.__setattr__, eleven calls for every line of every reading.
-        # Still frozen: assignment after construction raises as before.
-        self.__dict__.update(
-            tariff_id=tariff_id,
-            version=version,
-            start=start,
-            end=end,
-            period=period,
-            block=block,
-            energy_wh=energy_wh,
-            unit_price=unit_price,
-            amount=amount,
-            kind=kind,
-            cycle=cycle,
-        )
+        # The fields go straight into the instance's dict: the generated __init__ of a frozen
+        # dataclass sets each through object.__setattr__, eleven calls for every line of every
+        # reading (and a keyword ``update`` builds a dict to copy).  Still frozen: assignment after
+        # construction raises as before.
+        fields = self.__dict__
+        fields["tariff_id"] = tariff_id
+        fields["version"] = version
+        fields["start"] = start
+        fields["end"] = end
+        fields["period"] = period
+        fields["block"] = block
+        fields["energy_wh"] = energy_wh
+        fields["unit_price"] = unit_price
+        fields["amount"] = amount
+        fields["kind"] = kind
+        fields["cycle"] = cycle
 
 
 def exact_amount(energy_wh: int, unit_price: Decimal) -> Decimal:
     """``energy_wh × unit_price / 1000`` with no rounding (raises rather than lose a digit)."""
-    return _EXACT.divide(_EXACT.multiply(Decimal(energy_wh), unit_price), _THOUSAND)
+    return _divide(_multiply(energy_wh, unit_price), _THOUSAND)  # an int converts exactly
 
 
 def _check_int(name: str, value: object) -> int:
@@ -183,15 +192,45 @@ def price_interval(
     for a version without a register map) energy is split across pieces in proportion to time.
     Lines come in time order; their energies sum to ``energy_wh``.
     """
-    start_utc, end_utc = require_aware("start", start), require_aware("end", end)
-    _check_int("energy_wh", energy_wh)
-    used = _check_int("cycle_usage_wh", cycle_usage_wh)
+    # The instants the ledger passes are UTC already and its energies plain non-negative ints: those
+    # pass without a call each (the checks below refuse anything else, as they always did).
+    start_utc = start if type(start) is datetime and start.tzinfo is UTC else require_aware("start", start)
+    end_utc = end if type(end) is datetime and end.tzinfo is UTC else require_aware("end", end)
+    if type(energy_wh) is not int or energy_wh < 0:
+        _check_int("energy_wh", energy_wh)
+    used = cycle_usage_wh
+    if type(used) is not int or used < 0:
+        _check_int("cycle_usage_wh", used)
     if energy_wh == 0:
         return []
     if end_utc <= start_utc:
         raise ValueError(
             f"interval end {end.isoformat()} is not after start {start.isoformat()} but carries {energy_wh} Wh"
         )
+    if register_split_wh is None:
+        piece = one_stretch(tariff, start_utc, end_utc, day_type)
+        if piece is not None:
+            version = piece.version
+            block = one_block(used, energy_wh, version.block_bounds)
+            if block is not None:
+                # The usual reading: one stretch, one block, one line — the general loop below would
+                # price it the same (start to end, all the energy), without its lists and bookkeeping.
+                price = version.price(block, piece.period)
+                return [
+                    ChargeLine(
+                        tariff.id,
+                        version.version,
+                        start_utc,
+                        end_utc,
+                        piece.period,
+                        block if version.cycle is not None else None,
+                        energy_wh,
+                        price,
+                        _divide(_multiply(energy_wh, price), _THOUSAND),  # exact_amount, inline
+                        "energy",
+                        piece.cycle,
+                    )
+                ]
     segs = segments_utc(tariff, start_utc, end_utc, day_type)
     shares = (
         _time_shares(segs, energy_wh)

@@ -191,7 +191,11 @@ _PLANS_KEPT = 16
 
 def _day_plan(version: TariffVersion, day: date, day_type: Callable[[date], str]) -> tuple[Segment, ...]:
     """The stretches of local ``day`` (its first instant to the next day's) under ``version``."""
-    kind = day_type(day) if version.tou is not None else None
+    return _plan_of(version, day, day_type(day) if version.tou is not None else None)
+
+
+def _plan_of(version: TariffVersion, day: date, kind: str | None) -> tuple[Segment, ...]:
+    """``_day_plan`` for a day of type ``kind`` (``None`` for a version without time of use)."""
     plans = version.day_plans
     key = (day, kind)
     plan = plans.get(key)
@@ -248,6 +252,57 @@ def segments_utc(
             day += _DAY
             day_end = wall_to_instant(day + _DAY, 0, version.zone)
     return out
+
+
+def one_stretch(
+    tariff: Tariff, start: datetime, end: datetime, day_type: Callable[[date], str]
+) -> Segment | None:
+    """The stretch of ``segments_utc`` that holds all of ``start``..``end`` (UTC), if one does: the usual
+    reading (minutes inside one version, one local day and one time-of-use window).  ``None`` otherwise,
+    and the caller cuts the interval with ``segments_utc``.
+
+    The same stretch as ``segments_utc`` would return alone, found without building the list: the
+    version by one bisection, the day's plan from its cache and the piece holding ``start`` in it.
+    The returned segment is the plan's piece itself (its start and end are the piece's, not the
+    interval's); its version, period and cycle are the interval's.
+
+    The last stretch found is remembered per tariff with the span it holds for (the piece, within
+    its version's span) and its day's type: the next reading's interval usually lies in it, and then
+    only the day type is asked again (the calendar may have changed it)."""
+    memo = _LAST_STRETCH.get(id(tariff))
+    if memo is not None and memo[0] is tariff and memo[1] <= start and end <= memo[2]:
+        kind = memo[4]
+        if kind is None or day_type(memo[3]) == kind:
+            return memo[5]
+    first = tariff.version_index(start)
+    starts = tariff.starts_utc
+    if first + 1 < len(starts) and starts[first + 1] < end:
+        return None  # a later version begins inside the interval
+    version = tariff.versions[first]
+    if version.tou is None and version.cycle is None:
+        return Segment(start, end, version, None, None)
+    day, day_end = _local_day(version, start)
+    if end > day_end:
+        return None  # the interval crosses a local midnight
+    kind = day_type(day) if version.tou is not None else None
+    for piece in _plan_of(version, day, kind):
+        if piece.end > start:  # the first piece ending after the start holds it (the plan tiles the day)
+            if end > piece.end:
+                return None
+            # the span this piece answers for: inside it and inside the version's span
+            lo = max(piece.start, starts[first])
+            hi = piece.end if first + 1 == len(starts) else min(piece.end, starts[first + 1])
+            if len(_LAST_STRETCH) >= _LAST_STRETCHES_KEPT:
+                _LAST_STRETCH.clear()
+            _LAST_STRETCH[id(tariff)] = (tariff, lo, hi, day, kind, piece)
+            return piece
+    return None
+
+
+# Per tariff (by id, the tariff itself kept and compared): the stretch ``one_stretch`` found last, the
+# span it holds for, its local day and that day's type (``None`` without time of use).
+_LAST_STRETCH: dict[int, tuple[Tariff, datetime, datetime, date, str | None, Segment]] = {}
+_LAST_STRETCHES_KEPT = 64
 
 
 # Per version (by id, the version itself kept and compared): the local day an instant was last placed

@@ -173,9 +173,12 @@ class Tariff:
 
     def version_index(self, instant: datetime) -> int:
         """The index in ``versions`` of the version in force at ``instant`` (aware)."""
-        if instant.tzinfo is None or instant.utcoffset() is None:
-            raise ValueError(f"tariff {self.id}: instant {instant.isoformat()} has no time zone")
-        index = bisect.bisect_right(self.starts_utc, instant if instant.tzinfo is UTC else instant.astimezone(UTC))
+        utc = instant
+        if utc.tzinfo is not UTC:  # UTC (every instant the ledger passes) needs no check
+            if instant.tzinfo is None or instant.utcoffset() is None:
+                raise ValueError(f"tariff {self.id}: instant {instant.isoformat()} has no time zone")
+            utc = instant.astimezone(UTC)
+        index = bisect.bisect_right(self.starts_utc, utc)
         if index == 0:
             raise LookupError(
                 f"tariff {self.id} has no version in force at {instant.isoformat()} "

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from gateway.core.calendar import CalendarError, DayType, WorkCalendar
+from gateway.core.calendar import CalendarError, DayType, OfficialYear, WorkCalendar
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +96,17 @@ def test_holiday_table_cached_per_year(cn: WorkCalendar) -> None:
     table = cn._years[2031]
     cn.day_type(date(2031, 5, 2))
     assert cn._years[2031] is table
+
+
+def test_a_day_type_asked_before_an_official_year_arrives_follows_it() -> None:
+    """The calendar remembers each date's day type; an official arrangement learnt later must still
+    decide the dates it covers (a remembered answer is forgotten when the calendar learns one)."""
+    cal = WorkCalendar("Asia/Shanghai", "CN")
+    tuesday, saturday = date(2031, 3, 4), date(2031, 3, 8)
+    assert cal.day_type(tuesday) == DayType.WORKDAY
+    assert cal.day_type(saturday) == DayType.WEEKEND
+    cal.add_official(
+        OfficialYear("CN", 2031, frozenset({tuesday}), frozenset({saturday}), "test notice", "test")
+    )
+    assert cal.day_type(tuesday) == DayType.HOLIDAY
+    assert cal.day_type(saturday) == DayType.WORKDAY

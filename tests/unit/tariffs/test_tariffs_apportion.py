@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.tariffs.apportion import apportion, split_blocks
+from gateway.tariffs.apportion import apportion, one_block, split_blocks
 
 
 def test_apportion_largest_remainder_gives_spare_units_to_largest_remainders() -> None:
@@ -86,3 +86,21 @@ def test_split_blocks_sums_and_respects_bounds(used: int, energy: int, steps: li
         assert lower <= position  # the piece starts inside its own block, never in a lower one
         assert upper is None or position + part <= upper
         position += part
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    used=st.integers(min_value=0, max_value=10**7),
+    energy=st.integers(min_value=1, max_value=10**7),
+    steps=st.lists(st.integers(min_value=1, max_value=10**6), max_size=4),
+)
+def test_one_block_is_the_split_when_it_has_one_part(used: int, energy: int, steps: list[int]) -> None:
+    """Pricing's shortcut for the usual reading names the block only when the split has one part."""
+    bounds: list[int | None] = []
+    acc = 0
+    for step in steps:
+        acc += step
+        bounds.append(acc)
+    bounds.append(None)
+    pieces = split_blocks(used, energy, bounds)
+    assert one_block(used, energy, bounds) == (pieces[0][0] if len(pieces) == 1 else None)

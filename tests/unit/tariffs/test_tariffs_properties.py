@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from gateway.tariffs.apportion import apportion
 from gateway.tariffs.model import Tariff, tariff_from_dict
 from gateway.tariffs.pricing import ChargeLine, cycle_start, price_interval
-from gateway.tariffs.timeline import _direct_segments, segments
+from gateway.tariffs.timeline import Segment, _direct_segments, one_stretch, segments
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
 ZONES = ["Asia/Shanghai", "Europe/London", "America/New_York", "Australia/Lord_Howe"]
@@ -296,6 +296,40 @@ def test_cached_day_plans_cut_exactly_as_the_direct_cut(
         expected.extend(_direct_segments(version, lo, hi, calendar))
     assert segments(tariff, start, end, calendar) == expected
     assert segments(tariff, start, end, calendar) == expected  # again, from the cache
+
+
+@SETTINGS
+@given(
+    tariff=tariffs(),
+    start=st.one_of(instants, near_changes),
+    length=st.integers(1, 3 * 60 * 60 * 1_000_000).map(lambda us: timedelta(microseconds=us)),
+    micros=st.integers(0, 999_999),
+)
+def test_one_stretch_is_the_whole_cut_when_it_finds_one(
+    tariff: Tariff, start: datetime, length: timedelta, micros: int
+) -> None:
+    """Pricing's shortcut for the usual reading: a stretch that holds the whole interval is what the
+    full cut returns alone (same version, period and cycle), and the shortcut never claims one the
+    cut does not.  Asked again for intervals inside, around and after the first (the remembered
+    stretch answers some of them)."""
+    start += timedelta(microseconds=micros)
+    end = start + length
+    third = length / 3
+    for lo, hi in [
+        (start, end),
+        (start + third, end),
+        (start, start + third),
+        (start - third, end),
+        (start, end + third),
+        (end, end + length),
+        (start + third, end - third),
+    ]:
+        if hi <= lo:
+            continue  # pricing refuses an empty interval before it asks
+        piece = one_stretch(tariff, lo, hi, calendar)
+        if piece is not None:
+            assert segments(tariff, lo, hi, calendar) == [Segment(lo, hi, piece.version, piece.period, piece.cycle)]
+            assert piece.start <= lo and hi <= piece.end
 
 
 def test_a_skipped_local_day_does_not_end_the_stretches() -> None:
