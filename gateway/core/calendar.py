@@ -58,8 +58,21 @@ def _one_country_at_a_time() -> None:
     if spec is None or spec.submodule_search_locations is None:
         return  # pragma: no cover - depends on the installed package's layout
     package = importlib.util.module_from_spec(spec)  # created, not executed
+    package.__getattr__ = _country_class  # type: ignore[method-assign]  # PEP 562: names on demand
     sys.modules[name] = package
     holidays.countries = package  # what the import system would set
+
+
+def _country_class(name: str) -> object:
+    """``holidays.countries.<Class or code>`` of the bare package, from that country's module alone
+    (what the package's ``__init__`` would have imported, for any other user in the process)."""
+    from holidays.registry import COUNTRIES
+
+    for module_name, names in COUNTRIES.items():
+        if name in names:
+            module = importlib.import_module(f"{holidays.__name__}.countries.{module_name}")
+            return getattr(module, name)
+    raise AttributeError(f"module 'holidays.countries' has no attribute '{name}'")
 
 
 def _announced_years(country: str) -> frozenset[int]:

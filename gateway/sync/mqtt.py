@@ -131,6 +131,7 @@ class MqttLink:
         self._generation = 0
         self._client: paho.Client | None = None
         self._driver: PahoOnLoop | None = None  # serves the client's socket from the loop
+        self._closing: asyncio.Future[None] | None = None  # the one goodbye and disconnect
         self._stopping = False
         self._handlers: set[asyncio.Future[Any]] = set()
         self._tls_context: ssl.SSLContext | None = None
@@ -367,7 +368,7 @@ class MqttLink:
                 await self._wait()
                 await self._linger()
         finally:
-            await self._driver.stop()
+            await self._close_network()  # the one shutdown, whether stop() or a cancellation began it
             await asyncio.gather(network, return_exceptions=True)
             self._take_acks()
             self._flush_acks(force=True)
@@ -538,21 +539,32 @@ class MqttLink:
             await self.drain(deadline_s)
         self._stopping = True
         self._wakeup()
-        client = self._client
-        if client is not None:
-            if self.stats.connected:
-                info = client.publish(
-                    f"{self.prefix}/status", self._status_payload("offline"), qos=1, retain=True
-                )
-                try:
-                    await asyncio.wait_for(asyncio.to_thread(info.wait_for_publish, 1.0), 1.5)
-                except (TimeoutError, RuntimeError, ValueError):
-                    pass
-            client.disconnect()
-        if self._driver is not None:
-            await self._driver.stop()  # sends the DISCONNECT; no reconnect after it
+        await self._close_network()
         self._take_acks()
         self._flush_acks(force=True)
+
+    async def _close_network(self) -> None:
+        """Say goodbye and disconnect, once: ``stop()`` and the end of ``run()`` both come here, and
+        the second waits for the first (closing the socket under the goodbye would leave the broker
+        to publish the last will, an older ``offline`` status, over the fresh one)."""
+        if self._closing is None:
+            driver = self._driver
+            if driver is None:
+                return
+            self._closing = asyncio.ensure_future(driver.stop(self._goodbye))
+        await asyncio.shield(self._closing)
+        if self.stats.connected:  # closed by force (paho never got to say so): not connected now
+            self._set_connected(False)
+
+    async def _goodbye(self) -> None:
+        """The retained ``offline`` status, acknowledged (at most a second), before the DISCONNECT."""
+        client = self._client
+        if client is None or not self.stats.connected:
+            return
+        info = client.publish(f"{self.prefix}/status", self._status_payload("offline"), qos=1, retain=True)
+        end = time.monotonic() + 1.0
+        while not info.is_published() and self.stats.connected and time.monotonic() < end:
+            await asyncio.sleep(0.01)  # the PUBACK is read on this loop
 
     def publish_raw(self, topic: str, payload: dict[str, Any], *, retain: bool = False) -> None:
         """Best-effort, non-durable publish (acks for commands are also written to the outbox)."""

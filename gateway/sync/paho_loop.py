@@ -13,8 +13,9 @@ byte per publish.
 What paho's thread did besides reading and writing is done here:
 
 - **connecting**: ``reconnect()`` resolves, connects and (with TLS) completes the handshake with
-  blocking calls bounded by paho's connect timeout, so it runs on a worker thread; the socket it
-  opens is registered with the loop from there through ``call_soon_threadsafe``;
+  blocking calls (paho's connect timeout bounds the TCP connect and each TLS read or write, not name
+  resolution), so it runs on a worker thread; the socket it opens is registered with the loop from
+  there through ``call_soon_threadsafe``, and the loop calls no paho method while it runs;
 - **reconnecting** after a lost connection or a failed attempt, waiting ``min_delay`` doubling up to
   ``max_delay`` between attempts and back to ``min_delay`` after a connection the broker accepted
   (paho's ``reconnect_delay_set`` semantics);
@@ -34,7 +35,7 @@ import logging
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -44,6 +45,10 @@ from gateway.core.idle import Idle
 log = logging.getLogger("pmg.mqtt")
 
 MISC_INTERVAL_S = 1.0  # loop_misc this often: keepalive pings and their timeout (paho's select timeout)
+# How long stop() waits for a connection attempt under way.  paho bounds the TCP connect and each TLS
+# read or write by its connect timeout (5 s), but not name resolution nor the handshake as a whole;
+# an attempt still running after this cannot bring its connection up (``_register``).
+ATTEMPT_WAIT_S = 11.0
 # What a connection attempt can raise: socket and TLS errors (ssl.SSLError and socket.timeout are
 # OSErrors), and paho's ValueError for an empty host or a bad port.
 CONNECT_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError)
@@ -99,6 +104,9 @@ class PahoOnLoop:
     def _register(self, sock: Any) -> None:
         if sock.fileno() < 0:  # closed again before the loop got to it
             return
+        if self._stopping:  # an attempt that outlived stop(): its connection must not come up
+            _close(sock)
+            return
         self._sock = sock
         self._loop.add_reader(sock, self._readable)
 
@@ -151,7 +159,10 @@ class PahoOnLoop:
                 continue
             await self._idle.sleep(MISC_INTERVAL_S)
             if self._sock is not None and not self._stopping:
-                self.client.loop_misc()
+                try:
+                    self.client.loop_misc()
+                except Exception:  # keepalive must go on: one odd failure must not end the link
+                    log.warning("mqtt keepalive step failed", exc_info=True)
 
     async def _wait_before_attempt(self) -> None:
         delay = self.min_delay_s if self._delay_s is None else min(self._delay_s * 2, self.max_delay_s)
@@ -172,33 +183,46 @@ class PahoOnLoop:
         finally:
             self._connecting = None
 
-    async def stop(self, deadline_s: float = 1.0) -> None:
-        """Send what paho has queued (a DISCONNECT, if the caller asked for one), then close: no
-        reconnect, no socket left registered.  An attempt under way is waited for (paho's connect
-        timeout bounds it) so that its socket cannot open after the link stopped."""
+    async def stop(self, goodbye: Callable[[], Awaitable[None]] | None = None, deadline_s: float = 1.0) -> None:
+        """Stop for good: no reconnect, and no socket left open or registered.
+
+        In order, all on the loop thread: an attempt under way is waited for (``ATTEMPT_WAIT_S``), so
+        that no paho call of ours runs while the worker is inside ``reconnect()``; if a connection is
+        up, ``goodbye`` runs (the caller's last messages, acknowledged meanwhile), then paho sends its
+        DISCONNECT and closes the socket itself (within ``deadline_s``); whatever is left is closed
+        here.  An attempt that outlives the wait cannot bring its connection up: its socket is closed
+        when it arrives (``_register``)."""
         self._stopping = True
         self._idle.wake()
-        if self._connecting is not None:
+        attempt = self._connecting
+        if attempt is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._connecting), paho_connect_timeout(self.client))
-            except TimeoutError:
+                await asyncio.wait_for(asyncio.shield(attempt), ATTEMPT_WAIT_S)
+            except Exception:  # a failed or late attempt: said by the attempt itself
                 pass
-            except CONNECT_ERRORS:
-                pass  # said by the attempt itself
-        loop = self._loop
-        end = loop.time() + deadline_s
-        while self._sock is not None and self.client.want_write() and loop.time() < end:
-            await asyncio.sleep(0.01)  # the writer callback sends it; paho closes after a DISCONNECT
+        settled = attempt is None or attempt.done()
+        if settled and self._sock is not None:
+            if goodbye is not None:
+                try:
+                    await goodbye()
+                except Exception:  # a goodbye that fails must not keep the socket open
+                    log.warning("mqtt goodbye failed", exc_info=True)
+            if self._sock is not None:
+                self.client.disconnect()  # queued; the writer sends it and paho then closes the socket
+                end = self._loop.time() + deadline_s
+                while self._sock is not None and self._loop.time() < end:
+                    await asyncio.sleep(0.01)
         sock = self._sock
         if sock is not None:
             self._unregister(sock)
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
+            _close(sock)
 
 
-def paho_connect_timeout(client: paho.Client) -> float:
-    """How long paho lets one connection attempt take (socket connect, then the TLS handshake)."""
-    return float(client.connect_timeout) * 2 + 1.0
+def _close(sock: Any) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+

@@ -130,6 +130,8 @@ class Verifier:
                 key = self._keys[key_id] = parse_public_key(self._texts[key_id], key_id)
             except ValueError as exc:  # a library that checks the point at load: the command is refused
                 raise SigningError(f"command key '{key_id}' is not usable: {exc}") from None
+            except ImportError as exc:  # an installation without it: every command refused, saying why
+                raise SigningError(f"cannot verify signatures: {exc}") from None
         return key
 
     def verify(self, command: Mapping[str, Any]) -> None:

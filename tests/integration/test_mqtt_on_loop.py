@@ -5,7 +5,9 @@ idle connection must outlive the broker's keepalive timeout (1.5 × keepalive, M
 the ``loop_misc`` calls Mosquitto drops it within 12 s at a keepalive of 5 s, and the test fails).  A
 refused port says its error in one line and is retried; a stop while the broker has not answered the
 CONNECT closes the socket and does not reconnect; and nothing of the link runs on another thread
-once it is connected.
+once it is connected.  A stop on a slow line says goodbye before it closes (or the broker would
+publish the last will, an older ``offline``, over the fresh one), and a connection attempt that
+outlives the stop never brings its connection up.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ import socket
 import threading
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
 from support.broker import Mosquitto
+from support.gateway_harness import subscriber
 from support.waiting import async_wait_for
 
 from gateway.config import MqttConfig
 from gateway.core.timeutil import system_clock
 from gateway.store.db import open_store
+from gateway.sync import paho_loop
 from gateway.sync.mqtt import MqttLink
 
 pytestmark = pytest.mark.broker
@@ -129,3 +134,87 @@ def test_a_stop_before_the_connack_closes_the_socket_and_does_not_reconnect(tmp_
         for conn in accepted:
             conn.close()
         server.close()
+
+
+async def _delaying_proxy(target_port: int, delay_s: float) -> asyncio.Server:
+    """A TCP relay to the broker that holds every chunk ``delay_s`` each way (a slow uplink)."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                await asyncio.sleep(delay_s)
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    return await asyncio.start_server(relay, "127.0.0.1", 0)
+
+
+def test_a_stop_on_a_slow_line_says_goodbye_before_it_closes(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    with subscriber(mosquitto.port, "pmg/gw-slow/status") as hq:
+
+        async def scenario() -> MqttLink:
+            proxy = await _delaying_proxy(mosquitto.port, 0.05)
+            port = proxy.sockets[0].getsockname()[1]
+            store = open_store(tmp_path / "gw.db")
+            link = MqttLink(_config(port), "gw-slow", store, system_clock)
+            task = asyncio.create_task(link.run())
+            try:
+                await async_wait_for(lambda: link.stats.subscribed, timeout=10, what="link up")
+                await link.stop(1.0)
+                assert not link.stats.connected
+            finally:
+                await asyncio.gather(task, return_exceptions=True)
+                store.close()
+                proxy.close()
+            await asyncio.sleep(1.0)  # a last will would be published now, when the broker sees the close
+            return link
+
+        asyncio.run(scenario())
+        states = [m["state"] for m in hq.of("/status")]
+    assert states == ["online", "offline"], states  # the goodbye, and no will after it
+
+
+def test_an_attempt_that_outlives_the_stop_never_comes_up(
+    mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection attempt stuck in name resolution or a handshake past stop()'s wait."""
+    entered, release = threading.Event(), threading.Event()
+    real = paho.Client._create_socket_connection
+
+    def slow(self: paho.Client) -> socket.socket:
+        entered.set()
+        release.wait(10)
+        return real(self)  # type: ignore[no-any-return]
+
+    with subscriber(mosquitto.port, "pmg/gw-late/status") as hq:  # connected before the slow connect
+        monkeypatch.setattr(paho.Client, "_create_socket_connection", slow)
+        monkeypatch.setattr(paho_loop, "ATTEMPT_WAIT_S", 0.2)
+
+        async def scenario() -> MqttLink:
+            store = open_store(tmp_path / "gw.db")
+            link = MqttLink(_config(mosquitto.port), "gw-late", store, system_clock)
+            task = asyncio.create_task(link.run())
+            try:
+                await async_wait_for(entered.is_set, timeout=5, what="an attempt under way")
+                await asyncio.wait_for(link.stop(0.5), 5)
+                release.set()  # the attempt now connects to the broker, after the stop
+                await asyncio.sleep(1.5)
+                assert link._driver is not None and not link._driver.has_socket
+                assert not link.stats.connected and link.stats.connects == 0
+            finally:
+                release.set()
+                await asyncio.gather(task, return_exceptions=True)
+                store.close()
+            return link
+
+        asyncio.run(scenario())
+        states = [m["state"] for m in hq.of("/status")]
+    assert states == [], states  # no "online" from a connection after the stop

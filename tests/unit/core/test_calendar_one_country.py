@@ -53,3 +53,17 @@ def test_one_country_is_imported_and_its_days_are_the_same(country: str) -> None
     assert 1 <= len(seen["countries"]) <= 3, seen["countries"]  # the country (and a parent it extends)
     assert seen["days"] == _run(THE_USUAL_WAY, country)
     assert seen["types"].count("holiday") >= len(seen["days"]) // 2  # the calendar reads those days
+
+
+def test_the_package_still_names_every_country_for_other_users() -> None:
+    """Another user of ``holidays`` in the process still finds ``holidays.countries.<Class>``."""
+    code = (
+        "from gateway.core.calendar import WorkCalendar\n"
+        "WorkCalendar('UTC', 'CN')\n"
+        "from holidays.countries import UnitedKingdom, GB\n"
+        "import holidays.countries as countries\n"
+        "assert UnitedKingdom.__name__ == 'UnitedKingdom' and GB is not None and countries.UnitedStates\n"
+        "try:\n    countries.NoSuchCountry\nexcept AttributeError:\n    print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.stdout.strip() == "ok", out.stderr
