@@ -154,17 +154,10 @@ def charge_detail_json(exact: Decimal, lines: Sequence[PricedLine]) -> str:
     Built by hand for the tariff engine's own lines — every charged reading stores one, and
     ``dumps`` of the nested dicts was a tenth of a reading's cost; other lines take ``dumps``.
     Decimal and instant texts need no escaping; names go through the JSON string encoder."""
-    if len(lines) == 1:  # the usual reading: one line, in one piece (``_charge_line_json``'s text, inline)
+    if len(lines) == 1:  # the usual reading: one line, no generator or list
         line = lines[0]
         if type(line) is ChargeLine:
-            block, period, tariff_id = line.block, line.period, line.tariff_id
-            return (
-                f'{{"exact":"{exact!s}","lines":[{{"amount":"{line.amount!s}",'
-                f'"block":{"null" if block is None else int(block)},"end":"{iso(line.end)}",'
-                f'"energy_wh":{line.energy_wh},"period":{"null" if period is None else encode_basestring(period)},'
-                f'"start":"{iso(line.start)}","tariff_id":{"null" if tariff_id is None else encode_basestring(tariff_id)},'
-                f'"unit_price":"{line.unit_price!s}","version":{line.version}}}]}}'
-            )
+            return f'{{"exact":"{exact!s}","lines":[{_charge_line_json(line)}]}}'
     if not all(type(line) is ChargeLine for line in lines):
         return dumps({"exact": str(exact), "lines": [_line_json(line) for line in lines]})
     parts = [_charge_line_json(line) for line in lines if isinstance(line, ChargeLine)]
@@ -292,11 +285,7 @@ def record_reading(
         last_seen = parse_iso(meter.last_reading_at)
     last_at = last_seen
     assert meter.last_register_wh is not None and meter.last_reading_at is not None
-    last_register = meter.last_register_wh
-    if register >= last_register:  # register_delta's usual answer, without the call
-        delta, wrapped = register - last_register, False
-    else:
-        delta, wrapped = register_delta(last_register, register, register_modulus_wh)
+    delta, wrapped = register_delta(meter.last_register_wh, register, register_modulus_wh)
     elapsed_s = max((now - last_at).total_seconds(), MIN_PLAUSIBILITY_WINDOW_S)
     bound_wh = max_power_w * elapsed_s / 3600 + PLAUSIBILITY_SLACK_WH  # float only for a bound, never money
     if delta > bound_wh:
@@ -621,13 +610,10 @@ def _checked_position(conn: sqlite3.Connection, meter: _Meter, check: _PositionC
     reading or a later one of this meter, with that reading's register.  Otherwise the ledger's
     position is worked out and wins — charging from a rewound register would charge its energy a
     second time — and an alarm event says what the meter row claimed; the reading's one meter update
-    then writes the ledger's position back with the new one."""
-    if check.reading_id is None or (
-        check.cited_register_wh == meter.last_register_wh
-        and (check.last_charged_reading_id is None or check.reading_id >= check.last_charged_reading_id)
-    ):
-        return meter
+    then writes the ledger's position back with the new one.  Called only when the row does not settle
+    it (``_meter_and_account`` decides that, and gives no check then)."""
     last_reading_id = check.reading_id
+    assert last_reading_id is not None
     ledger = disagreement(conn, meter.id, meter.account_id, meter.last_register_wh, last_reading_id)
     if ledger is None:
         return meter

@@ -226,7 +226,7 @@ def price_interval(
                         block if version.cycle is not None else None,
                         energy_wh,
                         price,
-                        _divide(_multiply(energy_wh, price), _THOUSAND),  # exact_amount, inline
+                        exact_amount(energy_wh, price),
                         "energy",
                         piece.cycle,
                     )
