@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -38,22 +40,34 @@ def _config(port: int, keepalive_s: int = 5) -> MqttConfig:
     )
 
 
+@asynccontextmanager
+async def _running(tmp_path: Path, port: int, gateway_id: str) -> AsyncIterator[MqttLink]:
+    """A link to ``port`` running on this loop; stopped (at most 5 s), its task gathered and its
+    store closed on the way out, whatever the test did meanwhile (a second stop is harmless)."""
+    store = open_store(tmp_path / "gw.db")
+    link = MqttLink(_config(port), gateway_id, store, system_clock)
+    task = asyncio.create_task(link.run())
+    try:
+        yield link
+    finally:
+        await asyncio.wait_for(link.stop(0.5), 5)
+        await asyncio.gather(task, return_exceptions=True)
+        store.close()
+
+
 def test_an_idle_connection_outlives_the_keepalive_and_callbacks_run_on_the_loop(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
     threads: set[int] = set()
 
     async def scenario() -> MqttLink:
-        store = open_store(tmp_path / "gw.db")
-        link = MqttLink(_config(mosquitto.port), "gw-loop", store, system_clock)
-        real = link._on_publish
+        async with _running(tmp_path, mosquitto.port, "gw-loop") as link:
+            real = link._on_publish
 
-        def on_publish(*args: object) -> None:
-            threads.add(threading.get_ident())
-            real(*args)  # type: ignore[arg-type]
+            def on_publish(*args: object) -> None:
+                threads.add(threading.get_ident())
+                real(*args)  # type: ignore[arg-type]
 
-        task = asyncio.create_task(link.run())
-        try:
             await async_wait_for(lambda: link.stats.subscribed, timeout=10, what="link up")
             assert link._client is not None
             link._client.on_publish = on_publish
@@ -62,10 +76,6 @@ def test_an_idle_connection_outlives_the_keepalive_and_callbacks_run_on_the_loop
             link.publish_raw("probe", {"n": 1})
             await async_wait_for(lambda: bool(threads), timeout=5, what="PUBACK of the probe")
             assert threads == {threading.get_ident()}  # the loop's thread, not paho's
-        finally:
-            await link.stop(1.0)
-            await asyncio.gather(task, return_exceptions=True)
-            store.close()
         return link
 
     link = asyncio.run(scenario())
@@ -78,15 +88,8 @@ def test_a_refused_port_says_why_and_is_retried(tmp_path: Path) -> None:
         port = probe.getsockname()[1]
 
     async def scenario() -> MqttLink:
-        store = open_store(tmp_path / "gw.db")
-        link = MqttLink(_config(port), "gw-loop", store, system_clock)
-        task = asyncio.create_task(link.run())
-        try:
+        async with _running(tmp_path, port, "gw-loop") as link:
             await async_wait_for(lambda: link.stats.connect_failures >= 2, timeout=10, what="a retry")
-        finally:
-            await link.stop(0.5)
-            await asyncio.gather(task, return_exceptions=True)
-            store.close()
         return link
 
     link = asyncio.run(scenario())
@@ -106,19 +109,12 @@ def test_a_stop_before_the_connack_closes_the_socket_and_does_not_reconnect(tmp_
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        store = open_store(tmp_path / "gw.db")
-        link = MqttLink(_config(port), "gw-loop", store, system_clock)
-        task = asyncio.create_task(link.run())
-        try:
+        async with _running(tmp_path, port, "gw-loop") as link:
             conn, _ = await loop.run_in_executor(None, server.accept)
             accepted.append(conn)
             conn.settimeout(5)
             assert (await loop.run_in_executor(None, conn.recv, 1))[:1] == b"\x10"  # CONNECT
             assert not link.stats.connected
-        finally:
-            await asyncio.wait_for(link.stop(0.5), 5)
-            await asyncio.gather(task, return_exceptions=True)
-            store.close()
         assert link._driver is not None and not link._driver.has_socket
 
     try:
@@ -162,17 +158,12 @@ def test_a_stop_on_a_slow_line_says_goodbye_before_it_closes(mosquitto: Mosquitt
 
         async def scenario() -> MqttLink:
             proxy = await _delaying_proxy(mosquitto.port, 0.05)
-            port = proxy.sockets[0].getsockname()[1]
-            store = open_store(tmp_path / "gw.db")
-            link = MqttLink(_config(port), "gw-slow", store, system_clock)
-            task = asyncio.create_task(link.run())
             try:
-                await async_wait_for(lambda: link.stats.subscribed, timeout=10, what="link up")
-                await link.stop(1.0)
-                assert not link.stats.connected
+                async with _running(tmp_path, proxy.sockets[0].getsockname()[1], "gw-slow") as link:
+                    await async_wait_for(lambda: link.stats.subscribed, timeout=10, what="link up")
+                    await link.stop(1.0)
+                    assert not link.stats.connected
             finally:
-                await asyncio.gather(task, return_exceptions=True)
-                store.close()
                 proxy.close()
             await asyncio.sleep(1.0)  # a last will would be published now, when the broker sees the close
             return link
@@ -199,20 +190,16 @@ def test_an_attempt_that_outlives_the_stop_never_comes_up(
         monkeypatch.setattr(paho_loop, "ATTEMPT_WAIT_S", 0.2)
 
         async def scenario() -> MqttLink:
-            store = open_store(tmp_path / "gw.db")
-            link = MqttLink(_config(mosquitto.port), "gw-late", store, system_clock)
-            task = asyncio.create_task(link.run())
             try:
-                await async_wait_for(entered.is_set, timeout=5, what="an attempt under way")
-                await asyncio.wait_for(link.stop(0.5), 5)
-                release.set()  # the attempt now connects to the broker, after the stop
-                await asyncio.sleep(1.5)
-                assert link._driver is not None and not link._driver.has_socket
-                assert not link.stats.connected and link.stats.connects == 0
+                async with _running(tmp_path, mosquitto.port, "gw-late") as link:
+                    await async_wait_for(entered.is_set, timeout=5, what="an attempt under way")
+                    await asyncio.wait_for(link.stop(0.5), 5)
+                    release.set()  # the attempt now connects to the broker, after the stop
+                    await asyncio.sleep(1.5)
+                    assert link._driver is not None and not link._driver.has_socket
+                    assert not link.stats.connected and link.stats.connects == 0
             finally:
                 release.set()
-                await asyncio.gather(task, return_exceptions=True)
-                store.close()
             return link
 
         asyncio.run(scenario())

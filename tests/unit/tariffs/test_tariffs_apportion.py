@@ -62,6 +62,16 @@ def test_split_blocks_exact_at_the_threshold() -> None:
         split_blocks(0, 10, [5])
 
 
+def _bounds(steps: list[int]) -> list[int | None]:
+    """Block upper bounds rising by ``steps``, then an unbounded last block."""
+    bounds: list[int | None] = []
+    acc = 0
+    for step in steps:
+        acc += step
+        bounds.append(acc)
+    return [*bounds, None]
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     used=st.integers(min_value=0, max_value=10**7),
@@ -69,12 +79,7 @@ def test_split_blocks_exact_at_the_threshold() -> None:
     steps=st.lists(st.integers(min_value=1, max_value=10**6), max_size=4),
 )
 def test_split_blocks_sums_and_respects_bounds(used: int, energy: int, steps: list[int]) -> None:
-    bounds: list[int | None] = []
-    acc = 0
-    for step in steps:
-        acc += step
-        bounds.append(acc)
-    bounds.append(None)
+    bounds = _bounds(steps)
     pieces = split_blocks(used, energy, bounds)
     assert sum(e for _, e in pieces) == energy
     position = used
@@ -96,11 +101,6 @@ def test_split_blocks_sums_and_respects_bounds(used: int, energy: int, steps: li
 )
 def test_one_block_is_the_split_when_it_has_one_part(used: int, energy: int, steps: list[int]) -> None:
     """Pricing's shortcut for the usual reading names the block only when the split has one part."""
-    bounds: list[int | None] = []
-    acc = 0
-    for step in steps:
-        acc += step
-        bounds.append(acc)
-    bounds.append(None)
+    bounds = _bounds(steps)
     pieces = split_blocks(used, energy, bounds)
     assert one_block(used, energy, bounds) == (pieces[0][0] if len(pieces) == 1 else None)
