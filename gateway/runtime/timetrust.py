@@ -26,7 +26,7 @@ re-decisions.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import logging
 import statistics
 import time
@@ -232,11 +232,19 @@ class _Timex(ctypes.Structure):
     _fields_ = [("modes", ctypes.c_uint), ("_rest", ctypes.c_byte * 512)]
 
 
+@functools.cache
+def _process_symbols() -> ctypes.CDLL:
+    """The symbols already loaded in this process, the C library's among them (``dlopen(NULL)``).
+
+    Not ``ctypes.util.find_library("c")``: on Linux it runs ``ldconfig -p`` in a child process on
+    every call, which forked the whole daemon at every NTP probe."""
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def adjtimex_probe() -> bool | None:
     """Linux: is the system clock synchronised (``adjtimex`` read-only, no privilege needed)?"""
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name, use_errno=True)
+        libc = _process_symbols()
         tx = _Timex()
         state = int(libc.adjtimex(ctypes.byref(tx)))
     except (OSError, AttributeError, TypeError):

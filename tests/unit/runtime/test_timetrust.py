@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from gateway.core.timeutil import ScaledClock
 from gateway.runtime.timetrust import TimeTrust, TrustSettings, adjtimex_probe
@@ -114,3 +118,17 @@ def test_a_scaled_clock_is_not_a_stepping_one() -> None:
 
 def test_the_adjtimex_probe_answers_or_says_it_cannot() -> None:
     assert adjtimex_probe() in (True, False, None)
+
+
+def test_the_adjtimex_probe_starts_no_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe runs every 30 s in the daemon: looking the C library up with ldconfig forked the whole
+    process each time.  The probe must answer the same with process creation forbidden."""
+    expected = adjtimex_probe()
+
+    def no_process(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"the probe started a process: {args!r}")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", no_process)
+    monkeypatch.setattr(os, "fork", no_process)
+    for _ in range(3):
+        assert adjtimex_probe() == expected
