@@ -237,7 +237,7 @@ def _process_symbols() -> ctypes.CDLL:
     """The symbols already loaded in this process, the C library's among them (``dlopen(NULL)``).
 
     Not ``ctypes.util.find_library("c")``: on Linux it runs ``ldconfig -p`` in a child process on
-    every call, which forked the whole daemon at every NTP probe."""
+    every call, which started a process from the daemon at every NTP probe."""
     return ctypes.CDLL(None, use_errno=True)
 
 

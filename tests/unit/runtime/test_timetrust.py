@@ -121,7 +121,7 @@ def test_the_adjtimex_probe_answers_or_says_it_cannot() -> None:
 
 
 def test_the_adjtimex_probe_starts_no_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The probe runs every 30 s in the daemon: looking the C library up with ldconfig forked the whole
+    """The probe runs every 30 s in the daemon: looking the C library up with ldconfig started a
     process each time.  The probe must answer the same with process creation forbidden."""
     expected = adjtimex_probe()
 
