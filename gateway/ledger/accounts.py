@@ -15,17 +15,13 @@ from typing import Any, NamedTuple
 from gateway.config import GatewayConfig
 from gateway.core.money import parse_money
 from gateway.core.timeutil import iso
+from gateway.ledger.records import new_record
 from gateway.store.db import Store, dumps
 
 
 class PostedEntry(NamedTuple):
     entry_id: int
     balance_minor: int  # the account's cached balance after the entry
-
-
-def _posted(fields: tuple[int, int]) -> PostedEntry:
-    """``PostedEntry(*fields)`` without the NamedTuple's Python-level ``__new__`` (once per charged reading)."""
-    return tuple.__new__(PostedEntry, fields)
 
 
 class MeterRow(NamedTuple):
@@ -293,7 +289,7 @@ def post_entry(
     if balance_before is not None:
         if conn.execute(update, params).rowcount != 1:
             raise LookupError(f"no account '{account_id}'")
-        return _posted((entry_id, balance_before + amount_minor))
+        return new_record(PostedEntry, (entry_id, balance_before + amount_minor))
     # fetchall: a RETURNING statement must run to its end before the commit
     rows = conn.execute(update + " RETURNING balance_minor", params).fetchall()
     if not rows:

@@ -39,6 +39,7 @@ from gateway.core.money import format_money, to_minor
 from gateway.core.timeutil import iso, parse_iso
 from gateway.ledger.accounts import post_entry
 from gateway.ledger.position import LAST_CHARGED_READING_SQL, disagreement
+from gateway.ledger.records import new_record
 from gateway.store import events, outbox
 from gateway.store.db import dumps
 from gateway.tariffs.pricing import ChargeLine
@@ -73,12 +74,8 @@ class PricedLine(Protocol):
     def amount(self) -> Decimal: ...
 
 
-# The records of the per-reading path are NamedTuples, not frozen dataclasses: as immutable, and a
-# frozen dataclass's __init__ sets each field through object.__setattr__, which made building the
-# half-dozen records of a reading about a tenth of its instructions (bench/instructions.py).  The
-# hottest are built with ``_record(Cls, (fields...))`` (``tuple.__new__``): the same record, without
-# the Python-level ``__new__`` a NamedTuple class runs for every instance (less than half the cost).
-_record = tuple.__new__
+# The records of the per-reading path are NamedTuples, the hottest built with ``new_record``
+# (gateway.ledger.records says why).
 
 
 class AccountPosition(NamedTuple):
@@ -361,7 +358,7 @@ def record_reading(
     _advance(cur, meter_id, register, tariffs_json, taken, rid, extra_sql, extra_params)
     body = usage_json(meter_id, meter.account_id, last_at, now, register, delta, charge_minor, balance, minor_digits)
     _queue_usage(conn, meter_id, now, body)
-    return _record(
+    return new_record(
         ChargeOutcome, (meter_id, meter.account_id, "charged", rid, delta, charge_minor, balance, None, meter.relay)
     )
 
@@ -450,7 +447,7 @@ def price_charge(
         raise Unpriceable(
             f"{delta_wh} Wh would cost {format_money(charge_minor, minor_digits)}, beyond what the ledger can hold"
         )
-    return _record(PricedCharge, (lines, exact, cumulative_exact, cumulative_minor, charge_minor, priced.cycle))
+    return new_record(PricedCharge, (lines, exact, cumulative_exact, cumulative_minor, charge_minor, priced.cycle))
 
 
 def _post(
@@ -596,8 +593,8 @@ def _meter_and_account(
     cites, last_charged = r[12], r[13]
     settled = cites is None or (r[14] == r[1] and (last_charged is None or cites >= last_charged))
     return (
-        _record(_Meter, (meter_id, account_id, r[1], r[2], r[3], r[4], r[5], int(r[6]), r[7])),
-        _record(AccountPosition, (account_id, r[8], r[9], int(r[10]))),
+        new_record(_Meter, (meter_id, account_id, r[1], r[2], r[3], r[4], r[5], int(r[6]), r[7])),
+        new_record(AccountPosition, (account_id, r[8], r[9], int(r[10]))),
         None if settled else _PositionCheck(cites, last_charged, r[14]),
         int(r[11]),
     )

@@ -22,6 +22,7 @@ from pathlib import Path
 from gateway.core.calendar import WorkCalendar
 from gateway.core.timeutil import iso, parse_iso
 from gateway.ledger.charging import AccountPosition, Priced
+from gateway.ledger.records import new_record
 from gateway.tariffs.model import Tariff, load_tariff_dir, tariff_from_dict
 from gateway.tariffs.pricing import ChargeLine, cycle_start, price_interval
 from gateway.tariffs.timeline import wall_to_instant
@@ -129,8 +130,7 @@ class _Pricer:
             cycle_usage_wh=used,
             register_split_wh=register_split if version.tou is not None else None,
         )
-        # tuple.__new__: the record without the NamedTuple's Python-level __new__ (once per reading)
-        return tuple.__new__(Priced, (lines, _advanced(account, lines, begins, used) if lines else None))
+        return new_record(Priced, (lines, _advanced(account, lines, begins, used) if lines else None))
 
 
 def _advanced(

@@ -134,7 +134,6 @@ class MqttLink:
         self._closing: asyncio.Future[None] | None = None  # the one goodbye and disconnect
         self._stopping = False
         self._handlers: set[asyncio.Future[Any]] = set()
-        self._tls_context: ssl.SSLContext | None = None
         self._bound_checked = -BOUND_CHECK_S
         self._refusal: str | None = (
             None  # the broker's CONNACK refusal: more telling than the disconnect after it
@@ -171,7 +170,6 @@ class MqttLink:
                     self._path(cfg.client_cert), self._path(cfg.client_key) if cfg.client_key else None
                 )
             client.tls_set_context(context)
-            self._tls_context = context
         password = cfg.password
         if cfg.password_file:
             password = Path(self._path(cfg.password_file)).read_text().strip()

@@ -60,19 +60,19 @@ def digest(command: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical(command)).hexdigest()
 
 
-def public_key_b64(key: Ed25519PublicKey) -> str:
+def _raw_public_bytes(key: Ed25519PublicKey) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
-    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return base64.b64encode(raw).decode("ascii")
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def public_key_b64(key: Ed25519PublicKey) -> str:
+    return base64.b64encode(_raw_public_bytes(key)).decode("ascii")
 
 
 def key_id_for(key: Ed25519PublicKey) -> str:
     """A stable short name for a public key (first 16 hex digits of sha256 of the raw key)."""
-    from cryptography.hazmat.primitives import serialization
-
-    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return "hq-" + hashlib.sha256(raw).hexdigest()[:16]
+    return "hq-" + hashlib.sha256(_raw_public_bytes(key)).hexdigest()[:16]
 
 
 def generate_key() -> Ed25519PrivateKey:
