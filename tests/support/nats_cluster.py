@@ -10,6 +10,8 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +43,7 @@ class Node:
     client_port: int = field(default_factory=free_port)
     route_port: int = field(default_factory=free_port)
     mqtt_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)  # monitoring: /healthz
     proc: subprocess.Popen[bytes] | None = None
 
 
@@ -66,6 +69,7 @@ class NatsCluster:
         path = self.workdir / node.name / "nats.conf"
         path.write_text(
             f"server_name: {node.name}\nlisten: 127.0.0.1:{node.client_port}\n"
+            f"http: 127.0.0.1:{node.http_port}\n"
             f'jetstream {{ store_dir: "{store}", max_memory_store: 64MB, max_file_store: 1GB }}\n'
             f"cluster {{ name: pmg, listen: 127.0.0.1:{node.route_port}, routes: [ {routes} ] }}\n"
             f"mqtt {{ listen: 127.0.0.1:{node.mqtt_port}, stream_replicas: {self.replicas}, "
@@ -112,6 +116,29 @@ class NatsCluster:
         for i in range(self.size):
             self.start_node(i)
         return self
+
+    def healthy(self, index: int) -> bool:
+        """The node's ``/healthz``: 200 once it knows JetStream's meta leader and its streams and consumers
+        have caught up.  A node listening for MQTT before that refuses the subscriptions an MQTT session
+        needs (SUBACK 0x80): what a restarted node does while it replays its store."""
+        url = f"http://127.0.0.1:{self.nodes[index].http_port}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                return bool(answer.status == 200)
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def wait_healthy(self, timeout_s: float = 90.0) -> float:
+        """Wait until every running node is healthy; the seconds it took.  Raises with the logs' tails."""
+        started = time.monotonic()
+        while True:
+            running = [i for i, node in enumerate(self.nodes) if node.proc is not None]
+            if all(self.healthy(i) for i in running):
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout_s:
+                tails = "\n".join(f"--- {self.nodes[i].name}\n{self.log(i)[-1500:]}" for i in running)
+                raise RuntimeError(f"the NATS cluster was not healthy within {timeout_s:g} s\n{tails}")
+            time.sleep(0.2)
 
     def stop(self) -> None:
         for i in range(self.size):
