@@ -21,6 +21,7 @@ cannot carry its meters at the interval makes the gateway look cheaper than it w
 from __future__ import annotations
 
 import argparse
+import calendar
 import sqlite3
 import subprocess
 import tempfile
@@ -110,15 +111,15 @@ def prefund(config: Path, share: float, amount_minor: int = 50_000) -> int:
     return len(funded)
 
 
-def run_gateway(config: Path, workdir: Path, name: str, *, warmup_s: float, window_s: float) -> Measured:
-    """Start ``pmg run``, let it warm up, measure its CPU over ``window_s``, stop it."""
-    log = workdir / f"{name}.log"
+def measure_process(
+    argv: list[str], log: Path, ready: str, *, warmup_s: float, window_s: float
+) -> tuple[float, float, str]:
+    """Start ``argv``, wait for ``ready`` in its log, let it warm up, measure its CPU share over
+    ``window_s``, stop it: (share, peak RSS in MB, the window's start as UTC ``YYYY-MM-DDTHH:MM:SS``)."""
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            python_module("gateway.cli.main", "run", "-c", str(config)), cwd=REPO, stdout=out, stderr=out
-        )
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=out)
     try:
-        wait_for_line(log, "started gateway=", proc, timeout=120)
+        wait_for_line(log, ready, proc, timeout=120)
         time.sleep(warmup_s)  # a fixed measuring schedule, not waiting for state
         since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
         window = CpuWindow(proc.pid).start()
@@ -126,12 +127,42 @@ def run_gateway(config: Path, workdir: Path, name: str, *, warmup_s: float, wind
         share = window.share()
         _rss, peak = memory_kib(proc.pid)
         if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited during the run: {log.read_text()[-2000:]}")
+            raise RuntimeError(f"{log.stem} exited during the run: {log.read_text()[-2000:]}")
     finally:
         stop_process(proc)
+    return share, peak / 1024, since
+
+
+def run_gateway(config: Path, workdir: Path, name: str, *, warmup_s: float, window_s: float) -> Measured:
+    """Start ``pmg run``, let it warm up, measure its CPU over ``window_s``, stop it."""
+    argv = python_module("gateway.cli.main", "run", "-c", str(config))
+    share, peak_mb, since = measure_process(
+        argv, workdir / f"{name}.log", "started gateway=", warmup_s=warmup_s, window_s=window_s
+    )
     db = Path(next(line.split('"')[1] for line in config.read_text().splitlines() if line.startswith("database")))
     ok, failed, meters = count_polls(db, since) if db.exists() else (0, 0, 0)
-    return Measured(share, peak / 1024, ok, failed, meters, window_s)
+    return Measured(share, peak_mb, ok, failed, meters, window_s)
+
+
+def run_floor(config: Path, workdir: Path, *, warmup_s: float, window_s: float) -> tuple[float, int, int]:
+    """``bench.floor_master`` doing the same exchanges and durable commits: its CPU share,
+    and its polls in the window, complete and with a reply missing (it must keep the same rate)."""
+    db = workdir / "floor.db"
+    argv = python_module("bench.floor_master", "-c", str(config), "--database", str(db))
+    share, _peak, since = measure_process(
+        argv, workdir / "floor.log", "floor master ready", warmup_s=warmup_s, window_s=window_s
+    )
+    started = calendar.timegm(time.strptime(since, "%Y-%m-%dT%H:%M:%S"))  # since is UTC
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        ok, failed = conn.execute(
+            "SELECT SUM(block != x'' AND status != x''), SUM(block = x'' OR status = x'') FROM polls "
+            "WHERE taken_at >= ?",
+            (started,),
+        ).fetchone()
+    finally:
+        conn.close()
+    return share, int(ok or 0), int(failed or 0)
 
 
 def without_meters(config: Path, out: Path, db: Path) -> Path:
@@ -154,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle-seconds", type=float, default=30.0, help="idle baseline window")
     ap.add_argument("--no-broker", action="store_true", help="no Mosquitto (the outbox only buffers)")
     ap.add_argument("--funded", type=float, default=0.9, help="share of accounts paid in advance (0..1)")
+    ap.add_argument(
+        "--floor-seconds", type=float, default=90.0, help="window of the floor master (bench.floor_master); 0 skips it"
+    )
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="pmg-capacity-") as tmp, ExitStack() as stack:
         work = Path(tmp)
@@ -187,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         idle_cfg = without_meters(gw_cfg, work / "idle.toml", work / "idle.db")
         idle = run_gateway(idle_cfg, work, "idle", warmup_s=5, window_s=args.idle_seconds)
         loaded = run_gateway(gw_cfg, work, "loaded", warmup_s=args.warmup, window_s=args.minutes * 60)
+        floor, floor_ok, floor_failed = (
+            run_floor(gw_cfg, work, warmup_s=10, window_s=args.floor_seconds)
+            if args.floor_seconds > 0
+            else (None, 0, 0)
+        )
 
     expected = args.meters * loaded.window_s / args.interval
     rate = loaded.polls_ok / expected if expected else 0.0
@@ -209,6 +248,14 @@ def main(argv: list[str] | None = None) -> int:
         f"  gateway CPU per poll {ms_per_poll:.1f} ms above idle; at the full configured rate that would be "
         f"{full_rate * 100:.1f} % of one core"
     )
+    floor_rate = floor_ok / (args.meters * args.floor_seconds / args.interval) if floor else 0.0
+    if floor:
+        print(
+            f"  floor master (the same two exchanges per poll and its row committed as the gateway commits, "
+            f"nothing else): "
+            f"{floor * 100:.2f} % of one core at {floor_rate:.2f} of the rate ({floor_failed} polls "
+            f"short of a reply); the gateway spends {loaded.cpu_share / floor:.2f} times that"
+        )
     note = (
         f"{args.meters} meters/{args.buses} buses, {funded / args.meters:.0%} in credit, {args.minutes:g} min; polls {rate:.2f} of configured rate"
         f"{' (bus-limited)' if rate < 0.95 else ''}; {ms_per_poll:.1f} ms CPU/poll, {full_rate * 100:.1f} % at full rate"
@@ -224,6 +271,19 @@ def main(argv: list[str] | None = None) -> int:
             note,
         )
     )
+    if floor:
+        emit(
+            Result(
+                "Capacity: gateway CPU over the floor master's",
+                f"{loaded.cpu_share / floor:.2f} x",
+                f"floor master {floor * 100:.2f} % (same exchanges and commits)",
+                loaded.cpu_share / floor,
+                "-",
+                None,
+                f"the floor alone is {floor / CPU_TARGET:.2f} of the CPU target; floor polls "
+                f"{floor_rate:.2f} of the rate, {floor_failed} short of a reply",
+            )
+        )
     emit(
         Result(
             "Capacity: gateway peak RSS",

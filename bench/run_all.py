@@ -62,7 +62,7 @@ def benches(capacity_minutes: float) -> list[Bench]:
             "Capacity",
             "bench/bench_capacity.py",
             ("--minutes", f"{capacity_minutes:g}"),
-            capacity_minutes * 60 + 240,
+            capacity_minutes * 60 + 360,  # + idle run, floor master, set-up
         ),
     ]
 
