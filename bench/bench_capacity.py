@@ -6,7 +6,9 @@ its outbox when one is installed.  Only the gateway's CPU is counted (``/proc/PI
 one core over the measuring window (after a warm-up), with its peak RSS (``VmHWM``) over the whole run.
 Targets: <= 2.5 % of one core, <= 64 MB (a 1 GHz ARM concentrator; they were 10 % and 150 MB before the
 efficiency round).  The ratio printed is against the target (figure / target);
-an idle ``pmg run`` with the same buses and no meters is measured in the same run and shown beside it.
+an idle ``pmg run`` with the same buses and no meters is measured in the same run and shown beside it,
+and so is the floor master (``bench.floor_master``: a poll's exchanges and the durable commits, nothing
+else), the gateway's CPU reported as a multiple of the floor's, a figure that moves less with the host.
 
 The accounts start as a utility's would: ``--funded`` of them (default 90 %) hold ¥500 of credit, the
 rest hold nothing and so walk the notice-and-cut track (the policy's most expensive path) for the whole
@@ -21,16 +23,17 @@ cannot carry its meters at the interval makes the gateway look cheaper than it w
 from __future__ import annotations
 
 import argparse
-import calendar
 import sqlite3
 import subprocess
 import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.common import REPO, CpuWindow, Result, emit, memory_kib, python_module, stop_process
+from gateway.core.timeutil import iso
 from simulators.mosquitto import Mosquitto, mosquitto_binary
 
 CPU_TARGET = 0.025
@@ -73,13 +76,13 @@ def wait_for_line(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: 
     raise RuntimeError(f"no line with '{text}' in {log} within {timeout} s")
 
 
-def count_polls(db: Path, since: str) -> tuple[int, int, int]:
+def count_polls(db: Path, since: str, until: str) -> tuple[int, int, int]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
         ok, failed, meters = conn.execute(
             "SELECT SUM(quality = 'ok'), SUM(quality != 'ok'), COUNT(DISTINCT meter_id) FROM readings "
-            "WHERE taken_at >= ?",
-            (since,),
+            "WHERE taken_at >= ? AND taken_at < ?",
+            (since, until),
         ).fetchone()
     finally:
         conn.close()
@@ -88,8 +91,6 @@ def count_polls(db: Path, since: str) -> tuple[int, int, int]:
 
 def prefund(config: Path, share: float, amount_minor: int = 50_000) -> int:
     """Seed the gateway database from its configuration and pay ``share`` of the accounts in advance."""
-    from datetime import UTC, datetime
-
     from gateway.config import load_config
     from gateway.ledger.accounts import seed_from_config
     from gateway.ledger.payments import apply_payment
@@ -111,36 +112,43 @@ def prefund(config: Path, share: float, amount_minor: int = 50_000) -> int:
     return len(funded)
 
 
+def _iso_utc(unix: float) -> str:
+    """A Unix time as the readings table writes ``taken_at`` (``gateway.core.timeutil.iso``)."""
+    return iso(datetime.fromtimestamp(unix, UTC))
+
+
 def measure_process(
     argv: list[str], log: Path, ready: str, *, warmup_s: float, window_s: float
-) -> tuple[float, float, str]:
+) -> tuple[float, float, float, float]:
     """Start ``argv``, wait for ``ready`` in its log, let it warm up, measure its CPU share over
-    ``window_s``, stop it: (share, peak RSS in MB, the window's start as UTC ``YYYY-MM-DDTHH:MM:SS``)."""
+    ``window_s``, stop it: (share, peak RSS in MB, the window's start and end as Unix times, so that
+    the work counted is the work of the window the CPU was measured over)."""
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=out)
     try:
         wait_for_line(log, ready, proc, timeout=120)
         time.sleep(warmup_s)  # a fixed measuring schedule, not waiting for state
-        since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        since = time.time()
         window = CpuWindow(proc.pid).start()
         time.sleep(window_s)
         share = window.share()
+        until = time.time()
         _rss, peak = memory_kib(proc.pid)
         if proc.poll() is not None:
             raise RuntimeError(f"{log.stem} exited during the run: {log.read_text()[-2000:]}")
     finally:
         stop_process(proc)
-    return share, peak / 1024, since
+    return share, peak / 1024, since, until
 
 
 def run_gateway(config: Path, workdir: Path, name: str, *, warmup_s: float, window_s: float) -> Measured:
     """Start ``pmg run``, let it warm up, measure its CPU over ``window_s``, stop it."""
     argv = python_module("gateway.cli.main", "run", "-c", str(config))
-    share, peak_mb, since = measure_process(
+    share, peak_mb, since, until = measure_process(
         argv, workdir / f"{name}.log", "started gateway=", warmup_s=warmup_s, window_s=window_s
     )
     db = Path(next(line.split('"')[1] for line in config.read_text().splitlines() if line.startswith("database")))
-    ok, failed, meters = count_polls(db, since) if db.exists() else (0, 0, 0)
+    ok, failed, meters = count_polls(db, _iso_utc(since), _iso_utc(until)) if db.exists() else (0, 0, 0)
     return Measured(share, peak_mb, ok, failed, meters, window_s)
 
 
@@ -149,16 +157,15 @@ def run_floor(config: Path, workdir: Path, *, warmup_s: float, window_s: float) 
     and its polls in the window, complete and with a reply missing (it must keep the same rate)."""
     db = workdir / "floor.db"
     argv = python_module("bench.floor_master", "-c", str(config), "--database", str(db))
-    share, _peak, since = measure_process(
+    share, _peak, since, until = measure_process(
         argv, workdir / "floor.log", "floor master ready", warmup_s=warmup_s, window_s=window_s
     )
-    started = calendar.timegm(time.strptime(since, "%Y-%m-%dT%H:%M:%S"))  # since is UTC
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
         ok, failed = conn.execute(
             "SELECT SUM(block != x'' AND status != x''), SUM(block = x'' OR status = x'') FROM polls "
-            "WHERE taken_at >= ?",
-            (started,),
+            "WHERE taken_at >= ? AND taken_at < ?",
+            (since, until),
         ).fetchone()
     finally:
         conn.close()
@@ -248,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         f"  gateway CPU per poll {ms_per_poll:.1f} ms above idle; at the full configured rate that would be "
         f"{full_rate * 100:.1f} % of one core"
     )
-    floor_rate = floor_ok / (args.meters * args.floor_seconds / args.interval) if floor else 0.0
-    if floor:
+    floor_rate = floor_ok / (args.meters * args.floor_seconds / args.interval) if floor is not None else 0.0
+    if floor is not None:
         print(
             f"  floor master (the same two exchanges per poll and its row committed as the gateway commits, "
             f"nothing else): "
@@ -271,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             note,
         )
     )
-    if floor:
+    if floor is not None:
         emit(
             Result(
                 "Capacity: gateway CPU over the floor master's",

@@ -6,16 +6,19 @@ machine's own services is used.  See docs/broker-cluster.md.
 
 from __future__ import annotations
 
+import http.client
 import shutil
 import socket
 import subprocess
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from support.broker import free_port
+
+# Straight to 127.0.0.1 whatever http_proxy says: a proxy would answer for the node, or not at all.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def nats_binary() -> str | None:
@@ -58,6 +61,8 @@ class NatsCluster:
     """How long NATS waits for a subscriber's PUBACK before it sends the message again (its MQTT
     default, 30 s): also how long a message in flight to a node that died takes to come again."""
     nodes: list[Node] = field(default_factory=list)
+    healthy_after_s: float = 0.0
+    """How long the cluster took, after its start, until every node answered ``/healthz`` with 200."""
 
     def __post_init__(self) -> None:
         self.nodes = [Node(f"n{i + 1}") for i in range(self.size)]
@@ -89,12 +94,14 @@ class NatsCluster:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if node.proc.poll() is not None:
+                node.proc = None
                 raise RuntimeError(f"nats-server {node.name} exited: {self.log(index)[-2000:]}")
             try:
                 with socket.create_connection(("127.0.0.1", node.mqtt_port), timeout=0.2):
                     return
             except OSError:
                 time.sleep(0.05)
+        self.stop_node(index, kill=True)  # nothing left running behind a failed start
         raise RuntimeError(f"nats-server {node.name} did not listen for MQTT within 10 s")
 
     def stop_node(self, index: int, *, kill: bool = False) -> None:
@@ -123,16 +130,20 @@ class NatsCluster:
         needs (SUBACK 0x80): what a restarted node does while it replays its store."""
         url = f"http://127.0.0.1:{self.nodes[index].http_port}/healthz"
         try:
-            with urllib.request.urlopen(url, timeout=2) as answer:
+            with _DIRECT.open(url, timeout=2) as answer:  # 503 raises HTTPError, an OSError
                 return bool(answer.status == 200)
-        except (OSError, urllib.error.URLError):
+        except (OSError, http.client.HTTPException):
             return False
 
-    def wait_healthy(self, timeout_s: float = 90.0) -> float:
-        """Wait until every running node is healthy; the seconds it took.  Raises with the logs' tails."""
+    def wait_healthy(self, timeout_s: float = 45.0) -> float:
+        """Wait until every running node is healthy; the seconds it took.  Raises with the logs' tails,
+        at once when a node's process has exited."""
         started = time.monotonic()
         while True:
             running = [i for i, node in enumerate(self.nodes) if node.proc is not None]
+            dead = [n.name for n in self.nodes if n.proc is not None and n.proc.poll() is not None]
+            if dead:
+                raise RuntimeError(f"nats-server {', '.join(dead)} exited: {self.log(running[0])[-1500:]}")
             if all(self.healthy(i) for i in running):
                 return time.monotonic() - started
             if time.monotonic() - started > timeout_s:
@@ -141,8 +152,16 @@ class NatsCluster:
             time.sleep(0.2)
 
     def stop(self) -> None:
+        """Every node, even when stopping one of them fails (the first failure is raised at the end)."""
+        failure: BaseException | None = None
         for i in range(self.size):
-            self.stop_node(i)
+            try:
+                self.stop_node(i)
+            except BaseException as exc:  # the other nodes must still stop
+                self.nodes[i].proc = None
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def log(self, index: int) -> str:
         path = self.workdir / self.nodes[index].name / "nats.log"

@@ -7,15 +7,16 @@ than any gateway can be and make the gateway's multiple of it look worse than it
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Iterator
 
 import pytest
-import serial
 
-from bench.floor_master import POLL_DIS, WAKEUP, exchange, poll_wires, read_reply
+from bench.floor_master import WAKEUP, BusPoller, poll_wires, read_reply
 from drivers.dlt645.frame import scan
 from drivers.dlt645.link import Dlt645Link
 from drivers.dlt645.meter import Dlt645Meter
+from gateway.config import BusConfig
 from gateway.runtime.bus import POLL_POINTS
 from simulators.dlt645.bus import SimulatedDlt645Bus, make_models
 
@@ -24,7 +25,7 @@ ADDRESS = "000000000001"
 
 @pytest.fixture(params=[0, WAKEUP], ids=["no-preamble", "preamble"])
 def bus(request: pytest.FixtureRequest) -> Iterator[SimulatedDlt645Bus]:
-    """A meter that answers with or without the FE wake-up bytes before its reply."""
+    """A meter at 9600 baud with line timing, answering with or without FE wake-up bytes."""
     sim = SimulatedDlt645Bus(make_models(1), baud=9600, response_delay_s=0.002, reply_wakeup=request.param)
     try:
         yield sim
@@ -32,7 +33,16 @@ def bus(request: pytest.FixtureRequest) -> Iterator[SimulatedDlt645Bus]:
         sim.stop()
 
 
-def test_a_floor_poll_sends_as_many_frames_as_a_gateway_poll(bus: SimulatedDlt645Bus) -> None:
+def _floor_poll(port: int, polls: int = 1) -> list[list[bytes]]:
+    cfg = BusConfig(id="b1", protocol="dlt645", url=f"socket://127.0.0.1:{port}", baud=9600, timeout_s=1.0)
+    poller = BusPoller(cfg)
+    try:
+        return [poller.poll(poll_wires(ADDRESS)) for _ in range(polls)]
+    finally:
+        poller.close()
+
+
+def test_a_floor_poll_sends_the_frames_a_gateway_poll_sends(bus: SimulatedDlt645Bus) -> None:
     port = bus.start_tcp()
 
     async def gateway_poll() -> None:
@@ -42,27 +52,27 @@ def test_a_floor_poll_sends_as_many_frames_as_a_gateway_poll(bus: SimulatedDlt64
 
     asyncio.run(gateway_poll())
     gateway_frames = bus.stats.requests
-    assert gateway_frames == len(POLL_DIS) == len(poll_wires(ADDRESS))
+    _floor_poll(port)
+    assert bus.stats.requests - gateway_frames == gateway_frames
 
 
 def test_every_floor_reply_is_a_whole_valid_reply(bus: SimulatedDlt645Bus) -> None:
+    """Three polls: the first learns each reply's length, the others sleep through it before reading."""
     port = bus.start_tcp()
-    ser = serial.serial_for_url(f"socket://127.0.0.1:{port}", baudrate=9600, parity="E", timeout=1.0)
-    try:
-        for wire in poll_wires(ADDRESS):
-            reply = exchange(ser, wire)
+    for replies in _floor_poll(port, polls=3):
+        for reply in replies:
             found = scan(reply)
             assert found.frame is not None and found.frame.is_reply and not found.frame.is_abnormal
             assert found.end == len(reply)  # nothing of the reply left unread, nothing read beyond it
-    finally:
-        ser.close()
 
 
 def test_a_reply_cut_short_is_not_counted_as_one() -> None:
-    ser = serial.serial_for_url("loop://", timeout=0.05)
+    ours, theirs = socket.socketpair()
     try:
-        ser.write(bytes.fromhex("fefefefe 68 010000000000 68 91 18 33 32 34 33"))  # L = 24, four data bytes
-        with pytest.raises(RuntimeError):
-            read_reply(ser)
+        ours.setblocking(False)
+        theirs.sendall(bytes.fromhex("fefefefe 68 010000000000 68 91 18 33 32 34 33"))  # L = 24, four data bytes
+        with pytest.raises(RuntimeError, match="cut short"):
+            read_reply(ours.fileno(), expected=0, byte_time_s=11 / 9600, timeout_s=0.05)
     finally:
-        ser.close()
+        ours.close()
+        theirs.close()
