@@ -31,6 +31,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bench.common import REPO, CpuWindow, Result, emit, memory_kib, python_module, stop_process
 from gateway.core.timeutil import iso
@@ -76,16 +77,22 @@ def wait_for_line(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: 
     raise RuntimeError(f"no line with '{text}' in {log} within {timeout} s")
 
 
-def count_polls(db: Path, since: str, until: str) -> tuple[int, int, int]:
+def _read_one_row(db: Path, sql: str, params: tuple[object, ...]) -> tuple[Any, ...]:
+    """One row of a query on a database another process wrote, opened read-only."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
-        ok, failed, meters = conn.execute(
-            "SELECT SUM(quality = 'ok'), SUM(quality != 'ok'), COUNT(DISTINCT meter_id) FROM readings "
-            "WHERE taken_at >= ? AND taken_at < ?",
-            (since, until),
-        ).fetchone()
+        return tuple(conn.execute(sql, params).fetchone())
     finally:
         conn.close()
+
+
+def count_polls(db: Path, since: str, until: str) -> tuple[int, int, int]:
+    ok, failed, meters = _read_one_row(
+        db,
+        "SELECT SUM(quality = 'ok'), SUM(quality != 'ok'), COUNT(DISTINCT meter_id) FROM readings "
+        "WHERE taken_at >= ? AND taken_at < ?",
+        (since, until),
+    )
     return int(ok or 0), int(failed or 0), int(meters or 0)
 
 
@@ -160,15 +167,12 @@ def run_floor(config: Path, workdir: Path, *, warmup_s: float, window_s: float) 
     share, _peak, since, until = measure_process(
         argv, workdir / "floor.log", "floor master ready", warmup_s=warmup_s, window_s=window_s
     )
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        ok, failed = conn.execute(
-            "SELECT SUM(block != x'' AND status != x''), SUM(block = x'' OR status = x'') FROM polls "
-            "WHERE taken_at >= ? AND taken_at < ?",
-            (since, until),
-        ).fetchone()
-    finally:
-        conn.close()
+    ok, failed = _read_one_row(
+        db,
+        "SELECT SUM(block != x'' AND status != x''), SUM(block = x'' OR status = x'') FROM polls "
+        "WHERE taken_at >= ? AND taken_at < ?",
+        (since, until),
+    )
     return share, int(ok or 0), int(failed or 0)
 
 

@@ -71,10 +71,7 @@ def _consumer(cluster: NatsCluster, name: str) -> HqConsumer:
             return consumer.start(deadline_s=10)
         except ConnectFailed as failure:
             if time.monotonic() > deadline:
-                tails = "\n".join(
-                    f"--- {n.name}\n{cluster.log(i)[-1500:]}" for i, n in enumerate(cluster.nodes)
-                )
-                raise ConnectFailed(f"{failure}\n{tails}") from failure
+                raise ConnectFailed(f"{failure}\n{cluster.log_tails()}") from failure
             time.sleep(0.5)
 
 

@@ -141,14 +141,15 @@ class NatsCluster:
         started = time.monotonic()
         while True:
             running = [i for i, node in enumerate(self.nodes) if node.proc is not None]
-            dead = [n.name for n in self.nodes if n.proc is not None and n.proc.poll() is not None]
+            dead = [i for i, n in enumerate(self.nodes) if n.proc is not None and n.proc.poll() is not None]
             if dead:
-                raise RuntimeError(f"nats-server {', '.join(dead)} exited: {self.log(running[0])[-1500:]}")
+                raise RuntimeError(f"nats-server exited\n{self.log_tails(dead)}")
             if all(self.healthy(i) for i in running):
                 return time.monotonic() - started
             if time.monotonic() - started > timeout_s:
-                tails = "\n".join(f"--- {self.nodes[i].name}\n{self.log(i)[-1500:]}" for i in running)
-                raise RuntimeError(f"the NATS cluster was not healthy within {timeout_s:g} s\n{tails}")
+                raise RuntimeError(
+                    f"the NATS cluster was not healthy within {timeout_s:g} s\n{self.log_tails(running)}"
+                )
             time.sleep(0.2)
 
     def stop(self) -> None:
@@ -162,6 +163,11 @@ class NatsCluster:
                 failure = failure or exc
         if failure is not None:
             raise failure
+
+    def log_tails(self, indices: list[int] | None = None) -> str:
+        """The end of each node's log (every node's by default), under its name: for a failure message."""
+        chosen = range(self.size) if indices is None else indices
+        return "\n".join(f"--- {self.nodes[i].name}\n{self.log(i)[-1500:]}" for i in chosen)
 
     def log(self, index: int) -> str:
         path = self.workdir / self.nodes[index].name / "nats.log"
