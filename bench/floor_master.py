@@ -27,6 +27,7 @@ import argparse
 import os
 import select
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
@@ -37,7 +38,7 @@ from drivers.dlt645 import commands
 from drivers.dlt645 import di as dis
 from drivers.dlt645.frame import encode
 from drivers.dlt645.link import bits_per_byte
-from gateway.config import BusConfig, load_config
+from gateway.config import BusConfig, ConfigError, load_config
 from gateway.runtime.daemon import READING_BATCH_S
 
 WAKEUP = 4  # the link's default wake-up preamble (FE FE FE FE)
@@ -178,7 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-c", "--config", type=Path, required=True, help="the gateway configuration to mimic")
     ap.add_argument("--database", type=Path, required=True)
     args = ap.parse_args(argv)
-    cfg = load_config(args.config)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:  # one line, nothing created
+        print(f"floor master: {exc}", file=sys.stderr)
+        return 2
     batch = Batch(open_db(args.database))
     threads = [threading.Thread(target=batch.commit_forever, name="commit", daemon=True)]
     for bus in cfg.buses:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from bench.floor_master import WAKEUP, BusPoller, poll_wires, read_reply
+from bench.floor_master import WAKEUP, BusPoller, main, poll_wires, read_reply
 from drivers.dlt645.frame import scan
 from drivers.dlt645.link import Dlt645Link
 from drivers.dlt645.meter import Dlt645Meter
@@ -76,3 +77,13 @@ def test_a_reply_cut_short_is_not_counted_as_one() -> None:
     finally:
         ours.close()
         theirs.close()
+
+
+def test_a_configuration_it_cannot_read_is_one_line_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "floor.db"
+    assert main(["-c", str(tmp_path / "missing.toml"), "--database", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("floor master: ") and "missing.toml" in err and err.count("\n") == 1
+    assert not db.exists()
