@@ -8,11 +8,13 @@ carries a quality other than ``OK`` and no numbers, never a zero that could end 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+_T = TypeVar("_T")
 
 
 class Quality(enum.StrEnum):
@@ -205,3 +207,19 @@ class Meter(Protocol):
     async def read_relay(self) -> RelayState | None: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ThreadPolledMeter(Protocol):
+    """A meter whose poll can also run on its link's thread, its frames sent by the ``exchange`` the
+    link hands to the held bus (``HeldLink.hold``): the same reading as ``read``, without the event
+    loop (``gateway.runtime.bus``)."""
+
+    def poll_blocking(self, exchange: Any, points: Iterable[Point] = BILLING_POINTS) -> Reading: ...
+
+
+@runtime_checkable
+class HeldLink(Protocol):
+    """A link that can be held for a run of exchanges on its own thread (``Dlt645Link.hold``)."""
+
+    async def hold(self, work: Callable[[Any], _T]) -> _T: ...

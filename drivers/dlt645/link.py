@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import serial
 
@@ -49,6 +49,11 @@ _PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARIT
 PORT_ERRORS: tuple[type[BaseException], ...] = (serial.SerialException, OSError, ValueError, termios.error)
 
 log = logging.getLogger("pmg.link")
+
+_T = TypeVar("_T")
+BlockingExchange = Callable[[Sequence[Frame]], "list[Frame | DriverError]"]
+"""``request_many`` for code already on the link's thread (``Dlt645Link.hold``): the replies, or the
+error of each frame's last attempt (stopping at the first); ``LinkError`` when the port failed."""
 
 
 @dataclass
@@ -311,23 +316,14 @@ class Dlt645Link:
         """
         if any(frame.address == BROADCAST for frame in frames):
             raise ValueError("broadcast frames get no reply: use send()")
-        wires = [encode(frame, wakeup=self.wakeup) for frame in frames]
         attempts = 1 + (self.retries if retries is None else retries)
         abandoned = threading.Event()  # the caller was cancelled: stop at the next attempt
-
-        def batch() -> list[Frame | DriverError]:
-            out: list[Frame | DriverError] = []
-            for frame, wire in zip(frames, wires, strict=True):
-                result = self._request_blocking(frame, wire, attempts, abandoned)
-                out.append(result)
-                if isinstance(result, DriverError) or abandoned.is_set():
-                    break
-            return out
-
         async with self._lock:
             await self._ensure_port()
             try:
-                result: list[Frame | DriverError] = await self._run(batch)
+                result: list[Frame | DriverError] = await self._run(
+                    lambda: self._batch_blocking(frames, attempts, abandoned)
+                )
             except asyncio.CancelledError:
                 abandoned.set()  # the thread cannot be interrupted mid-exchange, but asks no more
                 raise
@@ -336,6 +332,65 @@ class Dlt645Link:
                 raise
             self._exchange_went_through()
             return result
+
+    async def hold(self, work: Callable[[BlockingExchange], _T]) -> _T:
+        """Hold the bus and run ``work`` on the link's thread; ``work`` exchanges frames by calling
+        the ``BlockingExchange`` it is given (``request_many``'s batch, with the same retries), as
+        often as it likes, without coming back to the event loop between them.
+
+        The bus worker's polls run this way (``gateway.runtime.bus``): a poll that goes through the
+        event loop costs the loop two wake-ups and a future, more CPU than the poll's own Python on a
+        small core.  ``work`` must return when its owner asks it to (a relay command waits behind it)
+        and must stop exchanging once one exchange raised ``LinkError``: the port is dropped (and
+        reopened by a later request, as after any port failure) when ``work`` returns.  Raises
+        ``LinkError`` without running ``work`` when the port is down and not yet due to reopen.
+        Cancelling the caller lets the exchange on the wire finish and makes every later one fail
+        with ``LinkError`` at once, so ``work`` ends promptly.
+        """
+        attempts = 1 + self.retries
+        abandoned = threading.Event()
+        failures: list[LinkError] = []
+        exchanged = False
+
+        def exchange(frames: Sequence[Frame]) -> list[Frame | DriverError]:
+            nonlocal exchanged
+            if failures or abandoned.is_set():
+                raise LinkError(f"DL/T 645 link {self.url}: the bus is no longer held")
+            try:
+                out = self._batch_blocking(frames, attempts, abandoned)
+            except LinkError as exc:
+                failures.append(exc)
+                raise
+            exchanged = True
+            return out
+
+        async with self._lock:
+            await self._ensure_port()
+            try:
+                result: _T = await self._run(lambda: work(exchange))
+            except asyncio.CancelledError:
+                abandoned.set()
+                raise
+            if failures:
+                await self._port_failed(failures[0])
+            elif exchanged:
+                self._exchange_went_through()
+            return result
+
+    def _batch_blocking(
+        self, frames: Sequence[Frame], attempts: int, abandoned: threading.Event
+    ) -> list[Frame | DriverError]:
+        """On the link thread: each frame exchanged and retried by ``_request_blocking``, stopping at
+        the first error; a port failure raises ``LinkError``."""
+        if any(frame.address == BROADCAST for frame in frames):
+            raise ValueError("broadcast frames get no reply: use send()")
+        out: list[Frame | DriverError] = []
+        for frame in frames:
+            result = self._request_blocking(frame, encode(frame, wakeup=self.wakeup), attempts, abandoned)
+            out.append(result)
+            if isinstance(result, DriverError) or abandoned.is_set():
+                break
+        return out
 
     async def listen(self, frame: Frame, window_s: float) -> bytes:
         """Send ``frame`` and return every byte the line carries for ``window_s`` after it.

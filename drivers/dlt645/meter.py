@@ -10,11 +10,11 @@ confirmed by reading status word 3 back: the meter's acknowledgement alone decid
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeAlias, TypeVar
 
 from drivers.base import (
     BILLING_POINTS,
@@ -34,7 +34,7 @@ from drivers.base import (
 from drivers.dlt645 import commands
 from drivers.dlt645 import di as dis
 from drivers.dlt645.frame import Dlt645Refused, Frame, FrameError, check_address
-from drivers.dlt645.link import Dlt645Link
+from drivers.dlt645.link import BlockingExchange, Dlt645Link
 
 MAX_FOLLOW_UPS = 16
 DEFAULT_RELAY_VALIDITY = timedelta(minutes=10)
@@ -62,6 +62,10 @@ _V1997: dict[Point, tuple[int, ...]] = {
     Point.METER_TIME: (0xC010, 0xC011),
 }
 _REQUIRED = {Point.ENERGY_IMPORT}
+_T = TypeVar("_T")
+# Frames to send next, answered by their replies (or the error of each one's last attempt; the list may
+# stop short at the first error), until the steps return their result.
+Steps: TypeAlias = Generator[list[Frame], list[Frame | DriverError], _T]
 # what the import block (0001FF00) carries: total and T1..T4
 _BLOCK_DIS = (dis.ENERGY_IMPORT, *(dis.energy_tariff(dis.ENERGY_IMPORT, t) for t in range(1, 5)))
 
@@ -93,23 +97,81 @@ class Dlt645Meter:
         self._security = commands.security_fields(password_level, password, operator)
         self._tz = tz  # the meter's local zone for relay deadlines; None = this host's zone
         self._clock = clock
-        # A batched poll's (request, reply or error) by DI, until read_raw takes them.
-        self._prefetched: dict[int, tuple[Frame, Frame | DriverError]] = {}
 
     @property
     def _v1997(self) -> bool:
         return self.protocol_version == "1997"
 
     # -- reads ------------------------------------------------------------------------------------
-    async def read_raw(self, di: int) -> bytes:
-        """Value bytes of one DI, following 0x12 follow-up frames.  Raises driver errors.
+    # A read is written once, as steps that say which frames to send next and take what came back
+    # (``Steps``): ``_drive`` runs them through the link from the event loop, ``poll_blocking`` on the
+    # link's own thread (the bus worker's polls, ``gateway.runtime.bus``).  Either way the same code
+    # decides what a reply means.
 
-        A DI the poll's batch already asked for comes with the request that was sent, so the reply is
-        checked against that frame rather than a rebuilt copy."""
-        early = self._prefetched.pop(di, None)
+    async def read_raw(self, di: int) -> bytes:
+        """Value bytes of one DI, following 0x12 follow-up frames.  Raises driver errors."""
+        return await self._drive(self._raw_steps(di, {}))
+
+    async def read_value(self, di: int) -> Decimal | int | Any:
+        """One DI decoded through the table (Decimal, int status word, date or time)."""
+        fmt = dis.lookup(di, v1997=self._v1997)
+        return fmt.decode(await self.read_raw(di))
+
+    async def _checked(self, request: Frame, what: str) -> Frame:
+        reply = await self.link.request(request)
+        if reply.is_abnormal:
+            raise reply.refusal(what)
+        return reply
+
+    async def read(self, points: Iterable[Point] = BILLING_POINTS) -> Reading:
+        """Typed values with a quality; failure is a quality and an error, never a number."""
+        return await self._drive(self._read_steps(points))
+
+    def poll_blocking(self, exchange: BlockingExchange, points: Iterable[Point] = BILLING_POINTS) -> Reading:
+        """``read`` on the link's thread, its frames sent by ``exchange`` (``Dlt645Link.hold``)."""
+        steps = self._read_steps(points)
+        try:
+            batch = next(steps)
+            while True:
+                try:
+                    replies = exchange(batch)
+                except DriverError as exc:
+                    batch = steps.throw(exc)
+                else:
+                    batch = steps.send(replies)
+        except StopIteration as done:
+            return done.value
+
+    async def _drive(self, steps: Steps[_T]) -> _T:
+        """Run read steps from the event loop: each batch of frames is one ``request_many``."""
+        try:
+            batch = next(steps)
+            while True:
+                try:
+                    replies = await self.link.request_many(batch)
+                except DriverError as exc:  # the link failed: the steps decide what that means
+                    batch = steps.throw(exc)
+                else:
+                    batch = steps.send(replies)
+        except StopIteration as done:
+            return done.value
+
+    def _checked_steps(self, request: Frame, what: str) -> Steps[Frame]:
+        (result,) = yield [request]
+        if isinstance(result, DriverError):
+            raise result
+        if result.is_abnormal:
+            raise result.refusal(what)
+        return result
+
+    def _raw_steps(self, di: int, prefetched: dict[int, tuple[Frame, Frame | DriverError]]) -> Steps[bytes]:
+        """Value bytes of one DI, following follow-up frames.  A DI the poll's batch already asked for
+        comes with the request that was sent, so the reply is checked against that frame rather than a
+        rebuilt copy."""
+        early = prefetched.pop(di, None)
         if early is None:
             request = commands.read_request(self.address, di, v1997=self._v1997)
-            reply = await self._checked(request, f"read {di:08X}")
+            reply = yield from self._checked_steps(request, f"read {di:08X}")
         else:
             request, result = early
             if isinstance(result, DriverError):
@@ -126,23 +188,11 @@ class Dlt645Meter:
                     f"meter {self.address}: more than {MAX_FOLLOW_UPS} follow-up frames for {di:08X}"
                 )
             follow = commands.follow_up_request(self.address, di, seq)
-            reply = await self._checked(follow, f"read follow-up {seq} of {di:08X}")
+            reply = yield from self._checked_steps(follow, f"read follow-up {seq} of {di:08X}")
             payload += commands.reply_payload(follow, reply)
         return payload
 
-    async def read_value(self, di: int) -> Decimal | int | Any:
-        """One DI decoded through the table (Decimal, int status word, date or time)."""
-        fmt = dis.lookup(di, v1997=self._v1997)
-        return fmt.decode(await self.read_raw(di))
-
-    async def _checked(self, request: Frame, what: str) -> Frame:
-        reply = await self.link.request(request)
-        if reply.is_abnormal:
-            raise reply.refusal(what)
-        return reply
-
-    async def read(self, points: Iterable[Point] = BILLING_POINTS) -> Reading:
-        """Typed values with a quality; failure is a quality and an error, never a number."""
+    def _read_steps(self, points: Iterable[Point]) -> Steps[Reading]:
         wanted = list(dict.fromkeys(points))
         table = _V1997 if self._v1997 else _V2007
         taken_at = self._clock()
@@ -150,14 +200,14 @@ class Dlt645Meter:
         bad: dict[int, str] = {}  # DI -> why its value is unusable (optional points only)
         block = not self._v1997 and Point.ENERGY_IMPORT in wanted and Point.ENERGY_IMPORT_TARIFFS in wanted
         try:
-            await self._prefetch(wanted, table, block)
+            prefetched = yield from self._prefetch_steps(wanted, table, block)
             if block:
-                values.update(await self._read_import_block())
+                values.update((yield from self._import_block_steps(prefetched)))
             for point in sorted(wanted, key=lambda p: p not in _REQUIRED):
                 for di in table.get(point, ()):
                     if di in values:
                         continue
-                    values[di] = await self._read_field(di, point in _REQUIRED, bad)
+                    values[di] = yield from self._field_steps(di, point in _REQUIRED, bad, prefetched)
         except MeterTimeout as exc:
             return Reading(self.address, taken_at, Quality.TIMEOUT, error=str(exc))
         except BadFrame as exc:
@@ -166,8 +216,6 @@ class Dlt645Meter:
             return Reading(self.address, taken_at, Quality.REFUSED, error=str(exc))
         except DriverError as exc:
             return Reading(self.address, taken_at, Quality.TIMEOUT, error=str(exc))
-        finally:
-            self._prefetched.clear()
         reading = self._assemble(taken_at, wanted, values)
         if not bad:
             return reading
@@ -180,13 +228,15 @@ class Dlt645Meter:
         }
         return replace(reading, errors=errors)
 
-    async def _read_field(self, di: int, required: bool, bad: dict[int, str]) -> Any:
+    def _field_steps(
+        self, di: int, required: bool, bad: dict[int, str], prefetched: dict[int, tuple[Frame, Frame | DriverError]]
+    ) -> Steps[Any]:
         """One DI's value; for an optional point, a refusal or an undecodable value is noted in ``bad``
         and gives ``None``, so the energy and the other fields still arrive (a meter that answers its
         date DI with ``00 00 00 00`` is still billed).  A timeout or a broken frame still fails the
         whole read: that is the line, not the field."""
         try:
-            raw = await self.read_raw(di)
+            raw = yield from self._raw_steps(di, prefetched)
         except Dlt645Refused as exc:
             if required:
                 raise
@@ -201,10 +251,13 @@ class Dlt645Meter:
             bad[di] = str(exc)
             return None
 
-    async def _prefetch(self, wanted: list[Point], table: dict[Point, tuple[int, ...]], block: bool) -> None:
-        """Send a poll's read requests as one batch (``Dlt645Link.request_many``); ``read_raw`` takes
-        the replies from here in the order it would have asked for them, so refusals, follow-ups and
-        the one-by-one fallback behave exactly as with one request at a time."""
+    def _prefetch_steps(
+        self, wanted: list[Point], table: dict[Point, tuple[int, ...]], block: bool
+    ) -> Steps[dict[int, tuple[Frame, Frame | DriverError]]]:
+        """Send a poll's read requests as one batch (one ``request_many``: one hand-off to the link's
+        thread); ``_raw_steps`` takes the replies from here in the order it would have asked for them,
+        so refusals, follow-ups and the one-by-one fallback behave exactly as with one request at a
+        time.  The batch stops at the first error, so it may hold fewer replies than requests."""
         plan: list[int] = [dis.ENERGY_IMPORT_BLOCK] if block else []
         covered = set(_BLOCK_DIS) if block else set()
         for point in sorted(wanted, key=lambda p: p not in _REQUIRED):
@@ -212,19 +265,21 @@ class Dlt645Meter:
                 if di not in covered and di not in plan:
                     plan.append(di)
         if len(plan) < 2:
-            return
+            return {}
         requests = [commands.read_request(self.address, di, v1997=self._v1997) for di in plan]
-        replies = await self.link.request_many(requests)  # stops at the first error: may be shorter
-        self._prefetched = {di: (req, reply) for di, req, reply in zip(plan, requests, replies, strict=False)}
+        replies = yield requests
+        return {di: (req, reply) for di, req, reply in zip(plan, requests, replies, strict=False)}
 
-    async def _read_import_block(self) -> dict[int, Decimal]:
+    def _import_block_steps(
+        self, prefetched: dict[int, tuple[Frame, Frame | DriverError]]
+    ) -> Steps[dict[int, Decimal]]:
         """Import total and T1..T4 in one exchange (DI 0001FF00), instead of five.
 
         On a 9600-baud bus a poll of total + tariffs + status then costs two frames, not six.  A meter
         that does not know the block answers "no such data" and the registers are read one by one.
         """
         try:
-            raw = await self.read_raw(dis.ENERGY_IMPORT_BLOCK)
+            raw = yield from self._raw_steps(dis.ENERGY_IMPORT_BLOCK, prefetched)
         except Dlt645Refused as exc:
             if exc.no_such_data:
                 return {}

@@ -34,6 +34,7 @@ from gateway.policy.calendar_sources import report_stale
 from gateway.runtime import timeguard
 from gateway.runtime.bus import BusWorker, PolledMeter
 from gateway.runtime.components import Components, build_components
+from gateway.runtime.inbox import BatchInbox
 from gateway.runtime.metrics import GatewayMetrics, observe_relay_outcome
 from gateway.runtime.payment_watch import PaymentWatch
 from gateway.runtime.payment_watch import clear as clear_decision_mark
@@ -112,8 +113,7 @@ class Gateway:
     _published: dict[str, tuple[tuple[Any, ...], Any]] = field(default_factory=dict)
     _failing: dict[str, int] = field(default_factory=dict)
     _sweep_next: int = 0
-    _pending_readings: list[tuple[str, Reading, float]] = field(default_factory=list)
-    _flush_handle: asyncio.TimerHandle | None = None
+    inbox: BatchInbox[tuple[str, Reading, float]] = field(init=False)
     _calendar_stale: set[int] = field(default_factory=set)  # years reported stale since start
     stopping: bool = False
 
@@ -136,6 +136,7 @@ class Gateway:
             self._lock.release()
             raise
         self._meter_cfg = {m.id: m for m in self.cfg.meters}
+        self.inbox = BatchInbox(asyncio.get_running_loop(), self._flush_readings, READING_BATCH_S)
         self._start_buses()
         self.enforcer = Enforcer(
             self.store,
@@ -387,7 +388,8 @@ class Gateway:
 
     # -- the data path -----------------------------------------------------------------------------
     def _on_reading(self, meter_id: str, reading: Reading, latency_s: float) -> None:
-        """A bus worker's reading: queued, and charged with the others of the next ``READING_BATCH_S``.
+        """A bus worker's reading (from its link thread or the loop): queued, and charged with the
+        others of the next ``READING_BATCH_S``.
 
         Every bus delivers a reading every few tens of milliseconds at capacity; charging each in a
         durable transaction of its own cost an fsync (and a WAL write of the same hot pages) per
@@ -396,18 +398,12 @@ class Gateway:
         commit loses no energy (the register is cumulative: the next reading charges the delta)."""
         if meter_id not in self._meter_cfg:
             return
-        self._pending_readings.append((meter_id, reading, latency_s))
-        if self._flush_handle is None:
-            loop = asyncio.get_running_loop()
-            self._flush_handle = loop.call_later(READING_BATCH_S, self._flush_readings)
+        self.inbox.put((meter_id, reading, latency_s))
 
     def _flush_readings(self) -> list[tuple[str, Reading, float, ChargeOutcome]]:
         """Charge and decide the queued readings in one transaction (also on stop and reload, and for
         a read request); returns those recorded with their outcomes."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        batch, self._pending_readings = self._pending_readings, []
+        batch = self.inbox.take()
         if not batch:
             return []
         self._check_time()

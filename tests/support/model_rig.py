@@ -37,7 +37,8 @@ from gateway.core.timeutil import iso, parse_iso
 from gateway.ledger.payments import apply_payment
 from gateway.policy.notices import notice_id
 from gateway.runtime import timeguard
-from gateway.runtime.daemon import DUE_FOR_REVIEW, Gateway
+from gateway.runtime.daemon import DUE_FOR_REVIEW, READING_BATCH_S, Gateway
+from gateway.runtime.inbox import BatchInbox
 from gateway.runtime.payment_watch import PaymentWatch
 from gateway.runtime.relay import Enforcer
 from gateway.store.db import Store, open_store
@@ -253,6 +254,7 @@ class Rig:
         gw.parts = build_components(cfg, self.config_path, gw.store)
         seed_from_config(gw.store, cfg, self.clock.gateway())
         gw._meter_cfg = {m.id: m for m in cfg.meters}
+        gw.inbox = BatchInbox(self.loop, gw._flush_readings, READING_BATCH_S)
         # The daemon's own view of time: a monotonic clock that runs with true time (the process's
         # CLOCK_MONOTONIC; a restart begins a new one, so a step across a restart is not seen) and
         # the verdict keeper built on it, as Gateway.start does.
@@ -294,7 +296,7 @@ class Rig:
     def kill(self) -> None:
         """``kill -9``: the connection goes away with nothing flushed (commits are already durable)."""
         assert self.gw is not None
-        self.gw._pending_readings.clear()
+        self.gw.inbox.take()  # queued, never charged
         self.gw.store.conn.close()
         self.gw = self.enforcer = None
 
@@ -344,8 +346,8 @@ class Rig:
                 reading = self.loop.run_until_complete(self.drivers[mid].read(BILLING_POINTS))
             except DriverError:
                 continue
-            self.gw._pending_readings.append((mid, reading, 0.0))
-        taken = {mid: iso(r.taken_at) for mid, r, _ in self.gw._pending_readings}
+            self.gw.inbox.put((mid, reading, 0.0))
+        taken = {mid: iso(r.taken_at) for mid, r, _ in self.gw.inbox.pending()}
 
         def rows(mid: str) -> int:
             return int(self.gw.store.scalar("SELECT COUNT(*) FROM readings WHERE meter_id = ?", mid))
