@@ -333,7 +333,9 @@ class Dlt645Link:
             self._exchange_went_through()
             return result
 
-    async def hold(self, work: Callable[[BlockingExchange], _T]) -> _T:
+    async def hold(
+        self, work: Callable[[BlockingExchange], _T], *, on_cancel: Callable[[], None] | None = None
+    ) -> _T:
         """Hold the bus and run ``work`` on the link's thread; ``work`` exchanges frames by calling
         the ``BlockingExchange`` it is given (``request_many``'s batch, with the same retries), as
         often as it likes, without coming back to the event loop between them.
@@ -344,7 +346,8 @@ class Dlt645Link:
         and must stop exchanging once one exchange raised ``LinkError``: the port is dropped (and
         reopened by a later request, as after any port failure) when ``work`` returns.  Raises
         ``LinkError`` without running ``work`` when the port is down and not yet due to reopen.
-        Cancelling the caller lets the exchange on the wire finish and makes every later one fail
+        Cancelling the caller calls ``on_cancel`` first (so that ``work`` can tell a failure it caused
+        from a real one), then lets the exchange on the wire finish and makes every later one fail
         with ``LinkError`` at once, so ``work`` ends promptly.
         """
         attempts = 1 + self.retries
@@ -369,11 +372,14 @@ class Dlt645Link:
             try:
                 result: _T = await self._run(lambda: work(exchange))
             except asyncio.CancelledError:
+                if on_cancel is not None:
+                    on_cancel()
                 abandoned.set()
                 raise
-            if failures:
-                await self._port_failed(failures[0])
-            elif exchanged:
+            finally:
+                if failures and not abandoned.is_set():  # even when work then failed: drop the dead port
+                    await self._port_failed(failures[0])
+            if exchanged and not failures:
                 self._exchange_went_through()
             return result
 

@@ -251,6 +251,13 @@ class BusWorker:
     def stopping(self) -> bool:
         return self._stopping
 
+    def reopen_link(self) -> None:
+        """SIGHUP: the link closes and reopens before its next exchange, whatever its backoff says; a
+        run of polls on the link thread ends after the poll in flight so that the reopen happens now
+        (a device server that still accepts the connection but answers nothing never fails the port)."""
+        self.link.request_reopen()
+        self._interrupt.set()
+
     def stop(self) -> None:
         """Finish the frame in flight, then leave the loop."""
         self._stopping = True
@@ -317,15 +324,18 @@ class BusWorker:
         if self._jobs or self._stopping:
             return True
         self._interrupt.clear()  # the loop thread runs submit(): nothing can slip in between
+        self._abandoned.clear()
         try:
-            await cast(HeldLink, self.link).hold(self._poll_run)
+            await cast(HeldLink, self.link).hold(self._poll_run, on_cancel=self._abandon_run)
         except LinkError:
             return False
-        except asyncio.CancelledError:
-            self._abandoned.set()
-            self._interrupt.set()
-            raise
         return True
+
+    def _abandon_run(self) -> None:
+        """The bus task was cancelled (a stop that timed out): the poll in flight is not delivered, as
+        a poll cancelled on the loop never was; set before the link fails the run's later exchanges."""
+        self._abandoned.set()
+        self._interrupt.set()
 
     def _poll_run(self, exchange: Callable[[Any], Any]) -> None:
         """On the link thread: the due polls in turn, sleeping until the next is due, until

@@ -320,6 +320,7 @@ class Gateway:
         if self.read_watch is not None:  # requests still being served stay pending for the next start
             await self.read_watch.stop()
         self._flush_readings()  # the readings of the last moments are charged before the store closes
+        self.inbox.close()
         if self.enforcer is not None:
             self.enforcer.stop()
         if self.mqtt is not None:
@@ -678,8 +679,8 @@ class Gateway:
     def reopen_links(self) -> None:
         """SIGHUP: every link closes and reopens before its next request, whatever its backoff says
         (an operator who fixed a cable or a device server should not wait out a 60 s step)."""
-        for link in self.links.values():
-            link.request_reopen()
+        for worker in self.workers.values():
+            worker.reopen_link()
 
     def healthy(self, now_mono: float | None = None) -> bool:
         """What the systemd watchdog is fed on: no frame stuck past its budget, no bus loop hung, and
@@ -700,9 +701,10 @@ class Gateway:
             if worker is None:
                 continue
             budget = (bus.timeout_s * (bus.retries + 1) + bus.frame_gap_s) * 3 + 5
-            if worker.busy_since is not None and now_mono - worker.busy_since > budget:
+            busy_since = worker.busy_since  # read once: the link thread sets and clears it
+            if busy_since is not None and now_mono - busy_since > budget:
                 return False
-            if worker.running and worker.busy_since is None and now_mono - worker.heartbeat > max(budget, 2.0):
+            if worker.running and busy_since is None and now_mono - worker.heartbeat > max(budget, 2.0):
                 return False
         answered = [w.last_answer for w in polled if w.last_answer is not None]
         return not answered or now_mono - max(answered) <= period

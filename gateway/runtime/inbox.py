@@ -34,22 +34,37 @@ class BatchInbox(Generic[_Item]):
         self._items: list[_Item] = []
         self._armed = False  # a batch is waiting: its timer is set or being set
         self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
 
     def put(self, item: _Item) -> None:
         """Queue ``item``; the first of a batch arms the timer (a thread other than the loop's asks the
         loop to, the only time it wakes the loop)."""
         with self._lock:
-            self._items.append(item)
-            if self._armed:
+            closed = self._closed
+            if not closed:
+                self._items.append(item)
+                if self._armed:
+                    return
+                self._armed = True
+        if not closed:
+            try:
+                if threading.get_ident() == self._loop_thread:
+                    self._arm()
+                else:
+                    self._loop.call_soon_threadsafe(self._arm)
                 return
-            self._armed = True
-        if threading.get_ident() == self._loop_thread:
-            self._arm()
-            return
-        try:
-            self._loop.call_soon_threadsafe(self._arm)
-        except RuntimeError:  # the loop is closed: the gateway stopped after its last charge
-            log.error("a reading arrived after the gateway stopped; it is not charged (the next poll charges the energy)")
+            except RuntimeError:  # the loop is closed
+                pass
+        log.error("a reading arrived after the gateway stopped; it is not charged (the next poll charges the energy)")
+
+    def close(self) -> None:
+        """After the last charge (the gateway's stop): later items are refused with one error line,
+        not queued where nothing would charge them; the batch timer is cancelled."""
+        with self._lock:
+            self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def take(self) -> list[_Item]:
         """Everything queued, in arrival order; the batch's timer is cancelled (loop thread)."""

@@ -48,7 +48,7 @@ def live_snapshot(gateway: StatusView, now: datetime, now_mono: float) -> dict[s
             "relay_failed": s.relay_failed,
             "last_latency_ms": round(s.last_latency_s * 1000, 1),
             "heartbeat_age_s": round(max(0.0, now_mono - worker.heartbeat), 1),
-            "busy_s": None if worker.busy_since is None else round(now_mono - worker.busy_since, 1),
+            "busy_s": None if (busy_since := worker.busy_since) is None else round(now_mono - busy_since, 1),
             # A bus none of whose meters answered for unhealthy_after_s (a dead link, not a dead meter).
             "healthy": worker.healthy(now_mono),
             "silent_s": round(worker.silent_for(now_mono), 1),

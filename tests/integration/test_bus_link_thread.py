@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from support.dlt645_fixtures import ManualClock
+from support.waiting import async_wait_for
 
 from drivers.base import Quality, Reading, RelayState
 from drivers.dlt645.link import Dlt645Link
@@ -76,7 +77,7 @@ def _bus(
 
 
 def _worker(url: str, addresses: list[str], sink: Sink, interval_s: float) -> BusWorker:
-    link = Dlt645Link(url, baud=9600, timeout_s=0.3, retries=0, inter_frame_gap_s=0.0)
+    link = Dlt645Link(url, baud=9600, timeout_s=1.0, retries=1, inter_frame_gap_s=0.0)
     meters = [PolledMeter(f"m{i}", Dlt645Meter(link, a), interval_s) for i, a in enumerate(addresses)]
     return BusWorker("b1", link, meters, sink, clock=system_clock)
 
@@ -142,7 +143,7 @@ def test_a_job_submitted_while_the_thread_waits_runs_at_once(sims: list[Simulate
 
     waits = asyncio.run(scenario())
     # Without the interrupt a job would wait for the thread's sleep to end: 0.5 s on average.
-    assert statistics.median(waits) < 0.2, f"jobs waited {waits}"
+    assert statistics.median(waits) < 0.3, f"jobs waited {waits}"
 
 
 def test_stop_ends_the_run_after_the_poll_in_flight(sims: list[SimulatedDlt645Bus]) -> None:
@@ -178,8 +179,7 @@ def test_a_serial_server_that_goes_away_fails_one_poll_on_the_thread_then_polls_
         task = asyncio.create_task(worker.run())
         await asyncio.wait_for(sink.enough.wait(), 20)
         sim.stop()  # the serial server goes away: its connection closes under the held bus
-        while not any(r.quality is not Quality.OK for _, r, _ in sink.got):
-            await asyncio.sleep(0.02)
+        await async_wait_for(lambda: any(r.quality is not Quality.OK for _, r, _ in sink.got), what="a failed poll")
         dropped_at = len(sink.got)
         await asyncio.sleep(0.5)  # the link is down for a while: polls fail from the loop, on its backoff
         models = make_models(3, clock=ManualClock())
@@ -187,8 +187,9 @@ def test_a_serial_server_that_goes_away_fails_one_poll_on_the_thread_then_polls_
         sims.append(again)
         again.start_tcp(port=port)
         restored_at = len(sink.got)
-        while sum(r.quality is Quality.OK for _, r, _ in sink.got[restored_at:]) < 6:
-            await asyncio.sleep(0.02)
+        await async_wait_for(
+            lambda: sum(r.quality is Quality.OK for _, r, _ in sink.got[restored_at:]) >= 6, what="polls to resume"
+        )
         worker.stop()
         await asyncio.wait_for(task, 10)
         return sink, dropped_at, restored_at, worker.link.stats  # type: ignore[attr-defined]
@@ -201,3 +202,28 @@ def test_a_serial_server_that_goes_away_fails_one_poll_on_the_thread_then_polls_
     resumed = sink.got[restored_at:]
     assert any(r.quality is Quality.OK and t != loop_thread for _, r, t in resumed), "polls went back to the thread"
     assert dropped_at < restored_at
+
+
+def test_sighup_reopens_a_held_link_at_once(sims: list[SimulatedDlt645Bus]) -> None:
+    """A device server that keeps the connection but answers nothing never fails the port: the
+    operator's reopen (SIGHUP, ``reopen_link``) must not wait for the run of polls to end by itself."""
+    _sim, url, addresses = _bus(sims, 2, tcp_port=0)
+
+    async def scenario() -> tuple[int, float]:
+        sink = Sink(asyncio.get_running_loop(), want=2)
+        worker = _worker(url, addresses, sink, interval_s=60.0)  # the run idles on the thread
+        task = asyncio.create_task(worker.run())
+        await asyncio.wait_for(sink.enough.wait(), 20)
+        stats = worker.link.stats  # type: ignore[attr-defined]
+        before = stats.reopens
+        started = time.monotonic()
+        worker.reopen_link()
+        await async_wait_for(lambda: stats.reopens > before, timeout=5, what="the reopen")
+        took = time.monotonic() - started
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+        return stats.reopens - before, took
+
+    reopened, took = asyncio.run(scenario())
+    assert reopened == 1
+    assert took < 0.5, f"the reopen waited {took:.2f} s for the run to end"

@@ -77,3 +77,45 @@ def test_an_item_after_the_loop_closed_is_one_error_line(caplog: pytest.LogCaptu
         worker.join()
     assert [r.levelno for r in caplog.records] == [logging.ERROR]
     assert "after the gateway stopped" in caplog.records[0].getMessage()
+
+
+def test_puts_racing_takes_hand_every_item_over_exactly_once() -> None:
+    """A thread puts while the loop takes, again and again: no item lost, none handed over twice."""
+    seen: list[int] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        inbox: BatchInbox[int] = BatchInbox(loop, lambda: seen.extend(inbox.take()), 0.001)
+        finished = threading.Event()
+
+        def put() -> None:
+            for i in range(20_000):
+                inbox.put(i)
+            finished.set()
+
+        worker = threading.Thread(target=put)
+        worker.start()
+        while not finished.is_set():
+            seen.extend(inbox.take())
+            await asyncio.sleep(0)
+        worker.join()
+        seen.extend(inbox.take())
+
+    asyncio.run(scenario())
+    assert sorted(seen) == list(range(20_000))
+
+
+def test_after_close_an_item_is_refused_in_one_line_and_no_batch_fires(caplog: pytest.LogCaptureFixture) -> None:
+    fired: list[list[int]] = []
+
+    async def scenario() -> None:
+        inbox: BatchInbox[int] = BatchInbox(asyncio.get_running_loop(), lambda: fired.append(inbox.take()), 0.01)
+        inbox.close()
+        with caplog.at_level(logging.ERROR, logger="pmg.inbox"):
+            inbox.put(1)
+        await asyncio.sleep(0.05)
+        assert inbox.pending() == []
+
+    asyncio.run(scenario())
+    assert fired == []
+    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
