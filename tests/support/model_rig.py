@@ -144,6 +144,9 @@ class BusStandIn:
     def meter(self, meter_id: str) -> Dlt645Meter:
         return self.meters[meter_id]
 
+    def reopen_link(self) -> None:
+        """SIGHUP: the line in memory has nothing to reopen."""
+
     async def submit(self, _priority: int, job: Callable[[], Any]) -> Any:
         result = await job()
         if self.rig.kill_after_frame:
