@@ -85,8 +85,8 @@ class BusWorker:
     either from the event loop or, when the link and every meter on it can (``HeldLink``,
     ``ThreadPolledMeter``: DL/T 645), on the link's own thread.  There the polls run back to back
     while the bus is held (``_poll_run``), the thread sleeping until the next is due, and the event
-    loop is not woken by a poll at all: at 2,000 meters those wake-ups and futures were most of
-    what a poll cost the loop (docs/benchmarks.md, "Efficiency round, fifth part").  Submitting a
+    loop is not woken by a poll at all: at 2,000 meters that took a quarter off the loop thread's
+    CPU (docs/benchmarks.md, "Efficiency round, fifth part").  Submitting a
     job or stopping the bus interrupts the run after the poll in flight, so a relay command waits
     for at most one poll, as it does between polls from the loop."""
 

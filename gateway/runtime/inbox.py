@@ -3,8 +3,8 @@
 Buses that poll on their link threads (``gateway.runtime.bus``) deliver readings from those threads;
 the event loop charges them in one transaction a short while after the first of a batch arrived
 (``gateway.runtime.daemon``, ``READING_BATCH_S``).  The loop is woken once per batch, not once per
-reading: at 2,000 meters a wake-up of the loop per poll cost more CPU than the poll's own Python on
-the loop (docs/benchmarks.md, "Efficiency round, fifth part").
+reading: at 2,000 meters, with the polls on the link threads, that took a quarter off the loop
+thread's CPU and almost half its wake-ups (docs/benchmarks.md, "Efficiency round, fifth part").
 """
 
 from __future__ import annotations
