@@ -56,6 +56,11 @@ BlockingExchange = Callable[[Sequence[Frame]], "list[Frame | DriverError]"]
 error of each frame's last attempt (stopping at the first); ``LinkError`` when the port failed."""
 
 
+def _refuse_broadcast(frames: Sequence[Frame]) -> None:
+    if any(frame.address == BROADCAST for frame in frames):
+        raise ValueError("broadcast frames get no reply: use send()")
+
+
 @dataclass
 class LinkStats:
     """Counters for benchmarks and the technician's ``pmg`` output."""
@@ -314,8 +319,7 @@ class Dlt645Link:
         port failure (``LinkError``) is raised.  Handing each frame to the thread and back costs the
         event loop more CPU than the frame itself; one hand-off per poll halves that.
         """
-        if any(frame.address == BROADCAST for frame in frames):
-            raise ValueError("broadcast frames get no reply: use send()")
+        _refuse_broadcast(frames)
         attempts = 1 + (self.retries if retries is None else retries)
         abandoned = threading.Event()  # the caller was cancelled: stop at the next attempt
         async with self._lock:
@@ -357,6 +361,7 @@ class Dlt645Link:
 
         def exchange(frames: Sequence[Frame]) -> list[Frame | DriverError]:
             nonlocal exchanged
+            _refuse_broadcast(frames)
             if failures or abandoned.is_set():
                 raise LinkError(f"DL/T 645 link {self.url}: the bus is no longer held")
             try:
@@ -387,9 +392,8 @@ class Dlt645Link:
         self, frames: Sequence[Frame], attempts: int, abandoned: threading.Event
     ) -> list[Frame | DriverError]:
         """On the link thread: each frame exchanged and retried by ``_request_blocking``, stopping at
-        the first error; a port failure raises ``LinkError``."""
-        if any(frame.address == BROADCAST for frame in frames):
-            raise ValueError("broadcast frames get no reply: use send()")
+        the first error; a port failure raises ``LinkError``.  Callers refuse broadcasts first
+        (``_refuse_broadcast``)."""
         out: list[Frame | DriverError] = []
         for frame in frames:
             result = self._request_blocking(frame, encode(frame, wakeup=self.wakeup), attempts, abandoned)

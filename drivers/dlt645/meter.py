@@ -66,6 +66,8 @@ _T = TypeVar("_T")
 # Frames to send next, answered by their replies (or the error of each one's last attempt; the list may
 # stop short at the first error), until the steps return their result.
 Steps: TypeAlias = Generator[list[Frame], list[Frame | DriverError], _T]
+# A poll's batch: each DI's request as sent, with its reply or the error of its last attempt.
+Prefetched: TypeAlias = dict[int, tuple[Frame, Frame | DriverError]]
 # what the import block (0001FF00) carries: total and T1..T4
 _BLOCK_DIS = (dis.ENERGY_IMPORT, *(dis.energy_tariff(dis.ENERGY_IMPORT, t) for t in range(1, 5)))
 
@@ -118,10 +120,7 @@ class Dlt645Meter:
         return fmt.decode(await self.read_raw(di))
 
     async def _checked(self, request: Frame, what: str) -> Frame:
-        reply = await self.link.request(request)
-        if reply.is_abnormal:
-            raise reply.refusal(what)
-        return reply
+        return await self._drive(self._checked_steps(request, what))
 
     async def read(self, points: Iterable[Point] = BILLING_POINTS) -> Reading:
         """Typed values with a quality; failure is a quality and an error, never a number."""
@@ -164,7 +163,7 @@ class Dlt645Meter:
             raise result.refusal(what)
         return result
 
-    def _raw_steps(self, di: int, prefetched: dict[int, tuple[Frame, Frame | DriverError]]) -> Steps[bytes]:
+    def _raw_steps(self, di: int, prefetched: Prefetched) -> Steps[bytes]:
         """Value bytes of one DI, following follow-up frames.  A DI the poll's batch already asked for
         comes with the request that was sent, so the reply is checked against that frame rather than a
         rebuilt copy."""
@@ -228,9 +227,7 @@ class Dlt645Meter:
         }
         return replace(reading, errors=errors)
 
-    def _field_steps(
-        self, di: int, required: bool, bad: dict[int, str], prefetched: dict[int, tuple[Frame, Frame | DriverError]]
-    ) -> Steps[Any]:
+    def _field_steps(self, di: int, required: bool, bad: dict[int, str], prefetched: Prefetched) -> Steps[Any]:
         """One DI's value; for an optional point, a refusal or an undecodable value is noted in ``bad``
         and gives ``None``, so the energy and the other fields still arrive (a meter that answers its
         date DI with ``00 00 00 00`` is still billed).  A timeout or a broken frame still fails the
@@ -253,7 +250,7 @@ class Dlt645Meter:
 
     def _prefetch_steps(
         self, wanted: list[Point], table: dict[Point, tuple[int, ...]], block: bool
-    ) -> Steps[dict[int, tuple[Frame, Frame | DriverError]]]:
+    ) -> Steps[Prefetched]:
         """Send a poll's read requests as one batch (one ``request_many``: one hand-off to the link's
         thread); ``_raw_steps`` takes the replies from here in the order it would have asked for them,
         so refusals, follow-ups and the one-by-one fallback behave exactly as with one request at a
@@ -270,9 +267,7 @@ class Dlt645Meter:
         replies = yield requests
         return {di: (req, reply) for di, req, reply in zip(plan, requests, replies, strict=False)}
 
-    def _import_block_steps(
-        self, prefetched: dict[int, tuple[Frame, Frame | DriverError]]
-    ) -> Steps[dict[int, Decimal]]:
+    def _import_block_steps(self, prefetched: Prefetched) -> Steps[dict[int, Decimal]]:
         """Import total and T1..T4 in one exchange (DI 0001FF00), instead of five.
 
         On a 9600-baud bus a poll of total + tariffs + status then costs two frames, not six.  A meter

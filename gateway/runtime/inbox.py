@@ -77,7 +77,7 @@ class BatchInbox(Generic[_Item]):
         return items
 
     def pending(self) -> list[_Item]:
-        """A copy of what is queued (for tests and status)."""
+        """A copy of what is queued, left in place (a test's view of the batch to come)."""
         with self._lock:
             return list(self._items)
 
