@@ -15,9 +15,13 @@ rest hold nothing and so walk the notice-and-cut track (the policy's most expens
 run.  Before this, every account started at zero, which measured 2,000 customers all in arrears.
 
 Also reported: polls achieved per meter per minute against the configured rate, because a bus that
-cannot carry its meters at the interval makes the gateway look cheaper than it would be.
+cannot carry its meters at the interval makes the gateway look cheaper than it would be; how the CPU
+divides between the event loop (the main thread: charging, deciding, MQTT) and the other threads (the
+links'); and, with ``--compare-without-broker``, the same run again with no ``[mqtt]`` table, whose
+difference is what delivering the outbox costs.
 
     .venv/bin/python -m bench.bench_capacity [--minutes 10] [--meters 2000] [--buses 8] [--no-broker]
+        [--compare-without-broker]
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ RSS_TARGET_MB = 64
 @dataclass
 class Measured:
     cpu_share: float
+    loop_share: float  # the main thread's part: the event loop (charging, deciding, MQTT)
     peak_rss_mb: float
     polls_ok: int
     polls_failed: int
@@ -124,12 +129,21 @@ def _iso_utc(unix: float) -> str:
     return iso(datetime.fromtimestamp(unix, UTC))
 
 
-def measure_process(
-    argv: list[str], log: Path, ready: str, *, warmup_s: float, window_s: float
-) -> tuple[float, float, float, float]:
+@dataclass(frozen=True)
+class Window:
+    """One process measured: its CPU share of one core, its main thread's part, its peak RSS, and the
+    window's start and end as Unix times (so that the work counted is the work of that window)."""
+
+    share: float
+    main_share: float
+    peak_mb: float
+    since: float
+    until: float
+
+
+def measure_process(argv: list[str], log: Path, ready: str, *, warmup_s: float, window_s: float) -> Window:
     """Start ``argv``, wait for ``ready`` in its log, let it warm up, measure its CPU share over
-    ``window_s``, stop it: (share, peak RSS in MB, the window's start and end as Unix times, so that
-    the work counted is the work of the window the CPU was measured over)."""
+    ``window_s``, stop it."""
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=out)
     try:
@@ -145,18 +159,16 @@ def measure_process(
             raise RuntimeError(f"{log.stem} exited during the run: {log.read_text()[-2000:]}")
     finally:
         stop_process(proc)
-    return share, peak / 1024, since, until
+    return Window(share, window.main_share, peak / 1024, since, until)
 
 
 def run_gateway(config: Path, workdir: Path, name: str, *, warmup_s: float, window_s: float) -> Measured:
     """Start ``pmg run``, let it warm up, measure its CPU over ``window_s``, stop it."""
     argv = python_module("gateway.cli.main", "run", "-c", str(config))
-    share, peak_mb, since, until = measure_process(
-        argv, workdir / f"{name}.log", "started gateway=", warmup_s=warmup_s, window_s=window_s
-    )
+    w = measure_process(argv, workdir / f"{name}.log", "started gateway=", warmup_s=warmup_s, window_s=window_s)
     db = Path(next(line.split('"')[1] for line in config.read_text().splitlines() if line.startswith("database")))
-    ok, failed, meters = count_polls(db, _iso_utc(since), _iso_utc(until)) if db.exists() else (0, 0, 0)
-    return Measured(share, peak_mb, ok, failed, meters, window_s)
+    ok, failed, meters = count_polls(db, _iso_utc(w.since), _iso_utc(w.until)) if db.exists() else (0, 0, 0)
+    return Measured(w.share, w.main_share, w.peak_mb, ok, failed, meters, window_s)
 
 
 def run_floor(config: Path, workdir: Path, *, warmup_s: float, window_s: float) -> tuple[float, int, int]:
@@ -164,16 +176,14 @@ def run_floor(config: Path, workdir: Path, *, warmup_s: float, window_s: float) 
     and its polls in the window, complete and with a reply missing (it must keep the same rate)."""
     db = workdir / "floor.db"
     argv = python_module("bench.floor_master", "-c", str(config), "--database", str(db))
-    share, _peak, since, until = measure_process(
-        argv, workdir / "floor.log", "floor master ready", warmup_s=warmup_s, window_s=window_s
-    )
+    w = measure_process(argv, workdir / "floor.log", "floor master ready", warmup_s=warmup_s, window_s=window_s)
     ok, failed = _read_one_row(
         db,
         "SELECT SUM(block != x'' AND status != x''), SUM(block = x'' OR status = x'') FROM polls "
         "WHERE taken_at >= ? AND taken_at < ?",
-        (since, until),
+        (w.since, w.until),
     )
-    return share, int(ok or 0), int(failed or 0)
+    return w.share, int(ok or 0), int(failed or 0)
 
 
 def without_meters(config: Path, out: Path, db: Path) -> Path:
@@ -181,6 +191,20 @@ def without_meters(config: Path, out: Path, db: Path) -> Path:
     head = config.read_text().split("\n[[meters]]", 1)[0]
     lines = [f'database = "{db}"' if line.startswith("database") else line for line in head.splitlines()]
     out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def without_mqtt(config: Path, out: Path) -> Path:
+    """The same gateway configuration without its ``[mqtt]`` table: the outbox fills and nothing is
+    sent, so the difference from the run with the broker is what delivering the messages costs."""
+    kept: list[str] = []
+    skipping = False
+    for line in config.read_text().splitlines():
+        if line.startswith("["):
+            skipping = line.strip() == "[mqtt]"
+        if not skipping:
+            kept.append(line)
+    out.write_text("\n".join(kept) + "\n")
     return out
 
 
@@ -198,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--funded", type=float, default=0.9, help="share of accounts paid in advance (0..1)")
     ap.add_argument(
         "--floor-seconds", type=float, default=90.0, help="window of the floor master (bench.floor_master); 0 skips it"
+    )
+    ap.add_argument(
+        "--compare-without-broker",
+        action="store_true",
+        help="after the loaded run, the same run without [mqtt]: what delivering the outbox costs",
     )
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="pmg-capacity-") as tmp, ExitStack() as stack:
@@ -232,6 +261,14 @@ def main(argv: list[str] | None = None) -> int:
         idle_cfg = without_meters(gw_cfg, work / "idle.toml", work / "idle.db")
         idle = run_gateway(idle_cfg, work, "idle", warmup_s=5, window_s=args.idle_seconds)
         loaded = run_gateway(gw_cfg, work, "loaded", warmup_s=args.warmup, window_s=args.minutes * 60)
+        unsent = (
+            run_gateway(
+                without_mqtt(gw_cfg, work / "unsent.toml"), work, "unsent", warmup_s=args.warmup,
+                window_s=args.minutes * 60,
+            )
+            if args.compare_without_broker and broker_port is not None
+            else None
+        )
         floor, floor_ok, floor_failed = (
             run_floor(gw_cfg, work, warmup_s=10, window_s=args.floor_seconds)
             if args.floor_seconds > 0
@@ -250,6 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"  CPU {loaded.cpu_share * 100:.2f} % of one core (target <= {CPU_TARGET * 100:g} %); "
           f"idle pmg run {idle.cpu_share * 100:.2f} %")
+    print(f"  of which the event loop (main thread) {loaded.loop_share * 100:.2f} %, the link threads and "
+          f"the rest {(loaded.cpu_share - loaded.loop_share) * 100:.2f} %")
+    if unsent is not None:
+        print(
+            f"  the same run with no broker (the outbox only fills): {unsent.cpu_share * 100:.2f} %, event loop "
+            f"{unsent.loop_share * 100:.2f} %; delivering the messages cost "
+            f"{(loaded.cpu_share - unsent.cpu_share) * 100:.2f} % of one core"
+        )
     print(f"  peak RSS {loaded.peak_rss_mb:.1f} MB (target <= {RSS_TARGET_MB} MB); idle {idle.peak_rss_mb:.1f} MB")
     print(
         f"  polls ok {loaded.polls_ok}, failed {loaded.polls_failed}, meters polled {loaded.meters_polled}; "
@@ -269,7 +314,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     note = (
         f"{args.meters} meters/{args.buses} buses, {funded / args.meters:.0%} in credit, {args.minutes:g} min; polls {rate:.2f} of configured rate"
-        f"{' (bus-limited)' if rate < 0.95 else ''}; {ms_per_poll:.1f} ms CPU/poll, {full_rate * 100:.1f} % at full rate"
+        f"{' (bus-limited)' if rate < 0.95 else ''}; {ms_per_poll:.1f} ms CPU/poll, {full_rate * 100:.1f} % at full rate; "
+        f"event loop {loaded.loop_share * 100:.2f} %, other threads {(loaded.cpu_share - loaded.loop_share) * 100:.2f} %"
+        + (
+            f"; without a broker {unsent.cpu_share * 100:.2f} % (delivery "
+            f"{(loaded.cpu_share - unsent.cpu_share) * 100:.2f} %)"
+            if unsent is not None
+            else ""
+        )
     )
     emit(
         Result(

@@ -22,10 +22,16 @@ RESULT_PREFIX = "BENCH-RESULT "
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds the process has used so far (its threads included)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, stat: str | None = None) -> float:
+    """User + system CPU seconds the process has used so far (its threads included), or one of its
+    threads' when ``stat`` is that thread's ``/proc/PID/task/TID/stat``."""
+    fields = Path(stat or f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime: fields 14 and 15 of stat(5)
+
+
+def main_thread_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of the process's main thread alone (its task id is the pid)."""
+    return cpu_seconds(pid, f"/proc/{pid}/task/{pid}/stat")
 
 
 def memory_kib(pid: int) -> tuple[int, int]:
@@ -40,20 +46,33 @@ def memory_kib(pid: int) -> tuple[int, int]:
 
 @dataclass
 class CpuWindow:
-    """CPU share of one core used by ``pid`` between ``start()`` and ``share()``."""
+    """CPU share of one core used by ``pid`` between ``start()`` and ``share()``, and how it divides
+    between the main thread (the gateway's event loop) and the others (its link threads, the
+    executor): two parts that a change moves separately."""
 
     pid: int
     _cpu0: float = 0.0
+    _main0: float = 0.0
     _t0: float = 0.0
+    _main_share: float = 0.0
 
     def start(self) -> CpuWindow:
-        self._cpu0, self._t0 = cpu_seconds(self.pid), time.monotonic()
+        self._cpu0, self._main0 = cpu_seconds(self.pid), main_thread_cpu_seconds(self.pid)
+        self._t0 = time.monotonic()
         return self
 
     def share(self) -> float:
-        """Fraction of one core (0.05 = 5 %) since ``start()``."""
+        """Fraction of one core (0.05 = 5 %) since ``start()``; also sets ``main_share``."""
         elapsed = time.monotonic() - self._t0
-        return (cpu_seconds(self.pid) - self._cpu0) / elapsed if elapsed > 0 else 0.0
+        if elapsed <= 0:
+            return 0.0
+        self._main_share = (main_thread_cpu_seconds(self.pid) - self._main0) / elapsed
+        return (cpu_seconds(self.pid) - self._cpu0) / elapsed
+
+    @property
+    def main_share(self) -> float:
+        """The main thread's part of the last ``share()`` (the rest went to the other threads)."""
+        return self._main_share
 
 
 def machine() -> str:
