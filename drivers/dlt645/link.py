@@ -519,7 +519,7 @@ class Dlt645Link:
             time.sleep(gap)  # bus turnaround: meters need a quiet line before the next request
         try:
             ser.reset_input_buffer()
-            ser.write(wire)
+            self._write(ser, wire)
             ser.flush()
             self.stats.bytes_out += len(wire)
             if not expect_reply:
@@ -529,6 +529,21 @@ class Dlt645Link:
             raise LinkError(f"DL/T 645 link {self.url} failed: {exc}") from None
         finally:
             self._last_io = time.monotonic()
+
+    def _write(self, ser: Any, wire: bytes) -> None:
+        """The request onto the line.  Where the port's descriptor never blocks (``_fd``), one
+        ``os.write`` puts a frame of a few dozen bytes into the kernel's buffer whole; pyserial's
+        write around it (a timeout object and a wait for room per call) cost more than the frame.
+        What the kernel does not take at once goes through pyserial's write, which waits for room."""
+        if self._fd is None:
+            ser.write(wire)
+            return
+        try:
+            sent = os.write(self._fd, wire)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(wire):
+            ser.write(wire[sent:])
 
     def _matches(self, request: Frame, reply: Frame) -> bool:
         if not (
