@@ -212,7 +212,7 @@ def _parse_at(buf: bytes, i: int) -> Frame:
         raise FrameError(f"checksum {buf[end]:02X} != computed {cs:02X} in frame at offset {i}")
     if buf[end + 1] != END:
         raise FrameError(f"end byte {buf[end + 1]:02X} != 16 in frame at offset {i}")
-    data = buf[i + 10 : end].translate(_REMOVE_OFFSET)
+    data = bytes(buf[i + 10 : end]).translate(_REMOVE_OFFSET)
     return Frame(bytes_to_address(buf[i + 1 : i + 7]), buf[i + 8], data)
 
 

@@ -46,3 +46,10 @@ def test_without_mqtt_drops_the_mqtt_table_and_keeps_the_rest(tmp_path: Path) ->
     assert "[mqtt]" not in text and "port = 1884" not in text
     assert 'database = "gw.db"' in text and '[[buses]]\nid = "bus1"' in text and 'id = "m1"' in text
     assert '[gateway]\ngateway_id = "g"' in text
+
+
+def test_without_mqtt_can_move_the_run_to_its_own_database(tmp_path: Path) -> None:
+    config = tmp_path / "gw.toml"
+    config.write_text('database = "gw.db"\n\n[mqtt]\nport = 1884\n\n[[buses]]\nid = "bus1"\n')
+    text = without_mqtt(config, tmp_path / "unsent.toml", tmp_path / "unsent.db").read_text()
+    assert f'database = "{tmp_path / "unsent.db"}"' in text and "gw.db" not in text
