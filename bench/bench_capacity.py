@@ -211,6 +211,18 @@ def without_mqtt(config: Path, out: Path, db: Path | None = None) -> Path:
     return out
 
 
+def seeded_copy(db: Path, out: Path) -> Path:
+    """A copy of the seeded database as committed (whatever is still in its WAL), taken before any
+    run: the comparison without a broker starts from the same accounts as the loaded run."""
+    src, dst = sqlite3.connect(db), sqlite3.connect(out)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=10.0, help="measuring window (the full run is 10)")
@@ -261,13 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         wait_for_line(fleet_log, "ready:", fleet, timeout=60)
 
         funded = prefund(gw_cfg, args.funded)
-        unsent_db = work / "unsent.db"  # the comparison starts from the same seeded accounts, not the loaded run's
-        src, dst = sqlite3.connect(work / "gw.db"), sqlite3.connect(unsent_db)
-        try:
-            src.backup(dst)  # the database as committed, whatever is still in its WAL
-        finally:
-            src.close()
-            dst.close()
+        compare = args.compare_without_broker and broker_port is not None
+        unsent_db = seeded_copy(work / "gw.db", work / "unsent.db") if compare else None
         idle_cfg = without_meters(gw_cfg, work / "idle.toml", work / "idle.db")
         idle = run_gateway(idle_cfg, work, "idle", warmup_s=5, window_s=args.idle_seconds)
         loaded = run_gateway(gw_cfg, work, "loaded", warmup_s=args.warmup, window_s=args.minutes * 60)
@@ -276,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                 without_mqtt(gw_cfg, work / "unsent.toml", unsent_db), work, "unsent", warmup_s=args.warmup,
                 window_s=args.minutes * 60,
             )
-            if args.compare_without_broker and broker_port is not None
+            if compare
             else None
         )
         floor, floor_ok, floor_failed = (

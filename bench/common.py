@@ -22,16 +22,20 @@ RESULT_PREFIX = "BENCH-RESULT "
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int, stat: str | None = None) -> float:
-    """User + system CPU seconds the process has used so far (its threads included), or one of its
-    threads' when ``stat`` is that thread's ``/proc/PID/task/TID/stat``."""
-    fields = Path(stat or f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _stat_cpu_seconds(stat: str) -> float:
+    """User + system CPU seconds from a ``/proc`` stat file (a process's or one thread's)."""
+    fields = Path(stat).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime: fields 14 and 15 of stat(5)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used so far (its threads included)."""
+    return _stat_cpu_seconds(f"/proc/{pid}/stat")
 
 
 def main_thread_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of the process's main thread alone (its task id is the pid)."""
-    return cpu_seconds(pid, f"/proc/{pid}/task/{pid}/stat")
+    return _stat_cpu_seconds(f"/proc/{pid}/task/{pid}/stat")
 
 
 def memory_kib(pid: int) -> tuple[int, int]:
